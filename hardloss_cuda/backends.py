@@ -1,0 +1,81 @@
+"""Which backends exist here, and which one a call uses.
+
+``backend="auto"`` (or the environment variable ``HARDLOSS_BACKEND`` when the call says
+"auto") picks, for CPU tensors, the fused C++ kernel and else the reference; for CUDA
+tensors the CUDA kernel, else Triton, else the reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from . import _ops
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+
+
+def _triton_reason() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return "no CUDA GPU is available (set TRITON_INTERPRET=1 to run on CPU tensors)"
+    return None
+
+
+def unavailable_reasons() -> dict[str, str]:
+    """Backend name -> why it cannot run here; backends that can run are absent."""
+    reasons = {}
+    if _ops.C_IMPORT_ERROR is not None:
+        why = f"the C++ extension is not built ({_ops.C_IMPORT_ERROR})"
+        reasons["cpu"] = reasons["cuda"] = why
+    elif not _ops.has_compiled_op("cuda"):
+        reasons["cuda"] = "the extension was built without CUDA kernels"
+    if "cuda" not in reasons and not torch.cuda.is_available():
+        reasons["cuda"] = "no CUDA GPU is available"
+    triton = _triton_reason()
+    if triton:
+        reasons["triton"] = triton
+    return reasons
+
+
+def available_backends() -> list[str]:
+    """The backends that can run in this process, best first."""
+    reasons = unavailable_reasons()
+    return [b for b in BACKENDS if b not in reasons]
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The backend a call on tensors of ``device`` uses; raises if it cannot run."""
+    if backend == "auto":
+        backend = os.environ.get("HARDLOSS_BACKEND", "auto") or "auto"
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    reasons = unavailable_reasons()
+    if backend == "auto":
+        order = ("cpu",) if device.type == "cpu" else ("cuda", "triton")
+        return next((b for b in order if b not in reasons), "reference")
+    if backend in reasons:
+        raise RuntimeError(f"hardloss_cuda backend {backend!r} is not available: {reasons[backend]}")
+    if backend == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"backend 'cpu' runs on CPU tensors; input is on {device}")
+    if backend == "cuda" and device.type != "cuda":
+        raise RuntimeError(f"backend 'cuda' runs on CUDA tensors; input is on {device}")
+    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("backend 'triton' runs on CPU tensors only under TRITON_INTERPRET=1")
+    return backend
+
+
+def build_info() -> dict:
+    """How the compiled extension was built (torch, CUDA, archs), or why there is none."""
+    path = Path(__file__).with_name("_build_info.json")
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info["extension_loaded"] = _ops.C_IMPORT_ERROR is None
+    if _ops.C_IMPORT_ERROR is not None:
+        info["extension_error"] = _ops.C_IMPORT_ERROR
+    info["runtime_torch"] = torch.__version__
+    return info

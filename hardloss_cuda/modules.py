@@ -1,0 +1,40 @@
+"""``HardCrossEntropyLoss``: a drop-in for ``torch.nn.CrossEntropyLoss``."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .functional import cross_entropy
+from .validation import check_k
+
+__all__ = ["HardCrossEntropyLoss"]
+
+
+class HardCrossEntropyLoss(nn.Module):
+    """``nn.CrossEntropyLoss`` with the arguments of ``hardloss_cuda.cross_entropy``.
+
+    ``weight`` and a fixed ``mixture`` are buffers (they follow ``.to()``); a mixture given
+    as ``nn.Parameter`` is learned. ``trim`` may be a fraction or a ``MiniBatchTrimming``
+    schedule, read on every call.
+    """
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, k: float = 1.0, mixture: Tensor | None = None,
+                 trim=None, inplace_backward: bool = False, backend: str = "auto"):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        if isinstance(mixture, nn.Parameter):
+            self.mixture = mixture
+        else:
+            self.register_buffer("mixture", mixture)
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.k, self.trim = check_k(k), trim
+        self.inplace_backward, self.backend = inplace_backward, backend
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+                             k=self.k, mixture=self.mixture, trim=self.trim,
+                             inplace_backward=self.inplace_backward, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, reduction={self.reduction!r}, ignore_index={self.ignore_index}, backend={self.backend!r}"

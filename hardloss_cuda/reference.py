@@ -1,0 +1,119 @@
+"""Pure-PyTorch reference of the fused op: the oracle every backend is tested against.
+
+``rows`` is SPEC.md section 2 for a batch of rows, written with plain tensor ops so it runs
+on any device and in float64. It follows docs/ROW_MATH.md line by line: the target row q,
+the loss ``-sum q log p``, and the normalised ``|eps|^k`` pseudo-gradient, evaluated in the
+log domain where SPEC asks for it. It is readable first and fast second.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["rows", "acc_dtype", "target_rows"]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 stays float64, everything else computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def target_rows(
+    num_classes: int,
+    target: Tensor,
+    weight: Tensor | None,
+    mixture: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The target row q of every row (ROW_MATH.md section 1), weights folded in.
+
+    Ignored rows and rows with an out-of-range label get q = 0 (the caller marks the latter
+    NaN). Only used for the soft path; the one-hot path never materialises q.
+    """
+    C = num_classes
+    w = torch.ones(C, dtype=dtype, device=target.device) if weight is None else weight.to(dtype)
+    if target.is_floating_point():  # probabilities
+        q = target.to(dtype)
+        if label_smoothing > 0:
+            q = q * (1 - label_smoothing) + label_smoothing / C
+        return q * w
+    valid = (target != ignore_index) & (target >= 0) & (target < C)
+    y = torch.where(valid, target, 0)
+    if mixture is not None:
+        q = mixture.to(dtype)[y]
+    else:
+        q = torch.nn.functional.one_hot(y, C).to(dtype) * (1 - label_smoothing) + label_smoothing / C
+    return q * w * valid[:, None]
+
+
+def _onehot_rows(z: Tensor, y: Tensor, w_y: Tensor, k: float):
+    """SPEC 'Numerics': statistics over the non-target classes, no cancellation in 1 - p_y."""
+    is_y = torch.nn.functional.one_hot(y, z.shape[1]).bool()
+    z_not = z.masked_fill(is_y, float("-inf"))
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    lse_not = torch.logsumexp(z_not, dim=1)  # -inf when C == 1
+    lse = torch.logaddexp(lse_not, z_y)
+    a = lse_not - lse  # log |eps_y| = log(1 - p_y)
+    log_sk = torch.logsumexp(k * z_not, dim=1)  # log sum_{i != y} exp(k z_i)
+    f_not = torch.exp(k * a[:, None] + k * z - log_sk[:, None])  # |eps_y|^k eps_j^k / sum eps_i^k
+    f_y = -torch.exp(k * a)
+    grad = torch.where(is_y, f_y[:, None], f_not) * w_y[:, None]
+    loss = w_y * (lse - z_y)
+    return loss, grad, lse
+
+
+def _soft_rows(z: Tensor, q: Tensor, k: float):
+    """Soft targets: f = t F_k(p - q / t) (ROW_MATH.md section 3), log domain throughout."""
+    lse = torch.logsumexp(z, dim=1)
+    log_p = z - lse[:, None]
+    loss = -torch.where(q != 0, q * log_p, 0).sum(1)
+    t = q.sum(1)
+    qh = q / torch.where(t != 0, t, 1)[:, None]
+    # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
+    # so that a small k does not lose classes whose probability underflows.
+    log_abs_eps = torch.where(qh == 0, log_p, torch.log(torch.abs(log_p.exp() - qh)))
+    neg = (qh != 0) & (log_p.exp() < qh)
+    k_log = k * log_abs_eps
+    s_neg = torch.where(neg, k_log.exp(), 0).sum(1)
+    k_log_pos = torch.where(neg, float("-inf"), k_log)
+    lse_pos = torch.logsumexp(k_log_pos, dim=1)  # log S_pos, no underflow for large k
+    share = torch.where(torch.isfinite(lse_pos)[:, None], torch.exp(k_log_pos - lse_pos[:, None]), 0)
+    f = torch.where(neg, -k_log.exp(), s_neg[:, None] * share)
+    return loss, f * t[:, None], lse
+
+
+def rows(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    mixture: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    k: float,
+    compute_grad: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row (loss, pseudo-gradient, logsumexp) for logits (N, C): the ``fwd`` contract
+    of ``hardloss_cuda/_schema.py``."""
+    N, C = logits.shape
+    dt = acc_dtype(logits.dtype)
+    z = logits.to(dt)
+    if target.is_floating_point() or mixture is not None or label_smoothing > 0:
+        q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, dt)
+        loss, grad, lse = _soft_rows(z, q, k)
+    else:
+        valid = (target != ignore_index) & (target >= 0) & (target < C)
+        y = torch.where(valid, target, 0)
+        w_y = torch.ones(N, dtype=dt, device=z.device) if weight is None else weight.to(dt)[y]
+        loss, grad, lse = _onehot_rows(z, y, w_y * valid, k)
+    if not target.is_floating_point():
+        # Ignored rows: exactly 0 (also when their logits are not finite). Labels outside
+        # [0, C): NaN, never a read at the label.
+        ignored = target == ignore_index
+        bad = ~ignored & ((target < 0) | (target >= C))
+        loss = torch.where(ignored, 0, loss).masked_fill(bad, float("nan"))
+        grad = torch.where(ignored[:, None], 0, grad).masked_fill(bad[:, None], float("nan"))
+    grad = grad.to(logits.dtype) if compute_grad else logits.new_empty((0, C))
+    return loss, grad, lse

@@ -1,0 +1,72 @@
+"""Mini-batch trimming (Fassold): only the hardest fraction of a batch trains.
+
+The loss of a mini-batch is the mean over the fraction ``f`` of its non-ignored samples
+with the highest loss; the others get no gradient. ``f`` falls linearly over the epochs
+(SPEC.md section 1.3). Everything here is sync-free on the GPU: the kept count is a tensor
+and the kept set a mask built from a sort, never from ``.item()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .validation import check_fraction
+
+__all__ = ["fraction", "keep_mask", "MiniBatchTrimming"]
+
+
+def fraction(epoch: int, num_epochs: int, start: float = 1.0, end: float = 0.2) -> float:
+    """``f(e) = start + (end - start) * e / (E - 1)`` for e = 0 .. E-1; ``start`` when E == 1."""
+    if num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+    if not 0 <= epoch < num_epochs:
+        raise ValueError(f"epoch must be in [0, {num_epochs}), got {epoch}")
+    check_fraction(start, "start")
+    check_fraction(end, "end")
+    if num_epochs == 1:
+        return float(start)
+    return start + (end - start) * epoch / (num_epochs - 1)
+
+
+def keep_mask(loss: Tensor, valid: Tensor, fraction: float) -> Tensor:
+    """Mask of the ``r = max(round(f n), 1)`` valid rows with the largest loss (n valid rows;
+    ties kept in row order). Invalid (ignored) rows are never ranked nor kept."""
+    n = valid.sum()
+    r = torch.clamp(torch.round(n * fraction), min=1)  # round half to even, like Python's round
+    ranked = torch.where(valid, loss.detach(), float("-inf"))
+    order = torch.argsort(ranked, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    return valid & (rank < r)
+
+
+class MiniBatchTrimming:
+    """The linear schedule, stepped once per epoch like an LR scheduler.
+
+    >>> trim = MiniBatchTrimming(num_epochs=10)
+    >>> loss_fn = HardCrossEntropyLoss(trim=trim)   # reads trim.fraction on every call
+    >>> for epoch in range(10):
+    ...     train_one_epoch(loss_fn)
+    ...     trim.step()
+    """
+
+    def __init__(self, num_epochs: int, start: float = 1.0, end: float = 0.2):
+        fraction(0, num_epochs, start, end)  # validates the arguments
+        self.num_epochs, self.start, self.end = num_epochs, float(start), float(end)
+        self.epoch = 0
+
+    @property
+    def fraction(self) -> float:
+        return fraction(min(self.epoch, self.num_epochs - 1), self.num_epochs, self.start, self.end)
+
+    def step(self) -> None:
+        self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"MiniBatchTrimming(epoch={self.epoch}/{self.num_epochs}, fraction={self.fraction:.3f})"

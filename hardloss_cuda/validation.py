@@ -1,0 +1,109 @@
+"""Argument checks of SPEC.md section 4: every bad input raises, naming the argument,
+before any kernel runs. Data-dependent checks (label range) are skipped while tracing
+(torch.compile) or capturing a CUDA graph, where the kernels' own guard applies: an
+out-of-range label gives a NaN row and is never read."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _data_checks_allowed(t: Tensor) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_k(k) -> float:
+    if isinstance(k, Tensor):
+        k = k.item()
+    if not isinstance(k, Real) or isinstance(k, bool) or not math.isfinite(k) or k <= 0:
+        raise ValueError(f"k must be a finite number > 0, got {k!r}")
+    return float(k)
+
+
+def check_fraction(value, name: str) -> float:
+    if not isinstance(value, Real) or isinstance(value, bool) or not (0 < value <= 1):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_mixing_weight(eps, name: str = "eps") -> None:
+    """A mixing weight (scalar or per-class tensor) must lie in [0, 0.5)."""
+    t = torch.as_tensor(eps)
+    if t.requires_grad:  # a learned weight is kept in range by the penalty, not checked
+        return
+    if not t.is_floating_point() and t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be a number or a float tensor, got dtype {t.dtype}")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()) or bool((t >= 0.5).any()):
+        raise ValueError(f"{name} (mixing weight) must lie in [0, 0.5), got {eps!r}")
+
+
+def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward):
+    """Shape, dtype and range checks; returns the number of classes C."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+    if input.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"input: unsupported dtype {input.dtype}; expected one of {FLOAT_DTYPES}")
+    if input.dim() == 0:
+        raise ValueError("input must have at least one dimension (the classes)")
+    C = input.shape[0] if input.dim() == 1 else input.shape[1]
+    if C < 1:
+        raise ValueError("input must have at least one class (C >= 1)")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a Tensor, got {type(target).__name__}")
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    if not isinstance(label_smoothing, Real) or not (0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+
+    class_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(f"target (probabilities) must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+        if mixture is not None:
+            raise ValueError("mixture needs class-index targets, not probabilities")
+    else:
+        if target.dtype == torch.bool or target.is_complex():
+            raise ValueError(f"target: unsupported dtype {target.dtype}; expected int64 class indices")
+        if tuple(target.shape) != tuple(class_shape):
+            raise ValueError(f"target (class indices) must have shape {tuple(class_shape)}, got {tuple(target.shape)}")
+        if target.numel() and _data_checks_allowed(target):
+            labels = target[target != ignore_index]
+            if labels.numel() and bool(((labels < 0) | (labels >= C)).any()):
+                bad = labels[(labels < 0) | (labels >= C)][0].item()
+                raise ValueError(f"target contains class index {bad} outside [0, {C}) that is not ignore_index={ignore_index}")
+
+    if weight is not None:
+        if not isinstance(weight, Tensor) or not weight.is_floating_point() or tuple(weight.shape) != (C,):
+            raise ValueError(f"weight must be a float tensor of shape ({C},), got {getattr(weight, 'shape', weight)!r}")
+        if weight.device != input.device:
+            raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise ValueError("weight: the gradient w.r.t. class weights is not supported (as in PyTorch)")
+    if mixture is not None:
+        if not isinstance(mixture, Tensor) or not mixture.is_floating_point():
+            raise ValueError("mixture must be a float tensor")
+        if tuple(mixture.shape) != (C, C):
+            raise ValueError(f"mixture must be C x C = ({C}, {C}), got {tuple(mixture.shape)}")
+        if mixture.device != input.device:
+            raise ValueError(f"mixture is on {mixture.device} but input is on {input.device}")
+        if label_smoothing > 0:
+            raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
+    if inplace_backward:
+        if input.is_leaf and input.requires_grad:
+            raise ValueError("inplace_backward=True overwrites input with its gradient; input must not be a leaf that requires grad")
+        if (mixture is not None and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):
+            raise ValueError("inplace_backward=True cannot be used when mixture or target require grad (their gradient needs the logits)")
+    return C

@@ -1,0 +1,39 @@
+import os
+
+import pytest
+import torch
+
+import hardloss_cuda
+
+# Every test that takes `backend, device` runs once per backend that can run here; the
+# reference stays the oracle. Triton is covered by test_triton_interpreter.py on the CPU.
+_avail = hardloss_cuda.available_backends()
+# `make test` builds the extension and sets this, so a broken build fails loudly instead of
+# quietly narrowing the suite to the reference.
+if os.environ.get("HARDLOSS_REQUIRE_EXTENSION") == "1" and "cpu" not in _avail:
+    raise RuntimeError(f"HARDLOSS_REQUIRE_EXTENSION=1 but: {hardloss_cuda.unavailable_reasons()['cpu']}")
+BACKEND_DEVICES = [(b, "cpu") for b in ("reference", "cpu") if b in _avail]
+if torch.cuda.is_available():
+    BACKEND_DEVICES += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _avail]
+
+
+def pytest_generate_tests(metafunc):
+    if {"backend", "device"} <= set(metafunc.fixturenames):
+        ids = [f"{b}-{d}" for b, d in BACKEND_DEVICES]
+        metafunc.parametrize(("backend", "device"), BACKEND_DEVICES, ids=ids)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    # Fresh inputs every run, reproducible from the printed seed when a test fails.
+    seed = int(os.environ.get("HARDLOSS_TEST_SEED", torch.seed() % 2**31))
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    yield
+
+
+def pytest_runtest_makereport(item, call):
+    if call.excinfo is not None:
+        seeds = [v for k, v in item.user_properties if k == "seed"]
+        if seeds:
+            item.add_report_section(call.when, "seed", f"HARDLOSS_TEST_SEED={seeds[0]}")
