@@ -42,6 +42,9 @@ def test_k1_equals_torch(backend, device, shape, kind, reduction, smoothing, wei
         target = torch.randint(0, C, tshape, device=device)
         if ignore and target.dim():
             target.view(-1)[::3] = 3  # every third row ignored
+        elif ignore and target == 3:
+            # a lone ignored row is the all-ignored batch: 0 here, NaN in torch (test_empty_and_all_ignored_batches_are_finite)
+            target.fill_(4)
     kw = dict(reduction=reduction, label_smoothing=smoothing,
               weight=torch.rand(C, dtype=torch.float64, device=device) + 0.5 if weighted else None,
               ignore_index=3 if ignore else -100)
@@ -100,8 +103,9 @@ def test_rows_sum_to_zero(backend, device, k, kind):
     elif kind == "weighted":
         kw["weight"] = torch.rand(C, device=device) + 0.1
     _, g = _grad(H.cross_entropy, x, y, reduction="sum", k=k, backend=backend, **kw)
-    # fp32 summation error scales with the row's absolute sum (O(C) for small k)
-    torch.testing.assert_close(g.sum(1), torch.zeros(20, device=device), atol=1e-6 * g.abs().sum(1).max().item(), rtol=0)
+    # fp32 summation error is bounded by C * eps * (the row's absolute sum)
+    atol = C * torch.finfo(g.dtype).eps * g.abs().sum(1).max().item()
+    torch.testing.assert_close(g.sum(1), torch.zeros(20, device=device), atol=atol, rtol=0)
     _, g_ref = _grad(H.cross_entropy, x.double(), y.double() if y.is_floating_point() else y, reduction="sum",
                      k=k, backend="reference", **{n: v.double() if torch.is_tensor(v) else v for n, v in kw.items()})
     torch.testing.assert_close(g.double(), g_ref, rtol=2e-5, atol=2e-6 * g_ref.abs().max().item())

@@ -82,7 +82,9 @@ def test_extreme_numerics_stay_finite(dtype, k):
     for kw in ({}, {"label_smoothing": 0.1}):
         loss, grad, lse = _rows(z, y, k=k, **kw)
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all() and torch.isfinite(lse).all()
-        torch.testing.assert_close(grad.sum(1), torch.zeros(6, dtype=dtype), atol=1e-5, rtol=0)
+        # summation error scales with the row's absolute sum (O(C) for small k)
+        atol = 4 * torch.finfo(dtype).eps * grad.abs().sum(1).max().item()
+        torch.testing.assert_close(grad.sum(1), torch.zeros(6, dtype=dtype), atol=atol, rtol=0)
     _, grad, _ = _rows(z, y, k=k)
     assert grad[1].abs().max() < 1e-30 or k < 1  # p_y == 1 in fp: no gradient
     assert grad[3, y[3]] == -1.0  # |eps_y| = 1 - p_y == 1 exactly, in the log domain
