@@ -1,0 +1,357 @@
+"""The Triton kernels under the Triton interpreter (CPU tensors, no GPU needed).
+
+Every result is compared with the float64 truth from ``hardloss_cuda.reference.rows``. The
+tolerance is relative to what the same math in PyTorch at the working precision gets
+(``reference.rows`` on the low-precision input, accumulating in fp32 and rounding the
+gradient to the logits' dtype), so ill-conditioned elements (|eps| near 0 with small k)
+and bf16/fp16 rounding are judged fairly, plus a plain relative tolerance.
+"""
+
+import importlib
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton and the kernels are imported
+
+import pytest
+import torch
+
+pytest.importorskip("numpy", reason="the Triton interpreter needs numpy")
+pytest.importorskip("triton", reason="triton is not installed")
+
+
+def _load_interpreted():
+    """triton.jit chooses the interpreter when a kernel is decorated: if another test module
+    imported triton_kernels without TRITON_INTERPRET, reload the kernel modules."""
+    import triton_kernels.launch
+
+    if type(triton_kernels.launch.onehot_kernel).__name__ != "InterpretedFunction":
+        for name in ("rowmath", "onehot", "soft", "config", "launch"):
+            importlib.reload(sys.modules[f"triton_kernels.{name}"])
+    return triton_kernels.launch
+
+
+launch = _load_interpreted()
+from hardloss_cuda.reference import rows  # noqa: E402
+from triton_kernels.config import plan  # noqa: E402
+
+# The interpreter runs the kernels in numpy, which warns on log(0) and exp(inf - inf)
+# exactly where the math means -inf / NaN.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+KS = [1 / 16, 0.5, 1.0, 2.0, 8.0]
+RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+FLOOR = {torch.float64: 1e-14, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+
+
+def _f64(t):
+    return None if t is None else (t.double() if t.is_floating_point() else t)
+
+
+def _close(name, got, truth, baseline, dtype):
+    """|got - truth| <= rtol |truth| + max(floor, 2 * max|baseline - truth|), NaN where the
+    truth is NaN."""
+    got, truth, baseline = got.double(), truth.double(), baseline.double()
+    assert got.shape == truth.shape, name
+    nan = torch.isnan(truth)
+    assert torch.equal(torch.isnan(got), nan), f"{name}: NaN pattern differs"
+    got, truth, baseline = got[~nan], truth[~nan], baseline[~nan]
+    if got.numel() == 0:
+        return
+    inf = torch.isinf(truth)
+    assert torch.equal(got[inf], truth[inf]), f"{name}: inf entries differ"
+    got, truth, baseline = got[~inf], truth[~inf], baseline[~inf]
+    if got.numel() == 0:
+        return
+    atol = max(FLOOR[dtype], 2 * (baseline - truth).abs().max().item())
+    err = (got - truth).abs()
+    bad = err > RTOL[dtype] * truth.abs() + atol
+    assert not bad.any(), (
+        f"{name}: max err {err.max().item():.3e} (atol {atol:.3e}, rtol {RTOL[dtype]}), "
+        f"worst got {got[bad][:4].tolist()} truth {truth[bad][:4].tolist()}"
+    )
+
+
+def check(z, t, weight=None, mixture=None, ignore_index=-100, s=0.0, k=1.0, block_cap=None):
+    """Run fwd with and without the gradient and compare with the float64 truth."""
+    loss, grad, lse = launch.fwd(z, t, weight, mixture, ignore_index, s, k, True, block_cap=block_cap)
+    t64 = t.double() if t.is_floating_point() else t
+    truth = rows(z.double(), t64, _f64(weight), _f64(mixture), ignore_index, s, k)
+    base = rows(z, t, weight, mixture, ignore_index, s, k)  # PyTorch at working precision
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    assert loss.dtype == acc and lse.dtype == acc and grad.dtype == z.dtype
+    _close("loss", loss, truth[0], base[0], z.dtype)
+    _close("grad", grad, truth[1], base[1], z.dtype)
+    _close("lse", lse, truth[2], base[2], z.dtype)
+    # Without the gradient: same loss and lse, grad of shape (0, C).
+    loss2, grad2, lse2 = launch.fwd(z, t, weight, mixture, ignore_index, s, k, False, block_cap=block_cap)
+    assert grad2.shape == (0, z.shape[1])
+    assert torch.equal(loss2, loss) or torch.allclose(loss2, loss, equal_nan=True)
+    assert torch.allclose(lse2, lse, equal_nan=True)
+    return loss, grad, lse
+
+
+def _logits(n, c, dtype=torch.float32, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, c, generator=g) * scale).to(dtype)
+
+
+def _labels(n, c, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, c, (n,), generator=g)
+
+
+def _probs(n, c, dtype=torch.float32, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(n, c, generator=g) * 2, 1).to(dtype)
+
+
+def _weight(c, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(c, generator=g) + 0.25
+
+
+def _mixture(c, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(c, c, generator=g)
+    return w / w.sum(1, keepdim=True)
+
+
+# ---------------------------------------------------------------- one-hot path
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("C", [1, 2, 3, 37, 1000])
+def test_onehot(C, k):
+    N = 9
+    t = _labels(N, C)
+    t[4] = -100  # ignored row
+    check(_logits(N, C), t, k=k)
+
+
+@pytest.mark.parametrize("k", [0.5, 2.0])
+def test_onehot_weight_and_custom_ignore_index(k):
+    C = 37
+    t = _labels(12, C)
+    t[3] = 5  # ignore_index may be a real class: that row is still ignored
+    loss, grad, _ = check(_logits(12, C), t, weight=_weight(C), ignore_index=5, k=k)
+    assert (loss[t == 5] == 0).all() and (grad[t == 5] == 0).all()
+
+
+@pytest.mark.parametrize("k", [1 / 16, 1.0, 8.0])
+def test_onehot_extreme_logits(k):
+    """p_y -> 1, tiny p_y, logits ~1e4 and -inf: no overflow, no 1 - p_y cancellation."""
+    C = 6
+    z = torch.zeros(5, C)
+    z[0, 2] = 60.0  # p_y = 1 - 5e-27: loss and grad far below fp32 epsilon but exact
+    z[1, 2] = -60.0  # target nearly impossible
+    z[2] = torch.tensor([1e4, 1e4 - 3, -1e4, 1e4 + 2, 0.0, 5.0])
+    z[3, 0] = float("-inf")  # a class with p = 0 (not the target)
+    z[4] = 1e4 + torch.arange(C, dtype=torch.float32)
+    t = torch.tensor([2, 2, 1, 4, 0])
+    loss, grad, _ = check(z, t, k=k)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    torch.testing.assert_close(grad.double().sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_large_C_default_block():
+    """C > BLOCK_CAP loops with the default geometry (2**18 + 3 columns, one row each)."""
+    C = 2**18 + 3
+    z = _logits(2, C)
+    t = torch.tensor([C - 1, 7])
+    check(z, t, k=2.0)
+
+
+# ---------------------------------------------------------------- soft paths
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("mode", ["smooth", "mixture", "probs"])
+def test_soft(mode, k):
+    N, C = 9, 37
+    z = _logits(N, C)
+    kw = {}
+    if mode == "probs":
+        t = _probs(N, C)
+        kw["s"] = 0.1 if k == 1.0 else 0.0
+    else:
+        t = _labels(N, C)
+        t[4] = -100
+        kw = {"s": 0.1} if mode == "smooth" else {"mixture": _mixture(C)}
+    check(z, t, k=k, **kw)
+
+
+@pytest.mark.parametrize("mode", ["smooth", "mixture", "probs"])
+def test_soft_weighted(mode):
+    N, C = 9, 37
+    z, w = _logits(N, C), _weight(C)
+    if mode == "probs":
+        check(z, _probs(N, C), weight=w, s=0.2, k=0.5)
+    elif mode == "smooth":
+        check(z, _labels(N, C), weight=w, s=0.3, k=2.0)
+    else:
+        check(z, _labels(N, C), weight=w, mixture=_mixture(C), k=2.0)
+
+
+@pytest.mark.parametrize("C", [1, 2, 3, 1000])
+def test_soft_ragged_C(C):
+    check(_logits(5, C), _labels(5, C), s=0.1, k=0.5)
+    check(_logits(5, C), _probs(5, C), k=2.0)
+
+
+def test_soft_extreme():
+    """k = 8 with tiny positive eps (log-domain S_pos) and k = 1/16 with underflowing p."""
+    C = 5
+    z = torch.tensor([[80.0, 0, 0, -80, 0], [0, 0, 0, 0, 0], [1e4, 1e4 - 1, -1e4, 0, 1e4 + 1]])
+    t = torch.tensor([0, 3, 2])
+    for k in (1 / 16, 8.0):
+        _, grad, _ = check(z, t, s=0.05, k=k)
+        assert torch.isfinite(grad).all()
+        check(z, torch.softmax(z * 0.01, 1), k=k)
+
+
+# ---------------------------------------------------------------- column loop, geometry
+
+
+@pytest.mark.parametrize("case", ["onehot", "onehot_w", "smooth", "mixture", "probs_w"])
+def test_column_loop(case):
+    """block_cap=16 makes C = 100 take 7 column blocks (ragged last block)."""
+    N, C = 4, 100
+    z, t = _logits(N, C), _labels(N, C)
+    t[2] = -100
+    kw = dict(block_cap=16, k=2.0)
+    if case == "onehot":
+        check(z, t, **kw)
+    elif case == "onehot_w":
+        check(z, t, weight=_weight(C), **kw)
+    elif case == "smooth":
+        check(z, t, s=0.1, **kw)
+    elif case == "mixture":
+        check(z, t, mixture=_mixture(C), **kw)
+    else:
+        check(z, _probs(N, C), weight=_weight(C), s=0.1, **kw)
+
+
+def test_many_rows_per_program():
+    """Small C packs many rows into one program; N not a multiple of the rows per program."""
+    N, C = 300, 5
+    block, rows_per_prog, _ = plan(N, C)
+    assert rows_per_prog > 1 and N % rows_per_prog
+    t = _labels(N, C)
+    t[::7] = -100
+    check(_logits(N, C), t, k=0.5)
+    check(_logits(N, C), t, s=0.1, k=2.0)
+
+
+def test_plan():
+    assert plan(10, 262144) == (8192, 1, 16)
+    assert plan(10, 1000)[:2] == (1024, 4)
+    assert plan(1000, 10)[:2] == (16, 256)
+    assert plan(3, 10)[:2] == (16, 4)
+    assert plan(5, 1)[:2] == (1, 8)
+    assert plan(5, 100, block_cap=16)[:2] == (16, 1)
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("mode", ["onehot", "smooth", "mixture", "probs"])
+def test_dtypes(dtype, mode):
+    N, C = 6, 37
+    z = _logits(N, C, dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    t = _labels(N, C)
+    t[1] = -100
+    if mode == "onehot":
+        check(z, t, weight=_weight(C).to(acc), k=2.0)
+    elif mode == "smooth":
+        check(z, t, s=0.1, k=0.5)
+    elif mode == "mixture":
+        check(z, t, mixture=_mixture(C).to(acc), k=1.0)
+    else:
+        check(z, _probs(N, C, dtype), k=8.0, block_cap=16)
+
+
+# ---------------------------------------------------------------- bad rows
+
+
+@pytest.mark.parametrize("mode", ["onehot", "smooth", "mixture"])
+def test_out_of_range_label_gives_nan_row(mode):
+    """Labels outside [0, C): NaN row, no crash. 2**40 would fault if it were ever used in
+    an address; the clamp keeps every access inside the row / inside W."""
+    N, C = 6, 37
+    t = _labels(N, C)
+    t[0], t[2], t[3], t[5] = C, -1, 2**40, -(2**40)
+    kw = {"smooth": {"s": 0.1}, "mixture": {"mixture": _mixture(C)}}.get(mode, {})
+    loss, grad, lse = check(_logits(N, C), t, k=0.5, **kw)
+    bad = torch.tensor([True, False, True, True, False, True])
+    assert torch.isnan(loss[bad]).all() and torch.isnan(grad[bad]).all()
+    assert torch.isfinite(loss[~bad]).all() and torch.isfinite(grad[~bad]).all()
+    assert torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("mode", ["onehot", "smooth"])
+def test_nonfinite_logits_stay_in_their_row(mode):
+    N, C = 4, 10
+    z = _logits(N, C)
+    z[1, 3] = float("nan")
+    z[2, 4] = float("inf")
+    t = _labels(N, C)
+    kw = {"s": 0.1} if mode == "smooth" else {}
+    loss, grad, _ = launch.fwd(z, t, None, None, -100, kw.get("s", 0.0), 2.0, True)
+    assert torch.isnan(loss[1:3]).all()
+    ok = torch.tensor([0, 3])
+    ref = rows(z[ok].double(), t[ok], None, None, -100, kw.get("s", 0.0), 2.0)
+    torch.testing.assert_close(loss[ok].double(), ref[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad[ok].double(), ref[1], rtol=1e-5, atol=1e-6)
+
+
+def test_all_rows_ignored_and_empty():
+    z = _logits(3, 7)
+    loss, grad, lse = launch.fwd(z, torch.full((3,), -100), None, None, -100, 0.0, 2.0, True)
+    assert (loss == 0).all() and (grad == 0).all() and torch.isfinite(lse).all()
+    loss, grad, lse = launch.fwd(z, torch.full((3,), -100), None, _mixture(7), -100, 0.0, 2.0, True)
+    assert (loss == 0).all() and (grad == 0).all()
+    e = torch.empty(0, 7)
+    loss, grad, lse = launch.fwd(e, torch.empty(0, dtype=torch.int64), None, None, -100, 0.0, 2.0, True)
+    assert loss.shape == (0,) and grad.shape == (0, 7) and lse.shape == (0,)
+    loss, lse = launch.fwd_inplace(e, torch.empty(0, dtype=torch.int64), None, None, -100, 0.1, 2.0)
+    assert loss.shape == (0,)
+
+
+# ---------------------------------------------------------------- in place
+
+
+@pytest.mark.parametrize("mode", ["onehot", "smooth", "probs"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inplace_matches_fwd(mode, dtype):
+    N, C = 5, 100
+    z = _logits(N, C, dtype)
+    t = _probs(N, C, dtype) if mode == "probs" else _labels(N, C)
+    s = 0.1 if mode == "smooth" else 0.0
+    loss, grad, lse = launch.fwd(z, t, _weight(C), None, -100, s, 0.5, True, block_cap=32)
+    buf = z.clone()
+    loss2, lse2 = launch.fwd_inplace(buf, t, _weight(C), None, -100, s, 0.5, block_cap=32)
+    assert torch.equal(buf, grad) and torch.equal(loss2, loss) and torch.equal(lse2, lse)
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def test_bad_arguments_raise():
+    z, t = _logits(3, 5), _labels(3, 5)
+    with pytest.raises(TypeError, match="logits"):
+        launch.fwd(z.to(torch.int32), t, None, None, -100, 0.0, 1.0, True)
+    with pytest.raises(ValueError, match="weight"):
+        launch.fwd(z, t, torch.ones(4), None, -100, 0.0, 1.0, True)
+    with pytest.raises(ValueError, match="mixture"):
+        launch.fwd(z, t, None, torch.eye(4), -100, 0.0, 1.0, True)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        launch.fwd(z, t, None, torch.eye(5), -100, 0.1, 1.0, True)
+    with pytest.raises(ValueError, match="k must"):
+        launch.fwd(z, t, None, None, -100, 0.0, 0.0, True)
+    with pytest.raises(ValueError, match="target"):
+        launch.fwd(z, t[:2], None, None, -100, 0.0, 1.0, True)
+    with pytest.raises(ValueError, match="contiguous"):
+        launch.fwd_inplace(z.t().contiguous().t(), t, None, None, -100, 0.0, 1.0)
