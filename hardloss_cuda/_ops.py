@@ -14,19 +14,34 @@ wrapped in ``InplaceFwd`` (an ``autograd.Function``) instead.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 
 import torch
 from torch import Tensor
 
-from . import reference
+from . import _version_check, reference
 from ._schema import FWD_ARGS
 
-try:  # the compiled library defines hardloss_cuda::{fwd, fwd_inplace, bwd}
-    importlib.import_module("hardloss_cuda._C")
 
-    C_IMPORT_ERROR: str | None = None
-except ImportError as e:  # pure-Python install: the reference (and triton) still work
-    C_IMPORT_ERROR = f"{type(e).__name__}: {e}"
+def _load_compiled() -> str | None:
+    """Import the compiled library (it defines hardloss_cuda::{fwd, fwd_inplace, bwd});
+    the reason it is not loaded, or None. Without it the reference (and triton) still work."""
+    if importlib.util.find_spec("hardloss_cuda._C") is None:
+        return "ModuleNotFoundError: hardloss_cuda._C was not built"
+    why = _version_check.mismatch(_version_check.read_build_info(), torch.__version__, torch.version.cuda)
+    if why is not None:
+        if os.environ.get("HARDLOSS_IGNORE_BUILD_MISMATCH") != "1":
+            raise RuntimeError(why)
+        return why
+    try:
+        importlib.import_module("hardloss_cuda._C")
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+C_IMPORT_ERROR: str | None = _load_compiled()
 
 _lib = torch.library.Library("hardloss_cuda", "FRAGMENT")
 _lib.define("reference_fwd" + FWD_ARGS)

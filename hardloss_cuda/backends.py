@@ -8,13 +8,11 @@ tensors the CUDA kernel, else Triton, else the reference.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-from pathlib import Path
 
 import torch
 
-from . import _ops
+from . import _ops, _version_check
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
@@ -72,8 +70,7 @@ def resolve(backend: str, device: torch.device) -> str:
 
 def build_info() -> dict:
     """How the compiled extension was built (torch, CUDA, archs), or why there is none."""
-    path = Path(__file__).with_name("_build_info.json")
-    info = json.loads(path.read_text()) if path.exists() else {}
+    info = _version_check.read_build_info()
     info["extension_loaded"] = _ops.C_IMPORT_ERROR is None
     if _ops.C_IMPORT_ERROR is not None:
         info["extension_error"] = _ops.C_IMPORT_ERROR
