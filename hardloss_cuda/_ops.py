@@ -60,12 +60,17 @@ for _key in ("CPU", "CUDA"):  # CPU runs only under TRITON_INTERPRET=1
     _lib.impl("triton_fwd", _triton_fwd, _key)
 
 
+# Read once: the dispatcher query is not traceable by torch.compile, and the answer cannot
+# change after the library was loaded.
+_COMPILED_FOR = {
+    dev: C_IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("hardloss_cuda::fwd", key)
+    for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+}
+
+
 def has_compiled_op(device_type: str) -> bool:
     """Whether the compiled library has a kernel for this device type ('cpu', 'cuda')."""
-    if C_IMPORT_ERROR is not None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
-    return torch._C._dispatch_has_kernel_for_dispatch_key("hardloss_cuda::fwd", key)
+    return _COMPILED_FOR.get(device_type, False)
 
 
 def _fake_fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):

@@ -1,0 +1,75 @@
+#include "checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace hl {
+namespace {
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_same_device(const at::Tensor& t, const at::Tensor& logits, const char* name) {
+  TORCH_CHECK(t.device() == logits.device(), "hardloss_cuda: ", name, " is on ", t.device(),
+              " but logits is on ", logits.device());
+}
+
+}  // namespace
+
+void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                    double label_smoothing, double k) {
+  TORCH_CHECK(logits.dim() == 2, "hardloss_cuda: logits must be 2-D (N, C), got shape ", logits.sizes());
+  TORCH_CHECK(is_float_dtype(logits.scalar_type()), "hardloss_cuda: logits: unsupported dtype ",
+              logits.scalar_type(), " (float32, float64, float16 or bfloat16)");
+  const int64_t N = logits.size(0), C = logits.size(1);
+  TORCH_CHECK(C >= 1, "hardloss_cuda: logits must have at least one class (C >= 1)");
+  const at::ScalarType acc = acc_dtype(logits.scalar_type());
+  check_same_device(target, logits, "target");
+  if (target.is_floating_point()) {
+    TORCH_CHECK(target.dim() == 2 && target.size(0) == N && target.size(1) == C,
+                "hardloss_cuda: target: class probabilities must have shape (", N, ", ", C, "), got ",
+                target.sizes());
+    TORCH_CHECK(target.scalar_type() == logits.scalar_type(), "hardloss_cuda: target: probabilities must have the logits' dtype ",
+                logits.scalar_type(), ", got ", target.scalar_type());
+    TORCH_CHECK(!(mixture.has_value() && mixture->defined()),
+                "hardloss_cuda: mixture: only allowed with class-index targets");
+  } else {
+    TORCH_CHECK(target.scalar_type() == at::kLong && target.dim() == 1 && target.size(0) == N,
+                "hardloss_cuda: target: class indices must be int64 of shape (", N, "), got ",
+                target.scalar_type(), " ", target.sizes());
+  }
+  if (weight.has_value() && weight->defined()) {
+    check_same_device(*weight, logits, "weight");
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == C && weight->scalar_type() == acc,
+                "hardloss_cuda: weight: expected ", acc, " of shape (", C, "), got ",
+                weight->scalar_type(), " ", weight->sizes());
+  }
+  if (mixture.has_value() && mixture->defined()) {
+    check_same_device(*mixture, logits, "mixture");
+    TORCH_CHECK(mixture->dim() == 2 && mixture->size(0) == C && mixture->size(1) == C &&
+                    mixture->scalar_type() == acc,
+                "hardloss_cuda: mixture: expected ", acc, " of shape (", C, ", ", C, "), got ",
+                mixture->scalar_type(), " ", mixture->sizes());
+    TORCH_CHECK(label_smoothing == 0.0, "hardloss_cuda: label_smoothing cannot be combined with a mixture");
+  }
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+              "hardloss_cuda: label_smoothing must be in [0, 1], got ", label_smoothing);
+  TORCH_CHECK(std::isfinite(k) && k > 0.0, "hardloss_cuda: k must be finite and > 0, got ", k);
+}
+
+void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& grad) {
+  TORCH_CHECK(grad.dim() == 2, "hardloss_cuda: grad must be 2-D (N, C), got shape ", grad.sizes());
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == grad.size(0),
+              "hardloss_cuda: grad_loss must have shape (", grad.size(0), "), got ", grad_loss.sizes());
+  TORCH_CHECK(is_float_dtype(grad.scalar_type()) && grad_loss.is_floating_point(),
+              "hardloss_cuda: grad / grad_loss: unsupported dtypes ", grad.scalar_type(), ", ",
+              grad_loss.scalar_type());
+  check_same_device(grad_loss, grad, "grad_loss");
+}
+
+}  // namespace hl

@@ -1,0 +1,35 @@
+// The op library hardloss_cuda::{fwd, fwd_inplace, bwd}: one schema for every compiled
+// backend (the strings are hardloss_cuda/_schema.py's; tests/test_ops.py checks they agree),
+// the CPU kernels registered here, the CUDA kernels in csrc/cuda/ops_cuda.cpp.
+//
+// The Python module hardloss_cuda._C exists only so that `import hardloss_cuda._C` loads
+// this library and runs the registrations below. It is built against the limited Python API
+// (abi3 wheels), hence a plain PyModuleDef and no pybind11.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/hardloss_cpu.h"
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(hardloss_cuda, m) {
+  m.def(
+      "fwd(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
+      "int ignore_index, float label_smoothing, float k, bool compute_grad) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "fwd_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
+      "int ignore_index, float label_smoothing, float k) -> (Tensor, Tensor)");
+  m.def("bwd(Tensor grad_loss, Tensor grad) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
+  m.impl("fwd", &hl::cpu::fwd);
+  m.impl("fwd_inplace", &hl::cpu::fwd_inplace);
+  m.impl("bwd", &hl::cpu::bwd);
+}

@@ -1,0 +1,171 @@
+// CTest of csrc/row_math.h without torch: the one-hot and soft-path functions against a
+// direct long-double evaluation of SPEC section 2 (explicit eps, not the stable rewrite),
+// chunked merges against sequential pushes, and the extreme cases of SPEC "Numerics".
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "row_math.h"
+
+using ld = long double;
+static int failures = 0;
+
+static void expect_close(const char* what, double got, ld want, double rtol, double atol) {
+  const bool ok = std::isnan((double)want) ? std::isnan(got)
+                                            : std::fabs(got - (double)want) <= atol + rtol * std::fabs((double)want);
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %s: got %.17g, want %.17Lg\n", what, got, want);
+  }
+}
+
+// Keren et al. directly: eps = p - onehot(y), f_y = -w|eps_y|^k, f_j = w|eps_y|^k eps_j^k / sum.
+static std::vector<ld> naive_onehot(const std::vector<double>& z, int y, ld w, ld k, ld* loss, ld* lse) {
+  ld m = z[0];
+  for (double v : z) m = std::max<ld>(m, v);
+  ld s = 0;
+  for (double v : z) s += std::exp((ld)v - m);
+  *lse = m + std::log(s);
+  *loss = w * (*lse - z[y]);
+  std::vector<ld> eps(z.size()), f(z.size());
+  ld sum = 0;
+  for (size_t j = 0; j < z.size(); ++j) eps[j] = std::exp((ld)z[j] - *lse) - (j == (size_t)y);
+  for (size_t j = 0; j < z.size(); ++j)
+    if (j != (size_t)y) sum += std::pow(eps[j], k);
+  const ld ey = std::pow(std::fabs(eps[y]), k);
+  for (size_t j = 0; j < z.size(); ++j) f[j] = j == (size_t)y ? -w * ey : (sum > 0 ? w * ey * std::pow(eps[j], k) / sum : 0);
+  return f;
+}
+
+// The library's one-hot path on a row, split into `parts` chunks merged with onehot_merge.
+template <typename T>
+static void lib_onehot(const std::vector<double>& z, int y, T w, T k, int parts, T* loss, T* lse, std::vector<T>* f) {
+  const size_t C = z.size();
+  hl::OneHotStats<T> st = hl::onehot_init<T>();
+  for (int p = 0; p < parts; ++p) {
+    hl::OneHotStats<T> part = hl::onehot_init<T>();
+    for (size_t j = p * C / parts; j < (p + 1) * C / parts; ++j)
+      if (j != (size_t)y) hl::onehot_push(part, (T)z[j], k);
+    st = hl::onehot_merge(st, part, k);
+  }
+  const hl::OneHotRow<T> r = hl::onehot_finalize(st, (T)z[y], w, k);
+  *loss = r.loss;
+  *lse = r.lse;
+  f->assign(C, T(0));
+  for (size_t j = 0; j < C; ++j) (*f)[j] = j == (size_t)y ? r.f_y : hl::onehot_fj(r, (T)z[j], k);
+}
+
+template <typename T>
+static void check_onehot(const char* name, const std::vector<double>& z, int y, double k, double rtol) {
+  ld nl, nlse;
+  const std::vector<ld> nf = naive_onehot(z, y, 1.5L, k, &nl, &nlse);
+  ld fmax = 0;
+  for (ld v : nf) fmax = std::max(fmax, std::fabs(v));
+  for (int parts : {1, 3, 7}) {
+    T loss, lse;
+    std::vector<T> f;
+    lib_onehot<T>(z, y, T(1.5), T(k), parts, &loss, &lse, &f);
+    char what[160];
+    std::snprintf(what, sizeof what, "%s k=%g parts=%d loss", name, k, parts);
+    expect_close(what, loss, nl, rtol, rtol);
+    std::snprintf(what, sizeof what, "%s k=%g parts=%d lse", name, k, parts);
+    expect_close(what, lse, nlse, rtol, rtol);
+    for (size_t j = 0; j < z.size(); ++j) {
+      std::snprintf(what, sizeof what, "%s k=%g parts=%d f[%zu]", name, k, parts, j);
+      expect_close(what, f[j], nf[j], rtol, rtol * (double)fmax);
+    }
+  }
+}
+
+// Soft path for a probability row q (sum 1): f = F_k(p - q) against the explicit formula.
+static void check_soft(const std::vector<double>& z, const std::vector<double>& q, double k) {
+  const size_t C = z.size();
+  hl::LseStats<double> ls = hl::lse_init<double>();
+  double t = 0;
+  for (size_t j = 0; j < C; ++j) hl::lse_push(ls, z[j]), t += q[j];
+  const double lse = hl::lse_value(ls);
+  hl::SoftEpsStats<double> es = hl::soft_eps_init<double>();
+  std::vector<double> kla(C);
+  std::vector<bool> neg(C);
+  for (size_t j = 0; j < C; ++j) {
+    bool n;
+    kla[j] = k * hl::soft_log_abs_eps(z[j], lse, q[j] / t, &n);
+    neg[j] = n;
+    hl::soft_eps_push(es, kla[j], n);
+  }
+  const hl::SoftRow<double> r = hl::soft_finalize(es, t);
+  ld sneg = 0, spos = 0;
+  std::vector<ld> eps(C);
+  for (size_t j = 0; j < C; ++j) {
+    eps[j] = std::exp((ld)z[j] - lse) - q[j] / t;
+    (eps[j] < 0 ? sneg : spos) += std::pow(std::fabs(eps[j]), (ld)k);
+  }
+  for (size_t j = 0; j < C; ++j) {
+    const ld want = eps[j] < 0 ? -t * std::pow(-eps[j], (ld)k) : t * sneg * std::pow(eps[j], (ld)k) / spos;
+    char what[96];
+    std::snprintf(what, sizeof what, "soft k=%g f[%zu]", k, j);
+    expect_close(what, hl::soft_f(r, kla[j], neg[j]), want, 1e-9, 1e-12);
+  }
+}
+
+int main() {
+  std::mt19937_64 gen(12345);
+  std::normal_distribution<double> normal(0.0, 3.0);
+  const double ks[] = {1.0 / 16, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0};
+  for (int C : {2, 3, 10, 257}) {
+    std::vector<double> z(C);
+    for (double& v : z) v = normal(gen);
+    const int y = (int)(gen() % C);
+    for (double k : ks) {
+      check_onehot<double>("random double", z, y, k, 1e-10);
+      check_onehot<float>("random float", z, y, k, 2e-5);
+    }
+    std::vector<double> q(C);
+    double qs = 0;
+    for (double& v : q) qs += (v = std::exp(normal(gen) / 3));
+    for (double& v : q) v /= qs;
+    for (double k : ks) check_soft(z, q, k);
+  }
+  // C = 1: loss 0 and f = 0, for every k.
+  for (double k : ks) {
+    float loss, lse;
+    std::vector<float> f;
+    lib_onehot<float>({3.0}, 0, 1.0f, (float)k, 1, &loss, &lse, &f);
+    expect_close("C=1 loss", loss, 0, 0, 0);
+    expect_close("C=1 f", f[0], 0, 0, 0);
+    expect_close("C=1 lse", lse, 3, 0, 0);
+  }
+  // p_y -> 1 and logits of 1e4: finite, and 1 - p_y without cancellation.
+  for (double k : ks) {
+    float loss, lse;
+    std::vector<float> f;
+    lib_onehot<float>({1e4, -1e4, 0.0, 1e4 - 30}, 0, 1.0f, (float)k, 2, &loss, &lse, &f);
+    const ld a = std::log(std::exp(-30.0L) + std::exp(-1e4L) + std::exp(-2e4L));  // log(1 - p_y), approx.
+    expect_close("p_y->1 f_y", f[0], -std::exp(k * a), 1e-4, 1e-37);  // may underflow float
+    bool finite = std::isfinite(loss) && std::isfinite(lse);
+    for (float v : f) finite = finite && std::isfinite(v);
+    if (!finite) ++failures, std::printf("FAIL p_y->1: non-finite output (k=%g)\n", k);
+  }
+  // -inf logits are classes with probability 0; NaN and +inf poison the row (as PyTorch).
+  {
+    float loss, lse;
+    std::vector<float> f;
+    lib_onehot<float>({1.0, -INFINITY, 2.0}, 0, 1.0f, 0.5f, 1, &loss, &lse, &f);
+    expect_close("-inf class f", f[1], 0, 0, 0);
+    lib_onehot<float>({1.0, NAN, 2.0}, 0, 1.0f, 0.5f, 1, &loss, &lse, &f);
+    if (!std::isnan(loss)) ++failures, std::printf("FAIL NaN logit: loss %g is not NaN\n", loss);
+    lib_onehot<float>({INFINITY, 1.0, 2.0}, 0, 1.0f, 0.5f, 1, &loss, &lse, &f);
+    if (!std::isnan(loss)) ++failures, std::printf("FAIL +inf target logit: loss %g is not NaN\n", loss);
+  }
+  // Labels: ignore_index wins inside [0, C); out-of-range labels are bad, never indexed.
+  if (hl::label_status(3, 5, 3) != hl::kLabelIgnored || hl::label_status(5, 5, -100) != hl::kLabelBad ||
+      hl::label_status(-1, 5, -100) != hl::kLabelBad || hl::label_status(4, 5, -100) != hl::kLabelValid)
+    ++failures, std::printf("FAIL label_status\n");
+  if (failures) {
+    std::printf("%d check(s) failed\n", failures);
+    return 1;
+  }
+  std::printf("row_math: all checks passed\n");
+  return 0;
+}
