@@ -1,0 +1,93 @@
+# make bench      set up .venv from nothing (torch CPU, the package with its C++ kernels,
+#                 test/bench deps) and print the benchmark report (writes benchmarks/results/)
+# make test       same set-up, then the test suite (reference, CPU kernel, Triton kernels
+#                 under TRITON_INTERPRET=1; the CUDA tests skip without a GPU)
+# make cmake-test standalone CMake build of the torch-free core + CTest, and every .cu
+#                 compiled for sm_80 and sm_90 when nvcc is found
+# make cuda-build the CUDA wheel against the CUDA torch (TORCH_CUDA_VERSION), installed into a
+#                 clean venv and checked from outside the tree (no GPU needed)
+# make wheels     cuda-build, plus the CPU wheel installed into a clean venv where the test
+#                 suite runs against it, plus the refusal of a wheel built for another torch
+# Targets are idempotent: stamps in the venvs rebuild only what changed.
+
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+TORCH_CUDA_VERSION ?= 2.14.1
+CONSTRAINTS := -c requirements/ci-constraints.txt
+VENV := .venv
+PY := $(VENV)/bin/python
+CUDA_VENV := .venv-cuda
+CUDA_PY := $(CUDA_VENV)/bin/python
+CHECK := build/wheel-check
+CSRC := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' 2>/dev/null)
+PYTEST_ARGS ?= -q
+# The wheel checks run from here, outside the source tree.
+OUTSIDE = $(shell mktemp -d)
+
+.PHONY: all setup test bench bench-quick cmake-test wheel-cpu wheel-cuda cuda-build wheels clean
+
+all: test
+
+$(VENV)/.deps: requirements/ci-constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	touch $@
+
+# The extension needs torch at build time, hence --no-build-isolation (BUILD_NOTES.md).
+$(VENV)/.built: $(VENV)/.deps pyproject.toml setup.py $(CSRC)
+	$(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
+	touch $@
+
+setup: $(VENV)/.built
+
+test: setup
+	HARDLOSS_REQUIRE_EXTENSION=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/report.py
+
+bench-quick: setup
+	$(PY) benchmarks/report.py --quick
+
+# nvcc on PATH may be a wrapper script that execs the real one; CMake needs the real path.
+NVCC := $(shell n=$$(command -v nvcc) && if head -c2 "$$n" | grep -q '\#!'; then sed -n 's/^exec \([^ ]*nvcc\).*/\1/p' "$$n"; else echo "$$n"; fi)
+
+cmake-test:
+	cmake -S . -B build/cmake -G Ninja $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC))
+	cmake --build build/cmake -j2
+	ctest --test-dir build/cmake --output-on-failure
+
+# ---- wheels (README "Wheels") ----------------------------------------------------------
+$(CUDA_VENV)/.deps:
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_PY) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(CUDA_PY) -m pip install -q torch==$(TORCH_CUDA_VERSION) numpy
+	touch $@
+
+wheel-cpu: $(VENV)/.deps
+	HARDLOSS_SKIP_CUDA=1 scripts/build_wheel.sh $(PY) dist/cpu
+
+wheel-cuda: $(CUDA_VENV)/.deps
+	HARDLOSS_FORCE_CUDA=1 scripts/build_wheel.sh $(CUDA_PY) dist/cuda
+
+# A fresh venv each time: only torch and the wheel, nothing from this tree.
+cuda-build: wheel-cuda
+	rm -rf $(CHECK)/cuda && $(PYTHON) -m venv $(CHECK)/cuda
+	$(CHECK)/cuda/bin/pip install -q torch==$(TORCH_CUDA_VERSION) numpy
+	$(CHECK)/cuda/bin/pip install -q --no-deps dist/cuda/hardloss_cuda-*.whl
+	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect cuda
+
+wheels: cuda-build wheel-cpu
+	rm -rf $(CHECK)/cpu && $(PYTHON) -m venv $(CHECK)/cpu
+	$(CHECK)/cpu/bin/pip install -q torch==$(TORCH_VERSION)
+	$(CHECK)/cpu/bin/pip install -q $(CONSTRAINTS) "$$(ls dist/cpu/hardloss_cuda-*.whl)[test,bench,triton]"
+	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cpu/bin/python $(CURDIR)/scripts/check_wheel.py --expect cpu
+	cd $(OUTSIDE) && HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_EXPECT_INSTALLED=1 \
+	  $(CURDIR)/$(CHECK)/cpu/bin/python -m pytest $(CURDIR)/tests -p no:cacheprovider --import-mode=importlib $(PYTEST_ARGS)
+	# the CPU wheel (torch $(TORCH_VERSION)) under the CUDA torch must refuse to load, clearly
+	$(CHECK)/cuda/bin/pip install -q --no-deps --force-reinstall dist/cpu/hardloss_cuda-*.whl
+	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect-mismatch
+
+clean:
+	rm -rf build dist *.egg-info hardloss_cuda/_C*.so hardloss_cuda/_build_info.json
