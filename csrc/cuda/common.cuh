@@ -1,0 +1,256 @@
+// common.cuh: device helpers shared by the CUDA kernels (torch-free).
+//
+// - acc type and conversions for float / double / __half / __nv_bfloat16;
+// - 16-byte packs: vectorised, coalesced loads and stores with a scalar fallback for rows that
+//   are not 16-byte aligned (C % (16 / sizeof(scalar_t)) != 0, or an odd base pointer);
+// - warp-shuffle versions of row_math.h's statistics and a group reduction (a sub-warp group,
+//   a warp, or the whole block through shared memory) that merges with row_math.h's merge
+//   functions in a fixed order, so every thread of the group ends with bitwise the same value;
+// - onehot_stats_regs / lse_stats_regs: the thread-local part of row_math.h's online
+//   statistics for values already in registers (see the comment there).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "row_math.h"
+
+namespace hl {
+namespace cuda {
+
+// The device's figures the launchers size grids with; cached per device after the first
+// call (attribute queries only: no stream work, safe during CUDA graph capture). bwd.cu.
+struct DeviceInfo {
+  int device;
+  int sms;         // multiprocessors
+  int smem_optin;  // max shared memory per block after cudaFuncSetAttribute
+};
+cudaError_t device_info(DeviceInfo* out);
+
+// ---------------------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------------------
+template <typename S>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename S>
+using acc_type = typename AccOf<S>::type;
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename S>
+__device__ __forceinline__ S from_acc(acc_type<S> x);
+template <>
+__device__ __forceinline__ float from_acc<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ double from_acc<double>(double x) { return x; }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Read-only (non-coherent) cache loads, for inputs the kernel never writes: target, weight,
+// mixture rows, probability targets. The logits are read with plain loads because
+// fwd_inplace writes the gradient over them in the same kernel.
+template <typename T>
+__device__ __forceinline__ T ldg(const T* p) { return __ldg(p); }
+template <>
+__device__ __forceinline__ int64_t ldg<int64_t>(const int64_t* p) {
+  return static_cast<int64_t>(__ldg(reinterpret_cast<const long long*>(p)));
+}
+
+// ---------------------------------------------------------------------------------------
+// 16-byte packs. Vector v of a row holds elements [v * kN, v * kN + kN).
+// `aligned` (decided once per launch) means: C % kN == 0 and the row pointers are 16-byte
+// aligned, so a vector is either entirely inside the row or entirely outside.
+// Elements outside the row read as -inf, which every statistic skips.
+// ---------------------------------------------------------------------------------------
+template <typename S>
+struct alignas(16) Pack {
+  static constexpr int kN = 16 / static_cast<int>(sizeof(S));
+  S v[kN];
+};
+
+template <typename S>
+__device__ __forceinline__ Pack<S> load_pack(const S* row, int v, int C, bool aligned) {
+  constexpr int kN = Pack<S>::kN;
+  Pack<S> p;
+  const int j0 = v * kN;
+  if (aligned) {
+    if (j0 < C) {
+      *reinterpret_cast<uint4*>(&p) = *reinterpret_cast<const uint4*>(row + j0);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(-hl_inf<acc_type<S>>());
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      p.v[e] = (j0 + e < C) ? row[j0 + e] : from_acc<S>(-hl_inf<acc_type<S>>());
+    }
+  }
+  return p;
+}
+
+template <typename S>
+__device__ __forceinline__ void unpack(const Pack<S>& p, acc_type<S>* out) {
+#pragma unroll
+  for (int e = 0; e < Pack<S>::kN; ++e) out[e] = to_acc(p.v[e]);
+}
+
+// Store the kN values vals[0..kN) at vector v of `row` (elements past C are not written).
+template <typename S>
+__device__ __forceinline__ void store_pack(S* row, int v, int C, bool aligned,
+                                           const acc_type<S>* vals) {
+  constexpr int kN = Pack<S>::kN;
+  const int j0 = v * kN;
+  if (j0 >= C) return;
+  Pack<S> p;
+#pragma unroll
+  for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(vals[e]);
+  if (aligned) {
+    *reinterpret_cast<uint4*>(row + j0) = *reinterpret_cast<const uint4*>(&p);
+  } else {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      if (j0 + e < C) row[j0 + e] = p.v[e];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shuffles of row_math.h's statistics
+// ---------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ T shfl_xor(T v, int off) {
+  return __shfl_xor_sync(0xffffffffu, v, off);
+}
+template <typename T>
+__device__ __forceinline__ OneHotStats<T> shfl_xor(OneHotStats<T> v, int off) {
+  return {shfl_xor(v.m, off), shfl_xor(v.s1, off), shfl_xor(v.sk, off)};
+}
+template <typename T>
+__device__ __forceinline__ LseStats<T> shfl_xor(LseStats<T> v, int off) {
+  return {shfl_xor(v.m, off), shfl_xor(v.s, off)};
+}
+template <typename T>
+__device__ __forceinline__ SoftEpsStats<T> shfl_xor(SoftEpsStats<T> v, int off) {
+  return {shfl_xor(v.s_neg, off), shfl_xor(v.m_pos, off), shfl_xor(v.s_pos, off)};
+}
+
+// Scratch for one block-wide reduction: one partial per warp (at most 32 warps), each at most
+// four acc values wide.
+template <typename A>
+struct alignas(16) ReduceSmem {
+  A buf[32 * 4];
+};
+
+// Reduce `v` over the TPR consecutive threads of a group (TPR a power of two; TPR <= 32: a
+// sub-warp or warp, shuffles only; TPR > 32: the whole block, TPR == blockDim.x).
+// Butterfly shuffles: each step merges (a, b) in one lane and (b, a) in its partner; the
+// merges of row_math.h are commutative in floating point (max, a * x + b * y), so all lanes
+// hold bitwise the same result. Across warps, every thread merges the per-warp partials in
+// warp order: the same value everywhere, no broadcast needed, deterministic.
+// Every thread of the warp (TPR <= 32) or block (TPR > 32) must call it: no divergent call.
+template <int TPR, typename T, typename A, typename Merge>
+__device__ __forceinline__ T group_reduce(T v, Merge merge, ReduceSmem<A>& smem) {
+  static_assert(sizeof(T) <= 4 * sizeof(A), "partial too wide for ReduceSmem");
+  constexpr int kWarpPart = TPR < 32 ? TPR : 32;
+#pragma unroll
+  for (int off = kWarpPart / 2; off > 0; off >>= 1) v = merge(v, shfl_xor(v, off));
+  if constexpr (TPR > 32) {
+    constexpr int kWarps = TPR / 32;
+    T* part = reinterpret_cast<T*>(smem.buf);
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    if ((threadIdx.x & 31) == 0) part[warp] = v;
+    __syncthreads();
+    v = part[0];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) v = merge(v, part[w]);
+    __syncthreads();  // the scratch may be reused by the next reduction
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------
+// Thread-local statistics of values held in registers.
+//
+// x[i * VEC + e] is element j = (v0 + i * vs) * VEC + e of the row (-inf past C). Instead of
+// onehot_push per element (a compare, and a rescale with two more exp on every new max),
+// take the thread's max first and then sum the exponentials against it: the same
+// OneHotStats {m, s1, sk} up to rounding, with the same non-finite rules as onehot_push
+// (a NaN or +inf logit makes the sums NaN, -inf logits are skipped), merged across threads
+// with onehot_merge. On return x holds exp(k (z_j - m)) for the non-target classes (0 for
+// the target, past C and at -inf), which the register kernel reuses for the gradient:
+//   onehot_fj = w_y exp(k (z_j - r.m) + r.log_c) = w_y x_j exp(k (m - r.m) + r.log_c),
+// one multiply per element instead of an exp (both factors are <= 1: no overflow; if the
+// product underflows so does the exact value).
+// (Candidate for row_math.h: "onehot_stats_of_block(z, n, y, k)".)
+// ---------------------------------------------------------------------------------------
+template <int NV, int VEC, typename T>
+__device__ __forceinline__ OneHotStats<T> onehot_stats_regs(T (&x)[NV * VEC], int v0, int vs,
+                                                            int y, T k, bool k_is_one) {
+  const T inf = hl_inf<T>();
+  T m = -inf;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const int j = (v0 + i * vs) * VEC + e;
+      const T z = x[i * VEC + e];
+      if (j != y && (z > m || z != z)) m = z;
+    }
+  }
+  T s1 = T(0), sk = T(0);
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const int j = (v0 + i * vs) * VEC + e;
+      const T z = x[i * VEC + e];
+      T ek = T(0);
+      if (j != y && z != -inf) {  // NaN passes (and makes the sums NaN, as onehot_push)
+        const T d = z - m;
+        const T e1 = hl_exp(d);
+        ek = k_is_one ? e1 : hl_exp(k * d);
+        s1 += e1;
+        sk += ek;
+      }
+      x[i * VEC + e] = ek;
+    }
+  }
+  return {m, s1, sk};
+}
+
+// LseStats of the values x[0..n) (-inf skipped, NaN / +inf make the sum NaN, as lse_push).
+template <int N, typename T>
+__device__ __forceinline__ LseStats<T> lse_stats_regs(const T (&x)[N]) {
+  const T inf = hl_inf<T>();
+  T m = -inf;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (x[i] > m || x[i] != x[i]) m = x[i];
+  }
+  T s = T(0);
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if (x[i] != -inf) s += hl_exp(x[i] - m);
+  }
+  return {m, s};
+}
+
+}  // namespace cuda
+}  // namespace hl

@@ -1,0 +1,61 @@
+// kernels.cuh: the host-side interface of the CUDA kernels of hardloss_cuda::{fwd, fwd_inplace,
+// bwd}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by the
+// torch glue csrc/cuda/ops_cuda.cpp and by the kernel files csrc/cuda/*.cu.
+//
+// Pointers are raw and untyped; `dtype` says what the logits are. The accumulation type
+// ("acc") is double for float64 logits and float otherwise: loss, lse, weight, mixture and
+// grad_loss are in acc, the gradient and probability targets in the logits' dtype.
+// Every tensor is contiguous and on the current device. The launchers only enqueue work on
+// `stream` (no allocation, no host synchronisation: capturable in a CUDA graph) and return
+// cudaGetLastError() after the launch; N == 0 launches nothing.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace hl {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+struct FwdParams {
+  const void* logits;      // (N, C) logits
+  void* grad;              // (N, C) pseudo-gradient; == logits for fwd_inplace; nullptr: none
+  const int64_t* target;   // (N,) class indices, or nullptr for probability targets
+  const void* probs;       // (N, C) probability targets in the logits' dtype, or nullptr
+  const void* weight;      // (C,) class weights in acc, or nullptr
+  const void* mixture;     // (C, C) mixture matrix in acc, or nullptr
+  void* loss;              // (N,) acc
+  void* lse;               // (N,) acc
+  int64_t N;
+  int64_t C;               // 1 <= C <= kMaxClasses when N > 0
+  int64_t ignore_index;
+  double label_smoothing;
+  double k;
+};
+
+struct BwdParams {
+  const void* grad_loss;   // (N,) acc
+  const void* grad;        // (N, C)
+  void* out;               // (N, C), out = grad_loss[:, None] * grad
+  int64_t N;
+  int64_t C;
+};
+
+// In-row indices are 32-bit (vector index * 16 bytes stays far from overflow); row offsets
+// (row * C) are 64-bit, so N * C may exceed 2^31.
+constexpr int64_t kMaxClasses = int64_t(1) << 30;
+
+cudaError_t launch_fwd(const FwdParams& p, DType dtype, cudaStream_t stream);
+cudaError_t launch_bwd(const BwdParams& p, DType dtype, cudaStream_t stream);
+
+// The typed launchers behind the two above, explicitly instantiated for float, double,
+// __half and __nv_bfloat16 in csrc/cuda/fwd_*.cu and csrc/cuda/bwd.cu.
+template <typename scalar_t>
+cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream);
+template <typename scalar_t>
+cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace hl
