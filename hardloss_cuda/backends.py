@@ -17,8 +17,13 @@ from . import _ops, _version_check
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
 
+# Looked up once: importlib's finder cannot be traced by torch.compile, and resolve() runs
+# inside compiled code.
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _triton_reason() -> str | None:
-    if importlib.util.find_spec("triton") is None:
+    if not _HAS_TRITON:
         return "triton is not installed (pip install triton)"
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         return "no CUDA GPU is available (set TRITON_INTERPRET=1 to run on CPU tensors)"

@@ -7,6 +7,8 @@
 # in-tree build would overwrite the editable install's _C*.so and _build_info.json.
 set -euo pipefail
 PYTHON=${1:?usage: build_wheel.sh PYTHON OUT_DIR}
+# absolute, but not through the venv's symlink (that would leave the venv)
+[[ $PYTHON == */* ]] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")
 OUT=$(mkdir -p "${2:?usage: build_wheel.sh PYTHON OUT_DIR}" && cd "$2" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$(mktemp -d)

@@ -108,7 +108,11 @@ def test_rows_sum_to_zero(backend, device, k, kind):
     torch.testing.assert_close(g.sum(1), torch.zeros(20, device=device), atol=atol, rtol=0)
     _, g_ref = _grad(H.cross_entropy, x.double(), y.double() if y.is_floating_point() else y, reduction="sum",
                      k=k, backend="reference", **{n: v.double() if torch.is_tensor(v) else v for n, v in kw.items()})
-    torch.testing.assert_close(g.double(), g_ref, rtol=2e-5, atol=2e-6 * g_ref.abs().max().item())
+    # Soft targets: eps = p - q cancels where p ~ q, and small k magnifies what is left, so
+    # an fp32 evaluation is allowed twice the error of the same math in fp32 (the reference).
+    _, g_fp32 = _grad(H.cross_entropy, x, y, reduction="sum", k=k, backend="reference", **kw)
+    allowed = 2e-5 * g_ref.abs() + 2e-6 * g_ref.abs().max() + 2 * (g_fp32.double() - g_ref).abs()
+    assert ((g.double() - g_ref).abs() <= allowed).all(), (g.double() - g_ref).abs().max()
 
 
 def test_large_row_131072(backend, device):

@@ -1,0 +1,155 @@
+"""What the report (report.py) and the pytest-benchmark suite (test_bench.py) share: the
+cases, the candidates timed on them, and how one time is taken.
+
+Timing (METHOD.md): warm-up excluded; fresh inputs rotated so that a cache holding the
+previous call's data does not flatter; the median of the repeats; on a GPU, CUDA events
+around each call, and a device-to-device copy measured in the same run as the bandwidth
+ceiling. Bytes floor (SPEC section 3): forward+backward reads the logits once and writes the
+gradient once, 2 N C s bytes; forward alone reads them once, N C s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import hardloss_cuda as H
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    N: int
+    C: int
+    dtype: str = "fp32"
+    k: float = 1.0
+    mixture: bool = False
+    trim: float | None = None
+
+    @property
+    def elem_size(self) -> int:
+        return torch.finfo(DTYPES[self.dtype]).bits // 8
+
+    def floor_bytes(self, backward: bool) -> int:
+        return (2 if backward else 1) * self.N * self.C * self.elem_size
+
+    def label(self) -> str:
+        extra = (" mix" if self.mixture else "") + (f" trim={self.trim:g}" if self.trim else "")
+        return f"{self.N}x{self.C} {self.dtype} k={self.k:g}{extra}"
+
+
+def make_inputs(case: Case, device: str, copies: int):
+    """`copies` distinct logits tensors (rotated between calls), labels with some ignored
+    rows, and the mixture matrix W when the case has one."""
+    g = torch.Generator(device=device).manual_seed(0)
+    xs = [(torch.randn(case.N, case.C, device=device, generator=g) * 2).to(DTYPES[case.dtype]) for _ in range(copies)]
+    y = torch.randint(0, case.C, (case.N,), device=device, generator=g)
+    y[::17] = -100
+    W = None
+    if case.mixture:
+        A = torch.rand(case.C, case.C, device=device, generator=g).fill_diagonal_(0)
+        W = H.mcel.simple_mixture(A / A.sum(1, keepdim=True), 0.2)
+    return xs, y, W
+
+
+def _peer(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def candidates(case: Case, device: str) -> dict[str, Callable]:
+    """name -> loss function (x, y, W) for everything that runs this case on this device:
+    the library's backends, torch's F.cross_entropy (what users would pick instead; with a
+    mixture, on the soft targets W[y]), and the peer kernels on the k = 1 case they share."""
+    out = {}
+    for backend in H.available_backends():
+        if backend == "triton" and device == "cpu":
+            continue  # the interpreter is a test tool, not a speed path
+        if backend in ("cuda", "triton") and device != "cuda" or backend == "cpu" and device != "cpu":
+            continue
+        out[backend] = lambda x, y, W, b=backend: H.cross_entropy(x, y, k=case.k, mixture=W, trim=case.trim, backend=b)
+
+    def torch_ce(x, y, W):
+        if W is None:
+            return F.cross_entropy(x, y)
+        keep = y != -100  # probability targets have no ignore_index
+        return F.cross_entropy(x[keep], W[y[keep]].to(x.dtype))
+
+    out["torch"] = torch_ce
+    plain = case.k == 1 and not case.mixture and not case.trim
+    if plain and device == "cuda" and _peer("liger_kernel"):
+        from liger_kernel.transformers import LigerCrossEntropyLoss
+
+        liger = LigerCrossEntropyLoss()
+        out["liger"] = lambda x, y, W: liger(x, y)
+    return out
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(step: Callable[[torch.Tensor], None], xs: list, device: str, warmup: int, repeat: int) -> float:
+    """Median time of step(x) in ms over `repeat` calls, x rotating through xs."""
+    for i in range(warmup):
+        step(xs[i % len(xs)])
+    sync(device)
+    times = []
+    for i in range(repeat):
+        x = xs[i % len(xs)]
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            step(x)
+            times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def make_step(fn: Callable, y, W, backward: bool) -> Callable[[torch.Tensor], None]:
+    """One forward (and backward) call of a candidate on logits x."""
+    if not backward:
+        def fwd(x):
+            with torch.no_grad():
+                fn(x, y, W)
+        return fwd
+
+    def fwd_bwd(x):
+        x.grad = None
+        fn(x, y, W).backward()
+    return fwd_bwd
+
+
+def peak_extra_mb(step: Callable, x, device: str) -> float | None:
+    """Peak memory above what was allocated before the call, in MB (CUDA only: the CPU
+    allocator keeps no such statistics)."""
+    if device != "cuda":
+        return None
+    sync(device)
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step(x)
+    sync(device)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def copy_gbps(device: str, nbytes: int = 2**30, repeat: int = 20) -> float | None:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    if device != "cuda":
+        return None
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda s: dst.copy_(s), [src], device, warmup=3, repeat=repeat)
+    return 2 * nbytes / (ms * 1e-3) / 1e9

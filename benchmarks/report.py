@@ -1,0 +1,197 @@
+"""The benchmark report (the README's main job, `make bench`): every candidate of
+benchmarks/common.py on every case, side by side in one run.
+
+    python benchmarks/report.py [--quick] [--device cpu|cuda] [--out DIR] [--repeat N]
+
+Prints a table (ms, GB/s on the bytes floor, % of the copy bandwidth on a GPU, speed-up vs
+the reference and vs F.cross_entropy, peak extra memory) and writes it with a JSON record and
+a PNG plot to DIR (default benchmarks/results/), named for the device and the date, stamped
+with device, torch, CUDA and library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import Case  # noqa: E402
+
+import hardloss_cuda as H  # noqa: E402
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if device == "cpu" and quick:
+        return [Case(2048, 1000, k=0.5), Case(2048, 1000, k=1.0), Case(512, 8192, k=0.5),
+                Case(2048, 1000, k=0.5, mixture=True), Case(2048, 1000, k=0.5, trim=0.5)]
+    if device == "cpu":  # issue 3's targets: 8192 x 1000 and 4096 x 32000, fp32, k = 0.5 and 1
+        return [Case(8192, 1000, k=0.5), Case(8192, 1000, k=1.0), Case(4096, 32000, k=0.5),
+                Case(4096, 32000, k=1.0), Case(8192, 1000, k=0.5, mixture=True),
+                Case(8192, 1000, k=0.5, trim=0.5), Case(4096, 32000, "bf16", k=0.5),
+                Case(16384, 128, k=0.5), Case(1024, 8192, k=0.5)]
+    if quick:
+        return [Case(16384, 32000, "bf16", k=1.0), Case(16384, 32000, "bf16", k=0.5)]
+    return [Case(16384, 131072, "bf16", k=1.0), Case(16384, 131072, "bf16", k=0.5),
+            Case(8192, 32000, "fp16", k=1.0), Case(8192, 32000, "fp16", k=0.5),
+            Case(65536, 1000, "fp32", k=1.0, mixture=True), Case(65536, 1000, "fp32", k=0.5, mixture=True),
+            Case(65536, 1000, "fp32", k=0.5), Case(262144, 128, "bf16", k=0.5),
+            Case(65536, 4096, "bf16", k=0.5), Case(16384, 32000, "bf16", k=0.5, trim=0.5)]
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def fits(case: Case, name: str, device: str) -> bool:
+    """The reference materialises several fp32 (N, C) temporaries: skip it where they would
+    not fit in GPU memory (reported as 'skipped: memory')."""
+    if device != "cuda" or name != "reference":
+        return True
+    return 12 * case.N * case.C * 4 < torch.cuda.get_device_properties(0).total_memory
+
+
+def run(device: str, quick: bool, repeat: int, modes=("fwd+bwd",), case_list=None) -> dict:
+    copy = common.copy_gbps(device)
+    rows = []
+    for case in case_list or cases(device, quick):
+        xs, y, W = common.make_inputs(case, device, copies=3)
+        for mode in modes:
+            backward = mode == "fwd+bwd"
+            for x in xs:
+                x.requires_grad_(backward)
+            results = {}
+            for name, fn in common.candidates(case, device).items():
+                row = {"case": case.label(), **vars(case), "mode": mode, "backend": name}
+                if not fits(case, name, device):
+                    rows.append({**row, "ms": None, "note": "skipped: memory"})
+                    continue
+                step = common.make_step(fn, y, W, backward)
+                slow = name == "reference" and device == "cpu"  # seconds a call at the big shapes
+                ms = common.time_ms(step, xs, device, warmup=1 if slow else 3,
+                                    repeat=max(3, repeat // 3) if slow else repeat)
+                gbps = case.floor_bytes(backward) / (ms * 1e-3) / 1e9
+                row.update(ms=ms, gbps=gbps, pct_copy=100 * gbps / copy if copy else None,
+                           peak_extra_mb=common.peak_extra_mb(step, xs[0], device))
+                results[name] = row
+                rows.append(row)
+            for row in results.values():
+                for base in ("reference", "torch"):
+                    b = results.get(base)
+                    row[f"vs_{base}"] = b["ms"] / row["ms"] if b else None
+        del xs
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return {"copy_gbps": copy, "rows": rows}
+
+
+def stamp(device: str, argv: list[str]) -> dict:
+    return {
+        "device": device_name(device), "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "hardloss_cuda": H.__version__,
+        "build_info": H.build_info(), "python": platform.python_version(), "command": " ".join(argv),
+    }
+
+
+def _f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+
+
+def table(result: dict) -> str:
+    head = f"{'case':34s} {'mode':7s} {'backend':9s} {'ms':>9s} {'GB/s':>7s} {'%copy':>6s} {'vs ref':>7s} {'vs torch':>8s} {'peak MB':>8s}"
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        if r["ms"] is None:
+            lines.append(f"{r['case']:34s} {r['mode']:7s} {r['backend']:9s} {r['note']}")
+            continue
+        lines.append(f"{r['case']:34s} {r['mode']:7s} {r['backend']:9s} {r['ms']:9.3f} {r['gbps']:7.1f} "
+                     f"{_f(r['pct_copy'], '6.1f')} {_f(r['vs_reference'], '7.2f')} {_f(r['vs_torch'], '8.2f')} "
+                     f"{_f(r['peak_extra_mb'], '8.0f')}")
+    return "\n".join(lines)
+
+
+def summary(result: dict, device: str) -> str:
+    """The speed targets of the issues that this run can evaluate."""
+    fast = "cpu" if device == "cpu" else "cuda"
+    lines = [] if result["copy_gbps"] is None else [f"device-to-device copy: {result['copy_gbps']:.0f} GB/s"]
+    for r in result["rows"]:
+        if r["backend"] not in (fast, "triton") or r["ms"] is None or r["mode"] != "fwd+bwd":
+            continue
+        parts = [f"{r['backend']} {r['case']} fwd+bwd:"]
+        if r["vs_reference"]:
+            parts.append(f"{r['vs_reference']:.2f}x reference")
+        if r["vs_torch"]:
+            parts.append(f"{r['vs_torch']:.2f}x F.cross_entropy")
+        if r["pct_copy"]:
+            parts.append(f"{r['pct_copy']:.0f}% of copy")
+        lines.append(" ".join(parts))
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    rows = [r for r in result["rows"] if r["ms"] is not None and r["mode"] == "fwd+bwd"]
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        pts = sorted((r["C"], r["gbps"]) for r in rows if r["backend"] == backend)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=backend)
+    if result["copy_gbps"]:
+        ax.axhline(result["copy_gbps"], color="gray", ls="--", label="device copy")
+    ax.set(xscale="log", xlabel="classes C", ylabel="GB/s on the 2 N C s floor (fwd+bwd)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a short run (CPU: under two minutes)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--repeat", type=int, default=None, help="timed calls per candidate (median)")
+    ap.add_argument("--fwd", action="store_true", help="also time the forward pass alone")
+    ap.add_argument("--shape", action="append", default=None, metavar="NxC:dtype:k",
+                    help="run only these cases, e.g. 4096x1000:fp32:0.5 (repeatable)")
+    args = ap.parse_args(argv)
+    case_list = None
+    if args.shape:
+        case_list = []
+        for s in args.shape:
+            n, c, dt, k = re.fullmatch(r"(\d+)x(\d+):(\w+):([\d.]+)", s).groups()
+            case_list.append(Case(int(n), int(c), dt, float(k)))
+    repeat = args.repeat or (5 if args.quick else 10 if args.device == "cpu" else 50)
+    modes = ("fwd+bwd", "fwd") if args.fwd else ("fwd+bwd",)
+    result = {**stamp(args.device, [Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
+              **run(args.device, args.quick, repeat, modes, case_list)}
+    text = table(result) + "\n\n" + summary(result, args.device)
+    header = f"hardloss_cuda {result['hardloss_cuda']} on {result['device']}, torch {result['torch']}, " \
+             f"CUDA {result['cuda']}, {result['date']}"
+    print(header + "\n\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", result["device"].lower().split(",")[0]).strip("-")
+    base = args.out / f"report-{slug}-{result['date']}{'-quick' if args.quick else ''}"
+    base.with_suffix(".txt").write_text(header + "\n\n" + text + "\n")
+    base.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, base.with_suffix(".png"), header)
+    print(f"\nwrote {base}.txt, .json, .png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
