@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the device tool's `run`, from the repo root):
-#   scripts/gpu_session.sh tests|sanitize|bench   (or several, in order)
+#   scripts/gpu_session.sh tests|sanitize|bench|kernels   (or several, in order)
 # builds the CUDA extension in place for sm_90 (unless hardloss_cuda/_C*.so was carried),
 # then runs the GPU test suite, compute-sanitizer over scripts/cuda_sanitize_cases.py, or
 # the benchmark report. Everything it prints lands in $OUT too.
@@ -37,6 +37,9 @@ for part in "$@"; do
     bench)
       timeout 420 python3 benchmarks/report.py --out "$OUT/results" > "$OUT/report-stdout.txt" 2>&1 || rc=1
       tail -45 "$OUT/report-stdout.txt" ;;
+    kernels)
+      timeout 300 python3 benchmarks/kernel_bandwidth.py > "$OUT/kernel-bandwidth.txt" 2>&1 || rc=1
+      cat "$OUT/kernel-bandwidth.txt" ;;
   esac
 done
 exit $rc
