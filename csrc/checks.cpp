@@ -62,14 +62,20 @@ void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
   TORCH_CHECK(std::isfinite(k) && k > 0.0, "hardloss_cuda: k must be finite and > 0, got ", k);
 }
 
-void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& grad) {
-  TORCH_CHECK(grad.dim() == 2, "hardloss_cuda: grad must be 2-D (N, C), got shape ", grad.sizes());
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == grad.size(0),
-              "hardloss_cuda: grad_loss must have shape (", grad.size(0), "), got ", grad_loss.sizes());
-  TORCH_CHECK(is_float_dtype(grad.scalar_type()) && grad_loss.is_floating_point(),
-              "hardloss_cuda: grad / grad_loss: unsupported dtypes ", grad.scalar_type(), ", ",
-              grad_loss.scalar_type());
-  check_same_device(grad_loss, grad, "grad_loss");
+void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                    const at::Tensor& stats, double label_smoothing, double k) {
+  check_fwd_args(logits, target, weight, mixture, label_smoothing, k);
+  const int64_t N = logits.size(0);
+  const at::ScalarType acc = acc_dtype(logits.scalar_type());
+  check_same_device(grad_loss, logits, "grad_loss");
+  check_same_device(stats, logits, "stats");
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == N && grad_loss.scalar_type() == acc,
+              "hardloss_cuda: grad_loss: expected ", acc, " of shape (", N, "), got ",
+              grad_loss.scalar_type(), " ", grad_loss.sizes());
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kStatsCols && stats.scalar_type() == acc,
+              "hardloss_cuda: stats: expected ", acc, " of shape (", N, ", ", kStatsCols, "), got ",
+              stats.scalar_type(), " ", stats.sizes());
 }
 
 }  // namespace hl

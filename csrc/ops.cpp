@@ -1,4 +1,4 @@
-// The op library hardloss_cuda::{fwd, fwd_inplace, bwd}: one schema for every compiled
+// The op library hardloss_cuda::{fwd, bwd, bwd_inplace}: one schema for every compiled
 // backend (the strings are hardloss_cuda/_schema.py's; tests/test_ops.py checks they agree),
 // the CPU kernels registered here, the CUDA kernels in csrc/cuda/ops_cuda.cpp.
 //
@@ -21,15 +21,17 @@ TORCH_LIBRARY(hardloss_cuda, m) {
   m.def(
       "fwd(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
       "int ignore_index, float label_smoothing, float k, bool compute_grad) "
-      "-> (Tensor, Tensor, Tensor)");
+      "-> (Tensor, Tensor)");
   m.def(
-      "fwd_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
-      "int ignore_index, float label_smoothing, float k) -> (Tensor, Tensor)");
-  m.def("bwd(Tensor grad_loss, Tensor grad) -> Tensor");
+      "bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
+      "Tensor stats, int ignore_index, float label_smoothing, float k) -> Tensor");
+  m.def(
+      "bwd_inplace(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
+      "Tensor stats, int ignore_index, float label_smoothing, float k) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
   m.impl("fwd", &hl::cpu::fwd);
-  m.impl("fwd_inplace", &hl::cpu::fwd_inplace);
   m.impl("bwd", &hl::cpu::bwd);
+  m.impl("bwd_inplace", &hl::cpu::bwd_inplace);
 }

@@ -57,8 +57,8 @@ def cross_entropy(
             target. Its gradient is computed when it requires grad.
         trim: kept fraction in (0, 1] of the non-ignored rows with the highest loss (Fassold),
             or an object with a ``fraction`` attribute such as ``MiniBatchTrimming``.
-        inplace_backward: write the gradient into ``input``'s storage during the forward pass
-            (saves an (N, C) buffer; ``input`` is overwritten and must not be used again).
+        inplace_backward: write the gradient into ``input``'s storage during the backward pass
+            (saves an (N, C) buffer; ``input`` is overwritten and must not be used afterwards).
         backend: "auto", "cuda", "triton", "cpu" or "reference" (``HARDLOSS_BACKEND``
             overrides "auto").
     """
@@ -78,11 +78,10 @@ def cross_entropy(
     smoothing = float(label_smoothing)
 
     if inplace_backward and torch.is_grad_enabled() and logits.requires_grad:
-        loss, _lse = _ops.InplaceFwd.apply(logits, tgt, w, mix, ignore_index, smoothing, k, which)
+        loss = _ops.InplaceFwd.apply(logits, tgt, w, mix, ignore_index, smoothing, k, which)
     else:
-        op = getattr(torch.ops.hardloss_cuda, _ops.FWD_OPS[which])
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
-        loss, _grad, _lse = op(logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad)
+        loss, _stats = _ops.fwd_op(which)(logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad)
 
     # Row weights for the mean: w[y] for class indices (0 when ignored), 1 for probabilities.
     if index_target:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["rows", "acc_dtype", "target_rows"]
+__all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -95,8 +95,8 @@ def rows(
     k: float,
     compute_grad: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row (loss, pseudo-gradient, logsumexp) for logits (N, C): the ``fwd`` contract
-    of ``hardloss_cuda/_schema.py``."""
+    """Per-row (loss, pseudo-gradient, logsumexp) for logits (N, C), in the accumulation
+    dtype except the gradient (logits' dtype; (0, C) unless ``compute_grad``)."""
     N, C = logits.shape
     dt = acc_dtype(logits.dtype)
     z = logits.to(dt)
@@ -117,3 +117,23 @@ def rows(
         grad = torch.where(ignored[:, None], 0, grad).masked_fill(bad[:, None], float("nan"))
     grad = grad.to(logits.dtype) if compute_grad else logits.new_empty((0, C))
     return loss, grad, lse
+
+
+# The op contract of hardloss_cuda/_schema.py on top of ``rows``. The reference keeps only
+# the logsumexp between the passes (stats columns 1..3 are 0) and recomputes everything in
+# backward: it is the oracle, not a fast path.
+
+
+def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):
+    loss, _grad, lse = rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, False)
+    stats = torch.zeros(logits.shape[0], 4, dtype=lse.dtype, device=lse.device)
+    stats[:, 0] = lse
+    return loss, stats
+
+
+def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k):
+    _loss, grad, _lse = rows(logits, target, weight, mixture, ignore_index, label_smoothing, k)
+    out = grad_loss[:, None] * grad.to(grad_loss.dtype)
+    if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss is
+        out = torch.where((target == ignore_index)[:, None], 0, out)
+    return out.to(logits.dtype)

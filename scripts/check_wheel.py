@@ -43,7 +43,7 @@ def check(expect: str) -> None:
     if info["with_cuda"] != (expect == "cuda"):
         _fail(f"with_cuda={info['with_cuda']}, expected a {expect} build")
     keys = ["CPU"] + (["CUDA"] if expect == "cuda" else [])
-    for op in ("fwd", "fwd_inplace", "bwd"):
+    for op in ("fwd", "bwd", "bwd_inplace"):
         for key in keys:
             if not torch._C._dispatch_has_kernel_for_dispatch_key(f"hardloss_cuda::{op}", key):
                 _fail(f"hardloss_cuda::{op} has no {key} kernel")

@@ -2,9 +2,10 @@
 (memcheck, racecheck) on a GPU machine; see scripts/gpu_session.sh. Exits non-zero on a
 wrong result, so a sanitizer run checks the values too.
 
-Paths: warp-per-row (small C), row in registers (medium C), streaming (long rows), the soft
-path (smoothing, mixture, probabilities), odd and unaligned C, bad and ignored labels,
-in-place gradient, bwd.
+Paths: forward warp-per-row (small C), row in registers (medium C), streaming (long rows), the
+soft path (smoothing, mixture, probabilities) with and without compute_grad; backward tiles
+(sub-warp, warp, several tiles per row), bwd_inplace; odd and unaligned C, bad and ignored
+labels, rows with a zero incoming gradient.
 """
 
 import torch
@@ -12,21 +13,30 @@ import torch
 import hardloss_cuda  # noqa: F401  (registers the ops)
 from hardloss_cuda import reference
 
-fwd, fwd_inplace, bwd = (torch.ops.hardloss_cuda.fwd, torch.ops.hardloss_cuda.fwd_inplace,
-                         torch.ops.hardloss_cuda.bwd)
+fwd, bwd, bwd_inplace = (torch.ops.hardloss_cuda.fwd, torch.ops.hardloss_cuda.bwd,
+                         torch.ops.hardloss_cuda.bwd_inplace)
 
 
-def check(x, target, W=None, s=0.0, k=0.5, dtype=torch.float32):
-    loss, g, lse = fwd(x, target, None, W, -100, s, k, True)
-    rl, rg, _ = reference.rows(x.double().cpu(), target.cpu() if not target.is_floating_point() else target.double().cpu(),
-                               None, None if W is None else W.double().cpu(), -100, s, k)
+def same(a, b):
+    """Bitwise-equal values, NaN where the other has NaN (bad-label rows)."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
+def check(x, target, W=None, s=0.0, k=0.5):
+    loss, stats = fwd(x, target, None, W, -100, s, k, True)
+    gl = torch.rand(x.shape[0], device="cuda", dtype=reference.acc_dtype(x.dtype))
+    gl[::3] = 0  # rows with a zero incoming gradient: written, not read
+    g = bwd(gl, x, target, None, W, stats, -100, s, k)
+    t = target.double().cpu() if target.is_floating_point() else target.cpu()
+    rl, rg, rlse = reference.rows(x.double().cpu(), t, None, None if W is None else W.double().cpu(), -100, s, k)
+    expected = gl.double().cpu()[:, None] * rg
     ok = lambda a, b: torch.allclose(a.double().cpu(), b, rtol=2e-2, atol=2e-2 * max(1.0, b.abs().max().item()), equal_nan=True)
-    assert ok(loss, rl) and ok(g, rg), (tuple(x.shape), x.dtype, k, s, W is not None)
-    out = bwd(torch.rand(x.shape[0], device="cuda"), g)
-    assert out.shape == g.shape
+    assert ok(loss, rl) and ok(stats[:, 0], rlse) and ok(g, expected), (tuple(x.shape), x.dtype, k, s, W is not None)
+    loss2, stats2 = fwd(x, target, None, W, -100, s, k, False)
+    assert same(loss2, loss) and same(stats2[:, 0], stats[:, 0])
     xi = x.clone()
-    fwd_inplace(xi, target, None, W, -100, s, k)
-    assert torch.equal(xi.isnan(), g.isnan())
+    bwd_inplace(gl, xi, target, None, W, stats, -100, s, k)
+    assert same(xi, g)
 
 
 def main():
@@ -38,15 +48,15 @@ def main():
             y[0] = -100
             if N > 2:
                 y[1] = C + 5  # bad label: a NaN row, never a read at it
-            check(x, y, dtype=dtype)
+            check(x, y)
             y_ok = y.clone()
             y_ok[1] = 0
-            check(x, y_ok, s=0.1, dtype=dtype)
+            check(x, y_ok, s=0.1)
             if C <= 1001:
                 W = torch.softmax(torch.randn(C, C, device="cuda", dtype=reference.acc_dtype(dtype)), 1)
-                check(x, y, W=W, dtype=dtype)
+                check(x, y, W=W)
             P = torch.softmax(torch.randn(N, C, device="cuda"), 1).to(dtype)
-            check(x, P, k=2.0, dtype=dtype)
+            check(x, P, k=2.0)
     torch.cuda.synchronize()
     print("cuda_sanitize_cases: all paths ran and matched the reference")
 

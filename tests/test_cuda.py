@@ -1,12 +1,16 @@
-"""CUDA-specific tests of the compiled kernels (csrc/cuda/): the paths by row length, long rows,
-N * C > 2^31, in-place gradient, bad labels, CUDA graphs, streams, devices, unaligned rows,
-determinism. The generic suite (tests/test_api.py ...) already runs every backend test on
-CUDA tensors when a GPU is present (tests/conftest.py); this file holds what only the CUDA
-kernels need. Every test is skipped without a GPU.
+"""CUDA-specific tests of the compiled kernels (csrc/cuda/): the forward paths by row length
+(fwd_kernels.cuh), the backward tiles (bwd_kernels.cuh), long rows, N * C > 2^31, bwd_inplace,
+bad labels, rows with a zero incoming gradient, CUDA graphs, streams, devices, unaligned rows,
+determinism. The generic suite (tests/test_api.py ...) already runs every backend test on CUDA
+tensors when a GPU is present (tests/conftest.py); this file holds what only the CUDA kernels
+need. Every test is skipped without a GPU.
 
-The oracle is hardloss_cuda.reference.rows in float64 on the same (rounded) inputs, with the
-tolerances of tests/test_api.py: one rounding of the output in the dtype on top of fp32
-accumulation, the gradient's absolute tolerance relative to its largest entry.
+The ops (hardloss_cuda/_schema.py): ``fwd`` returns (loss, stats) with stats[:, 0] the row
+logsumexp; ``bwd(grad_loss, logits, ..., stats, ...)`` returns grad_loss[:, None] times the
+pseudo-gradient in the logits' dtype. The oracle is hardloss_cuda.reference.rows in float64 on
+the same (rounded) inputs, with the tolerances of tests/test_api.py: one rounding of the output
+in the dtype on top of fp32 accumulation, the gradient's absolute tolerance relative to its
+largest entry.
 """
 
 import os
@@ -35,8 +39,12 @@ def fwd(x, target, weight=None, mixture=None, ignore_index=-100, smoothing=0.0, 
     return torch.ops.hardloss_cuda.fwd(x, target, weight, mixture, ignore_index, smoothing, k, grad)
 
 
-def fwd_inplace(x, target, weight=None, mixture=None, ignore_index=-100, smoothing=0.0, k=1.0):
-    return torch.ops.hardloss_cuda.fwd_inplace(x, target, weight, mixture, ignore_index, smoothing, k)
+def bwd(gl, x, target, weight, mixture, stats, ignore_index=-100, smoothing=0.0, k=1.0):
+    return torch.ops.hardloss_cuda.bwd(gl, x, target, weight, mixture, stats, ignore_index, smoothing, k)
+
+
+def bwd_inplace(gl, x, target, weight, mixture, stats, ignore_index=-100, smoothing=0.0, k=1.0):
+    return torch.ops.hardloss_cuda.bwd_inplace(gl, x, target, weight, mixture, stats, ignore_index, smoothing, k)
 
 
 def acc(dtype):
@@ -60,39 +68,99 @@ def make_target(kind, N, C, dtype, device="cuda", ignore_index=-100):
     if kind == "mixture":
         W = torch.softmax(torch.randn(C, C, device=device, dtype=a), 1)
         return y, None, W, 0.0
+    if kind == "probs_smooth":
+        P = torch.softmax(torch.randn(N, C, device=device) * 2, 1).to(dtype)
+        return P, torch.rand(C, device=device, dtype=a) + 0.5, None, 0.2
     raise ValueError(kind)
 
 
-def check(x, target, weight, mixture, ignore_index, smoothing, k, out, rows=None, tol=None):
-    """Compare (loss, grad, lse) of the kernel with the float64 reference on `rows`."""
-    loss, grad, lse = out
+def make_grad_loss(N, dtype, zeros=True):
+    """Incoming gradient (acc dtype), with some zero rows (trimmed rows: no read, 0 out)."""
+    gl = torch.randn(N, device="cuda", dtype=acc(dtype))
+    if zeros and N > 3:
+        gl[2::5] = 0
+    return gl
+
+
+def assert_grad_close(got, expected, tol, row_scale=None):
+    """`got` in the logits' dtype against a float64 `expected`: NaN exactly where the oracle
+    has NaN, else |got - expected| <= tol |expected| + tol * row_scale_i * (largest finite
+    |expected / row_scale|): the absolute tolerance is relative to the largest gradient entry,
+    scaled per row by |grad_loss_i| (row_scale) so that a row with a large incoming gradient is
+    not held to the accuracy of the others; plus one subnormal step of the output dtype, the
+    error of merely storing a tiny value in fp16."""
+    fi = torch.finfo(got.dtype)
+    got = got.double()
+    rs = torch.ones(expected.shape[0], dtype=torch.float64, device=expected.device) if row_scale is None \
+        else row_scale.double().abs()
+    unscaled = expected / torch.where(rs > 0, rs, 1)[:, None]
+    finite = unscaled[torch.isfinite(unscaled)]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    nan_e, nan_g = torch.isnan(expected), torch.isnan(got)
+    assert torch.equal(nan_e, nan_g), f"NaN pattern differs at {(nan_e != nan_g).nonzero()[:5].tolist()}"
+    ok = ~nan_e
+    inf_e = torch.isinf(expected)
+    assert torch.equal(got[inf_e], expected[inf_e])
+    ok &= ~inf_e
+    err = (got - expected).abs()
+    allowed = tol * expected.abs() + tol * scale * rs[:, None] + fi.smallest_normal * fi.eps
+    bad = ok & ~(err <= allowed)
+    if bad.any():
+        i = bad.nonzero()[0].tolist()
+        raise AssertionError(f"{int(bad.sum())} of {got.numel()} gradient entries off; first at {i}: "
+                             f"got {got[i[0], i[1]].item()!r}, expected {expected[i[0], i[1]].item()!r}, "
+                             f"allowed {allowed[i[0], i[1]].item():.3g}")
+
+
+def check(x, target, weight, mixture, ignore_index, smoothing, k, out, gl=None, rows=None, tol=None,
+          grad=None):
+    """Compare fwd's (loss, stats) and bwd's gradient with the float64 reference.
+
+    `out` is fwd's (loss, stats) on the full x; `grad` the bwd output on the full x for `gl`
+    (computed here when None). `rows` restricts the comparison (the reference runs on those rows
+    only)."""
+    loss, stats = out
+    if gl is None:
+        gl = make_grad_loss(x.shape[0], x.dtype)
+    if grad is None:
+        grad = bwd(gl, x, target, weight, mixture, stats, ignore_index, smoothing, k)
+    assert loss.dtype == acc(x.dtype) and stats.dtype == acc(x.dtype) and grad.dtype == x.dtype
+    assert stats.shape == (x.shape[0], 4) and grad.shape == x.shape
     if rows is not None:
-        x, loss, grad, lse = x[rows], loss[rows], grad[rows], lse[rows]
-        target = target[rows]
+        x, loss, stats, grad, gl, target = x[rows], loss[rows], stats[rows], grad[rows], gl[rows], target[rows]
     tol = TOL[x.dtype] if tol is None else tol
     t = target.double() if target.is_floating_point() else target
     w = None if weight is None else weight.double()
     W = None if mixture is None else mixture.double()
     ref_l, ref_g, ref_lse = reference.rows(x.double(), t, w, W, ignore_index, smoothing, k)
-    assert loss.dtype == acc(x.dtype) and lse.dtype == acc(x.dtype) and grad.dtype == x.dtype
     torch.testing.assert_close(loss.double(), ref_l, rtol=tol, atol=tol, equal_nan=True)
-    torch.testing.assert_close(lse.double(), ref_lse, rtol=tol, atol=tol, equal_nan=True)
-    finite = ref_g[torch.isfinite(ref_g)]
-    scale = finite.abs().max().item() if finite.numel() else 0.0
-    torch.testing.assert_close(grad.double(), ref_g, rtol=tol, atol=tol * scale + 1e-30, equal_nan=True)
+    torch.testing.assert_close(stats[:, 0].double(), ref_lse, rtol=tol, atol=tol, equal_nan=True)
+    assert_grad_close(grad, gl.double()[:, None] * ref_g, tol, row_scale=gl)
+    valid = torch.ones_like(loss, dtype=torch.bool)
+    if not target.is_floating_point():
+        ignored = target == ignore_index
+        valid = ~ignored & (target >= 0) & (target < x.shape[1])
+        assert (stats[~valid, 1:] == 0).all()
+        assert (grad[ignored] == 0).all()
+    # rows with a zero incoming gradient and a finite lse are exactly 0
+    zero = valid & (gl == 0) & torch.isfinite(stats[:, 0])
+    assert (grad[zero] == 0).all()
+    return grad
 
 
 # ---------------------------------------------------------------------------------------
 # Every path of csrc/cuda/fwd_kernels.cuh: the C just below and above each switch point
 # (16-byte vectors per row: 4, 8, 16, 32 (sub-warp / warp), 64, 128, 256 (warp), then blocks of
-# 128 ... 1024 threads, then the streaming kernel with the row cached in shared memory).
+# 128 ... 1024 threads, then the streaming kernel). The backward's tiles (bwd_kernels.cuh)
+# switch at 4, 8, 16, 32, 64, 128 vectors, then 256-vector tiles: a row of 1025 fp32 values is
+# two tiles, 4100 five.
 # ---------------------------------------------------------------------------------------
 PATH_C = {
     torch.float32: [1, 2, 16, 17, 32, 33, 64, 65, 128, 129, 512, 1024, 1025, 4096, 4100, 8192,
                     16384, 16385, 32768, 32769, 60000],
-    torch.float16: [1, 3, 32, 33, 64, 65, 256, 1024, 1025, 4096, 32768, 32776, 131072],
+    torch.float16: [1, 3, 32, 33, 64, 65, 256, 1024, 1025, 2048, 2056, 4096, 32768, 32776, 131072],
     torch.bfloat16: [1, 7, 64, 65, 1000, 1024, 1032, 8192, 32768, 32769, 100000],
-    torch.float64: [1, 2, 8, 9, 256, 257, 2048, 4096, 4098, 16386, 30000],
+    torch.float64: [1, 2, 8, 9, 256, 257, 512, 514, 2048, 4096, 4098, 16386, 30000],
 }
 PATH_CASES = [(dt, C) for dt, Cs in PATH_C.items() for C in Cs]
 
@@ -104,8 +172,7 @@ def test_paths_match_reference(dtype, C, kind):
     k = 0.5 if kind != "weighted" else 2.0
     x = (torch.randn(N, C, device="cuda") * 3).to(dtype)
     target, w, W, s = make_target(kind, N, C, dtype)
-    out = fwd(x, target, w, W, -100, s, k)
-    check(x, target, w, W, -100, s, k, out)
+    check(x, target, w, W, -100, s, k, fwd(x, target, w, W, -100, s, k))
 
 
 @pytest.mark.parametrize("C", [3, 100, 1000, 3000])
@@ -115,6 +182,19 @@ def test_mixture_rows(dtype, C):
     x = (torch.randn(N, C, device="cuda") * 3).to(dtype)
     target, w, W, s = make_target("mixture", N, C, dtype)
     for k in (0.25, 1.0, 3.0):
+        check(x, target, w, W, -100, s, k, fwd(x, target, w, W, -100, s, k))
+    # with class weights too
+    w = torch.rand(C, device="cuda", dtype=acc(dtype)) + 0.5
+    check(x, target, w, W, -100, s, 1.5, fwd(x, target, w, W, -100, s, 1.5))
+
+
+@pytest.mark.parametrize("C", [5, 999, 5000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_probability_targets_with_smoothing_and_weights(dtype, C):
+    N = 21
+    x = (torch.randn(N, C, device="cuda") * 3).to(dtype)
+    target, w, W, s = make_target("probs_smooth", N, C, dtype)
+    for k in (0.5, 1.0, 2.0):
         check(x, target, w, W, -100, s, k, fwd(x, target, w, W, -100, s, k))
 
 
@@ -135,8 +215,21 @@ def test_small_c_many_rows(dtype, C, k):
         check(x, target, w, W, -100, s, k, fwd(x, target, w, W, -100, s, k))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_k_equal_one_is_cross_entropy_gradient(dtype):
+    """k == 1 takes the one-exp statistics kernels; the gradient is softmax - onehot."""
+    N, C = 300, 777
+    x = (torch.randn(N, C, device="cuda") * 3).to(dtype)
+    y = torch.randint(0, C, (N,), device="cuda")
+    out = fwd(x, y, k=1.0)
+    gl = torch.ones(N, device="cuda")
+    g = check(x, y, None, None, -100, 0.0, 1.0, out, gl=gl)
+    expected = torch.softmax(x.double(), 1) - torch.nn.functional.one_hot(y, C).double()
+    assert_grad_close(g, expected, TOL[dtype])
+
+
 # ---------------------------------------------------------------------------------------
-# Long rows (streaming kernel), N * C > 2^31
+# Long rows (streaming forward, many backward tiles per row), N * C > 2^31
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("C", [131072, 262144])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -145,13 +238,14 @@ def test_large_rows(dtype, C, kind):
     N = 4
     x = (torch.randn(N, C, device="cuda") * 4).to(dtype)
     target, w, W, s = make_target(kind, N, C, dtype)
+    gl = torch.randn(N, device="cuda", dtype=acc(dtype))
     for k in (0.5, 1.0, 2.0):
-        check(x, target, w, W, -100, s, k, fwd(x, target, w, W, -100, s, k))
+        check(x, target, w, W, -100, s, k, fwd(x, target, w, W, -100, s, k), gl=gl)
 
 
 def test_n_times_c_over_2_31():
     N, C = 16400, 131072  # N * C = 2.15e9 > 2^31; the last rows start past 2^31 elements
-    need = 3 * N * C * 2 + (1 << 30)
+    need = 2 * N * C * 2 + (1 << 30)
     free, _total = torch.cuda.mem_get_info()
     if free < need:
         pytest.skip(f"needs {need / 2**30:.1f} GiB of free GPU memory, {free / 2**30:.1f} GiB free")
@@ -160,49 +254,89 @@ def test_n_times_c_over_2_31():
     y = torch.randint(0, C, (N,), device="cuda")
     y[-2] = -100
     y[-1] = C - 1
-    loss, grad, lse = fwd(x, y, k=0.5)
-    rows = torch.tensor([0, 1, 2, N - 3, N - 2, N - 1], device="cuda")
-    check(x, y, None, None, -100, 0.0, 0.5, (loss, grad, lse), rows=rows)
+    out = fwd(x, y, k=0.5)
     gl = torch.randn(N, device="cuda")
-    out = torch.ops.hardloss_cuda.bwd(gl, grad)
-    del x
-    for r in (0, N - 1):
-        torch.testing.assert_close(out[r], (gl[r] * grad[r].float()).to(torch.bfloat16), rtol=0, atol=0)
+    gl[-3] = 0
+    g = bwd(gl, x, y, None, None, out[1], -100, 0.0, 0.5)
+    rows = torch.tensor([0, 1, 2, N - 3, N - 2, N - 1], device="cuda")
+    check(x, y, None, None, -100, 0.0, 0.5, out, gl=gl, rows=rows, grad=g)
+    assert (g[N - 3] == 0).all() and (g[N - 2] == 0).all()
+    g_rows = g[rows].clone()
+    del g
+    bwd_inplace(gl, x, y, None, None, out[1], -100, 0.0, 0.5)
+    assert torch.equal(x[rows], g_rows)
 
 
 # ---------------------------------------------------------------------------------------
-# In place, bad labels, empty and degenerate inputs
+# bwd_inplace, zero incoming gradients, bad labels, empty and degenerate inputs
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("C", [3, 10, 1000, 5000, 40000, 131072])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("kind", ["onehot", "smooth", "probs"])
-def test_inplace_equals_out_of_place(dtype, C, kind):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("kind", ["onehot", "smooth", "probs", "mixture"])
+def test_bwd_inplace_equals_bwd(dtype, C, kind):
+    if kind == "mixture" and C > 5000:
+        pytest.skip("a C x C mixture of this size is too large")
     N = 9 if C <= 5000 else 3
     x = (torch.randn(N, C, device="cuda") * 3).to(dtype)
     target, w, W, s = make_target(kind, N, C, dtype)
-    loss, grad, lse = fwd(x, target, w, W, -100, s, 0.7)
+    loss, stats = fwd(x, target, w, W, -100, s, 0.7)
+    gl = make_grad_loss(N, dtype)
+    g = bwd(gl, x, target, w, W, stats, -100, s, 0.7)
     xi = x.clone()
-    loss_i, lse_i = fwd_inplace(xi, target, w, W, -100, s, 0.7)
-    assert torch.equal(loss_i, loss) and torch.equal(lse_i, lse)
-    assert torch.equal(xi, grad)
+    assert bwd_inplace(gl, xi, target, w, W, stats, -100, s, 0.7) is None
+    assert torch.equal(xi, g)
 
 
-def test_inplace_non_contiguous_and_mixture():
+def test_bwd_inplace_non_contiguous():
     C = 50
     base = torch.randn(C, 33, device="cuda")
     x = base.t()  # (33, C), not contiguous
     target, w, W, s = make_target("mixture", 33, C, torch.float32)
-    loss, grad, lse = fwd(x, target, w, W, -100, s, 1.5)
-    loss_i, lse_i = fwd_inplace(x, target, w, W, -100, s, 1.5)
-    assert torch.equal(loss_i, loss) and torch.equal(lse_i, lse)
-    assert torch.equal(base.t(), grad)
+    loss, stats = fwd(x, target, w, W, -100, s, 1.5)
+    gl = make_grad_loss(33, torch.float32)
+    g = bwd(gl, x, target, w, W, stats, -100, s, 1.5)
+    check(x, target, w, W, -100, s, 1.5, (loss, stats), gl=gl, grad=g)
+    bwd_inplace(gl, x, target, w, W, stats, -100, s, 1.5)
+    assert torch.equal(base.t(), g)
+
+
+@pytest.mark.parametrize("C", [7, 1000, 5000, 70000])
+@pytest.mark.parametrize("kind", ["onehot", "smooth", "probs"])
+def test_zero_grad_loss_rows_are_not_read(C, kind):
+    """A row with grad_loss == 0 and a finite lse gets 0 without its logits being read: the
+    logits are overwritten with NaN between fwd and bwd, and those rows still come out 0."""
+    N = 8
+    x = torch.randn(N, C, device="cuda")
+    target, w, W, s = make_target(kind, N, C, torch.float32)
+    loss, stats = fwd(x, target, w, W, -100, s, 0.5)
+    gl = torch.randn(N, device="cuda")
+    gl[[0, 3, 6]] = 0
+    x2 = x.clone()
+    x2[[0, 3, 6]] = float("nan")
+    g = bwd(gl, x2, target, w, W, stats, -100, s, 0.5)
+    assert (g[[0, 3, 6]] == 0).all()
+    keep = torch.tensor([1, 2, 4, 5, 7], device="cuda")
+    check(x[keep], target[keep], w, W, -100, s, 0.5, (loss[keep], stats[keep]), gl=gl[keep], grad=g[keep])
+
+
+def test_zero_grad_loss_with_non_finite_lse_is_nan():
+    """grad_loss == 0 on a row whose lse is not finite: 0 * NaN, as autograd would give."""
+    C = 300
+    x = torch.randn(3, C, device="cuda")
+    x[0, 5] = float("inf")
+    x[1, 9] = float("nan")
+    y = torch.tensor([1, 2, 3], device="cuda")
+    loss, stats = fwd(x, y, k=0.5)
+    gl = torch.zeros(3, device="cuda")
+    g = bwd(gl, x, y, None, None, stats, -100, 0.0, 0.5)
+    assert torch.isnan(g[0]).all() and torch.isnan(g[1]).all() and (g[2] == 0).all()
 
 
 @pytest.mark.parametrize("C", [5, 1000, 20000, 70000])
 @pytest.mark.parametrize("kind", ["onehot", "smooth", "mixture"])
 def test_bad_label_gives_nan_row(C, kind):
-    """torch.ops.hardloss_cuda.fwd directly (the Python API raises first): labels outside
-    [0, C) give a NaN row and are never used as an index; the other rows are unaffected."""
+    """The ops directly (the Python API raises first): labels outside [0, C) give a NaN loss
+    and a NaN gradient row and are never used as an index; the other rows are unaffected."""
     if kind == "mixture" and C > 1000:
         pytest.skip("a C x C mixture of this size is too large")
     N = 6
@@ -212,52 +346,90 @@ def test_bad_label_gives_nan_row(C, kind):
     target[2] = -5
     target[3] = 1 << 40
     target[4] = -100  # ignored
-    loss, grad, lse = fwd(x, target, w, W, -100, s, 0.5)
+    loss, stats = fwd(x, target, w, W, -100, s, 0.5)
+    gl = torch.randn(N, device="cuda")
+    gl[2] = 0  # a bad row stays NaN whatever grad_loss is
+    g = bwd(gl, x, target, w, W, stats, -100, s, 0.5)
     torch.cuda.synchronize()
     bad = torch.tensor([True, False, True, True, False, False], device="cuda")
-    assert torch.isnan(loss[bad]).all() and torch.isnan(grad[bad]).all()
-    assert loss[4] == 0 and (grad[4] == 0).all()
-    torch.testing.assert_close(lse, torch.logsumexp(x, 1), rtol=2e-6, atol=2e-6)
+    assert torch.isnan(loss[bad]).all() and torch.isnan(g[bad]).all()
+    assert (stats[bad, 1:] == 0).all() and (stats[4, 1:] == 0).all()
+    assert loss[4] == 0 and (g[4] == 0).all()
+    torch.testing.assert_close(stats[:, 0], torch.logsumexp(x, 1), rtol=2e-6, atol=2e-6)
     good = ~bad
-    check(x[good], target[good], w, W, -100, s, 0.5, (loss[good], grad[good], lse[good]))
+    check(x[good], target[good], w, W, -100, s, 0.5, (loss[good], stats[good]), gl=gl[good], grad=g[good])
+
+
+def test_ignored_rows_are_zero_whatever_grad_loss():
+    C = 100
+    x = torch.randn(4, C, device="cuda")
+    y = torch.tensor([-100, 3, -100, 7], device="cuda")
+    for s in (0.0, 0.1):
+        loss, stats = fwd(x, y, None, None, -100, s, 0.5)
+        gl = torch.tensor([float("nan"), 1.0, float("inf"), 2.0], device="cuda")
+        g = bwd(gl, x, y, None, None, stats, -100, s, 0.5)
+        assert (g[0] == 0).all() and (g[2] == 0).all() and torch.isfinite(g[[1, 3]]).all()
+
+
+def test_ignore_index_inside_the_class_range():
+    C = 20
+    x = torch.randn(10, C, device="cuda")
+    y = torch.randint(0, C, (10,), device="cuda")
+    y[::3] = 4
+    out = fwd(x, y, None, None, 4, 0.0, 2.0)
+    g = check(x, y, None, None, 4, 0.0, 2.0, out)
+    assert (g[y == 4] == 0).all() and (out[0][y == 4] == 0).all()
 
 
 def test_empty_batch_and_single_class():
     for dtype in DTYPES:
         x = torch.randn(0, 7, device="cuda", dtype=dtype)
-        loss, grad, lse = fwd(x, torch.zeros(0, dtype=torch.long, device="cuda"))
-        assert loss.shape == (0,) and grad.shape == (0, 7) and lse.shape == (0,)
-        out = torch.ops.hardloss_cuda.bwd(torch.zeros(0, device="cuda", dtype=acc(dtype)), grad)
-        assert out.shape == (0, 7)
+        y0 = torch.zeros(0, dtype=torch.long, device="cuda")
+        loss, stats = fwd(x, y0)
+        assert loss.shape == (0,) and stats.shape == (0, 4) and stats.dtype == acc(dtype)
+        gl0 = torch.zeros(0, device="cuda", dtype=acc(dtype))
+        out = bwd(gl0, x, y0, None, None, stats)
+        assert out.shape == (0, 7) and out.dtype == dtype
+        bwd_inplace(gl0, x, y0, None, None, stats)
         x = torch.randn(5, 1, device="cuda", dtype=dtype)
         y = torch.zeros(5, dtype=torch.long, device="cuda")
-        loss, grad, lse = fwd(x, y, k=0.5)
-        assert (loss == 0).all() and (grad == 0).all()
-        torch.testing.assert_close(lse, x[:, 0].to(acc(dtype)))
+        loss, stats = fwd(x, y, k=0.5)
+        g = bwd(torch.ones(5, device="cuda", dtype=acc(dtype)), x, y, None, None, stats, k=0.5)
+        assert (loss == 0).all() and (g == 0).all()
+        torch.testing.assert_close(stats[:, 0], x[:, 0].to(acc(dtype)))
 
 
-def test_compute_grad_false_returns_empty_grad():
-    x = torch.randn(10, 300, device="cuda", dtype=torch.bfloat16)
-    y = torch.randint(0, 300, (10,), device="cuda")
-    loss, grad, lse = fwd(x, y, grad=False)
-    assert grad.shape == (0, 300) and grad.dtype == torch.bfloat16
-    loss2, _grad2, lse2 = fwd(x, y)
-    assert torch.equal(loss, loss2) and torch.equal(lse, lse2)
+@pytest.mark.parametrize("C", [300, 5000, 70000])
+def test_compute_grad_false(C):
+    x = torch.randn(10, C, device="cuda", dtype=torch.bfloat16)
+    y = torch.randint(0, C, (10,), device="cuda")
+    loss, stats = fwd(x, y, grad=False)
+    assert stats.shape == (10, 4) and stats.dtype == torch.float32
+    loss2, stats2 = fwd(x, y)
+    assert torch.equal(loss, loss2) and torch.equal(stats[:, 0], stats2[:, 0])
+    # soft rows skip their |eps|^k statistics: columns 1..3 are 0, the loss is the same
+    loss, stats = fwd(x, y, None, None, -100, 0.1, 0.5, grad=False)
+    loss2, stats2 = fwd(x, y, None, None, -100, 0.1, 0.5, grad=True)
+    assert torch.equal(loss, loss2) and torch.equal(stats[:, 0], stats2[:, 0])
+    assert (stats[:, 1:] == 0).all() and (stats2[:, 1] != 0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_non_finite_logits_rows(dtype):
-    C = 300
+@pytest.mark.parametrize("C", [300, 70000])
+def test_non_finite_logits_rows(dtype, C):
     x = torch.randn(4, C, device="cuda").to(dtype)
     x[0, 5] = float("nan")
     x[1, 7] = float("inf")
     x[2, :] = float("-inf")
     x[2, 3] = 0.0
     y = torch.tensor([1, 2, 3, 4], device="cuda")
-    loss, grad, lse = fwd(x, y, k=0.5)
+    loss, stats = fwd(x, y, k=0.5)
+    gl = torch.ones(4, device="cuda")
+    g = bwd(gl, x, y, None, None, stats, k=0.5)
     assert torch.isnan(loss[0]) and torch.isnan(loss[1])
-    assert loss[2] == 0 and (grad[2] == 0).all()
-    check(x[3:], y[3:], None, None, -100, 0.0, 0.5, (loss[3:], grad[3:], lse[3:]))
+    assert torch.isnan(g[0]).all() and torch.isnan(g[1]).all()
+    assert loss[2] == 0 and (g[2] == 0).all()
+    check(x[3:], y[3:], None, None, -100, 0.0, 0.5, (loss[3:], stats[3:]), gl=gl[3:], grad=g[3:])
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,39 +444,35 @@ def test_unaligned_rows(dtype, C, kind):
     x = (torch.randn(N, C, device="cuda") * 3).to(dtype)
     target, w, W, s = make_target(kind, N, C, dtype)
     out = fwd(x, target, w, W, -100, s, 0.5)
-    check(x, target, w, W, -100, s, 0.5, out)
-    gl = torch.randn(N, device="cuda", dtype=acc(dtype))
-    torch.testing.assert_close(torch.ops.hardloss_cuda.bwd(gl, out[1]), (gl[:, None] * out[1]).to(dtype),
-                               rtol=0, atol=0)
+    gl = make_grad_loss(N, dtype)
+    g = check(x, target, w, W, -100, s, 0.5, out, gl=gl)
+    bwd_inplace(gl, x, target, w, W, out[1], -100, s, 0.5)
+    assert torch.equal(x, g)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("C", [64, 4096, 65536])
-def test_misaligned_base_pointer(dtype, C):
-    """C a multiple of the vector width but the logits start 1 element past a 16-byte boundary."""
+@pytest.mark.parametrize("kind", ["onehot", "probs"])
+def test_misaligned_base_pointer(dtype, C, kind):
+    """C a multiple of the vector width but the logits (and the probabilities) start 1 element
+    past a 16-byte boundary."""
     N = 5
     flat = (torch.randn(N * C + 1, device="cuda") * 3).to(dtype)
     x = flat[1:].view(N, C)
     assert x.is_contiguous() and x.data_ptr() % 16 != 0
-    y = torch.randint(0, C, (N,), device="cuda")
-    out = fwd(x, y, k=2.0)
-    check(x, y, None, None, -100, 0.0, 2.0, out)
-    loss_i, lse_i = fwd_inplace(x, y, k=2.0)
-    assert torch.equal(x, out[1]) and torch.equal(loss_i, out[0])
-
-
-# ---------------------------------------------------------------------------------------
-# bwd
-# ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("C", [1, 10, 64, 1000, 8192, 40000])
-def test_bwd_scales_rows(dtype, C):
-    N = 33
-    g = torch.randn(N, C, device="cuda").to(dtype)
-    gl = torch.randn(N, device="cuda", dtype=acc(dtype))
-    out = torch.ops.hardloss_cuda.bwd(gl, g)
-    assert out.dtype == dtype and out.shape == g.shape
-    torch.testing.assert_close(out, (gl[:, None] * g).to(dtype), rtol=0, atol=0)
+    if kind == "probs":
+        P = torch.softmax(torch.randn(N, C, device="cuda"), 1).to(dtype)
+        pbuf = torch.empty(N * C + 1, device="cuda", dtype=dtype)
+        pbuf[1:].copy_(P.view(-1))
+        target = pbuf[1:].view(N, C)
+        assert target.data_ptr() % 16 != 0
+    else:
+        target = torch.randint(0, C, (N,), device="cuda")
+    out = fwd(x, target, k=2.0)
+    gl = make_grad_loss(N, dtype)
+    g = check(x, target, None, None, -100, 0.0, 2.0, out, gl=gl)
+    bwd_inplace(gl, x, target, None, None, out[1], -100, 0.0, 2.0)
+    assert torch.equal(x, g)
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,26 +484,24 @@ def test_runs_on_the_current_stream(C):
     N = 64
     x0 = torch.randn(N, C, device="cuda")
     y = torch.randint(0, C, (N,), device="cuda")
-    expected = fwd(x0, y, k=0.5)
     gl = torch.randn(N, device="cuda")
-    expected_b = torch.ops.hardloss_cuda.bwd(gl, expected[1])
+    expected = fwd(x0, y, k=0.5)
+    expected_g = bwd(gl, x0, y, None, None, expected[1], k=0.5)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time on this stream
         x = x0.clone()
-        loss, grad, lse = fwd(x, y, k=0.5)
-        out_b = torch.ops.hardloss_cuda.bwd(gl, grad)
-        xi = x0.clone()
-        loss_i, lse_i = fwd_inplace(xi, y, k=0.5)
+        loss, stats = fwd(x, y, k=0.5)
+        g = bwd(gl, x, y, None, None, stats, k=0.5)
+        bwd_inplace(gl, x, y, None, None, stats, k=0.5)
     s.synchronize()
-    assert torch.equal(loss, expected[0]) and torch.equal(grad, expected[1]) and torch.equal(lse, expected[2])
-    assert torch.equal(out_b, expected_b)
-    assert torch.equal(xi, expected[1]) and torch.equal(loss_i, expected[0])
+    assert torch.equal(loss, expected[0]) and torch.equal(stats, expected[1])
+    assert torch.equal(g, expected_g) and torch.equal(x, expected_g)
 
 
 @pytest.mark.parametrize("C,kind", [(10, "onehot"), (1000, "smooth"), (5000, "onehot"), (40000, "onehot"),
-                                    (40000, "probs")])
+                                    (40000, "probs"), (200, "mixture")])
 def test_cuda_graph_capture(C, kind):
     N = 32
     x = torch.randn(N, C, device="cuda")
@@ -344,10 +510,11 @@ def test_cuda_graph_capture(C, kind):
     xi = torch.empty_like(x)
 
     def step():
-        loss, grad, lse = fwd(x, target, w, W, -100, s, 0.5)
+        loss, stats = fwd(x, target, w, W, -100, s, 0.5)
+        g = bwd(gl, x, target, w, W, stats, -100, s, 0.5)
         xi.copy_(x)
-        loss_i, _lse_i = fwd_inplace(xi, target, w, W, -100, s, 0.5)
-        return loss, torch.ops.hardloss_cuda.bwd(gl, grad), lse, loss_i
+        bwd_inplace(gl, xi, target, w, W, stats, -100, s, 0.5)
+        return loss, stats, g
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -366,10 +533,11 @@ def test_cuda_graph_capture(C, kind):
         gl.copy_(torch.randn_like(gl))
         graph.replay()
         torch.cuda.synchronize()
+        xi_graph = xi.clone()
         eager = step()
         for a, b in zip(static_out, eager):
             assert torch.equal(a, b)
-        assert torch.equal(xi, fwd(x, target, w, W, -100, s, 0.5)[1])
+        assert torch.equal(xi_graph, eager[2])
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -380,16 +548,15 @@ def test_second_device(C):
     N = 16
     x = torch.randn(N, C, device="cuda:1")
     y = torch.randint(0, C, (N,), device="cuda:1")
-    loss, grad, lse = fwd(x, y, k=0.5)
-    assert loss.device == grad.device == lse.device == x.device
-    check(x, y, None, None, -100, 0.0, 0.5, (loss, grad, lse))
+    loss, stats = fwd(x, y, k=0.5)
+    assert loss.device == stats.device == x.device
     gl = torch.randn(N, device="cuda:1")
-    out = torch.ops.hardloss_cuda.bwd(gl, grad)
-    assert out.device == x.device
-    torch.testing.assert_close(out, gl[:, None] * grad, rtol=0, atol=0)
+    g = bwd(gl, x, y, None, None, stats, k=0.5)
+    assert g.device == x.device
+    check(x, y, None, None, -100, 0.0, 0.5, (loss, stats), gl=gl, grad=g)
     xi = x.clone()
-    fwd_inplace(xi, y, k=0.5)
-    assert torch.equal(xi, grad)
+    bwd_inplace(gl, xi, y, None, None, stats, k=0.5)
+    assert torch.equal(xi, g)
 
 
 @pytest.mark.parametrize("C", [10, 100, 3000])
@@ -412,11 +579,16 @@ def test_mixture_gradient_is_deterministic(C):
 
 
 @pytest.mark.parametrize("C", [100, 5000, 70000])
-def test_forward_is_deterministic(C):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fwd_bwd_are_deterministic(C, smoothing):
     N = 300 if C < 70000 else 8
     x = torch.randn(N, C, device="cuda", dtype=torch.bfloat16)
     y = torch.randint(0, C, (N,), device="cuda")
-    a = fwd(x, y, None, None, -100, 0.1, 0.5)
-    b = fwd(x, y, None, None, -100, 0.1, 0.5)
+    gl = torch.randn(N, device="cuda")
+    a = fwd(x, y, None, None, -100, smoothing, 0.5)
+    b = fwd(x, y, None, None, -100, smoothing, 0.5)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
+    ga = bwd(gl, x, y, None, None, a[1], -100, smoothing, 0.5)
+    gb = bwd(gl, x, y, None, None, b[1], -100, smoothing, 0.5)
+    assert torch.equal(ga, gb)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import hardloss_cuda as H
-from hardloss_cuda import _ops, _schema
+from hardloss_cuda import _ops, _schema, reference
 
 
 def _args(device, kind):
@@ -22,8 +22,38 @@ def _args(device, kind):
 
 @pytest.mark.parametrize("kind", ["onehot", "mixture", "probs"])
 def test_opcheck(backend, device, kind):
-    op = getattr(torch.ops.hardloss_cuda, _ops.FWD_OPS[backend]).default
-    torch.library.opcheck(op, _args(device, kind))
+    args = _args(device, kind)
+    torch.library.opcheck(_ops.fwd_op(backend).default, args)
+    x, target, w, W, ignore_index, s, k, _ = args
+    with torch.no_grad():
+        _loss, stats = _ops.fwd_op(backend)(*args)
+    gl = torch.rand(x.shape[0], device=device)
+    bwd_args = (gl, x.detach(), target.detach(), w, None if W is None else W.detach(), stats, ignore_index, s, k)
+    torch.library.opcheck(_ops.bwd_op(backend).default, bwd_args)
+    if backend in ("cpu", "cuda"):
+        torch.library.opcheck(torch.ops.hardloss_cuda.bwd_inplace.default,
+                              (gl, x.detach().clone()) + bwd_args[2:])
+
+
+@pytest.mark.parametrize("kind", ["onehot", "mixture", "probs"])
+def test_bwd_op_against_reference(backend, device, kind):
+    """The backward op: grad_loss times the pseudo-gradient of the float64 oracle, in place or
+    not; a row with zero incoming gradient gets exactly 0."""
+    x, target, w, W, ignore_index, s, k, _ = _args(device, kind)
+    x, target, W = x.detach(), target.detach(), None if W is None else W.detach()
+    with torch.no_grad():
+        _loss, stats = _ops.fwd_op(backend)(x, target, w, W, ignore_index, s, k, True)
+    gl = torch.randn(x.shape[0], device=device)
+    gl[1] = 0
+    _l, g64, _lse = reference.rows(x.double(), target.double() if target.is_floating_point() else target,
+                                   None if w is None else w.double(), None if W is None else W.double(),
+                                   ignore_index, s, k)
+    out = _ops.bwd_op(backend)(gl, x, target, w, W, stats, ignore_index, s, k)
+    torch.testing.assert_close(out.double(), gl.double()[:, None] * g64, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    xi = x.clone()
+    _ops.bwd_inplace(backend, gl, xi, target, w, W, stats, ignore_index, s, k)
+    torch.testing.assert_close(xi, out, rtol=0, atol=0)
 
 
 def test_compile_fullgraph(backend, device):
@@ -58,12 +88,14 @@ def test_compiled_schema_matches_python_schema():
     def args(schema):
         return [(a.name, str(a.type)) for a in schema.arguments]
 
-    ref = torch.ops.hardloss_cuda.reference_fwd.default._schema
-    fwd = torch.ops.hardloss_cuda.fwd.default._schema
-    assert args(fwd) == args(ref)
-    assert [str(r.type) for r in fwd.returns] == [str(r.type) for r in ref.returns]
-    assert "Tensor(a!) logits" in str(torch.ops.hardloss_cuda.fwd_inplace.default._schema)
+    for compiled, python in (("fwd", "reference_fwd"), ("bwd", "reference_bwd"), ("fwd", "triton_fwd")):
+        c = getattr(torch.ops.hardloss_cuda, compiled).default._schema
+        p = getattr(torch.ops.hardloss_cuda, python).default._schema
+        assert args(c) == args(p)
+        assert [str(r.type) for r in c.returns] == [str(r.type) for r in p.returns]
+    assert str(torch.ops.hardloss_cuda.fwd.default._schema).endswith(_schema.FWD_ARGS)
     assert str(torch.ops.hardloss_cuda.bwd.default._schema).endswith(_schema.BWD_ARGS)
+    assert str(torch.ops.hardloss_cuda.bwd_inplace.default._schema).endswith(_schema.BWD_INPLACE_ARGS)
 
 
 def test_available_backends_and_build_info():

@@ -1,10 +1,13 @@
 """The Triton kernels under the Triton interpreter (CPU tensors, no GPU needed).
 
-Every result is compared with the float64 truth from ``hardloss_cuda.reference.rows``. The
-tolerance is relative to what the same math in PyTorch at the working precision gets
-(``reference.rows`` on the low-precision input, accumulating in fp32 and rounding the
-gradient to the logits' dtype), so ill-conditioned elements (|eps| near 0 with small k)
-and bf16/fp16 rounding are judged fairly, plus a plain relative tolerance.
+``launch.fwd`` keeps (loss, stats) per row and ``launch.bwd`` rebuilds grad_loss times the
+pseudo-gradient from stats in one pass (hardloss_cuda/_schema.py). Every result is compared
+with the float64 truth from ``hardloss_cuda.reference.rows``: the loss and stats[:, 0] with
+its loss and logsumexp, bwd(gl) with gl[:, None] * its gradient. The tolerance is relative
+to what the same math in PyTorch at the working precision gets (``reference.rows`` on the
+low-precision input, accumulating in fp32 and rounding the gradient to the logits' dtype),
+so ill-conditioned elements (|eps| near 0 with small k) and bf16/fp16 rounding are judged
+fairly, plus a plain relative tolerance.
 """
 
 import importlib
@@ -25,7 +28,7 @@ def _load_interpreted():
     imported triton_kernels without TRITON_INTERPRET, reload the kernel modules."""
     import triton_kernels.launch
 
-    if type(triton_kernels.launch.onehot_kernel).__name__ != "InterpretedFunction":
+    if type(triton_kernels.launch.onehot_fwd_kernel).__name__ != "InterpretedFunction":
         for name in ("rowmath", "onehot", "soft", "config", "launch"):
             importlib.reload(sys.modules[f"triton_kernels.{name}"])
     return triton_kernels.launch
@@ -72,23 +75,67 @@ def _close(name, got, truth, baseline, dtype):
     )
 
 
-def check(z, t, weight=None, mixture=None, ignore_index=-100, s=0.0, k=1.0, block_cap=None):
-    """Run fwd with and without the gradient and compare with the float64 truth."""
-    loss, grad, lse = launch.fwd(z, t, weight, mixture, ignore_index, s, k, True, block_cap=block_cap)
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _grad_loss(n, dtype, seed=5):
+    """Incoming per-row gradients in [-0.5, 1.5); the last row (of 3 or more) gets 0, a
+    trimmed-away row whose gradient must be exactly 0."""
+    g = torch.Generator().manual_seed(seed)
+    gl = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 0.5).to(_acc(dtype))
+    if n >= 3:
+        gl[-1] = 0
+    return gl
+
+
+def check(z, t, weight=None, mixture=None, ignore_index=-100, s=0.0, k=1.0, block_cap=None, gl=None):
+    """fwd (with and without the gradient), bwd out of place and in place, against the
+    float64 truth. Returns (loss, stats, bwd's gradient)."""
+    N, C = z.shape
+    acc = _acc(z.dtype)
+    gl = _grad_loss(N, z.dtype) if gl is None else gl.to(acc)
+    args = (t, weight, mixture, ignore_index, s, k)
+    loss, stats = launch.fwd(z, *args, True, block_cap=block_cap)
+    grad = launch.bwd(gl, z, t, weight, mixture, stats, ignore_index, s, k, block_cap=block_cap)
+
     t64 = t.double() if t.is_floating_point() else t
     truth = rows(z.double(), t64, _f64(weight), _f64(mixture), ignore_index, s, k)
     base = rows(z, t, weight, mixture, ignore_index, s, k)  # PyTorch at working precision
-    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    assert loss.dtype == acc and lse.dtype == acc and grad.dtype == z.dtype
+    assert loss.dtype == acc and stats.dtype == acc and grad.dtype == z.dtype
+    assert loss.shape == (N,) and stats.shape == (N, 4) and grad.shape == (N, C)
     _close("loss", loss, truth[0], base[0], z.dtype)
-    _close("grad", grad, truth[1], base[1], z.dtype)
-    _close("lse", lse, truth[2], base[2], z.dtype)
-    # Without the gradient: same loss and lse, grad of shape (0, C).
-    loss2, grad2, lse2 = launch.fwd(z, t, weight, mixture, ignore_index, s, k, False, block_cap=block_cap)
-    assert grad2.shape == (0, z.shape[1])
-    assert torch.equal(loss2, loss) or torch.allclose(loss2, loss, equal_nan=True)
-    assert torch.allclose(lse2, lse, equal_nan=True)
-    return loss, grad, lse
+    _close("lse", stats[:, 0], truth[2], base[2], z.dtype)
+    g64 = gl.double()[:, None]
+    _close("grad", grad, g64 * truth[1], g64 * base[1].double(), z.dtype)
+
+    soft = t.is_floating_point() or mixture is not None or s > 0
+    if not t.is_floating_point():
+        invalid = (t == ignore_index) | (t < 0) | (t >= C)
+        assert (stats[invalid, 1:] == 0).all(), "stats columns 1..3 of ignored / bad rows"
+        if not soft:  # one-hot: column 3 is f_y, the unscaled gradient at the label
+            ok = ~invalid
+            y = t[ok][:, None]
+            _close("f_y", stats[ok, 3], truth[1][ok].gather(1, y)[:, 0],
+                   base[1][ok].gather(1, y)[:, 0], z.dtype)
+    # Rows with gl == 0, a finite lse and a usable label: exactly 0.
+    zero = (gl == 0) & torch.isfinite(stats[:, 0])
+    if not t.is_floating_point():
+        zero &= (t == ignore_index) | ((t >= 0) & (t < C))
+    assert (grad[zero] == 0).all()
+
+    # In place: the same bits in the logits' buffer.
+    buf = z.clone(memory_format=torch.contiguous_format)
+    res = launch.bwd(gl, buf, t, weight, mixture, stats, ignore_index, s, k, out=buf, block_cap=block_cap)
+    assert res is buf
+    assert torch.equal(buf.isnan(), grad.isnan()) and torch.equal(buf.nan_to_num(), grad.nan_to_num())
+
+    # Without the gradient: same loss and lse, columns 1..3 are 0.
+    loss2, stats2 = launch.fwd(z, *args, False, block_cap=block_cap)
+    torch.testing.assert_close(loss2, loss, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(stats2[:, 0], stats[:, 0], equal_nan=True, rtol=0, atol=0)
+    assert (stats2[:, 1:] == 0).all()
+    return loss, stats, grad
 
 
 def _logits(n, c, dtype=torch.float32, scale=3.0, seed=0):
@@ -117,15 +164,25 @@ def _mixture(c, seed=4):
     return w / w.sum(1, keepdim=True)
 
 
+def _soft_args(mode, N, C, dtype=torch.float32):
+    """(target, kwargs) for a soft mode, one ignored row for the class-index modes."""
+    if mode == "probs":
+        return _probs(N, C, dtype), {}
+    t = _labels(N, C)
+    t[min(4, N - 1)] = -100
+    return t, ({"s": 0.1} if mode == "smooth" else {"mixture": _mixture(C).to(_acc(dtype))})
+
+
 # ---------------------------------------------------------------- one-hot path
 
 
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("C", [1, 2, 3, 37, 1000])
 def test_onehot(C, k):
+    """One tile per row (default geometry), ragged C, C = 1 (f = 0), an ignored row."""
     N = 9
     t = _labels(N, C)
-    t[4] = -100  # ignored row
+    t[4] = -100
     check(_logits(N, C), t, k=k)
 
 
@@ -134,13 +191,13 @@ def test_onehot_weight_and_custom_ignore_index(k):
     C = 37
     t = _labels(12, C)
     t[3] = 5  # ignore_index may be a real class: that row is still ignored
-    loss, grad, _ = check(_logits(12, C), t, weight=_weight(C), ignore_index=5, k=k)
+    loss, _, grad = check(_logits(12, C), t, weight=_weight(C), ignore_index=5, k=k)
     assert (loss[t == 5] == 0).all() and (grad[t == 5] == 0).all()
 
 
 @pytest.mark.parametrize("k", [1 / 16, 1.0, 8.0])
 def test_onehot_extreme_logits(k):
-    """p_y -> 1, tiny p_y, logits ~1e4 and -inf: no overflow, no 1 - p_y cancellation."""
+    """p_y -> 1, tiny p_y, logits ~ +-1e4 and -inf: no overflow, no 1 - p_y cancellation."""
     C = 6
     z = torch.zeros(5, C)
     z[0, 2] = 60.0  # p_y = 1 - 5e-27: loss and grad far below fp32 epsilon but exact
@@ -149,9 +206,10 @@ def test_onehot_extreme_logits(k):
     z[3, 0] = float("-inf")  # a class with p = 0 (not the target)
     z[4] = 1e4 + torch.arange(C, dtype=torch.float32)
     t = torch.tensor([2, 2, 1, 4, 0])
-    loss, grad, _ = check(z, t, k=k)
-    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
-    torch.testing.assert_close(grad.double().sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-6, rtol=0)
+    for cap in (None, 2):
+        loss, _, grad = check(z, t, k=k, gl=torch.ones(5), block_cap=cap)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+        torch.testing.assert_close(grad.double().sum(1), torch.zeros(5, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_large_C_default_block():
@@ -169,16 +227,10 @@ def test_large_C_default_block():
 @pytest.mark.parametrize("mode", ["smooth", "mixture", "probs"])
 def test_soft(mode, k):
     N, C = 9, 37
-    z = _logits(N, C)
-    kw = {}
-    if mode == "probs":
-        t = _probs(N, C)
-        kw["s"] = 0.1 if k == 1.0 else 0.0
-    else:
-        t = _labels(N, C)
-        t[4] = -100
-        kw = {"s": 0.1} if mode == "smooth" else {"mixture": _mixture(C)}
-    check(z, t, k=k, **kw)
+    t, kw = _soft_args(mode, N, C)
+    if mode == "probs" and k == 1.0:
+        kw["s"] = 0.1
+    check(_logits(N, C), t, k=k, **kw)
 
 
 @pytest.mark.parametrize("mode", ["smooth", "mixture", "probs"])
@@ -197,17 +249,20 @@ def test_soft_weighted(mode):
 def test_soft_ragged_C(C):
     check(_logits(5, C), _labels(5, C), s=0.1, k=0.5)
     check(_logits(5, C), _probs(5, C), k=2.0)
+    check(_logits(5, C), _labels(5, C), mixture=_mixture(C), k=8.0)
 
 
 def test_soft_extreme():
-    """k = 8 with tiny positive eps (log-domain S_pos) and k = 1/16 with underflowing p."""
+    """k = 8 with tiny positive eps (log-domain S_pos), k = 1/16 with underflowing p,
+    logits ~ +-1e4."""
     C = 5
     z = torch.tensor([[80.0, 0, 0, -80, 0], [0, 0, 0, 0, 0], [1e4, 1e4 - 1, -1e4, 0, 1e4 + 1]])
     t = torch.tensor([0, 3, 2])
     for k in (1 / 16, 8.0):
-        _, grad, _ = check(z, t, s=0.05, k=k)
+        _, _, grad = check(z, t, s=0.05, k=k)
         assert torch.isfinite(grad).all()
         check(z, torch.softmax(z * 0.01, 1), k=k)
+        check(z, t, mixture=_mixture(C), k=k, block_cap=2)
 
 
 # ---------------------------------------------------------------- column loop, geometry
@@ -239,8 +294,10 @@ def test_many_rows_per_program():
     assert rows_per_prog > 1 and N % rows_per_prog
     t = _labels(N, C)
     t[::7] = -100
-    check(_logits(N, C), t, k=0.5)
-    check(_logits(N, C), t, s=0.1, k=2.0)
+    gl = _grad_loss(N, torch.float32)
+    gl[::5] = 0  # zero rows spread over every program
+    check(_logits(N, C), t, k=0.5, gl=gl)
+    check(_logits(N, C), t, s=0.1, k=2.0, gl=gl)
 
 
 def test_plan():
@@ -252,6 +309,13 @@ def test_plan():
     assert plan(5, 100, block_cap=16)[:2] == (16, 1)
 
 
+def test_noncontiguous_logits():
+    z = _logits(37, 6).t()  # (6, 37), a transposed view
+    t = _labels(6, 37)
+    check(z, t, k=2.0)
+    check(z, t, s=0.1, k=0.5)
+
+
 # ---------------------------------------------------------------- dtypes
 
 
@@ -260,35 +324,36 @@ def test_plan():
 def test_dtypes(dtype, mode):
     N, C = 6, 37
     z = _logits(N, C, dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
     t = _labels(N, C)
     t[1] = -100
     if mode == "onehot":
-        check(z, t, weight=_weight(C).to(acc), k=2.0)
+        check(z, t, weight=_weight(C).to(_acc(dtype)), k=2.0)
     elif mode == "smooth":
         check(z, t, s=0.1, k=0.5)
     elif mode == "mixture":
-        check(z, t, mixture=_mixture(C).to(acc), k=1.0)
+        check(z, t, mixture=_mixture(C).to(_acc(dtype)), k=1.0)
     else:
         check(z, _probs(N, C, dtype), k=8.0, block_cap=16)
 
 
-# ---------------------------------------------------------------- bad rows
+# ---------------------------------------------------------------- bad rows, zero rows
 
 
 @pytest.mark.parametrize("mode", ["onehot", "smooth", "mixture"])
 def test_out_of_range_label_gives_nan_row(mode):
-    """Labels outside [0, C): NaN row, no crash. 2**40 would fault if it were ever used in
-    an address; the clamp keeps every access inside the row / inside W."""
+    """Labels outside [0, C): NaN row (also with gl == 0), no crash. 2**40 would fault if it
+    were ever used in an address; the clamp keeps every access inside the row / inside W."""
     N, C = 6, 37
     t = _labels(N, C)
     t[0], t[2], t[3], t[5] = C, -1, 2**40, -(2**40)
     kw = {"smooth": {"s": 0.1}, "mixture": {"mixture": _mixture(C)}}.get(mode, {})
-    loss, grad, lse = check(_logits(N, C), t, k=0.5, **kw)
+    gl = torch.ones(N)
+    gl[3] = 0
+    loss, stats, grad = check(_logits(N, C), t, k=0.5, gl=gl, **kw)
     bad = torch.tensor([True, False, True, True, False, True])
     assert torch.isnan(loss[bad]).all() and torch.isnan(grad[bad]).all()
     assert torch.isfinite(loss[~bad]).all() and torch.isfinite(grad[~bad]).all()
-    assert torch.isfinite(lse).all()
+    assert torch.isfinite(stats).all()
 
 
 @pytest.mark.parametrize("mode", ["onehot", "smooth"])
@@ -298,26 +363,53 @@ def test_nonfinite_logits_stay_in_their_row(mode):
     z[1, 3] = float("nan")
     z[2, 4] = float("inf")
     t = _labels(N, C)
-    kw = {"s": 0.1} if mode == "smooth" else {}
-    loss, grad, _ = launch.fwd(z, t, None, None, -100, kw.get("s", 0.0), 2.0, True)
-    assert torch.isnan(loss[1:3]).all()
+    s = 0.1 if mode == "smooth" else 0.0
+    loss, stats = launch.fwd(z, t, None, None, -100, s, 2.0, True)
+    gl = torch.tensor([1.0, 0.0, 0.0, 2.0])  # gl == 0 on a NaN / inf row: still NaN (0 * NaN)
+    grad = launch.bwd(gl, z, t, None, None, stats, -100, s, 2.0)
+    assert torch.isnan(loss[1:3]).all() and torch.isnan(grad[1:3]).all()
     ok = torch.tensor([0, 3])
-    ref = rows(z[ok].double(), t[ok], None, None, -100, kw.get("s", 0.0), 2.0)
+    ref = rows(z[ok].double(), t[ok], None, None, -100, s, 2.0)
     torch.testing.assert_close(loss[ok].double(), ref[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad[ok].double(), ref[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad[ok].double(), gl[ok].double()[:, None] * ref[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["onehot", "smooth", "mixture", "probs"])
+def test_zero_grad_rows_are_not_read(mode):
+    """A row with gl == 0 and a finite lse gets 0 without its logits (or target row) being
+    read: after fwd, poison those rows with NaN; bwd must still give exact zeros there and
+    the right gradient elsewhere."""
+    N, C = 6, 40
+    z = _logits(N, C)
+    t, kw = _soft_args(mode, N, C) if mode != "onehot" else (_labels(N, C), {})
+    loss, stats = launch.fwd(z, t, None, kw.get("mixture"), -100, kw.get("s", 0.0), 2.0, True, block_cap=16)
+    gl = torch.tensor([1.0, 0.0, -0.5, 0.0, 2.0, 0.0])
+    poisoned = z.clone()
+    poisoned[gl == 0] = float("nan")
+    if mode == "probs":
+        t = t.clone()
+        t[gl == 0] = float("nan")
+    grad = launch.bwd(gl, poisoned, t, None, kw.get("mixture"), stats, -100, kw.get("s", 0.0), 2.0,
+                      block_cap=16)
+    assert (grad[gl == 0] == 0).all()
+    ref = launch.bwd(gl, z, t if mode != "probs" else _probs(N, C), None, kw.get("mixture"), stats, -100,
+                     kw.get("s", 0.0), 2.0, block_cap=16)
+    assert torch.equal(grad, ref)
 
 
 def test_all_rows_ignored_and_empty():
     z = _logits(3, 7)
-    loss, grad, lse = launch.fwd(z, torch.full((3,), -100), None, None, -100, 0.0, 2.0, True)
-    assert (loss == 0).all() and (grad == 0).all() and torch.isfinite(lse).all()
-    loss, grad, lse = launch.fwd(z, torch.full((3,), -100), None, _mixture(7), -100, 0.0, 2.0, True)
-    assert (loss == 0).all() and (grad == 0).all()
+    for W in (None, _mixture(7)):
+        loss, stats = launch.fwd(z, torch.full((3,), -100), None, W, -100, 0.0, 2.0, True)
+        assert (loss == 0).all() and (stats[:, 1:] == 0).all() and torch.isfinite(stats[:, 0]).all()
+        grad = launch.bwd(torch.ones(3), z, torch.full((3,), -100), None, W, stats, -100, 0.0, 2.0)
+        assert (grad == 0).all()
     e = torch.empty(0, 7)
-    loss, grad, lse = launch.fwd(e, torch.empty(0, dtype=torch.int64), None, None, -100, 0.0, 2.0, True)
-    assert loss.shape == (0,) and grad.shape == (0, 7) and lse.shape == (0,)
-    loss, lse = launch.fwd_inplace(e, torch.empty(0, dtype=torch.int64), None, None, -100, 0.1, 2.0)
-    assert loss.shape == (0,)
+    y = torch.empty(0, dtype=torch.int64)
+    loss, stats = launch.fwd(e, y, None, None, -100, 0.0, 2.0, True)
+    assert loss.shape == (0,) and stats.shape == (0, 4)
+    assert launch.bwd(loss, e, y, None, None, stats, -100, 0.1, 2.0).shape == (0, 7)
+    assert launch.bwd(loss, e, y, None, None, stats, -100, 0.1, 2.0, out=e) is e
 
 
 # ---------------------------------------------------------------- in place
@@ -325,15 +417,22 @@ def test_all_rows_ignored_and_empty():
 
 @pytest.mark.parametrize("mode", ["onehot", "smooth", "probs"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_inplace_matches_fwd(mode, dtype):
+def test_inplace_matches_out_of_place(mode, dtype):
+    """out=logits over several column blocks and rows per program: each element is read
+    before it is written."""
     N, C = 5, 100
     z = _logits(N, C, dtype)
     t = _probs(N, C, dtype) if mode == "probs" else _labels(N, C)
     s = 0.1 if mode == "smooth" else 0.0
-    loss, grad, lse = launch.fwd(z, t, _weight(C), None, -100, s, 0.5, True, block_cap=32)
+    loss, stats = launch.fwd(z, t, _weight(C), None, -100, s, 0.5, True, block_cap=32)
+    gl = _grad_loss(N, dtype)
+    grad = launch.bwd(gl, z, t, _weight(C), None, stats, -100, s, 0.5, block_cap=32)
     buf = z.clone()
-    loss2, lse2 = launch.fwd_inplace(buf, t, _weight(C), None, -100, s, 0.5, block_cap=32)
-    assert torch.equal(buf, grad) and torch.equal(loss2, loss) and torch.equal(lse2, lse)
+    assert launch.bwd(gl, buf, t, _weight(C), None, stats, -100, s, 0.5, out=buf, block_cap=32) is buf
+    assert torch.equal(buf, grad)
+    other = torch.empty_like(z)  # a separate out= buffer
+    launch.bwd(gl, z, t, _weight(C), None, stats, -100, s, 0.5, out=other, block_cap=32)
+    assert torch.equal(other, grad)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -353,5 +452,23 @@ def test_bad_arguments_raise():
         launch.fwd(z, t, None, None, -100, 0.0, 0.0, True)
     with pytest.raises(ValueError, match="target"):
         launch.fwd(z, t[:2], None, None, -100, 0.0, 1.0, True)
-    with pytest.raises(ValueError, match="contiguous"):
-        launch.fwd_inplace(z.t().contiguous().t(), t, None, None, -100, 0.0, 1.0)
+
+    _, stats = launch.fwd(z, t, None, None, -100, 0.0, 1.0, True)
+    gl = torch.ones(3)
+    bwd = launch.bwd
+    with pytest.raises(ValueError, match="k must"):
+        bwd(gl, z, t, None, None, stats, -100, 0.0, float("inf"))
+    with pytest.raises(ValueError, match="target"):
+        bwd(gl, z, t[:2], None, None, stats, -100, 0.0, 1.0)
+    with pytest.raises(ValueError, match="grad_loss"):
+        bwd(gl[:2], z, t, None, None, stats, -100, 0.0, 1.0)
+    with pytest.raises(ValueError, match="grad_loss"):
+        bwd(gl.double(), z, t, None, None, stats, -100, 0.0, 1.0)
+    with pytest.raises(ValueError, match="stats"):
+        bwd(gl, z, t, None, None, stats[:, :3], -100, 0.0, 1.0)
+    with pytest.raises(ValueError, match="stats"):
+        bwd(gl, z, t, None, None, stats.half(), -100, 0.0, 1.0)
+    with pytest.raises(ValueError, match="out"):
+        bwd(gl, z, t, None, None, stats, -100, 0.0, 1.0, out=torch.empty(3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="out"):
+        bwd(gl, z, t, None, None, stats, -100, 0.0, 1.0, out=torch.empty(5, 3).t())

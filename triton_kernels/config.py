@@ -5,9 +5,11 @@ from __future__ import annotations
 import triton
 
 # Largest column block. Each live fp32 tile of 8192 columns spread over 16 warps (512
-# threads) is 16 registers a thread; the one-hot pass keeps about four such tiles live
-# (z, exp(z - m), exp(k (z - m)), masks), which still fits without spilling, and a block
-# this wide makes the per-block max/sum reductions cheap next to the loads. Wider rows loop.
+# threads) is 16 registers a thread; the one-hot forward pass keeps about four such tiles
+# live (z, exp(z - m), exp(k (z - m)), masks), which still fits without spilling, and a block
+# this wide makes the per-block max/sum reductions cheap next to the loads. The backward
+# kernels are elementwise (no reduction) and keep fewer. Wider rows loop: every kernel walks
+# the row in column blocks, so C has no upper limit.
 BLOCK_CAP = 8192
 
 # Short rows (small C) pack several rows into one program so that a program still moves a

@@ -1,4 +1,16 @@
-"""Host side: the ``fwd`` / ``fwd_inplace`` contract of hardloss_cuda/_schema.py.
+"""Host side: the ``fwd`` / ``bwd`` contract of hardloss_cuda/_schema.py.
+
+The forward pass keeps four numbers a row (``stats``) instead of the gradient; the backward
+pass recomputes the pseudo-gradient from them, scaled by the incoming gradient, in one
+elementwise pass that may write over the logits. Per row that is 3 C s bytes of logits
+traffic (one-hot: forward read, backward read + write) and no (N, C) buffer held between the
+passes; producing the gradient in the forward pass costs 4 C s (the extra read + write to
+scale it) and holds an (N, C) buffer. Rows whose incoming gradient is 0 (trimmed away) are
+not read in backward at all.
+
+Geometry (config.plan): one program per ROWS rows (several short rows per program, one long
+row per program), looping over column blocks of BLOCK columns; the same plan for the forward
+and the backward kernels of a problem.
 
 Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before triton was
 imported (the tests do that).
@@ -13,10 +25,11 @@ import triton
 from torch import Tensor
 
 from .config import plan
-from .onehot import onehot_kernel
-from .soft import MIXTURE, PROBS, SMOOTH, soft_kernel
+from .onehot import onehot_bwd_kernel, onehot_fwd_kernel
+from .rowmath import STATS_COLS
+from .soft import MIXTURE, PROBS, SMOOTH, soft_bwd_kernel, soft_fwd_kernel
 
-__all__ = ["fwd", "fwd_inplace"]
+__all__ = ["fwd", "bwd"]
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -28,14 +41,14 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _interpreting() -> bool:
     # triton.jit picks the interpreter when the kernel is decorated (module import), so ask
     # the kernel rather than the environment.
-    return type(onehot_kernel).__name__ == "InterpretedFunction"
+    return type(onehot_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 def _check(logits, target, weight, mixture, label_smoothing, k) -> None:
     """Shape/dtype/device checks the kernels rely on (cheap, no device sync). Label values
     are not checked here: out-of-range labels give NaN rows inside the kernels."""
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(logits.shape)}")
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
     if logits.dtype not in _LOGIT_DTYPES:
         raise TypeError(f"logits: unsupported dtype {logits.dtype} (float32/16, bfloat16, float64)")
     if logits.device.type != "cuda" and not _interpreting():
@@ -71,32 +84,36 @@ def _check(logits, target, weight, mixture, label_smoothing, k) -> None:
             raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
 
 
-def _launch(logits, target, weight, mixture, ignore_index, label_smoothing, k, grad, block_cap):
-    """Compute loss and lse (accumulation dtype) and, when ``grad`` is given, write the
-    pseudo-gradient into it (it may be ``logits`` itself)."""
-    N, C = logits.shape
+def _check_bwd(grad_loss, logits, stats, out) -> None:
+    """bwd's own arguments, after _check: grad_loss (N,) and stats (N, 4) in the
+    accumulation dtype on the logits' device; ``out`` like logits and contiguous."""
+    N = logits.shape[0]
     acc = _acc_dtype(logits.dtype)
-    loss = torch.empty(N, dtype=acc, device=logits.device)
-    lse = torch.empty(N, dtype=acc, device=logits.device)
-    if N == 0:
-        return loss, lse
-    target = target.contiguous()
-    block, rows, num_warps = plan(N, C, block_cap)
-    grid = (triton.cdiv(N, rows),)
-    # Unused pointer slots get a harmless tensor; the constexpr flags keep them unread.
-    w = weight.contiguous() if weight is not None else loss
-    g = grad if grad is not None else logits
-    common = dict(HAS_W=weight is not None, WRITE_GRAD=grad is not None,
-                  ROWS=rows, BLOCK=block, num_warps=num_warps)
-    if target.is_floating_point() or mixture is not None or label_smoothing > 0:
-        mode = PROBS if target.is_floating_point() else MIXTURE if mixture is not None else SMOOTH
-        mix = mixture.contiguous() if mixture is not None else loss
-        soft_kernel[grid](logits, target, w, mix, loss, lse, g, N, C, int(ignore_index),
-                          float(label_smoothing), float(k), MODE=mode, **common)
-    else:
-        onehot_kernel[grid](logits, target, w, loss, lse, g, N, C, int(ignore_index),
-                            float(k), ONE_TILE=block >= C, **common)
-    return loss, lse
+    for name, t, shape in (("grad_loss", grad_loss, (N,)), ("stats", stats, (N, STATS_COLS))):
+        if not isinstance(t, Tensor) or t.shape != shape or t.dtype != acc:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{name}: expected {acc} of shape {shape}, got {got}")
+        if t.device != logits.device:
+            raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
+    if out is not None:
+        if out.shape != logits.shape or out.dtype != logits.dtype or out.device != logits.device:
+            raise ValueError(
+                f"out: expected {logits.dtype} of shape {tuple(logits.shape)} on {logits.device}, "
+                f"got {out.dtype} {tuple(out.shape)} on {out.device}"
+            )
+        if not out.is_contiguous():
+            raise ValueError("out: must be contiguous (out=logits writes the gradient in place)")
+
+
+def _mode(target, mixture, label_smoothing):
+    """None for the one-hot path, else the soft kernel's MODE."""
+    if target.is_floating_point():
+        return PROBS
+    if mixture is not None:
+        return MIXTURE
+    if label_smoothing > 0:
+        return SMOOTH
+    return None
 
 
 def fwd(
@@ -110,34 +127,90 @@ def fwd(
     compute_grad: bool,
     *,
     block_cap: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, grad, lse) per row; grad in logits' dtype, shape (0, C) unless compute_grad.
+) -> tuple[Tensor, Tensor]:
+    """(loss (N,), stats (N, 4)), both in the accumulation dtype.
 
+    stats[:, 0] is the row logsumexp; columns 1..3 are what ``bwd`` needs (rowmath.STATS),
+    0 for ignored / out-of-range rows and, when ``compute_grad`` is False, for every row
+    (then the one-hot kernel skips sum exp(k (z - m)) and the soft kernel its second pass).
     ``block_cap`` (keyword only, not part of the op) lowers the column block; tests use it.
     """
     _check(logits, target, weight, mixture, label_smoothing, k)
     logits = logits.contiguous()
-    grad = torch.empty_like(logits) if compute_grad else logits.new_empty((0, logits.shape[1]))
-    loss, lse = _launch(logits, target, weight, mixture, ignore_index, label_smoothing, k,
-                        grad if compute_grad else None, block_cap)
-    return loss, grad, lse
+    N, C = logits.shape
+    acc = _acc_dtype(logits.dtype)
+    loss = torch.empty(N, dtype=acc, device=logits.device)
+    stats = torch.empty((N, STATS_COLS), dtype=acc, device=logits.device)
+    if N == 0:
+        return loss, stats
+    target = target.contiguous()
+    block, rows, num_warps = plan(N, C, block_cap)
+    grid = (triton.cdiv(N, rows),)
+    # Unused pointer slots get a harmless tensor; the constexpr flags keep them unread.
+    w = weight.contiguous() if weight is not None else loss
+    common = dict(HAS_W=weight is not None, GRAD=bool(compute_grad), ROWS=rows, BLOCK=block,
+                  num_warps=num_warps)
+    mode = _mode(target, mixture, label_smoothing)
+    if mode is None:
+        onehot_fwd_kernel[grid](logits, target, w, loss, stats, N, C, int(ignore_index), float(k),
+                                **common)
+    else:
+        mix = mixture.contiguous() if mixture is not None else loss
+        soft_fwd_kernel[grid](logits, target, w, mix, loss, stats, N, C, int(ignore_index),
+                              float(label_smoothing), float(k), MODE=mode, **common)
+    return loss, stats
 
 
-def fwd_inplace(
+def bwd(
+    grad_loss: Tensor,
     logits: Tensor,
     target: Tensor,
     weight: Tensor | None,
     mixture: Tensor | None,
+    stats: Tensor,
     ignore_index: int,
     label_smoothing: float,
     k: float,
     *,
+    out: Tensor | None = None,
     block_cap: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """(loss, lse); the pseudo-gradient overwrites ``logits`` (each element is read before
-    it is written, by the same program)."""
+) -> Tensor:
+    """grad_loss[:, None] * pseudo-gradient, in logits' dtype, from ``stats`` of ``fwd`` (run
+    with compute_grad=True on the same inputs).
+
+    One pass: each element of the row is read, turned into its gradient and written. Ignored
+    rows give 0 and out-of-range labels NaN, neither reads the row; a row with grad_loss 0 and
+    a finite logsumexp gives 0 without reading it. ``out=logits`` writes the gradient over the
+    logits (each element is read before it is written, by the same program); ``out=None``
+    allocates. Returns ``out``.
+    """
     _check(logits, target, weight, mixture, label_smoothing, k)
-    if not logits.is_contiguous():
-        raise ValueError("logits: fwd_inplace needs a contiguous tensor")
-    return _launch(logits, target, weight, mixture, ignore_index, label_smoothing, k,
-                   logits, block_cap)
+    _check_bwd(grad_loss, logits, stats, out)
+    if out is None:
+        logits = logits.contiguous()
+        out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    elif out.data_ptr() != logits.data_ptr():
+        logits = logits.contiguous()
+    elif not logits.is_contiguous():  # out is a contiguous view of the same memory
+        raise ValueError("logits: must be contiguous to take the gradient in place (out=logits)")
+    # else out is logits: in place.
+    N, C = logits.shape
+    if N == 0:
+        return out
+    target = target.contiguous()
+    grad_loss = grad_loss.contiguous()  # autograd hands a mean's grad_loss as an expanded view
+    stats = stats.contiguous()
+    block, rows, num_warps = plan(N, C, block_cap)
+    grid = (triton.cdiv(N, rows),)
+    w = weight.contiguous() if weight is not None else stats
+    common = dict(HAS_W=weight is not None, ROWS=rows, BLOCK=block, num_warps=num_warps)
+    mode = _mode(target, mixture, label_smoothing)
+    if mode is None:
+        onehot_bwd_kernel[grid](grad_loss, logits, target, w, stats, out, N, C, int(ignore_index),
+                                float(k), **common)
+    else:
+        mix = mixture.contiguous() if mixture is not None else stats
+        soft_bwd_kernel[grid](grad_loss, logits, target, w, mix, stats, out, N, C,
+                              int(ignore_index), float(label_smoothing), float(k), MODE=mode,
+                              **common)
+    return out

@@ -1,9 +1,18 @@
-"""One-hot path (class index, no smoothing, no mixture): ROW_MATH.md "One-hot path".
+"""One-hot path (class index, no label smoothing, no mixture): SPEC.md "Numerics".
 
-One read of the row for the statistics over the non-target classes (running max m,
-s1 = sum exp(z - m), sk = sum exp(k (z - m))) plus the target logit, then the gradient:
-from registers when the row fits in one tile (2 N C s bytes, the floor), else a second
-read of the row (3 N C s).
+Forward (``onehot_fwd_kernel``): one read of the row. Over the non-target classes it keeps
+the running max m, s1 = sum exp(z - m) and (when the gradient is wanted) sk =
+sum exp(k (z - m)); with the target logit z_y that gives the loss, the logsumexp and
+``stats`` = (lse, m, log_c, f_y) (rowmath.onehot_finalize).
+
+Backward (``onehot_bwd_kernel``): one read of the row and one write of the gradient,
+elementwise: g_j = gl w_y exp(k (z_j - m) + log_c) for j != y, gl f_y at the label. Nothing
+crosses a column block, so any C is a plain loop over blocks and the gradient may overwrite
+the logits (each element is read before it is written, by the same program).
+
+Together that is 3 N C s bytes (read, read, write) and 16 bytes a row kept in between,
+instead of producing the gradient in the forward pass (2 N C s there, plus an (N, C) buffer
+held until backward and a read + write to scale it by the incoming gradient: 4 N C s).
 """
 
 import triton
@@ -13,63 +22,82 @@ from .rowmath import (
     finish_rows,
     finish_tile,
     load_labels,
+    load_stats,
     load_tile,
+    onehot_finalize,
+    onehot_fj,
     online_lse2,
     row_setup,
-    split_target,
+    skip_rows,
+    store_stats,
     store_tile,
 )
 
 
 @triton.jit
-def onehot_kernel(
-    z_ptr, y_ptr, w_ptr, loss_ptr, lse_ptr, g_ptr,
+def onehot_fwd_kernel(
+    z_ptr, y_ptr, w_ptr, loss_ptr, stats_ptr,
     N, C, ignore_index, k: tl.float64,
-    HAS_W: tl.constexpr, WRITE_GRAD: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr, ONE_TILE: tl.constexpr,
+    HAS_W: tl.constexpr, GRAD: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     ACC: tl.constexpr = loss_ptr.dtype.element_ty  # float32, or float64 for float64 logits
     k = tl.full([], k, ACC)  # passed as fp64 so that float64 logits keep k exact
     rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
     yc, ignored, bad = load_labels(y_ptr, rows, rmask, C, ignore_index)
+    valid = (~ignored) & (~bad)
     z_y = tl.load(z_ptr + row_off + yc, mask=rmask, other=0.0).to(ACC)
     if HAS_W:
         w_y = tl.load(w_ptr + yc, mask=rmask, other=0.0).to(ACC)
     else:
         w_y = tl.full([ROWS], 1.0, ACC)
 
-    # Pass 1: statistics over the classes i != y.
+    # The only pass: statistics over the classes i != y (the target logit is excluded as
+    # -inf, which adds nothing). Ignored and bad rows take the same path with yc = label or
+    # 0, which still gives the whole row's logsumexp.
     m = tl.full([ROWS], float("-inf"), ACC)
     s1 = tl.zeros([ROWS], ACC)
     sk = tl.zeros([ROWS], ACC)
-    if ONE_TILE:  # the row fits in one tile: it stays in registers for the gradient
-        z_row, mask_row = load_tile(z_ptr, row_off, rmask, cols0, C, float("-inf"), ACC)
-        m, s1, sk = online_lse2(m, s1, sk, tl.where(cols0[None, :] == yc[:, None], float("-inf"), z_row), k)
-    else:  # streaming: statistics pass now, the gradient pass re-reads the row
-        for start in range(0, C, BLOCK):
-            cols = start + cols0
-            z, mask = load_tile(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC)
-            z = tl.where(cols[None, :] == yc[:, None], float("-inf"), z)
-            m, s1, sk = online_lse2(m, s1, sk, z, k)
+    for start in range(0, C, BLOCK):
+        cols = start + cols0
+        z, mask = load_tile(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC)
+        z = tl.where(cols[None, :] == yc[:, None], float("-inf"), z)
+        m, s1, sk = online_lse2(m, s1, sk, z, k, GRAD)
 
-    lse_not = m + tl.log(s1)  # -inf when C == 1
-    lse, nll, a = split_target(lse_not, z_y)
-    tl.store(loss_ptr + rows, finish_rows(w_y * nll, ignored, bad), mask=rmask)
-    tl.store(lse_ptr + rows, lse, mask=rmask)
+    lse, nll, f_y, m_out, log_c = onehot_finalize(m, s1, sk, z_y, w_y, k)
+    tl.store(loss_ptr + rows, finish_rows(nll, ignored, bad), mask=rmask)
+    if GRAD:
+        keep = valid
+    else:
+        keep = rows < 0  # nothing: columns 1..3 are 0 without a gradient (see launch.fwd)
+    store_stats(stats_ptr, rows, rmask, lse, tl.where(keep, m_out, 0.0),
+                tl.where(keep, log_c, 0.0), tl.where(keep, f_y, 0.0))
 
-    if WRITE_GRAD:
-        # Pass 2: f_y = -w exp(k a); f_j = w exp(k a + k (z_j - m) - log sk) for j != y.
-        # (C == 1 leaves only f_y = -exp(-inf) = 0, as ROW_MATH asks.)
-        c = k * a - tl.log(sk)
-        f_y = -w_y * tl.exp(k * a)
-        if ONE_TILE:
-            f = w_y[:, None] * tl.exp(k * (z_row - m[:, None]) + c[:, None])
-            f = tl.where(cols0[None, :] == yc[:, None], f_y[:, None], f)
-            store_tile(g_ptr, row_off, cols0, mask_row, finish_tile(f, ignored, bad))
-        else:
-            for start in range(0, C, BLOCK):
-                cols = start + cols0
-                z, mask = load_tile(z_ptr, row_off, rmask, cols, C, 0.0, ACC)
-                f = w_y[:, None] * tl.exp(k * (z - m[:, None]) + c[:, None])
-                f = tl.where(cols[None, :] == yc[:, None], f_y[:, None], f)
-                store_tile(g_ptr, row_off, cols, mask, finish_tile(f, ignored, bad))
+
+@triton.jit
+def onehot_bwd_kernel(
+    gl_ptr, z_ptr, y_ptr, w_ptr, stats_ptr, out_ptr,
+    N, C, ignore_index, k: tl.float64,
+    HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    ACC: tl.constexpr = stats_ptr.dtype.element_ty
+    k = tl.full([], k, ACC)
+    rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
+    yc, ignored, bad = load_labels(y_ptr, rows, rmask, C, ignore_index)
+    gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0).to(ACC)
+    lse, m, log_c, f_y = load_stats(stats_ptr, rows, rmask, ACC)
+    # Rows that read their logits: valid label, and not a zero-gradient (trimmed) row.
+    # Ignored rows give 0 and out-of-range labels NaN without a read (finish_tile).
+    live = rmask & (~ignored) & (~bad) & (~skip_rows(gl, lse))
+    if HAS_W:
+        w_y = tl.load(w_ptr + yc, mask=live, other=0.0).to(ACC)
+    else:
+        w_y = tl.full([ROWS], 1.0, ACC)
+    gw = gl * w_y  # the incoming gradient folded into the per-row coefficients
+    gf_y = gl * f_y
+    for start in range(0, C, BLOCK):
+        cols = start + cols0
+        z, _ = load_tile(z_ptr, row_off, live, cols, C, 0.0, ACC)
+        g = onehot_fj(z, m, log_c, gw, k)
+        g = tl.where(cols[None, :] == yc[:, None], gf_y[:, None], g)
+        g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
+        store_tile(out_ptr, row_off, cols, rmask[:, None] & (cols < C)[None, :], g)

@@ -1,40 +1,94 @@
-// hardloss_cuda::bwd on the CPU: grad_loss[:, None] * grad in grad's dtype (the gradient was
-// produced by the forward pass; see fwd.cpp for why).
+// hardloss_cuda::bwd / bwd_inplace on the CPU: grad_loss[:, None] times the pseudo-gradient,
+// recomputed from the logits and the row statistics that fwd.cpp kept (see there for why):
+// one read of each row and one write, the scaling fused in. Rows with a zero incoming
+// gradient (trimmed away, or reduction="none" with zeros) are not read at all.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/copy.h>
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
+#include <cmath>
+#include <memory>
 
 #include "checks.h"
 #include "cpu/hardloss_cpu.h"
+#include "cpu/rows.h"
 
 namespace hl {
 namespace cpu {
+namespace {
 
-at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& grad) {
-  check_bwd_args(grad_loss, grad);
-  const at::Tensor g = grad.contiguous();
-  at::Tensor out = at::empty_like(g);
-  const int64_t N = g.size(0), C = g.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "hardloss_cuda_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor gl = grad_loss.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const acc_t* s = gl.const_data_ptr<acc_t>();
-    const scalar_t* in = g.const_data_ptr<scalar_t>();
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, N, std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const acc_t si = s[i];
-        const scalar_t* __restrict src = in + i * C;
-        scalar_t* __restrict dst = o + i * C;
-        for (int64_t j = 0; j < C; ++j) dst[j] = static_cast<scalar_t>(si * static_cast<acc_t>(src[j]));
-      }
-    });
+template <typename scalar_t>
+void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& target, const at::Tensor& weight,
+              const at::Tensor& mixture, const at::Tensor& stats, int64_t ignore_index, double label_smoothing,
+              double k_, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = z.size(0), C = z.size(1);
+  const scalar_t* zp = z.const_data_ptr<scalar_t>();
+  const RowTargets<scalar_t, acc_t> rt(target, weight, mixture, C, ignore_index, label_smoothing);
+  const acc_t* gl = grad_loss.const_data_ptr<acc_t>();
+  const acc_t* statp = stats.const_data_ptr<acc_t>();
+  const acc_t k = static_cast<acc_t>(k_);
+
+  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / C), [&](int64_t begin, int64_t end) {
+    auto scratch = std::make_unique<Scratch<acc_t>>();
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* row = zp + i * C;
+      scalar_t* o = out + i * C;
+      const acc_t* st = statp + i * kStatsCols;
+      const acc_t g = gl[i];
+      auto fill = [&](acc_t v) { std::fill(o, o + C, static_cast<scalar_t>(v)); };
+      rt.visit(
+          i, [&](bool ignored) { fill(ignored ? acc_t(0) : hl_nan<acc_t>()); },
+          [&](int64_t y, acc_t w_y) {
+            if (g == acc_t(0) && std::isfinite(st[0])) return fill(acc_t(0));
+            onehot_grad_row(row, o, C, y, w_y, k, g, st, *scratch);
+          },
+          [&](const auto& q) {
+            if (g == acc_t(0) && std::isfinite(st[0])) return fill(acc_t(0));
+            soft_grad_row(row, o, C, k, q, g, st);
+          });
+    }
   });
+}
+
+void run(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& target,
+         const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture, const at::Tensor& stats,
+         int64_t ignore_index, double label_smoothing, double k, at::Tensor& out) {
+  const at::Tensor w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+  const at::Tensor W = mixture.has_value() && mixture->defined() ? mixture->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hardloss_cuda_bwd_cpu", [&] {
+    bwd_rows<scalar_t>(grad_loss.contiguous(), z, target.contiguous(), w, W, stats.contiguous(), ignore_index,
+                       label_smoothing, k, out.mutable_data_ptr<scalar_t>());
+  });
+}
+
+}  // namespace
+
+at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+               const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
+  check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
+  const at::Tensor z = logits.contiguous();
+  at::Tensor out = at::empty_like(z);
+  run(grad_loss, z, target, weight, mixture, stats, ignore_index, label_smoothing, k, out);
   return out;
+}
+
+void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
+                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
+  check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
+  if (logits.is_contiguous()) return run(grad_loss, logits, target, weight, mixture, stats, ignore_index,
+                                         label_smoothing, k, logits);
+  // A strided view: compute into a contiguous buffer and write it back (the Python API never
+  // gets here, it passes contiguous logits).
+  at::Tensor z = logits.contiguous();
+  run(grad_loss, z, target, weight, mixture, stats, ignore_index, label_smoothing, k, z);
+  logits.copy_(z);
 }
 
 }  // namespace cpu

@@ -1,4 +1,5 @@
-// CPU kernels of hardloss_cuda::{fwd, fwd_inplace, bwd} (csrc/ops.cpp registers them).
+// CPU kernels of hardloss_cuda::{fwd, bwd, bwd_inplace} (csrc/ops.cpp registers them; the
+// contract is hardloss_cuda/_schema.py).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,18 +10,18 @@
 namespace hl {
 namespace cpu {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
-                                                   const std::optional<at::Tensor>& weight,
-                                                   const std::optional<at::Tensor>& mixture,
-                                                   int64_t ignore_index, double label_smoothing,
-                                                   double k, bool compute_grad);
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
+                                       const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& mixture, int64_t ignore_index,
+                                       double label_smoothing, double k, bool compute_grad);
 
-std::tuple<at::Tensor, at::Tensor> fwd_inplace(at::Tensor& logits, const at::Tensor& target,
-                                               const std::optional<at::Tensor>& weight,
-                                               const std::optional<at::Tensor>& mixture,
-                                               int64_t ignore_index, double label_smoothing, double k);
+at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+               const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k);
 
-at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& grad);
+void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
+                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k);
 
 }  // namespace cpu
 }  // namespace hl

@@ -9,6 +9,8 @@
 #include <limits>
 #include <type_traits>
 
+#include <ATen/core/Tensor.h>
+
 #include "cpu/chunk_math.h"
 #include "row_math.h"
 
@@ -73,70 +75,164 @@ inline OneHotStats<acc_t> row_stats(const scalar_t* row, int64_t C, int64_t skip
   return st;
 }
 
-// A row whose label is ignore_index (loss 0, gradient 0) or outside [0, C) (NaN, and the
-// label is never used as an index). Its logsumexp is still returned.
-template <typename scalar_t, typename acc_t>
-inline void invalid_row(const scalar_t* row, scalar_t* grad, int64_t C, bool ignored, Scratch<acc_t>& s,
-                        acc_t* loss, acc_t* lse) {
-  const OneHotStats<acc_t> st = row_stats(row, C, -1, acc_t(1), s);
-  *lse = lse_value(LseStats<acc_t>{st.m, st.s1});
-  const acc_t v = ignored ? acc_t(0) : hl_nan<acc_t>();
-  *loss = v;
-  if (grad != nullptr) std::fill(grad, grad + C, static_cast<scalar_t>(v));
+// The four numbers a row keeps between the passes (hardloss_cuda/_schema.py, "stats"):
+// its logsumexp, then OneHotRow's (m, log_c, f_y) or SoftRow's (t, m_pos, pos_scale).
+template <typename acc_t>
+inline void put_stats(acc_t* st, acc_t lse, acc_t a, acc_t b, acc_t c) {
+  st[0] = lse;
+  st[1] = a;
+  st[2] = b;
+  st[3] = c;
 }
 
-// One-hot path (SPEC "Numerics"). grad may be the row itself (fwd_inplace): every chunk is
-// read before it is written, and z_y is read before the gradient pass.
+// ---------------------------------------------------------------------------------------
+// Forward: loss and stats of a row, one read of the row for the one-hot path.
+// ---------------------------------------------------------------------------------------
+
+// A row whose label is ignore_index (loss 0) or outside [0, C) (NaN; the label is never used
+// as an index). Its logsumexp is still returned.
 template <typename scalar_t, typename acc_t>
-inline void onehot_row(const scalar_t* row, scalar_t* grad, int64_t C, int64_t y, acc_t w_y, acc_t k,
-                       Scratch<acc_t>& s, acc_t* loss, acc_t* lse) {
+inline void invalid_row(const scalar_t* row, int64_t C, bool ignored, Scratch<acc_t>& s, acc_t* loss,
+                        acc_t* stats) {
+  const OneHotStats<acc_t> st = row_stats(row, C, -1, acc_t(1), s);
+  *loss = ignored ? acc_t(0) : hl_nan<acc_t>();
+  put_stats(stats, lse_value(LseStats<acc_t>{st.m, st.s1}), acc_t(0), acc_t(0), acc_t(0));
+}
+
+// One-hot path (SPEC "Numerics"): statistics over the non-target classes, then the row's
+// gradient coefficients.
+template <typename scalar_t, typename acc_t>
+inline void onehot_row(const scalar_t* row, int64_t C, int64_t y, acc_t w_y, acc_t k, Scratch<acc_t>& s,
+                       acc_t* loss, acc_t* stats) {
   const OneHotStats<acc_t> st = row_stats(row, C, y, k, s);
   const OneHotRow<acc_t> r = onehot_finalize(st, static_cast<acc_t>(row[y]), w_y, k);
   *loss = r.loss;
-  *lse = r.lse;
-  if (grad == nullptr) return;
-  for (int64_t a = 0; a < C; a += kChunk) {
-    const int64_t n = std::min(kChunk, C - a);
-    exp_map(load(row, a, n, s.x), n, r.m, k, r.log_c, r.w_y, s.tmp);  // onehot_fj, vectorised
-    store(grad, a, n, s.tmp);
-  }
-  grad[y] = static_cast<scalar_t>(r.f_y);
+  put_stats(stats, r.lse, r.m, r.log_c, r.f_y);
 }
 
-// Soft path (label smoothing, mixture row, probabilities): three passes over the row with the
-// target q_j = q(j), weights folded in. Not the hot path of the library, so plain loops.
+// Soft path (label smoothing, mixture row, probabilities) with the target q_j = q(j), weights
+// folded in: lse and t = sum q, then the loss and, for the gradient, the |eps|^k statistics.
+// Sums run per chunk and the chunks' partials are merged (row_math's merge functions), so a
+// long row does not accumulate one fp32 rounding error per class.
 template <typename scalar_t, typename acc_t, typename Q>
-inline void soft_row(const scalar_t* row, scalar_t* grad, int64_t C, acc_t k, const Q& q, acc_t* loss,
-                     acc_t* lse) {
-  LseStats<acc_t> ls = lse_init<acc_t>();
+inline void soft_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, bool compute_grad, Scratch<acc_t>& s,
+                     acc_t* loss, acc_t* stats) {
+  const OneHotStats<acc_t> st = row_stats(row, C, -1, acc_t(1), s);
+  const acc_t l = lse_value(LseStats<acc_t>{st.m, st.s1});
   acc_t t = 0;
-  for (int64_t j = 0; j < C; ++j) {
-    lse_push(ls, static_cast<acc_t>(row[j]));
-    t += q(j);
+  for (int64_t a = 0; a < C; a += kChunk) {
+    acc_t part = 0;
+    for (int64_t j = a; j < std::min(a + kChunk, C); ++j) part += q(j);
+    t += part;
   }
-  const acc_t l = lse_value(ls);
   const acc_t t_div = t != acc_t(0) ? t : acc_t(1);  // qh = q / t; t == 0 gives f = 0
   acc_t sum = 0;
   SoftEpsStats<acc_t> es = soft_eps_init<acc_t>();
-  for (int64_t j = 0; j < C; ++j) {
-    const acc_t z = static_cast<acc_t>(row[j]), qj = q(j);
-    sum += soft_loss_term(qj, z, l);
-    if (grad != nullptr) {
-      bool neg;
-      const acc_t la = soft_log_abs_eps(z, l, qj / t_div, &neg);
-      soft_eps_push(es, k * la, neg);
+  for (int64_t a = 0; a < C; a += kChunk) {
+    acc_t part = 0;
+    SoftEpsStats<acc_t> pes = soft_eps_init<acc_t>();
+    for (int64_t j = a; j < std::min(a + kChunk, C); ++j) {
+      const acc_t z = static_cast<acc_t>(row[j]), qj = q(j);
+      part += soft_loss_term(qj, z, l);
+      if (compute_grad) {
+        bool neg;
+        const acc_t la = soft_log_abs_eps(z, l, qj / t_div, &neg);
+        soft_eps_push(pes, k * la, neg);
+      }
     }
+    sum += part;
+    es = soft_eps_merge(es, pes);
   }
   *loss = sum;
-  *lse = l;
-  if (grad == nullptr) return;
+  if (!compute_grad) return put_stats(stats, l, acc_t(0), acc_t(0), acc_t(0));
   const SoftRow<acc_t> r = soft_finalize(es, t);
-  for (int64_t j = 0; j < C; ++j) {  // reads z_j before writing grad_j: in-place safe
+  put_stats(stats, l, r.t, r.m_pos, r.pos_scale);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward: g * the pseudo-gradient of a row from its stats, one read and one write. `out`
+// may be the row itself (bwd_inplace): every element is read before it is written.
+// ---------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+inline void onehot_grad_row(const scalar_t* row, scalar_t* out, int64_t C, int64_t y, acc_t w_y, acc_t k,
+                            acc_t g, const acc_t* stats, Scratch<acc_t>& s) {
+  const acc_t m = stats[1], log_c = stats[2], f_y = stats[3];
+  for (int64_t a = 0; a < C; a += kChunk) {
+    const int64_t n = std::min(kChunk, C - a);
+    const acc_t* x = load(row, a, n, s.x);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (out != row) {  // straight into the output: no staging copy
+        exp_map(x, n, m, k, log_c, g * w_y, out + a);  // onehot_fj, vectorised
+        continue;
+      }
+    }
+    exp_map(x, n, m, k, log_c, g * w_y, s.tmp);
+    store(out, a, n, s.tmp);
+  }
+  out[y] = static_cast<scalar_t>(g * f_y);
+}
+
+template <typename scalar_t, typename acc_t, typename Q>
+inline void soft_grad_row(const scalar_t* row, scalar_t* out, int64_t C, acc_t k, const Q& q, acc_t g,
+                          const acc_t* stats) {
+  const acc_t l = stats[0];
+  const SoftRow<acc_t> r{stats[1], stats[2], stats[3]};
+  const acc_t t_div = r.t != acc_t(0) ? r.t : acc_t(1);
+  for (int64_t j = 0; j < C; ++j) {
     bool neg;
     const acc_t la = soft_log_abs_eps(static_cast<acc_t>(row[j]), l, q(j) / t_div, &neg);
-    grad[j] = static_cast<scalar_t>(soft_f(r, k * la, neg));
+    out[j] = static_cast<scalar_t>(g * soft_f(r, k * la, neg));
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// Which path a row takes, and its target q, shared by the forward and backward loops.
+// ---------------------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t>
+struct RowTargets {
+  const scalar_t* P;  // (N, C) probabilities, or nullptr for class indices
+  const int64_t* Y;   // (N,) class indices, or nullptr
+  const acc_t* w;     // (C,) class weights, or nullptr
+  const acc_t* W;     // (C, C) mixture, or nullptr
+  int64_t C;
+  int64_t ignore_index;
+  acc_t one_minus_s;
+  acc_t s_over_C;
+  bool smooth;
+
+  RowTargets(const at::Tensor& target, const at::Tensor& weight, const at::Tensor& mixture, int64_t C_,
+             int64_t ignore, double label_smoothing)
+      : P(target.is_floating_point() ? target.const_data_ptr<scalar_t>() : nullptr),
+        Y(target.is_floating_point() ? nullptr : target.const_data_ptr<int64_t>()),
+        w(weight.defined() ? weight.const_data_ptr<acc_t>() : nullptr),
+        W(mixture.defined() ? mixture.const_data_ptr<acc_t>() : nullptr),
+        C(C_),
+        ignore_index(ignore),
+        one_minus_s(static_cast<acc_t>(1.0 - label_smoothing)),
+        s_over_C(static_cast<acc_t>(label_smoothing / static_cast<double>(C_))),
+        smooth(label_smoothing > 0.0) {}
+
+  acc_t w_j(int64_t j) const { return w != nullptr ? w[j] : acc_t(1); }
+
+  // Calls invalid(ignored), onehot(y, w_y) or soft(q) for row i, q(j) being its target q_j.
+  template <typename Invalid, typename OneHot, typename Soft>
+  void visit(int64_t i, const Invalid& invalid, const OneHot& onehot, const Soft& soft) const {
+    if (P != nullptr) {
+      const scalar_t* Pi = P + i * C;
+      return soft([&](int64_t j) { return q_probability(static_cast<acc_t>(Pi[j]), w_j(j), one_minus_s, s_over_C); });
+    }
+    const int64_t y = Y[i];
+    const int status = label_status(y, C, ignore_index);
+    if (status != kLabelValid) return invalid(status == kLabelIgnored);
+    if (W != nullptr) {
+      const acc_t* Wy = W + y * C;
+      return soft([&](int64_t j) { return q_mixture(Wy[j], w_j(j)); });
+    }
+    if (smooth) return soft([&](int64_t j) { return q_smoothed(j == y, w_j(j), one_minus_s, s_over_C); });
+    onehot(y, w_j(y));
+  }
+};
 
 }  // namespace cpu
 }  // namespace hl

@@ -1,6 +1,8 @@
 // common.cuh: device helpers shared by the CUDA kernels (torch-free).
 //
 // - acc type and conversions for float / double / __half / __nv_bfloat16;
+// - the target description of a row (TargetArgs: class index, probabilities, weight, mixture,
+//   smoothing), its label status and q_j (row_math.h's q_* functions), for fwd and bwd alike;
 // - 16-byte packs: vectorised, coalesced loads and stores with a scalar fallback for rows that
 //   are not 16-byte aligned (C % (16 / sizeof(scalar_t)) != 0, or an odd base pointer);
 // - warp-shuffle versions of row_math.h's statistics and a group reduction (a sub-warp group,
@@ -16,13 +18,14 @@
 
 #include <cstdint>
 
+#include "cuda/kernels.cuh"
 #include "row_math.h"
 
 namespace hl {
 namespace cuda {
 
 // The device's figures the launchers size grids with; cached per device after the first
-// call (attribute queries only: no stream work, safe during CUDA graph capture). bwd.cu.
+// call (attribute queries only: no stream work, safe during CUDA graph capture). dispatch.cu.
 struct DeviceInfo {
   int device;
   int sms;         // multiprocessors
@@ -63,8 +66,8 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
 }
 
 // Read-only (non-coherent) cache loads, for inputs the kernel never writes: target, weight,
-// mixture rows, probability targets. The logits are read with plain loads because
-// fwd_inplace writes the gradient over them in the same kernel.
+// mixture rows, probability targets, grad_loss, stats. The logits are read with plain loads
+// because bwd_inplace writes the gradient over them in the same kernel.
 template <typename T>
 __device__ __forceinline__ T ldg(const T* p) { return __ldg(p); }
 template <>
@@ -131,6 +134,124 @@ __device__ __forceinline__ void store_pack(S* row, int v, int C, bool aligned,
   }
 }
 
+// Store with the streaming (evict-first) hint: the gradient is written once and not read
+// again by this kernel, so it should not push inputs that are still to be read out of L2.
+template <typename S>
+__device__ __forceinline__ void store_pack_stream(S* row, int v, int C, bool aligned,
+                                                  const acc_type<S>* vals) {
+  constexpr int kN = Pack<S>::kN;
+  const int j0 = v * kN;
+  if (j0 >= C) return;
+  if (aligned) {
+    Pack<S> p;
+#pragma unroll
+    for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(vals[e]);
+    __stcs(reinterpret_cast<uint4*>(row + j0), *reinterpret_cast<const uint4*>(&p));
+  } else {
+    store_pack(row, v, C, aligned, vals);
+  }
+}
+
+// Vector v of a read-only row (probability targets) through the read-only cache; elements
+// past C read as 0 (callers only use j < C).
+template <typename S>
+__device__ __forceinline__ Pack<S> load_pack_ro(const S* row, int v, int C, bool aligned) {
+  constexpr int kN = Pack<S>::kN;
+  Pack<S> p;
+  const int j0 = v * kN;
+  if (aligned) {
+    if (j0 < C) {
+      *reinterpret_cast<uint4*>(&p) = __ldg(reinterpret_cast<const uint4*>(row + j0));
+    } else {
+#pragma unroll
+      for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(acc_type<S>(0));
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      p.v[e] = (j0 + e < C) ? ldg(row + j0 + e) : from_acc<S>(acc_type<S>(0));
+    }
+  }
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------
+// The target of a row (ROW_MATH.md section 1), shared by the forward and backward kernels.
+// ---------------------------------------------------------------------------------------
+template <typename S>
+struct TargetArgs {
+  using A = acc_type<S>;
+  const int64_t* target;  // nullptr: probability targets
+  const S* probs;         // (N, C) or nullptr
+  const A* weight;        // (C,) or nullptr
+  const A* mixture;       // (C, C) or nullptr
+  int64_t ignore_index;
+  int C;
+  A one_minus_s;  // 1 - label_smoothing
+  A s_over_C;     // label_smoothing / C
+};
+
+template <typename S>
+inline TargetArgs<S> make_target_args(const TargetParams& p, int64_t C) {
+  using A = acc_type<S>;
+  TargetArgs<S> t;
+  t.target = p.target;
+  t.probs = static_cast<const S*>(p.probs);
+  t.weight = static_cast<const A*>(p.weight);
+  t.mixture = static_cast<const A*>(p.mixture);
+  t.ignore_index = p.ignore_index;
+  t.C = static_cast<int>(C);
+  t.one_minus_s = static_cast<A>(1.0 - p.label_smoothing);
+  t.s_over_C = static_cast<A>(p.label_smoothing / static_cast<double>(C));
+  return t;
+}
+
+// The soft path exactly where the reference takes it (reference.rows): probability targets,
+// a mixture, or label smoothing. Otherwise the one-hot path.
+inline bool is_soft(const TargetParams& p) {
+  return p.probs != nullptr || p.mixture != nullptr || p.label_smoothing > 0.0;
+}
+
+struct RowInfo {
+  int status;  // kLabelValid / kLabelIgnored / kLabelBad (always valid for probabilities)
+  int y;       // the label when it is valid (< C <= 2^30), else -1: the only value ever
+               // used as an index
+};
+
+template <typename S>
+__device__ __forceinline__ RowInfo row_info(const TargetArgs<S>& a, int64_t row) {
+  if (a.target == nullptr) return {kLabelValid, -1};
+  const int64_t y = ldg(a.target + row);
+  const int status = label_status(y, static_cast<int64_t>(a.C), a.ignore_index);
+  return {status, status == kLabelValid ? static_cast<int>(y) : -1};
+}
+
+// Class weight w_j (1 without weights), j < C.
+template <typename S>
+__device__ __forceinline__ acc_type<S> class_weight(const TargetArgs<S>& a, int j) {
+  return a.weight != nullptr ? ldg(a.weight + j) : acc_type<S>(1);
+}
+
+// q_j of ROW_MATH.md section 1 (class weights folded in) for j < C, probability read here.
+template <typename S>
+__device__ __forceinline__ acc_type<S> soft_q(const TargetArgs<S>& a, int64_t row, const RowInfo& ri,
+                                              int j) {
+  using A = acc_type<S>;
+  const A w = class_weight(a, j);
+  if (a.probs != nullptr) {
+    return q_probability(to_acc(ldg(a.probs + row * a.C + j)), w, a.one_minus_s, a.s_over_C);
+  }
+  if (ri.status != kLabelValid) return A(0);  // ignored / bad label: q = 0, nothing read at y
+  if (a.mixture != nullptr) return q_mixture(ldg(a.mixture + static_cast<int64_t>(ri.y) * a.C + j), w);
+  return q_smoothed(j == ri.y, w, a.one_minus_s, a.s_over_C);
+}
+
+// The gradient value of a row whose label is not valid: 0 when ignored, NaN when bad.
+template <typename A>
+__device__ __forceinline__ A invalid_fill(int status) {
+  return status == kLabelIgnored ? A(0) : hl_nan<A>();
+}
+
 // ---------------------------------------------------------------------------------------
 // Shuffles of row_math.h's statistics
 // ---------------------------------------------------------------------------------------
@@ -193,16 +314,14 @@ __device__ __forceinline__ T group_reduce(T v, Merge merge, ReduceSmem<A>& smem)
 // take the thread's max first and then sum the exponentials against it: the same
 // OneHotStats {m, s1, sk} up to rounding, with the same non-finite rules as onehot_push
 // (a NaN or +inf logit makes the sums NaN, -inf logits are skipped), merged across threads
-// with onehot_merge. On return x holds exp(k (z_j - m)) for the non-target classes (0 for
-// the target, past C and at -inf), which the register kernel reuses for the gradient:
-//   onehot_fj = w_y exp(k (z_j - r.m) + r.log_c) = w_y x_j exp(k (m - r.m) + r.log_c),
-// one multiply per element instead of an exp (both factors are <= 1: no overflow; if the
-// product underflows so does the exact value).
+// with onehot_merge. K_IS_ONE (k == 1): sk = s1, one exp per element instead of two. A
+// template argument, not a runtime select inside the unrolled loop: the select made ptxas
+// spill in the 32-values-per-thread kernels.
 // (Candidate for row_math.h: "onehot_stats_of_block(z, n, y, k)".)
 // ---------------------------------------------------------------------------------------
-template <int NV, int VEC, typename T>
-__device__ __forceinline__ OneHotStats<T> onehot_stats_regs(T (&x)[NV * VEC], int v0, int vs,
-                                                            int y, T k, bool k_is_one) {
+template <int NV, int VEC, bool K_IS_ONE, typename T>
+__device__ __forceinline__ OneHotStats<T> onehot_stats_regs(const T (&x)[NV * VEC], int v0, int vs,
+                                                            int y, T k) {
   const T inf = hl_inf<T>();
   T m = -inf;
 #pragma unroll
@@ -221,18 +340,22 @@ __device__ __forceinline__ OneHotStats<T> onehot_stats_regs(T (&x)[NV * VEC], in
     for (int e = 0; e < VEC; ++e) {
       const int j = (v0 + i * vs) * VEC + e;
       const T z = x[i * VEC + e];
-      T ek = T(0);
       if (j != y && z != -inf) {  // NaN passes (and makes the sums NaN, as onehot_push)
         const T d = z - m;
-        const T e1 = hl_exp(d);
-        ek = k_is_one ? e1 : hl_exp(k * d);
-        s1 += e1;
-        sk += ek;
+        s1 += hl_exp(d);
+        if constexpr (!K_IS_ONE) sk += hl_exp(k * d);
       }
-      x[i * VEC + e] = ek;
     }
   }
-  return {m, s1, sk};
+  return {m, s1, K_IS_ONE ? s1 : sk};
+}
+
+// onehot_stats_regs with k == 1 decided once, outside the unrolled loops.
+template <int NV, int VEC, typename T>
+__device__ __forceinline__ OneHotStats<T> onehot_stats_regs(const T (&x)[NV * VEC], int v0, int vs,
+                                                            int y, T k, bool k_is_one) {
+  return k_is_one ? onehot_stats_regs<NV, VEC, true>(x, v0, vs, y, k)
+                  : onehot_stats_regs<NV, VEC, false>(x, v0, vs, y, k);
 }
 
 // LseStats of the values x[0..n) (-inf skipped, NaN / +inf make the sum NaN, as lse_push).

@@ -1,16 +1,24 @@
-// fwd_kernels.cuh: the forward kernels (loss, pseudo-gradient, lse per row) and their
-// launcher, templated on the logits' type. Torch-free; instantiated once per dtype in
+// fwd_kernels.cuh: the forward kernels (per row: loss, and the four stats the backward needs)
+// and their launcher, templated on the logits' type. Torch-free; instantiated once per dtype in
 // csrc/cuda/fwd_{f32,f64,f16,bf16}.cu so the four compile in parallel.
 //
+// What a row produces (hardloss_cuda/_schema.py, csrc/cuda/kernels.cuh): loss, and
+// stats = (lse, m, log_c, f_y) of row_math.h's OneHotRow for one-hot rows, or
+// (lse, t, m_pos, pos_scale) of SoftRow for soft rows. No gradient is written here: the
+// backward (bwd_kernels.cuh) reads the row once more and produces grad_loss * f in one pass
+// from these four numbers. Bytes (SPEC section 3): the forward reads the logits once
+// (N C s), the backward reads them once and writes the gradient once (2 N C s): 3 N C s in
+// all, with no (N, C) buffer held between the passes.
+//
 // The math is csrc/row_math.h's (docs/ROW_MATH.md): the one-hot statistics (OneHotStats,
-// onehot_merge, onehot_finalize, onehot_fj), the soft path (lse, soft_loss_term,
-// soft_log_abs_eps, SoftEpsStats, soft_finalize, soft_f) and the label rules (label_status).
-// The kernels only decide who holds which elements and how partial statistics meet.
+// onehot_merge, onehot_finalize), the soft path (lse, soft_loss_term, soft_log_abs_eps,
+// SoftEpsStats, soft_finalize) and the label rules (label_status). The kernels only decide who
+// holds which elements and how partial statistics meet.
 //
 // Paths, by the number of 16-byte vectors per row nvec = ceil(C / kN), kN = 16 / sizeof(T)
 // (fp32 4, fp16/bf16 8, fp64 2 elements per vector):
 //
-//  1. fwd_reg_kernel, row in registers, logits read once, gradient written once:
+//  1. fwd_reg_kernel, the row in registers (all of a thread's loads issued at once):
 //     a. sub-warp / warp per row (TPR = 4, 8, 16 or 32 threads per row, 128-thread blocks, so
 //        32 to 4 rows per block) for nvec <= 32 * NVMAX: C <= 1024 for fp32/fp16/bf16, <= 256
 //        for fp64. Small rows need many rows in flight per SM and no block barrier; a group
@@ -18,25 +26,28 @@
 //     b. block per row (128 to 1024 threads, NVMAX vectors = 32 fp32 values per thread, 8 for
 //        fp64) up to nvec <= 1024 * NVMAX: C <= 32768 (fp32/fp16/bf16), 4096 (fp64, at most 512
 //        threads). The block is the smallest power of two that holds the row, >= 128 threads.
-//  2. fwd_stream_kernel, block of 1024 threads per row, for longer rows: statistics pass then
-//     gradient pass. The first pass also copies the row into dynamic shared memory, as much of
-//     it as fits (227 KB on H100: fp32 C <= ~58000, bf16 C <= ~116000 entirely); the gradient
-//     pass reads the cached part from shared memory and re-reads only the rest from global
-//     memory, where it is usually still in L2 (the grid holds about one row per SM in flight,
-//     e.g. 132 x 256 KB for bf16 C = 131072, well under the 50 MB L2). The gradient is stored
-//     with streaming (evict-first) stores so it does not push those rows out of L2.
+//  2. fwd_stream_kernel, block of 1024 threads per row, for longer rows, U vectors per thread
+//     and step in flight.
+//     - one-hot rows: one pass (the statistics need each logit once, plus z_y); no shared
+//       memory, so the occupancy is not limited by a row cache.
+//     - soft rows: a pass for lse and t = sum q, then a pass for the loss (and, with
+//       compute_grad, the |eps|^k statistics), which needs lse first. The first pass copies the
+//       row into dynamic shared memory, as much of it as fits (227 KB on H100: fp32 C <= ~58000,
+//       bf16 C <= ~116000 entirely); the second reads the cached part from there and re-reads
+//       only the rest from global memory, where it is usually still in L2 (the grid holds
+//       about one row per SM in flight).
 //
-// Soft targets (label smoothing, mixture rows, probability targets, class weights with them)
-// take the same paths with three passes over the row (lse and t = sum q; loss and the
-// |eps|^k statistics; gradient); the target row q_j is recomputed in each pass from the
-// read-only cache (weight, mixture row W[y], probability row) rather than kept.
+// Soft targets (label smoothing, mixture rows, probability targets, class weights with them):
+// the target row q_j is recomputed in each pass from the read-only cache (weight, mixture row
+// W[y], probability row) rather than kept. Without compute_grad (evaluation) the |eps|^k
+// statistics are skipped and stats 1..3 are 0.
 //
 // The mixture gradient dW is not computed here: hardloss_cuda/_ops.py derives it in Python
 // from the returned lse with a one-hot matmul, which is deterministic (no atomics needed).
 //
 // Labels: a label outside [0, C) that is not ignore_index is never used as an index (not for
-// z[y], weight[y] or mixture[y]); its row gets loss NaN and gradient NaN. Ignored rows get
-// loss 0 and gradient 0. Both still return the row's logsumexp.
+// z[y], weight[y] or mixture[y]); its row gets loss NaN. Ignored rows get loss 0. Both still
+// return the row's logsumexp, and stats 1..3 = 0.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -55,57 +66,58 @@ template <typename S>
 struct FwdArgs {
   using A = acc_type<S>;
   const S* logits;
-  S* grad;  // may alias logits (fwd_inplace); nullptr: no gradient
-  const int64_t* target;
-  const S* probs;
-  const A* weight;
-  const A* mixture;
-  A* loss;
-  A* lse;
+  TargetArgs<S> tg;
+  A* loss;   // (N,)
+  A* stats;  // (N, kStatsCols)
   int64_t N;
-  int64_t ignore_index;
   int C;
-  int ncache;  // fwd_stream_kernel: vectors of each row cached in shared memory
+  int ncache;  // fwd_stream_kernel, soft rows: vectors of each row cached in shared memory
   A k;
-  A one_minus_s;
-  A s_over_C;
-  bool soft;
   bool aligned;
   bool k_is_one;
+  bool compute_grad;
 };
 
-struct RowInfo {
-  int status;  // kLabelValid / kLabelIgnored / kLabelBad (always valid for probabilities)
-  int y;       // the label when it is valid (< C <= 2^30), else -1: the only value ever
-               // used as an index
-};
-
-template <typename S>
-__device__ __forceinline__ RowInfo row_info(const FwdArgs<S>& a, int64_t row) {
-  if (a.target == nullptr) return {kLabelValid, -1};
-  const int64_t y = ldg(a.target + row);
-  const int status = label_status(y, static_cast<int64_t>(a.C), a.ignore_index);
-  return {status, status == kLabelValid ? static_cast<int>(y) : -1};
-}
-
-// q_j of ROW_MATH.md section 1 (class weights folded in) for j < C.
-template <typename S>
-__device__ __forceinline__ acc_type<S> soft_q(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
-                                              int j) {
-  using A = acc_type<S>;
-  const A w = a.weight != nullptr ? ldg(a.weight + j) : A(1);
-  if (a.probs != nullptr) {
-    return q_probability(to_acc(ldg(a.probs + row * a.C + j)), w, a.one_minus_s, a.s_over_C);
-  }
-  if (ri.status != kLabelValid) return A(0);  // ignored / bad label: q = 0, nothing read at y
-  if (a.mixture != nullptr) return q_mixture(ldg(a.mixture + static_cast<int64_t>(ri.y) * a.C + j), w);
-  return q_smoothed(j == ri.y, w, a.one_minus_s, a.s_over_C);
-}
-
-// The gradient value of a row whose label is not valid: 0 when ignored, NaN when bad.
 template <typename A>
-__device__ __forceinline__ A invalid_fill(int status) {
-  return status == kLabelIgnored ? A(0) : hl_nan<A>();
+__device__ __forceinline__ void write_row(A* loss, A* stats, int64_t row, A l, A s0, A s1, A s2,
+                                          A s3) {
+  loss[row] = l;
+  A* st = stats + row * kStatsCols;
+  st[0] = s0;
+  st[1] = s1;
+  st[2] = s2;
+  st[3] = s3;
+}
+
+// One-hot row: finalise the merged statistics (over i != y, or over every class when the
+// label is not valid) and write loss and stats. One thread per row.
+template <typename S>
+__device__ __forceinline__ void finish_onehot_row(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
+                                                  OneHotStats<acc_type<S>> st, acc_type<S> z_y) {
+  using A = acc_type<S>;
+  if (ri.y >= 0) {
+    const A w_y = class_weight(a.tg, ri.y);
+    const OneHotRow<A> rr = onehot_finalize(st, z_y, w_y, a.k);
+    write_row(a.loss, a.stats, row, rr.loss, rr.lse, rr.m, rr.log_c, rr.f_y);
+  } else {
+    // No label excluded: {m, s1} are the logsumexp statistics of the whole row.
+    write_row(a.loss, a.stats, row, invalid_fill<A>(ri.status), lse_value(LseStats<A>{st.m, st.s1}),
+              A(0), A(0), A(0));
+  }
+}
+
+// Soft row: loss (before the label rule), lse, t and the finalised |eps|^k row. One thread.
+template <typename S>
+__device__ __forceinline__ void finish_soft_row(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
+                                                acc_type<S> loss, acc_type<S> lse,
+                                                const SoftRow<acc_type<S>>& sr) {
+  using A = acc_type<S>;
+  if (ri.status == kLabelValid && a.compute_grad) {
+    write_row(a.loss, a.stats, row, loss, lse, sr.t, sr.m_pos, sr.pos_scale);
+  } else {
+    write_row(a.loss, a.stats, row, ri.status == kLabelValid ? loss : invalid_fill<A>(ri.status), lse,
+              A(0), A(0), A(0));
+  }
 }
 
 template <typename A>
@@ -145,14 +157,15 @@ constexpr int kRegMinBlocks = (sizeof(acc_type<S>) == 8 ? 512 : 1024) / BLOCK > 
                                   ? (sizeof(acc_type<S>) == 8 ? 512 : 1024) / BLOCK
                                   : 1;
 
-template <typename S, int BLOCK, int TPR, int NV, bool SOFT>
+// K_IS_ONE (one-hot rows with k == 1: one exp per element) is a template argument here: as a
+// runtime select inside the unrolled statistics it made ptxas spill at 32 values per thread.
+template <typename S, int BLOCK, int TPR, int NV, bool SOFT, bool K_IS_ONE>
 __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kernel(const FwdArgs<S> a) {
   using A = acc_type<S>;
   constexpr int VEC = Pack<S>::kN;
   constexpr int E = NV * VEC;
   constexpr int RPB = BLOCK / TPR;  // rows per block
   static_assert(TPR == BLOCK || TPR <= 32, "a group is a sub-warp, a warp or the block");
-  static_assert(E <= 32, "the soft path keeps one sign bit per element in a uint32");
   __shared__ ReduceSmem<A> red;
 
   const int lane = static_cast<int>(threadIdx.x) % TPR;
@@ -160,6 +173,9 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
   const int C = a.C;
   const A k = a.k;
 
+  // Every condition around a group_reduce below is uniform over the warp (TPR <= 32: the
+  // shuffles take the full mask) or the block (TPR == BLOCK): the loop bound, SOFT and
+  // a.compute_grad. Rows differ only in data.
   for (int64_t row0 = static_cast<int64_t>(blockIdx.x) * RPB; row0 < a.N;
        row0 += static_cast<int64_t>(gridDim.x) * RPB) {
     const int64_t row = row0 + grp;
@@ -167,9 +183,8 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
     // Groups past the last row compute on the last row (every lane must take part in the
     // shuffles) but store nothing.
     const int64_t r = active ? row : a.N - 1;
-    const RowInfo ri = row_info(a, r);
+    const RowInfo ri = row_info(a.tg, r);
     const S* zrow = a.logits + r * C;
-    // The label's logit, read before any lane of the row writes its gradient (fwd_inplace).
     A z_y = A(0);
     if (!SOFT && ri.y >= 0) z_y = to_acc(zrow[ri.y]);
 
@@ -177,37 +192,10 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
 #pragma unroll
     for (int i = 0; i < NV; ++i) unpack(load_pack(zrow, i * TPR + lane, C, a.aligned), &x[i * VEC]);
 
-    A loss, lse;
-    S* grow = a.grad != nullptr ? a.grad + r * C : nullptr;
     if constexpr (!SOFT) {
-      const OneHotStats<A> loc = onehot_stats_regs<NV, VEC>(x, lane, TPR, ri.y, k, a.k_is_one);
+      const OneHotStats<A> loc = onehot_stats_regs<NV, VEC, K_IS_ONE>(x, lane, TPR, ri.y, k);
       const OneHotStats<A> st = group_reduce<TPR>(loc, OneHotMergeOp<A>{k}, red);
-      const A w_y = (ri.y >= 0 && a.weight != nullptr) ? ldg(a.weight + ri.y) : A(1);
-      const OneHotRow<A> rr = onehot_finalize(st, z_y, w_y, k);
-      if (ri.y >= 0) {
-        loss = rr.loss;
-        lse = rr.lse;
-      } else {
-        lse = lse_value(LseStats<A>{st.m, st.s1});  // over every class (no label excluded)
-        loss = invalid_fill<A>(ri.status);
-      }
-      if constexpr (TPR <= 32) __syncwarp();  // orders the z_y reads before the stores
-      if (grow != nullptr && active) {
-        // onehot_fj = w_y x_j exp(k (m_loc - m) + log_c), x_j = exp(k (z_j - m_loc)) (common.cuh)
-        const A scale = hl_exp(k * (loc.m - rr.m) + rr.log_c);
-        const A fill = invalid_fill<A>(ri.status);
-#pragma unroll
-        for (int i = 0; i < NV; ++i) {
-          const int v = i * TPR + lane;
-          A f[VEC];
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            const int j = v * VEC + e;
-            f[e] = ri.y < 0 ? fill : (j == ri.y ? rr.f_y : rr.w_y * x[i * VEC + e] * scale);
-          }
-          store_pack(grow, v, C, a.aligned, f);
-        }
-      }
+      if (active && lane == 0) finish_onehot_row(a, row, ri, st, z_y);
     } else {
       // Pass A: lse and t = sum q.
       const LseStats<A> ls = group_reduce<TPR>(lse_stats_regs(x), LseMergeOp{}, red);
@@ -217,56 +205,40 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const int j = (i * TPR + lane) * VEC + e;
-          if (j < C) t_loc += soft_q(a, r, ri, j);
+          if (j < C) t_loc += soft_q(a.tg, r, ri, j);
         }
       }
       const A t = group_reduce<TPR>(t_loc, SumOp{}, red);
-      lse = lse_value(ls);
+      const A lse = lse_value(ls);
       const A t_div = t != A(0) ? t : A(1);  // t == 0: q = 0, f = 0 (as the reference)
-      // Pass B: loss and the |eps|^k statistics; x becomes k log|eps_j|.
+      // Pass B: loss and, for the backward, the |eps|^k statistics.
+      const bool eps_stats = a.compute_grad;
       A loss_loc = A(0);
       SoftEpsStats<A> es = soft_eps_init<A>();
-      uint32_t neg_bits = 0;
 #pragma unroll
       for (int i = 0; i < NV; ++i) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const int j = (i * TPR + lane) * VEC + e;
           if (j < C) {
-            const A q = soft_q(a, r, ri, j);
+            const A q = soft_q(a.tg, r, ri, j);
             const A z = x[i * VEC + e];
             loss_loc += soft_loss_term(q, z, lse);
-            bool neg;
-            const A kla = k * soft_log_abs_eps(z, lse, q / t_div, &neg);
-            soft_eps_push(es, kla, neg);
-            x[i * VEC + e] = kla;
-            if (neg) neg_bits |= 1u << (i * VEC + e);
+            if (eps_stats) {
+              bool neg;
+              const A kla = k * soft_log_abs_eps(z, lse, q / t_div, &neg);
+              soft_eps_push(es, kla, neg);
+            }
           }
         }
       }
-      loss = group_reduce<TPR>(loss_loc, SumOp{}, red);
-      es = group_reduce<TPR>(es, SoftEpsMergeOp{}, red);
-      const SoftRow<A> sr = soft_finalize(es, t);
-      if (ri.status != kLabelValid) loss = invalid_fill<A>(ri.status);
-      // Pass C: the gradient.
-      if (grow != nullptr && active) {
-        const A fill = invalid_fill<A>(ri.status);
-        const bool valid = ri.status == kLabelValid;
-#pragma unroll
-        for (int i = 0; i < NV; ++i) {
-          A f[VEC];
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            const int b = i * VEC + e;
-            f[e] = valid ? soft_f(sr, x[b], ((neg_bits >> b) & 1u) != 0) : fill;
-          }
-          store_pack(grow, i * TPR + lane, C, a.aligned, f);
-        }
+      const A loss = group_reduce<TPR>(loss_loc, SumOp{}, red);
+      SoftRow<A> sr = {A(0), A(0), A(0)};
+      if (eps_stats) {
+        es = group_reduce<TPR>(es, SoftEpsMergeOp{}, red);
+        sr = soft_finalize(es, t);
       }
-    }
-    if (active && lane == 0) {
-      a.loss[row] = loss;
-      a.lse[row] = lse;
+      if (active && lane == 0) finish_soft_row(a, row, ri, loss, lse, sr);
     }
   }
 }
@@ -274,29 +246,14 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
 // ---------------------------------------------------------------------------------------
 // Path 2: streaming, one block per row. Per pass, thread t handles the vectors
 // v = vb + u * BLOCK + t (u < U) of each step vb: U independent 16-byte loads in flight.
-// Vectors v < a.ncache are copied to shared memory by the first pass and read from there
-// afterwards; each such vector is only ever touched by the thread that loaded it.
+// Soft rows: vectors v < a.ncache are copied to shared memory by the first pass and read
+// from there by the second; each such vector is only ever touched by the thread that loaded
+// it (no barrier needed between the copy and the read). One-hot rows: a.ncache == 0.
 // ---------------------------------------------------------------------------------------
 template <typename S>
 __device__ __forceinline__ Pack<S> fetch_pack(const Pack<S>* cache, const S* zrow, int v,
                                               const FwdArgs<S>& a) {
   return v < a.ncache ? cache[v] : load_pack(zrow, v, a.C, a.aligned);
-}
-
-template <typename S>
-__device__ __forceinline__ void store_pack_stream(S* row, int v, int C, bool aligned,
-                                                  const acc_type<S>* vals) {
-  constexpr int kN = Pack<S>::kN;
-  const int j0 = v * kN;
-  if (j0 >= C) return;
-  if (aligned) {
-    Pack<S> p;
-#pragma unroll
-    for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(vals[e]);
-    __stcs(reinterpret_cast<uint4*>(row + j0), *reinterpret_cast<const uint4*>(&p));
-  } else {
-    store_pack(row, v, C, aligned, vals);
-  }
 }
 
 template <typename S, int BLOCK, int U, bool SOFT>
@@ -305,7 +262,6 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
   constexpr int VEC = Pack<S>::kN;
   constexpr int E = U * VEC;
   constexpr int STEP = BLOCK * U;
-  static_assert(E <= 32, "the soft path keeps one sign bit per element in a uint32");
   extern __shared__ uint4 cache_raw[];
   Pack<S>* cache = reinterpret_cast<Pack<S>*>(cache_raw);
   __shared__ ReduceSmem<A> red;
@@ -316,57 +272,22 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
   const A k = a.k;
 
   for (int64_t r = blockIdx.x; r < a.N; r += gridDim.x) {
-    const RowInfo ri = row_info(a, r);
+    const RowInfo ri = row_info(a.tg, r);
     const S* zrow = a.logits + r * C;
-    S* grow = a.grad != nullptr ? a.grad + r * C : nullptr;
-    A loss, lse;
     if constexpr (!SOFT) {
-      // Read before the first barrier, hence before any thread writes the row (fwd_inplace).
+      // One pass: every logit once (and z_y, a broadcast load).
       const A z_y = ri.y >= 0 ? to_acc(zrow[ri.y]) : A(0);
       OneHotStats<A> st = onehot_init<A>();
       for (int vb = 0; vb < nvec; vb += STEP) {
         A x[E];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int v = vb + u * BLOCK + tid;
-          const Pack<S> p = load_pack(zrow, v, C, a.aligned);
-          if (v < a.ncache) cache[v] = p;
-          unpack(p, &x[u * VEC]);
-        }
+        for (int u = 0; u < U; ++u) unpack(load_pack(zrow, vb + u * BLOCK + tid, C, a.aligned), &x[u * VEC]);
         st = onehot_merge(st, onehot_stats_regs<U, VEC>(x, vb + tid, BLOCK, ri.y, k, a.k_is_one), k);
       }
       st = group_reduce<BLOCK>(st, OneHotMergeOp<A>{k}, red);
-      const A w_y = (ri.y >= 0 && a.weight != nullptr) ? ldg(a.weight + ri.y) : A(1);
-      const OneHotRow<A> rr = onehot_finalize(st, z_y, w_y, k);
-      if (ri.y >= 0) {
-        loss = rr.loss;
-        lse = rr.lse;
-      } else {
-        lse = lse_value(LseStats<A>{st.m, st.s1});
-        loss = invalid_fill<A>(ri.status);
-      }
-      if (grow != nullptr) {
-        const A fill = invalid_fill<A>(ri.status);
-        for (int vb = 0; vb < nvec; vb += STEP) {
-          Pack<S> p[U];
-#pragma unroll
-          for (int u = 0; u < U; ++u) p[u] = fetch_pack(cache, zrow, vb + u * BLOCK + tid, a);
-#pragma unroll
-          for (int u = 0; u < U; ++u) {
-            const int v = vb + u * BLOCK + tid;
-            A f[VEC];
-            unpack(p[u], f);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              const int j = v * VEC + e;
-              f[e] = ri.y < 0 ? fill : (j == ri.y ? rr.f_y : onehot_fj(rr, f[e], k));
-            }
-            store_pack_stream(grow, v, C, a.aligned, f);
-          }
-        }
-      }
+      if (tid == 0) finish_onehot_row(a, r, ri, st, z_y);
     } else {
-      // Pass A: lse and t.
+      // Pass A: lse and t; the row goes to the shared-memory cache.
       LseStats<A> ls = lse_init<A>();
       A t_loc = A(0);
       for (int vb = 0; vb < nvec; vb += STEP) {
@@ -384,15 +305,16 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
             const int j = (vb + u * BLOCK + tid) * VEC + e;
-            if (j < C) t_loc += soft_q(a, r, ri, j);
+            if (j < C) t_loc += soft_q(a.tg, r, ri, j);
           }
         }
       }
       ls = group_reduce<BLOCK>(ls, LseMergeOp{}, red);
       const A t = group_reduce<BLOCK>(t_loc, SumOp{}, red);
-      lse = lse_value(ls);
+      const A lse = lse_value(ls);
       const A t_div = t != A(0) ? t : A(1);
-      // Pass B: loss and the |eps|^k statistics.
+      // Pass B: loss and, for the backward, the |eps|^k statistics.
+      const bool eps_stats = a.compute_grad;
       A loss_loc = A(0);
       SoftEpsStats<A> es = soft_eps_init<A>();
       for (int vb = 0; vb < nvec; vb += STEP) {
@@ -405,48 +327,24 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
           for (int e = 0; e < VEC; ++e) {
             const int j = v * VEC + e;
             if (j < C) {
-              const A q = soft_q(a, r, ri, j);
+              const A q = soft_q(a.tg, r, ri, j);
               loss_loc += soft_loss_term(q, x[e], lse);
-              bool neg;
-              const A kla = k * soft_log_abs_eps(x[e], lse, q / t_div, &neg);
-              soft_eps_push(es, kla, neg);
-            }
-          }
-        }
-      }
-      loss = group_reduce<BLOCK>(loss_loc, SumOp{}, red);
-      es = group_reduce<BLOCK>(es, SoftEpsMergeOp{}, red);
-      const SoftRow<A> sr = soft_finalize(es, t);
-      if (ri.status != kLabelValid) loss = invalid_fill<A>(ri.status);
-      // Pass C: the gradient.
-      if (grow != nullptr) {
-        const A fill = invalid_fill<A>(ri.status);
-        const bool valid = ri.status == kLabelValid;
-        for (int vb = 0; vb < nvec; vb += STEP) {
-#pragma unroll
-          for (int u = 0; u < U; ++u) {
-            const int v = vb + u * BLOCK + tid;
-            A f[VEC];
-            unpack(fetch_pack(cache, zrow, v, a), f);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-              const int j = v * VEC + e;
-              if (!valid) {
-                f[e] = fill;
-              } else if (j < C) {
+              if (eps_stats) {
                 bool neg;
-                const A kla = k * soft_log_abs_eps(f[e], lse, soft_q(a, r, ri, j) / t_div, &neg);
-                f[e] = soft_f(sr, kla, neg);
+                const A kla = k * soft_log_abs_eps(x[e], lse, q / t_div, &neg);
+                soft_eps_push(es, kla, neg);
               }
             }
-            store_pack_stream(grow, v, C, a.aligned, f);
           }
         }
       }
-    }
-    if (tid == 0) {
-      a.loss[r] = loss;
-      a.lse[r] = lse;
+      const A loss = group_reduce<BLOCK>(loss_loc, SumOp{}, red);
+      SoftRow<A> sr = {A(0), A(0), A(0)};
+      if (eps_stats) {
+        es = group_reduce<BLOCK>(es, SoftEpsMergeOp{}, red);
+        sr = soft_finalize(es, t);
+      }
+      if (tid == 0) finish_soft_row(a, r, ri, loss, lse, sr);
     }
   }
 }
@@ -461,7 +359,11 @@ cudaError_t launch_reg(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t st
   // A few waves of resident blocks; the blocks stride over the remaining row groups.
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
   const unsigned grid = static_cast<unsigned>(std::min(groups, cap));
-  fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT><<<grid, BLOCK, 0, stream>>>(a);
+  if (!SOFT && a.k_is_one) {
+    fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT><<<grid, BLOCK, 0, stream>>>(a);
+  } else {
+    fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, false><<<grid, BLOCK, 0, stream>>>(a);
+  }
   return cudaGetLastError();
 }
 
@@ -471,29 +373,34 @@ cudaError_t launch_stream(FwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream
   // 16 fp32 values (4 fp32 / 2 fp16 vectors) per thread and step; 8 fp64 values.
   constexpr int U = sizeof(acc_type<S>) == 8 ? 4 : 16 / Pack<S>::kN;
   auto kernel = fwd_stream_kernel<S, BLOCK, U, SOFT>;
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> dyn_limit[kMaxDevices];  // 0: not configured yet on that device
-  int limit = d.device < kMaxDevices ? dyn_limit[d.device].load(std::memory_order_relaxed) : 0;
-  if (limit == 0) {
-    cudaFuncAttributes attr;
-    cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
-    if (err != cudaSuccess) return err;
-    limit = std::max(16, d.smem_optin - static_cast<int>(attr.sharedSizeBytes));
-    limit -= limit % 16;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
-    if (err != cudaSuccess) return err;
-    if (d.device < kMaxDevices) dyn_limit[d.device].store(limit, std::memory_order_relaxed);
+  a.ncache = 0;
+  size_t smem = 0;
+  if constexpr (SOFT) {
+    // Only the soft rows read the row twice: they alone get the shared-memory row cache.
+    constexpr int kMaxDevices = 64;
+    static std::atomic<int> dyn_limit[kMaxDevices];  // 0: not configured yet on that device
+    int limit = d.device < kMaxDevices ? dyn_limit[d.device].load(std::memory_order_relaxed) : 0;
+    if (limit == 0) {
+      cudaFuncAttributes attr;
+      cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+      if (err != cudaSuccess) return err;
+      limit = std::max(16, d.smem_optin - static_cast<int>(attr.sharedSizeBytes));
+      limit -= limit % 16;
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+      if (err != cudaSuccess) return err;
+      if (d.device < kMaxDevices) dyn_limit[d.device].store(limit, std::memory_order_relaxed);
+    }
+    const int nvec = (a.C + Pack<S>::kN - 1) / Pack<S>::kN;
+    a.ncache = std::min(nvec, limit / 16);
+    smem = static_cast<size_t>(a.ncache) * 16;
   }
-  const int nvec = (a.C + Pack<S>::kN - 1) / Pack<S>::kN;
-  a.ncache = std::min(nvec, limit / 16);
-  const size_t smem = static_cast<size_t>(a.ncache) * 16;
   int per_sm = 1;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, BLOCK, smem) != cudaSuccess ||
       per_sm < 1) {
     (void)cudaGetLastError();
     per_sm = 1;
   }
-  // Resident blocks only: the rows in flight (and their re-read from L2) stay bounded.
+  // Resident blocks only: the rows in flight (and the soft rows' re-read from L2) stay bounded.
   const unsigned grid =
       static_cast<unsigned>(std::min<int64_t>(a.N, static_cast<int64_t>(d.sms) * per_sm));
   kernel<<<grid, BLOCK, smem, stream>>>(a);
@@ -539,26 +446,17 @@ cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
 
   FwdArgs<S> a;
   a.logits = static_cast<const S*>(p.logits);
-  a.grad = static_cast<S*>(p.grad);
-  a.target = p.target;
-  a.probs = static_cast<const S*>(p.probs);
-  a.weight = static_cast<const A*>(p.weight);
-  a.mixture = static_cast<const A*>(p.mixture);
+  a.tg = make_target_args<S>(p.tg, p.C);
   a.loss = static_cast<A*>(p.loss);
-  a.lse = static_cast<A*>(p.lse);
+  a.stats = static_cast<A*>(p.stats);
   a.N = p.N;
-  a.ignore_index = p.ignore_index;
   a.C = static_cast<int>(p.C);
   a.ncache = 0;
   a.k = static_cast<A>(p.k);
   a.k_is_one = p.k == 1.0;
-  a.one_minus_s = static_cast<A>(1.0 - p.label_smoothing);
-  a.s_over_C = static_cast<A>(p.label_smoothing / static_cast<double>(p.C));
-  // The soft path exactly where the reference takes it (reference.rows).
-  a.soft = p.probs != nullptr || p.mixture != nullptr || p.label_smoothing > 0.0;
-  auto al16 = [](const void* q) { return q == nullptr || reinterpret_cast<uintptr_t>(q) % 16 == 0; };
-  a.aligned = p.C % Pack<S>::kN == 0 && al16(p.logits) && al16(p.grad);
-  return a.soft ? launch_fwd_path<S, true>(a, d, stream) : launch_fwd_path<S, false>(a, d, stream);
+  a.compute_grad = p.compute_grad;
+  a.aligned = p.C % Pack<S>::kN == 0 && reinterpret_cast<uintptr_t>(p.logits) % 16 == 0;
+  return is_soft(p.tg) ? launch_fwd_path<S, true>(a, d, stream) : launch_fwd_path<S, false>(a, d, stream);
 }
 
 }  // namespace cuda

@@ -1,10 +1,12 @@
-// kernels.cuh: the host-side interface of the CUDA kernels of hardloss_cuda::{fwd, fwd_inplace,
-// bwd}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by the
-// torch glue csrc/cuda/ops_cuda.cpp and by the kernel files csrc/cuda/*.cu.
+// kernels.cuh: the host-side interface of the CUDA kernels of hardloss_cuda::{fwd, bwd,
+// bwd_inplace}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by
+// the torch glue csrc/cuda/ops_cuda.cpp and by the kernel files csrc/cuda/*.cu.
 //
-// Pointers are raw and untyped; `dtype` says what the logits are. The accumulation type
-// ("acc") is double for float64 logits and float otherwise: loss, lse, weight, mixture and
-// grad_loss are in acc, the gradient and probability targets in the logits' dtype.
+// Contract (hardloss_cuda/_schema.py): the forward reads the logits once and keeps four numbers
+// per row (stats); the backward reads the logits again and writes the gradient once, scaled by
+// grad_loss. Pointers are raw and untyped; `dtype` says what the logits are. The accumulation
+// type ("acc") is double for float64 logits and float otherwise: loss, stats, weight, mixture
+// and grad_loss are in acc, the gradient and probability targets in the logits' dtype.
 // Every tensor is contiguous and on the current device. The launchers only enqueue work on
 // `stream` (no allocation, no host synchronisation: capturable in a CUDA graph) and return
 // cudaGetLastError() after the launch; N == 0 launches nothing.
@@ -19,28 +21,46 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-struct FwdParams {
-  const void* logits;      // (N, C) logits
-  void* grad;              // (N, C) pseudo-gradient; == logits for fwd_inplace; nullptr: none
+// Columns of stats (N, kStatsCols) in acc, per row:
+//   0: logsumexp of the row (every row);
+//   one-hot row (class index, no mixture, no smoothing) with a valid label:
+//     1..3 = (m, log_c, f_y) of row_math.h's OneHotRow (f_y includes w_y);
+//   soft row (probabilities, mixture or smoothing) with a valid label, compute_grad:
+//     1..3 = (t, m_pos, pos_scale) of row_math.h's SoftRow;
+//   otherwise (ignored / bad label, soft row without compute_grad): 1..3 = 0.
+// Same value as hl::kStatsCols (csrc/checks.h, not includable here: it pulls in ATen).
+constexpr int kStatsCols = 4;
+
+// The target description shared by fwd and bwd.
+struct TargetParams {
   const int64_t* target;   // (N,) class indices, or nullptr for probability targets
   const void* probs;       // (N, C) probability targets in the logits' dtype, or nullptr
   const void* weight;      // (C,) class weights in acc, or nullptr
   const void* mixture;     // (C, C) mixture matrix in acc, or nullptr
-  void* loss;              // (N,) acc
-  void* lse;               // (N,) acc
-  int64_t N;
-  int64_t C;               // 1 <= C <= kMaxClasses when N > 0
   int64_t ignore_index;
   double label_smoothing;
+};
+
+struct FwdParams {
+  const void* logits;      // (N, C) logits, only read
+  TargetParams tg;
+  void* loss;              // (N,) acc
+  void* stats;             // (N, kStatsCols) acc
+  int64_t N;
+  int64_t C;               // 1 <= C <= kMaxClasses when N > 0
   double k;
+  bool compute_grad;       // false: the soft rows skip their |eps|^k statistics
 };
 
 struct BwdParams {
   const void* grad_loss;   // (N,) acc
-  const void* grad;        // (N, C)
-  void* out;               // (N, C), out = grad_loss[:, None] * grad
+  const void* logits;      // (N, C)
+  void* out;               // (N, C) gradient in the logits' dtype; == logits for bwd_inplace
+  TargetParams tg;
+  const void* stats;       // (N, kStatsCols) acc, written by launch_fwd (compute_grad = true)
   int64_t N;
   int64_t C;
+  double k;
 };
 
 // In-row indices are 32-bit (vector index * 16 bytes stays far from overflow); row offsets
@@ -51,7 +71,7 @@ cudaError_t launch_fwd(const FwdParams& p, DType dtype, cudaStream_t stream);
 cudaError_t launch_bwd(const BwdParams& p, DType dtype, cudaStream_t stream);
 
 // The typed launchers behind the two above, explicitly instantiated for float, double,
-// __half and __nv_bfloat16 in csrc/cuda/fwd_*.cu and csrc/cuda/bwd.cu.
+// __half and __nv_bfloat16 in csrc/cuda/fwd_*.cu and csrc/cuda/bwd_*.cu.
 template <typename scalar_t>
 cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream);
 template <typename scalar_t>

@@ -1,4 +1,4 @@
-// ops_cuda.cpp: the torch glue of the CUDA kernels: hardloss_cuda::{fwd, fwd_inplace, bwd}
+// ops_cuda.cpp: the torch glue of the CUDA kernels: hardloss_cuda::{fwd, bwd, bwd_inplace}
 // for the CUDA dispatch key (the schemas are defined in csrc/ops.cpp, see _schema.py).
 //
 // Compiled by the host C++ compiler inside the CUDA extension (setup.py adds csrc/cuda/*.cpp
@@ -81,91 +81,92 @@ Prepared prepare(const at::Tensor& logits, const at::Tensor& target,
   return p;
 }
 
-FwdParams make_params(const at::Tensor& z, void* grad, const Prepared& in, const at::Tensor& loss,
-                      const at::Tensor& lse, int64_t ignore_index, double label_smoothing,
-                      double k) {
-  FwdParams p;
-  p.logits = z.data_ptr();
-  p.grad = grad;
+static_assert(hl::kStatsCols == static_cast<int64_t>(kStatsCols), "stats width differs from csrc/checks.h");
+
+TargetParams target_params(const Prepared& in, int64_t ignore_index, double label_smoothing) {
+  TargetParams t;
   const bool probs = in.target.is_floating_point();
-  p.target = probs ? nullptr : in.target.data_ptr<int64_t>();
-  p.probs = probs ? in.target.data_ptr() : nullptr;
-  p.weight = in.weight.defined() ? in.weight.data_ptr() : nullptr;
-  p.mixture = in.mixture.defined() ? in.mixture.data_ptr() : nullptr;
-  p.loss = loss.data_ptr();
-  p.lse = lse.data_ptr();
-  p.N = z.size(0);
-  p.C = z.size(1);
-  p.ignore_index = ignore_index;
-  p.label_smoothing = label_smoothing;
-  p.k = k;
-  return p;
+  t.target = probs ? nullptr : in.target.data_ptr<int64_t>();
+  t.probs = probs ? in.target.data_ptr() : nullptr;
+  t.weight = in.weight.defined() ? in.weight.data_ptr() : nullptr;
+  t.mixture = in.mixture.defined() ? in.mixture.data_ptr() : nullptr;
+  t.ignore_index = ignore_index;
+  t.label_smoothing = label_smoothing;
+  return t;
 }
 
-void launch(const FwdParams& p, at::ScalarType t) {
-  if (p.N == 0) return;  // no zero-size grid
-  C10_CUDA_CHECK(launch_fwd(p, dtype_of(t), c10::cuda::getCurrentCUDAStream().stream()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
-                                                   const std::optional<at::Tensor>& weight,
-                                                   const std::optional<at::Tensor>& mixture,
-                                                   int64_t ignore_index, double label_smoothing,
-                                                   double k, bool compute_grad) {
+std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
+                                       const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& mixture, int64_t ignore_index,
+                                       double label_smoothing, double k, bool compute_grad) {
   Prepared in = prepare(logits, target, weight, mixture, label_smoothing, k);
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
-  const int64_t N = z.size(0), C = z.size(1);
+  const int64_t N = z.size(0);
   const auto acc = z.options().dtype(acc_of(z.scalar_type()));
   at::Tensor loss = at::empty({N}, acc);
-  at::Tensor lse = at::empty({N}, acc);
-  at::Tensor grad = at::empty({compute_grad ? N : 0, C}, z.options());
-  void* gp = (compute_grad && grad.numel() > 0) ? grad.data_ptr() : nullptr;
-  launch(make_params(z, gp, in, loss, lse, ignore_index, label_smoothing, k), z.scalar_type());
-  return {loss, grad, lse};
+  at::Tensor stats = at::empty({N, hl::kStatsCols}, acc);
+  if (N == 0) return {loss, stats};  // no zero-size grid
+  FwdParams p;
+  p.logits = z.data_ptr();
+  p.tg = target_params(in, ignore_index, label_smoothing);
+  p.loss = loss.data_ptr();
+  p.stats = stats.data_ptr();
+  p.N = N;
+  p.C = z.size(1);
+  p.k = k;
+  p.compute_grad = compute_grad;
+  C10_CUDA_CHECK(launch_fwd(p, dtype_of(z.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {loss, stats};
 }
 
-// The pseudo-gradient overwrites the logits: every thread reads its part of the row (and the
-// label's logit) before any thread of the row writes (csrc/cuda/fwd_kernels.cuh).
-std::tuple<at::Tensor, at::Tensor> fwd_inplace(at::Tensor& logits, const at::Tensor& target,
-                                               const std::optional<at::Tensor>& weight,
-                                               const std::optional<at::Tensor>& mixture,
-                                               int64_t ignore_index, double label_smoothing, double k) {
+// grad_loss and stats: checked by hl::check_bwd_args (acc dtype, shapes, device); made
+// contiguous here (autograd may hand an expanded grad_loss).
+void launch_bwd_into(const at::Tensor& grad_loss, const at::Tensor& z, const Prepared& in,
+                     const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
+                     const at::Tensor& out) {
+  const int64_t N = z.size(0);
+  if (N == 0) return;  // no zero-size grid (C >= 1 is checked)
+  const at::Tensor gl = grad_loss.contiguous();
+  const at::Tensor st = stats.contiguous();
+  BwdParams p;
+  p.grad_loss = gl.data_ptr();
+  p.logits = z.data_ptr();
+  p.out = out.data_ptr();
+  p.tg = target_params(in, ignore_index, label_smoothing);
+  p.stats = st.data_ptr();
+  p.N = N;
+  p.C = z.size(1);
+  p.k = k;
+  C10_CUDA_CHECK(launch_bwd(p, dtype_of(z.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+               const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
+  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
+  Prepared in = prepare(logits, target, weight, mixture, label_smoothing, k);
+  c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor z = logits.contiguous();
+  at::Tensor out = at::empty(z.sizes(), z.options());
+  launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, out);
+  return out;
+}
+
+// The gradient overwrites the logits: each element is read before it is written, by the same
+// thread (csrc/cuda/bwd_kernels.cuh). Non-contiguous logits: through a contiguous copy.
+void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
+                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
+  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
   Prepared in = prepare(logits, target, weight, mixture, label_smoothing, k);
   c10::cuda::CUDAGuard guard(logits.device());
   const bool direct = logits.is_contiguous();
   at::Tensor z = direct ? logits : logits.contiguous();
-  const int64_t N = z.size(0);
-  const auto acc = z.options().dtype(acc_of(z.scalar_type()));
-  at::Tensor loss = at::empty({N}, acc);
-  at::Tensor lse = at::empty({N}, acc);
-  void* gp = z.numel() > 0 ? z.data_ptr() : nullptr;
-  launch(make_params(z, gp, in, loss, lse, ignore_index, label_smoothing, k), z.scalar_type());
+  launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, z);
   if (!direct) logits.copy_(z);
-  return {loss, lse};
-}
-
-at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& grad) {
-  hl::check_bwd_args(grad_loss, grad);
-  TORCH_CHECK(grad.is_cuda(), "hardloss_cuda: grad must be a CUDA tensor for the CUDA kernel");
-  TORCH_CHECK(grad.dim() == 2, "hardloss_cuda: grad must be (N, C), got ", grad.sizes());
-  check_on_device(grad_loss, grad, "grad_loss", "grad");
-  c10::cuda::CUDAGuard guard(grad.device());
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor gl = grad_loss.to(acc_of(g.scalar_type())).contiguous();
-  at::Tensor out = at::empty(g.sizes(), g.options());
-  if (g.numel() == 0) return out;
-  BwdParams p;
-  p.grad_loss = gl.data_ptr();
-  p.grad = g.data_ptr();
-  p.out = out.data_ptr();
-  p.N = g.size(0);
-  p.C = g.size(1);
-  TORCH_CHECK(p.C <= kMaxClasses, "hardloss_cuda: grad: more than 2^30 classes");
-  C10_CUDA_CHECK(launch_bwd(p, dtype_of(g.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
 }
 
 }  // namespace
@@ -174,6 +175,6 @@ at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& grad) {
 
 TORCH_LIBRARY_IMPL(hardloss_cuda, CUDA, m) {
   m.impl("fwd", &hl::cuda::fwd);
-  m.impl("fwd_inplace", &hl::cuda::fwd_inplace);
   m.impl("bwd", &hl::cuda::bwd);
+  m.impl("bwd_inplace", &hl::cuda::bwd_inplace);
 }

@@ -1,0 +1,9 @@
+// The backward kernel for double logits (bwd_kernels.cuh); one file per dtype so they compile in
+// parallel.
+#include "cuda/bwd_kernels.cuh"
+
+namespace hl {
+namespace cuda {
+template cudaError_t launch_bwd_typed<double>(const BwdParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace hl

@@ -1,0 +1,230 @@
+// bwd_kernels.cuh: the backward kernel (grad = grad_loss[:, None] * f, f the pseudo-gradient of
+// SPEC section 2) and its launcher, templated on the logits' type. Torch-free; instantiated
+// once per dtype in csrc/cuda/bwd_{f32,f64,f16,bf16}.cu so the four compile in parallel.
+//
+// One elementwise pass: the forward (fwd_kernels.cuh) left four numbers per row in `stats`
+// (csrc/cuda/kernels.cuh), so f_j needs only z_j, the row's coefficients and, for soft rows,
+// q_j. Each element is read once and written once (2 N C s bytes; the forward's N C s makes
+// SPEC's 3 N C s). The math is row_math.h's, unchanged from what the forward used for its
+// statistics:
+//   one-hot row: f_j = onehot_fj(r, z_j, k) for j != y, f_y = r.f_y, with r.m, r.log_c, r.f_y
+//                from stats and r.w_y = weight[y] (1 without weights);
+//   soft row:    qh_j = q_j / t (q_smoothed / q_mixture / q_probability, t = stats[1], 1 when
+//                t == 0), la = soft_log_abs_eps(z_j, lse, qh_j), f_j = soft_f(r, k la).
+// Rows whose gradient does not depend on the logits are written without reading them:
+// ignored rows (0), bad labels (NaN; the label is never used as an index), and rows with
+// grad_loss == 0 and a finite lse (0: rows removed by trimming cost no read).
+//
+// Work split: a row is cut into tiles of TILE = TPR * U 16-byte vectors; a group of TPR
+// threads (a sub-warp or a warp, no reduction anywhere) takes one tile, lane l holding the
+// vectors v0 + u * TPR + l (u < U; coalesced, U loads in flight per thread). The tiles of all
+// rows are numbered row-major and the groups of a 1-D grid stride over them, so a few huge
+// rows (C = 262144: 64+ tiles each) and many small rows (one tile each, TPR chosen so the
+// tile just holds the row) both fill the GPU; no grid.y, so N is not limited to 65535.
+// Row offsets are 64-bit (N * C may exceed 2^31), in-row indices 32-bit (C <= 2^30).
+//
+// In place (bwd_inplace: out == logits): every element is loaded and stored by the same
+// thread, loads first; no thread reads an element another thread writes (one-hot rows do not
+// need z_y: f_y comes from stats). So the logits are read with plain (coherent) loads and
+// neither pointer is __restrict__.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/common.cuh"
+#include "cuda/kernels.cuh"
+
+namespace hl {
+namespace cuda {
+
+template <typename S>
+struct BwdArgs {
+  using A = acc_type<S>;
+  const A* grad_loss;  // (N,)
+  const S* logits;     // (N, C)
+  S* out;              // (N, C); may alias logits
+  const A* stats;      // (N, kStatsCols)
+  TargetArgs<S> tg;
+  int64_t N;
+  int64_t tiles_per_row;
+  int C;
+  A k;
+  bool aligned;        // logits and out: C % kN == 0 and 16-byte aligned base pointers
+  bool probs_aligned;  // probability targets: the same
+};
+
+template <typename S, int BLOCK, int TPR, int U, bool SOFT>
+__global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
+  using A = acc_type<S>;
+  constexpr int VEC = Pack<S>::kN;
+  constexpr int GPB = BLOCK / TPR;  // groups (tiles in flight) per block
+  constexpr int TILE = TPR * U;     // vectors per tile
+  static_assert(TPR <= 32 && BLOCK % TPR == 0, "a group is a sub-warp or a warp");
+
+  const int lane = static_cast<int>(threadIdx.x) % TPR;
+  const int grp = static_cast<int>(threadIdx.x) / TPR;
+  const int C = a.C;
+  const A k = a.k;
+  const int64_t ntiles = a.N * a.tiles_per_row;
+
+  for (int64_t tile = static_cast<int64_t>(blockIdx.x) * GPB + grp; tile < ntiles;
+       tile += static_cast<int64_t>(gridDim.x) * GPB) {
+    const int64_t row = a.tiles_per_row == 1 ? tile : tile / a.tiles_per_row;
+    const int v0 = static_cast<int>(tile - row * a.tiles_per_row) * TILE;
+    const RowInfo ri = row_info(a.tg, row);
+    const A* st = a.stats + row * kStatsCols;
+    const A gl = ldg(a.grad_loss + row);
+    const A lse = ldg(st);
+    S* orow = a.out + row * C;
+
+    // The gradient does not depend on the logits: write it without reading them.
+    if (ri.status != kLabelValid || (gl == A(0) && hl_abs(lse) < hl_inf<A>())) {
+      const A fill = ri.status != kLabelValid ? invalid_fill<A>(ri.status) : A(0);
+      A f[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) f[e] = fill;
+#pragma unroll
+      for (int u = 0; u < U; ++u) store_pack_stream(orow, v0 + u * TPR + lane, C, a.aligned, f);
+      continue;
+    }
+
+    // All of this thread's loads first (in flight together; and before any store: in place).
+    const S* zrow = a.logits + row * C;
+    Pack<S> z[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) z[u] = load_pack(zrow, v0 + u * TPR + lane, C, a.aligned);
+
+    if constexpr (!SOFT) {
+      OneHotRow<A> r;
+      r.lse = lse;
+      r.loss = A(0);  // not used here
+      r.m = ldg(st + 1);
+      r.log_c = ldg(st + 2);
+      r.f_y = ldg(st + 3);
+      r.w_y = class_weight(a.tg, ri.y);  // ri.y valid: the status is kLabelValid
+      const A gf_y = gl * r.f_y;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + u * TPR + lane;
+        A f[VEC];
+        unpack(z[u], f);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const int j = v * VEC + e;
+          f[e] = j == ri.y ? gf_y : gl * onehot_fj(r, f[e], k);
+        }
+        store_pack_stream(orow, v, C, a.aligned, f);
+      }
+    } else {
+      const SoftRow<A> sr = {ldg(st + 1), ldg(st + 2), ldg(st + 3)};
+      const A t_div = sr.t != A(0) ? sr.t : A(1);  // t == 0: q = 0, f = 0 (as the forward)
+      const S* prow = a.tg.probs != nullptr ? a.tg.probs + row * C : nullptr;
+      // A mixture comes only with class indices; the label is valid here.
+      const A* wrow = (a.tg.mixture != nullptr && ri.y >= 0)
+                          ? a.tg.mixture + static_cast<int64_t>(ri.y) * C
+                          : nullptr;
+      Pack<S> pq[U];
+      if (prow != nullptr) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) pq[u] = load_pack_ro(prow, v0 + u * TPR + lane, C, a.probs_aligned);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + u * TPR + lane;
+        A f[VEC];
+        A pr[VEC];
+        unpack(z[u], f);
+        if (prow != nullptr) {
+          unpack(pq[u], pr);
+        } else {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) pr[e] = A(0);
+        }
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const int j = v * VEC + e;
+          if (j < C) {
+            const A w = class_weight(a.tg, j);
+            A q;
+            if (prow != nullptr) {
+              q = q_probability(pr[e], w, a.tg.one_minus_s, a.tg.s_over_C);
+            } else if (wrow != nullptr) {
+              q = q_mixture(ldg(wrow + j), w);
+            } else {
+              q = q_smoothed(j == ri.y, w, a.tg.one_minus_s, a.tg.s_over_C);
+            }
+            bool neg;
+            const A la = soft_log_abs_eps(f[e], lse, q / t_div, &neg);
+            f[e] = gl * soft_f(sr, k * la, neg);
+          }
+        }
+        store_pack_stream(orow, v, C, a.aligned, f);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Launcher
+// ---------------------------------------------------------------------------------------
+template <typename S, int TPR, int U, bool SOFT>
+cudaError_t launch_bwd_cfg(BwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream) {
+  constexpr int BLOCK = 256;
+  constexpr int GPB = BLOCK / TPR;
+  constexpr int TILE = TPR * U;
+  const int64_t nvec = (static_cast<int64_t>(a.C) + Pack<S>::kN - 1) / Pack<S>::kN;
+  a.tiles_per_row = (nvec + TILE - 1) / TILE;
+  const int64_t ntiles = a.N * a.tiles_per_row;
+  const int64_t blocks = (ntiles + GPB - 1) / GPB;
+  // A few waves of resident blocks; the groups stride over the remaining tiles.
+  const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
+  const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
+  bwd_kernel<S, BLOCK, TPR, U, SOFT><<<grid, BLOCK, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// Tile shape by row length: the smallest group that holds a short row in one tile (sub-warp
+// groups for C up to 16 vectors), a warp with up to 8 vectors per lane (4 KB tiles) beyond.
+template <typename S, bool SOFT>
+cudaError_t launch_bwd_path(const BwdArgs<S>& a, const DeviceInfo& d, cudaStream_t stream) {
+  const int64_t nvec = (static_cast<int64_t>(a.C) + Pack<S>::kN - 1) / Pack<S>::kN;
+  if (nvec <= 4) return launch_bwd_cfg<S, 4, 1, SOFT>(a, d, stream);
+  if (nvec <= 8) return launch_bwd_cfg<S, 8, 1, SOFT>(a, d, stream);
+  if (nvec <= 16) return launch_bwd_cfg<S, 16, 1, SOFT>(a, d, stream);
+  if (nvec <= 32) return launch_bwd_cfg<S, 32, 1, SOFT>(a, d, stream);
+  if (nvec <= 64) return launch_bwd_cfg<S, 32, 2, SOFT>(a, d, stream);
+  if (nvec <= 128) return launch_bwd_cfg<S, 32, 4, SOFT>(a, d, stream);
+  return launch_bwd_cfg<S, 32, 8, SOFT>(a, d, stream);
+}
+
+template <typename S>
+cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream) {
+  using A = acc_type<S>;
+  if (p.N <= 0) return cudaSuccess;
+  if (p.C < 1 || p.C > kMaxClasses) return cudaErrorInvalidValue;
+  DeviceInfo d;
+  cudaError_t err = device_info(&d);
+  if (err != cudaSuccess) return err;
+
+  auto al16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
+  BwdArgs<S> a;
+  a.grad_loss = static_cast<const A*>(p.grad_loss);
+  a.logits = static_cast<const S*>(p.logits);
+  a.out = static_cast<S*>(p.out);
+  a.stats = static_cast<const A*>(p.stats);
+  a.tg = make_target_args<S>(p.tg, p.C);
+  a.N = p.N;
+  a.tiles_per_row = 1;  // set by launch_bwd_cfg
+  a.C = static_cast<int>(p.C);
+  a.k = static_cast<A>(p.k);
+  const bool c_vec = p.C % Pack<S>::kN == 0;
+  a.aligned = c_vec && al16(p.logits) && al16(p.out);
+  a.probs_aligned = c_vec && p.tg.probs != nullptr && al16(p.tg.probs);
+  return is_soft(p.tg) ? launch_bwd_path<S, true>(a, d, stream) : launch_bwd_path<S, false>(a, d, stream);
+}
+
+}  // namespace cuda
+}  // namespace hl
