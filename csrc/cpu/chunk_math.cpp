@@ -61,9 +61,21 @@ double chunk_max(const double* x, int64_t n) { return max_impl(x, n); }
 HL_CLONES bool has_nan(const float* x, int64_t n) { return has_nan_impl(x, n); }
 bool has_nan(const double* x, int64_t n) { return has_nan_impl(x, n); }
 
-HL_CLONES float sum_exp(const float* x, int64_t n, float m, float k, float* tmp) {
-  exp_map_impl(x, n, m, k, 0.0f, 1.0f, tmp);
-  return sum_impl(tmp, n);
+// Fused (no round trip through tmp): 16 independent partial sums of the exponentials.
+template <typename T>
+HL_INLINE T sum_exp_impl(const T* __restrict x, int64_t n, T m, T k) {
+  T lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] += exp_of(k * (x[i + j] - m));
+  T s = 0;
+  for (; i < n; ++i) s += exp_of(k * (x[i] - m));
+  for (int j = 0; j < kLanes; ++j) s += lane[j];
+  return s;
+}
+
+HL_CLONES float sum_exp(const float* x, int64_t n, float m, float k, float* /*tmp*/) {
+  return sum_exp_impl(x, n, m, k);
 }
 double sum_exp(const double* x, int64_t n, double m, double k, double* tmp) {
   exp_map_impl(x, n, m, k, 0.0, 1.0, tmp);
