@@ -87,25 +87,33 @@ struct alignas(16) Pack {
   S v[kN];
 };
 
-template <typename S>
-__device__ __forceinline__ Pack<S> load_pack(const S* row, int v, int C, bool aligned) {
+template <typename S, bool kReadOnly = false>
+__device__ __forceinline__ Pack<S> load_pack_fill(const S* row, int v, int C, bool aligned, acc_type<S> fill) {
   constexpr int kN = Pack<S>::kN;
   Pack<S> p;
   const int j0 = v * kN;
   if (aligned) {
     if (j0 < C) {
-      *reinterpret_cast<uint4*>(&p) = *reinterpret_cast<const uint4*>(row + j0);
+      const uint4* src = reinterpret_cast<const uint4*>(row + j0);
+      *reinterpret_cast<uint4*>(&p) = kReadOnly ? __ldg(src) : *src;
     } else {
 #pragma unroll
-      for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(-hl_inf<acc_type<S>>());
+      for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(fill);
     }
   } else {
 #pragma unroll
     for (int e = 0; e < kN; ++e) {
-      p.v[e] = (j0 + e < C) ? row[j0 + e] : from_acc<S>(-hl_inf<acc_type<S>>());
+      p.v[e] = (j0 + e < C) ? (kReadOnly ? ldg(row + j0 + e) : row[j0 + e]) : from_acc<S>(fill);
     }
   }
   return p;
+}
+
+// Vector v of a logits row with plain (coherent) loads: the backward may write the same
+// row in place. Elements past C read as -inf (they add nothing to a max or a sum of exp).
+template <typename S>
+__device__ __forceinline__ Pack<S> load_pack(const S* row, int v, int C, bool aligned) {
+  return load_pack_fill<S>(row, v, C, aligned, -hl_inf<acc_type<S>>());
 }
 
 template <typename S>
@@ -156,23 +164,7 @@ __device__ __forceinline__ void store_pack_stream(S* row, int v, int C, bool ali
 // past C read as 0 (callers only use j < C).
 template <typename S>
 __device__ __forceinline__ Pack<S> load_pack_ro(const S* row, int v, int C, bool aligned) {
-  constexpr int kN = Pack<S>::kN;
-  Pack<S> p;
-  const int j0 = v * kN;
-  if (aligned) {
-    if (j0 < C) {
-      *reinterpret_cast<uint4*>(&p) = __ldg(reinterpret_cast<const uint4*>(row + j0));
-    } else {
-#pragma unroll
-      for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(acc_type<S>(0));
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < kN; ++e) {
-      p.v[e] = (j0 + e < C) ? ldg(row + j0 + e) : from_acc<S>(acc_type<S>(0));
-    }
-  }
-  return p;
+  return load_pack_fill<S, true>(row, v, C, aligned, acc_type<S>(0));
 }
 
 // ---------------------------------------------------------------------------------------
