@@ -5,7 +5,8 @@ Timing (METHOD.md): warm-up excluded; fresh inputs rotated so that a cache holdi
 previous call's data does not flatter; the median of the repeats; on a GPU, CUDA events
 around each call, and a device-to-device copy measured in the same run as the bandwidth
 ceiling. Bytes floor (SPEC section 3): forward+backward reads the logits once and writes the
-gradient once, 2 N C s bytes; forward alone reads them once, N C s.
+gradient once, 2 N C s bytes; forward alone reads them once, N C s. LM-head cases (hidden
+states and a classifier in, matmuls timed too) are reported against the same logits floor.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Case:
     k: float = 1.0
     mixture: bool = False
     trim: float | None = None
+    hidden: int = 0  # > 0: an LM-head case, logits = h @ W.T computed inside the timed step
+
 
     @property
     def elem_size(self) -> int:
@@ -42,17 +45,24 @@ class Case:
 
     def label(self) -> str:
         extra = (" mix" if self.mixture else "") + (f" trim={self.trim:g}" if self.trim else "")
+        extra += f" lm-head D={self.hidden}" if self.hidden else ""
         return f"{self.N}x{self.C} {self.dtype} k={self.k:g}{extra}"
 
 
 def make_inputs(case: Case, device: str, copies: int):
-    """`copies` distinct logits tensors (rotated between calls), labels with some ignored
-    rows, and the mixture matrix W when the case has one."""
+    """`copies` distinct inputs (rotated between calls), labels with some ignored rows, and W:
+    the mixture matrix of a mixture case, the classifier weight (C, D) of an LM-head case.
+    The inputs are logits (N, C), or hidden states (N, D) for an LM-head case."""
     g = torch.Generator(device=device).manual_seed(0)
-    xs = [(torch.randn(case.N, case.C, device=device, generator=g) * 2).to(DTYPES[case.dtype]) for _ in range(copies)]
+    dt = DTYPES[case.dtype]
+    width, scale = (case.hidden, 1.0) if case.hidden else (case.C, 2.0)
+    xs = [(torch.randn(case.N, width, device=device, generator=g) * scale).to(dt) for _ in range(copies)]
     y = torch.randint(0, case.C, (case.N,), device=device, generator=g)
     y[::17] = -100
     W = None
+    if case.hidden:
+        W = (torch.randn(case.C, case.hidden, device=device, generator=g) * 2 / case.hidden**0.5).to(dt)
+        W.requires_grad_(True)
     if case.mixture:
         A = torch.rand(case.C, case.C, device=device, generator=g).fill_diagonal_(0)
         W = H.mcel.simple_mixture(A / A.sum(1, keepdim=True), 0.2)
@@ -67,6 +77,8 @@ def candidates(case: Case, device: str) -> dict[str, Callable]:
     """name -> loss function (x, y, W) for everything that runs this case on this device:
     the library's backends, torch's F.cross_entropy (what users would pick instead; with a
     mixture, on the soft targets W[y]), and the peer kernels on the k = 1 case they share."""
+    if case.hidden:
+        return lm_head_candidates(case, device)
     out = {}
     for backend in H.available_backends():
         if backend == "triton" and device == "cpu":
@@ -88,6 +100,33 @@ def candidates(case: Case, device: str) -> dict[str, Callable]:
 
         liger = LigerCrossEntropyLoss()
         out["liger"] = lambda x, y, W: liger(x, y)
+    return out
+
+
+def lm_head_candidates(case: Case, device: str) -> dict[str, Callable]:
+    """An LM head, loss(h @ W.T, y), timed whole (matmuls included), as users run it: the
+    library on the logits with inplace_backward (no second (N, C) buffer), F.cross_entropy,
+    and the peers that fuse the matmul into the loss (Liger-Kernel's fused linear
+    cross-entropy, Cut Cross-Entropy) on the k = 1 case they share."""
+    out = {}
+    for backend in H.available_backends():
+        if backend in ("cuda", "triton") and device != "cuda" or backend == "cpu" and device != "cpu":
+            continue
+        if backend == "triton" and device == "cpu":
+            continue
+        out[backend] = lambda h, y, W, b=backend: H.cross_entropy(
+            h @ W.T, y, k=case.k, trim=case.trim, inplace_backward=True, backend=b)
+    out["torch"] = lambda h, y, W: F.cross_entropy(h @ W.T, y)
+    if case.k == 1 and not case.trim and device == "cuda":
+        if _peer("liger_kernel"):
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            fused = LigerFusedLinearCrossEntropyLoss()
+            out["liger"] = lambda h, y, W: fused(W, h, y)
+        if _peer("cut_cross_entropy"):
+            from cut_cross_entropy import linear_cross_entropy
+
+            out["cce"] = lambda h, y, W: linear_cross_entropy(h, W, y)
     return out
 
 
@@ -128,6 +167,8 @@ def make_step(fn: Callable, y, W, backward: bool) -> Callable[[torch.Tensor], No
 
     def fwd_bwd(x):
         x.grad = None
+        if W is not None and W.requires_grad:  # an LM head's classifier: its gradient too
+            W.grad = None
         fn(x, y, W).backward()
     return fwd_bwd
 

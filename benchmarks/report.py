@@ -36,14 +36,15 @@ def cases(device: str, quick: bool) -> list[Case]:
         return [Case(8192, 1000, k=0.5), Case(8192, 1000, k=1.0), Case(4096, 32000, k=0.5),
                 Case(4096, 32000, k=1.0), Case(8192, 1000, k=0.5, mixture=True),
                 Case(8192, 1000, k=0.5, trim=0.5), Case(4096, 32000, "bf16", k=0.5),
-                Case(16384, 128, k=0.5), Case(1024, 8192, k=0.5)]
+                Case(16384, 128, k=0.5), Case(1024, 8192, k=0.5), Case(1024, 8192, k=1.0, hidden=256)]
     if quick:
         return [Case(16384, 32000, "bf16", k=1.0), Case(16384, 32000, "bf16", k=0.5)]
     return [Case(16384, 131072, "bf16", k=1.0), Case(16384, 131072, "bf16", k=0.5),
             Case(8192, 32000, "fp16", k=1.0), Case(8192, 32000, "fp16", k=0.5),
             Case(65536, 1000, "fp32", k=1.0, mixture=True), Case(65536, 1000, "fp32", k=0.5, mixture=True),
             Case(65536, 1000, "fp32", k=0.5), Case(262144, 128, "bf16", k=0.5),
-            Case(65536, 4096, "bf16", k=0.5), Case(16384, 32000, "bf16", k=0.5, trim=0.5)]
+            Case(65536, 4096, "bf16", k=0.5), Case(16384, 32000, "bf16", k=0.5, trim=0.5),
+            Case(8192, 128256, "bf16", k=1.0, hidden=4096), Case(8192, 128256, "bf16", k=0.5, hidden=4096)]
 
 
 def device_name(device: str) -> str:
@@ -146,14 +147,15 @@ def plot(result: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    rows = [r for r in result["rows"] if r["ms"] is not None and r["mode"] == "fwd+bwd"]
+    rows = [r for r in result["rows"] if r["ms"] is not None and r["mode"] == "fwd+bwd" and not r.get("hidden")]
     for backend in dict.fromkeys(r["backend"] for r in rows):
         pts = sorted((r["C"], r["gbps"]) for r in rows if r["backend"] == backend)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=backend)
     if result["copy_gbps"]:
         ax.axhline(result["copy_gbps"], color="gray", ls="--", label="device copy")
     ax.set(xscale="log", xlabel="classes C", ylabel="GB/s on the 2 N C s floor (fwd+bwd)", title=title)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing to plot when every case is an LM head
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -166,15 +168,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--repeat", type=int, default=None, help="timed calls per candidate (median)")
     ap.add_argument("--fwd", action="store_true", help="also time the forward pass alone")
-    ap.add_argument("--shape", action="append", default=None, metavar="NxC:dtype:k",
-                    help="run only these cases, e.g. 4096x1000:fp32:0.5 (repeatable)")
+    ap.add_argument("--shape", action="append", default=None, metavar="NxC:dtype:k[:hD]",
+                    help="run only these cases, e.g. 4096x1000:fp32:0.5, or 1024x8192:bf16:1:h256 for an "
+                         "LM head with hidden size 256 (repeatable)")
     args = ap.parse_args(argv)
     case_list = None
     if args.shape:
         case_list = []
         for s in args.shape:
-            n, c, dt, k = re.fullmatch(r"(\d+)x(\d+):(\w+):([\d.]+)", s).groups()
-            case_list.append(Case(int(n), int(c), dt, float(k)))
+            n, c, dt, k, h = re.fullmatch(r"(\d+)x(\d+):(\w+):([\d.]+)(?::h(\d+))?", s).groups()
+            case_list.append(Case(int(n), int(c), dt, float(k), hidden=int(h or 0)))
     repeat = args.repeat or (5 if args.quick else 10 if args.device == "cpu" else 50)
     modes = ("fwd+bwd", "fwd") if args.fwd else ("fwd+bwd",)
     result = {**stamp(args.device, [Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),

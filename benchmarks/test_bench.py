@@ -1,5 +1,5 @@
 """pytest-benchmark microbenchmarks: every candidate of common.py (the library's backends,
-F.cross_entropy, peers on a GPU) over dtype, shape, k, mixture and trimming, forward and
+F.cross_entropy, peers on a GPU) over dtype, shape, k, mixture, trimming and an LM head, forward and
 forward+backward, with fresh inputs rotated between rounds and warm-up rounds excluded.
 
     pytest benchmarks/test_bench.py --benchmark-only [--benchmark-group-by=param:case]
@@ -19,10 +19,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = (
     [Case(1024, 1000, "fp32", k) for k in (0.5, 1.0)]
     + [Case(1024, 1000, "bf16", 0.5), Case(256, 8192, "fp32", 0.5), Case(4096, 10, "fp32", 0.5),
-       Case(1024, 1000, "fp32", 0.5, mixture=True), Case(1024, 1000, "fp32", 0.5, trim=0.5)]
+       Case(1024, 1000, "fp32", 0.5, mixture=True), Case(1024, 1000, "fp32", 0.5, trim=0.5),
+       Case(512, 4096, "fp32", 1.0, hidden=128)]
     if DEVICE == "cpu" else
     [Case(16384, 32000, "bf16", k) for k in (0.5, 1.0)]
-    + [Case(65536, 1000, "fp32", 0.5, mixture=True), Case(16384, 32000, "bf16", 0.5, trim=0.5)]
+    + [Case(65536, 1000, "fp32", 0.5, mixture=True), Case(16384, 32000, "bf16", 0.5, trim=0.5),
+       Case(4096, 128256, "bf16", 1.0, hidden=4096)]
 )
 PARAMS = [(case, name) for case in CASES for name in common.candidates(case, DEVICE)]
 

@@ -20,7 +20,7 @@ def _report():
 
 def test_report_writes_table_json_and_plot(tmp_path, capsys):
     result = _report().main(["--device", "cpu", "--out", str(tmp_path), "--repeat", "2", "--fwd",
-                             "--shape", "64x37:fp32:0.5", "--shape", "32x300:bf16:1"])
+                             "--shape", "64x37:fp32:0.5", "--shape", "32x300:bf16:1", "--shape", "32x300:fp32:1:h16"])
     out = capsys.readouterr().out
     (txt,), (js,), (png,) = (list(tmp_path.glob(f"report-*.{ext}")) for ext in ("txt", "json", "png"))
     assert png.stat().st_size > 1000 and "64x37 fp32 k=0.5" in txt.read_text() and "vs torch" in out
@@ -37,3 +37,5 @@ def test_report_writes_table_json_and_plot(tmp_path, capsys):
         floor = (2 if backward else 1) * r["N"] * r["C"] * (4 if r["dtype"] == "fp32" else 2)
         assert r["gbps"] == pytest.approx(floor / (r["ms"] * 1e-3) / 1e9)
     assert result["rows"] == rows
+    lm_head = {r["backend"] for r in rows if r["hidden"] == 16}
+    assert {"reference", "torch"} <= lm_head and "32x300 fp32 k=1 lm-head D=16" in txt.read_text()
