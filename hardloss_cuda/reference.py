@@ -49,27 +49,33 @@ def target_rows(
     return q * w * valid[:, None]
 
 
-def _onehot_rows(z: Tensor, y: Tensor, w_y: Tensor, k: float):
-    """SPEC 'Numerics': statistics over the non-target classes, no cancellation in 1 - p_y."""
+def _onehot_rows(z: Tensor, y: Tensor, w_y: Tensor, k: float, compute_grad: bool):
+    """SPEC 'Numerics': statistics over the non-target classes, no cancellation in 1 - p_y.
+    The gradient is None unless ``compute_grad``."""
     is_y = torch.nn.functional.one_hot(y, z.shape[1]).bool()
     z_not = z.masked_fill(is_y, float("-inf"))
     z_y = z.gather(1, y[:, None]).squeeze(1)
     lse_not = torch.logsumexp(z_not, dim=1)  # -inf when C == 1
     lse = torch.logaddexp(lse_not, z_y)
+    loss = w_y * (lse - z_y)
+    if not compute_grad:
+        return loss, None, lse
     a = lse_not - lse  # log |eps_y| = log(1 - p_y)
     log_sk = torch.logsumexp(k * z_not, dim=1)  # log sum_{i != y} exp(k z_i)
     f_not = torch.exp(k * a[:, None] + k * z - log_sk[:, None])  # |eps_y|^k eps_j^k / sum eps_i^k
     f_y = -torch.exp(k * a)
     grad = torch.where(is_y, f_y[:, None], f_not) * w_y[:, None]
-    loss = w_y * (lse - z_y)
     return loss, grad, lse
 
 
-def _soft_rows(z: Tensor, q: Tensor, k: float):
-    """Soft targets: f = t F_k(p - q / t) (ROW_MATH.md section 3), log domain throughout."""
+def _soft_rows(z: Tensor, q: Tensor, k: float, compute_grad: bool):
+    """Soft targets: f = t F_k(p - q / t) (ROW_MATH.md section 3), log domain throughout.
+    The gradient is None unless ``compute_grad``."""
     lse = torch.logsumexp(z, dim=1)
     log_p = z - lse[:, None]
     loss = -torch.where(q != 0, q * log_p, 0).sum(1)
+    if not compute_grad:
+        return loss, None, lse
     t = q.sum(1)
     qh = q / torch.where(t != 0, t, 1)[:, None]
     # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
@@ -102,19 +108,20 @@ def rows(
     z = logits.to(dt)
     if target.is_floating_point() or mixture is not None or label_smoothing > 0:
         q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, dt)
-        loss, grad, lse = _soft_rows(z, q, k)
+        loss, grad, lse = _soft_rows(z, q, k, compute_grad)
     else:
         valid = (target != ignore_index) & (target >= 0) & (target < C)
         y = torch.where(valid, target, 0)
         w_y = torch.ones(N, dtype=dt, device=z.device) if weight is None else weight.to(dt)[y]
-        loss, grad, lse = _onehot_rows(z, y, w_y * valid, k)
+        loss, grad, lse = _onehot_rows(z, y, w_y * valid, k, compute_grad)
     if not target.is_floating_point():
         # Ignored rows: exactly 0 (also when their logits are not finite). Labels outside
         # [0, C): NaN, never a read at the label.
         ignored = target == ignore_index
         bad = ~ignored & ((target < 0) | (target >= C))
         loss = torch.where(ignored, 0, loss).masked_fill(bad, float("nan"))
-        grad = torch.where(ignored[:, None], 0, grad).masked_fill(bad[:, None], float("nan"))
+        if compute_grad:
+            grad = torch.where(ignored[:, None], 0, grad).masked_fill(bad[:, None], float("nan"))
     grad = grad.to(logits.dtype) if compute_grad else logits.new_empty((0, C))
     return loss, grad, lse
 
@@ -132,8 +139,11 @@ def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compu
 
 
 def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k):
-    _loss, grad, _lse = rows(logits, target, weight, mixture, ignore_index, label_smoothing, k)
-    out = grad_loss[:, None] * grad.to(grad_loss.dtype)
+    # rows on the logits in the accumulation dtype: the gradient comes back unrounded and is
+    # rounded to the logits' dtype once, after the scaling.
+    z = logits.to(acc_dtype(logits.dtype))
+    _loss, grad, _lse = rows(z, target, weight, mixture, ignore_index, label_smoothing, k)
+    out = grad_loss[:, None] * grad
     if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss is
         out = torch.where((target == ignore_index)[:, None], 0, out)
     return out.to(logits.dtype)
