@@ -33,22 +33,25 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
   const acc_t* statp = stats.const_data_ptr<acc_t>();
   const acc_t k = static_cast<acc_t>(k_);
 
-  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / C), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, grain(C), [&](int64_t begin, int64_t end) {
     auto scratch = std::make_unique<Scratch<acc_t>>();
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* row = zp + i * C;
       scalar_t* o = out + i * C;
       const acc_t* st = statp + i * kStatsCols;
       const acc_t g = gl[i];
+      // A valid row with no incoming gradient (trimmed away) is 0 without a read of its logits;
+      // a non-finite lse keeps the row, so that NaN logits still give NaN.
+      const bool zero = g == acc_t(0) && std::isfinite(st[0]);
       auto fill = [&](acc_t v) { std::fill(o, o + C, static_cast<scalar_t>(v)); };
       rt.visit(
           i, [&](bool ignored) { fill(ignored ? acc_t(0) : hl_nan<acc_t>()); },
           [&](int64_t y, acc_t w_y) {
-            if (g == acc_t(0) && std::isfinite(st[0])) return fill(acc_t(0));
+            if (zero) return fill(acc_t(0));
             onehot_grad_row(row, o, C, y, w_y, k, g, st, *scratch);
           },
           [&](const auto& q) {
-            if (g == acc_t(0) && std::isfinite(st[0])) return fill(acc_t(0));
+            if (zero) return fill(acc_t(0));
             soft_grad_row(row, o, C, k, q, g, st);
           });
     }
@@ -58,8 +61,7 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
 void run(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& target,
          const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture, const at::Tensor& stats,
          int64_t ignore_index, double label_smoothing, double k, at::Tensor& out) {
-  const at::Tensor w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
-  const at::Tensor W = mixture.has_value() && mixture->defined() ? mixture->contiguous() : at::Tensor();
+  const at::Tensor w = contiguous_or_undefined(weight), W = contiguous_or_undefined(mixture);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hardloss_cuda_bwd_cpu", [&] {
     bwd_rows<scalar_t>(grad_loss.contiguous(), z, target.contiguous(), w, W, stats.contiguous(), ignore_index,
                        label_smoothing, k, out.mutable_data_ptr<scalar_t>());

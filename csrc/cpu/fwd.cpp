@@ -28,10 +28,6 @@ namespace hl {
 namespace cpu {
 namespace {
 
-// Rows per parallel task: at least ~16K elements, so small-C batches are not split finer
-// than the threads' start-up cost.
-int64_t grain(int64_t C) { return std::max<int64_t>(1, 16384 / C); }
-
 template <typename scalar_t>
 void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& weight, const at::Tensor& mixture,
               int64_t ignore_index, double label_smoothing, double k_, bool compute_grad, at::Tensor& loss,
@@ -69,8 +65,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
   at::Tensor loss = at::empty({z.size(0)}, z.options().dtype(acc));
   at::Tensor stats = at::empty({z.size(0), kStatsCols}, z.options().dtype(acc));
   const at::Tensor t = target.contiguous();
-  const at::Tensor w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
-  const at::Tensor W = mixture.has_value() && mixture->defined() ? mixture->contiguous() : at::Tensor();
+  const at::Tensor w = contiguous_or_undefined(weight), W = contiguous_or_undefined(mixture);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hardloss_cuda_fwd_cpu", [&] {
     fwd_rows<scalar_t>(z, t, w, W, ignore_index, label_smoothing, k, compute_grad, loss, stats);
   });

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 
 #include <ATen/core/Tensor.h>
@@ -16,6 +17,15 @@
 
 namespace hl {
 namespace cpu {
+
+// Rows per parallel task (forward and backward alike): at least ~16K elements, so small-C
+// batches are not split finer than the threads' start-up cost.
+inline int64_t grain(int64_t C) { return std::max<int64_t>(1, 16384 / C); }
+
+// An optional weight / mixture as a contiguous tensor, undefined when absent.
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+}
 
 // Scratch of one thread: a chunk of the row in acc_t, and the chunk's exp terms.
 template <typename acc_t>
