@@ -41,43 +41,22 @@ DType dtype_of(at::ScalarType t) {
 
 at::ScalarType acc_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-void check_on_device(const at::Tensor& t, const at::Tensor& ref, const char* name,
-                     const char* ref_name = "logits") {
-  TORCH_CHECK(t.device() == ref.device(), "hardloss_cuda: ", name, " is on ", t.device(), " but ",
-              ref_name, " is on ", ref.device());
-}
-
 struct Prepared {
-  at::Tensor target, weight, mixture;  // contiguous, on the logits' device, kernel dtypes
+  at::Tensor target, weight, mixture;  // contiguous (weight / mixture undefined when absent)
 };
 
+// After hl::check_fwd_args / check_bwd_args (dtypes, shapes, devices): what only the CUDA
+// kernels add, a CUDA tensor and C within their index range, and contiguous inputs.
 Prepared prepare(const at::Tensor& logits, const at::Tensor& target,
-                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-                 double label_smoothing, double k) {
-  hl::check_fwd_args(logits, target, weight, mixture, label_smoothing, k);
+                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture) {
   TORCH_CHECK(logits.is_cuda(), "hardloss_cuda: logits must be a CUDA tensor for the CUDA kernel");
-  TORCH_CHECK(logits.dim() == 2, "hardloss_cuda: logits must be (N, C), got ", logits.sizes());
   const int64_t C = logits.size(1);
   TORCH_CHECK(logits.size(0) == 0 || (C >= 1 && C <= kMaxClasses),
               "hardloss_cuda: logits: the number of classes must be in [1, 2^30], got ", C);
-  (void)dtype_of(logits.scalar_type());
-  const at::ScalarType acc = acc_of(logits.scalar_type());
   Prepared p;
-  check_on_device(target, logits, "target");
-  if (target.is_floating_point()) {
-    // probability targets: (N, C) in the logits' dtype
-    p.target = target.to(logits.scalar_type()).contiguous();
-  } else {
-    p.target = target.to(at::kLong).contiguous();
-  }
-  if (weight.has_value() && weight->defined()) {
-    check_on_device(*weight, logits, "weight");
-    p.weight = weight->to(acc).contiguous();
-  }
-  if (mixture.has_value() && mixture->defined()) {
-    check_on_device(*mixture, logits, "mixture");
-    p.mixture = mixture->to(acc).contiguous();
-  }
+  p.target = target.contiguous();
+  if (weight.has_value() && weight->defined()) p.weight = weight->contiguous();
+  if (mixture.has_value() && mixture->defined()) p.mixture = mixture->contiguous();
   return p;
 }
 
@@ -99,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
                                        double label_smoothing, double k, bool compute_grad) {
-  Prepared in = prepare(logits, target, weight, mixture, label_smoothing, k);
+  hl::check_fwd_args(logits, target, weight, mixture, label_smoothing, k);
+  Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const int64_t N = z.size(0);
@@ -147,7 +127,7 @@ at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::
                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
   hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
-  Prepared in = prepare(logits, target, weight, mixture, label_smoothing, k);
+  Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   at::Tensor out = at::empty(z.sizes(), z.options());
@@ -161,7 +141,7 @@ void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tens
                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                  const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
   hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
-  Prepared in = prepare(logits, target, weight, mixture, label_smoothing, k);
+  Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
   const bool direct = logits.is_contiguous();
   at::Tensor z = direct ? logits : logits.contiguous();
