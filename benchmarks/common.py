@@ -73,6 +73,15 @@ def _peer(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _backends(device: str) -> list[str]:
+    """The library's backends that run on this device as a speed path."""
+    def runs(backend):
+        if backend == "triton":
+            return device == "cuda"  # on the CPU, triton is the interpreter: a test tool
+        return backend == "reference" or backend == device
+    return [b for b in H.available_backends() if runs(b)]
+
+
 def candidates(case: Case, device: str) -> dict[str, Callable]:
     """name -> loss function (x, y, W) for everything that runs this case on this device:
     the library's backends, torch's F.cross_entropy (what users would pick instead; with a
@@ -80,11 +89,7 @@ def candidates(case: Case, device: str) -> dict[str, Callable]:
     if case.hidden:
         return lm_head_candidates(case, device)
     out = {}
-    for backend in H.available_backends():
-        if backend == "triton" and device == "cpu":
-            continue  # the interpreter is a test tool, not a speed path
-        if backend in ("cuda", "triton") and device != "cuda" or backend == "cpu" and device != "cpu":
-            continue
+    for backend in _backends(device):
         out[backend] = lambda x, y, W, b=backend: H.cross_entropy(x, y, k=case.k, mixture=W, trim=case.trim, backend=b)
 
     def torch_ce(x, y, W):
@@ -109,11 +114,7 @@ def lm_head_candidates(case: Case, device: str) -> dict[str, Callable]:
     and the peers that fuse the matmul into the loss (Liger-Kernel's fused linear
     cross-entropy, Cut Cross-Entropy) on the k = 1 case they share."""
     out = {}
-    for backend in H.available_backends():
-        if backend in ("cuda", "triton") and device != "cuda" or backend == "cpu" and device != "cpu":
-            continue
-        if backend == "triton" and device == "cpu":
-            continue
+    for backend in _backends(device):
         out[backend] = lambda h, y, W, b=backend: H.cross_entropy(
             h @ W.T, y, k=case.k, trim=case.trim, inplace_backward=True, backend=b)
     out["torch"] = lambda h, y, W: F.cross_entropy(h @ W.T, y)
