@@ -9,6 +9,8 @@
 
 #include <optional>
 
+#include "row_math.h"  // kStatsCols
+
 namespace hl {
 
 void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
@@ -16,12 +18,9 @@ void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
                     double label_smoothing, double k);
 
 // bwd / bwd_inplace: the fwd checks on (logits, target, weight, mixture), plus grad_loss
-// (N,) and stats (N, 4), both in the accumulation dtype, on the logits' device.
+// (N,) and stats (N, kStatsCols), both in the accumulation dtype, on the logits' device.
 void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                     const at::Tensor& stats, double label_smoothing, double k);
-
-// Columns of stats (hardloss_cuda/_schema.py): logsumexp, then three backend-private numbers.
-constexpr int64_t kStatsCols = 4;
 
 }  // namespace hl

@@ -140,10 +140,47 @@ HL_HOST_DEVICE inline OneHotStats<T> onehot_merge(OneHotStats<T> a, OneHotStats<
           a.sk * hl_exp(k * da) + b.sk * hl_exp(k * db)};
 }
 
+// ---------------------------------------------------------------------------------------
+// What a row keeps between the passes: kStatsCols numbers (hardloss_cuda/_schema.py has the
+// same layout for Python). Columns 0..2 have one meaning for every row:
+//   0 lse     logsumexp of the row, rounded (lse = hi + lo with column 1)
+//   1 lse_lo  what rounding lse lost: log p_j = (z_j - lse) - lse_lo is exact even when
+//             |lse| is huge (a row of 1e8s has lse 1e8 + log C, which fp32 cannot hold)
+//   2 scale   one-hot: f_y; soft: t = sum_j q_j. A row with incoming gradient 0, finite lse
+//             and finite scale has gradient 0 without its logits being read (trimmed rows).
+// then, per path:
+//   one-hot: 3 m, 4 log_c, 5 unused      f_j = w_y exp(k (z_j - m) + log_c), j != y
+//   soft:    3 c_pos, 4 f_star, 5 star   see SoftRow
+// Ignored / out-of-range rows, and every row when no gradient was asked for, keep 2..5 at 0.
+// ---------------------------------------------------------------------------------------
+constexpr int kStatsCols = 6;
+enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2 };
+
+// lse = m + L, L = log sum exp(z - m), as a rounded sum hi and its error lo.
+template <typename T>
+struct LseSplit {
+  T hi;
+  T lo;
+};
+
+template <typename T>
+HL_HOST_DEVICE inline LseSplit<T> lse_split(T m, T L) {
+  T hi = m + L;
+  // -inf (empty row), NaN: nothing to correct.
+  T lo = (hi > -hl_inf<T>() && hi < hl_inf<T>()) ? (m - hi) + L : T(0);
+  return {hi, lo};
+}
+
+template <typename T>
+HL_HOST_DEVICE inline LseSplit<T> lse_split(LseStats<T> st) {
+  return st.m == -hl_inf<T>() ? LseSplit<T>{st.m, T(0)} : lse_split(st.m, hl_log(st.s));
+}
+
 // Everything a one-hot row needs after its statistics pass.
 template <typename T>
 struct OneHotRow {
   T lse;    // logsumexp of the whole row (returned; also for the mixture gradient)
+  T lse_lo;
   T loss;   // w_y (lse - z_y)
   T f_y;    // gradient at the label: -w_y |eps_y|^k
   T m;      // f_j = w_y * exp(k (z_j - m) + log_c)   for j != y  (onehot_fj)
@@ -152,26 +189,31 @@ struct OneHotRow {
 };
 
 // Finalise the statistics of a row with target logit z_y and class weight w_y.
-// With d = lse_not - z_y (log of the odds against the label):
+// Everything is taken relative to the maxima, never through lse itself (which is rounded
+// at the scale of the logits): with d = lse_not - z_y = (m - z_y) + log s1 (log of the odds
+// against the label),
 //   loss / w_y = lse - z_y = softplus(d)     (not lse - z_y: that cancels for p_y -> 1)
 //   a = lse_not - lse = -softplus(-d) = log(1 - p_y), again without cancellation.
-// C == 1 (or every other class at -inf): lse_not = -inf, so loss = 0, f_y = 0, f_j = 0.
+// C == 1 (or every other class at -inf): d = -inf, so loss = 0, f_y = 0, f_j = 0.
+// A row with no finite logit, or with z_y = +inf, is NaN throughout (as PyTorch).
 template <typename T>
 HL_HOST_DEVICE inline OneHotRow<T> onehot_finalize(OneHotStats<T> st, T z_y, T w_y, T k) {
   const T inf = hl_inf<T>();
-  T lse_not = st.m == -inf ? -inf : st.m + hl_log(st.s1);
-  T d = lse_not - z_y;
+  const T L1 = hl_log(st.s1);  // -inf when no other class
+  T d = (st.m - z_y) + L1;     // -inf - -inf = NaN for an all -inf row, as wanted
   if (z_y == inf) d = hl_nan<T>();  // PyTorch: exp(inf - inf) -> NaN; not loss 0
   T sp = softplus(d);
   OneHotRow<T> r;
   r.loss = w_y * sp;
-  // lse = logaddexp(lse_not, z_y), anchored at the larger one (z_y = -inf stays exact)
-  r.lse = d > T(0) ? lse_not + softplus(-d) : z_y + sp;
+  // lse = logaddexp(lse_not, z_y), anchored at the larger maximum (z_y = -inf stays exact)
+  const LseSplit<T> ls = d > T(0) ? lse_split(st.m, L1 + softplus(-d)) : lse_split(z_y, sp);
+  r.lse = ls.hi;
+  r.lse_lo = ls.lo;
   T a = -softplus(-d);
   r.f_y = T(0) - w_y * hl_exp(k * a);  // 0 - x: +0 for C == 1, NaN stays NaN
-  if (st.m == -inf) {  // no non-target class with p > 0: all f_j = 0 (and no NaN from -inf - -inf)
+  if (st.m == -inf) {  // no non-target class with p > 0: all f_j = 0 (NaN for a NaN row)
     r.m = T(0);
-    r.log_c = -inf;
+    r.log_c = d == d ? -inf : d;
   } else {
     r.m = st.m;
     r.log_c = k * a - hl_log(st.sk);
@@ -207,29 +249,94 @@ HL_HOST_DEVICE inline T q_probability(T P_j, T w_j, T one_minus_s, T s_over_C) {
   return w_j * (one_minus_s * P_j + s_over_C);
 }
 
-// One term of the loss -sum_j q_j log p_j = sum_j q_j (lse - z_j). Classes with q_j = 0 are
-// skipped so that a -inf logit there gives 0, not 0 * inf. (Summed after pass 1 rather than
-// as t lse - sum q z, which cancels for large logits.)
+// A compensated (Neumaier) running sum: the error of a long row's sum stays at a few ulp
+// instead of growing with C (a 32000-class fp32 row summed one class at a time loses ~1e-5).
 template <typename T>
-HL_HOST_DEVICE inline T soft_loss_term(T q_j, T z_j, T lse) {
-  return q_j != T(0) ? q_j * (lse - z_j) : T(0);
+struct CSum {
+  T s;
+  T c;
+};
+
+template <typename T>
+HL_HOST_DEVICE inline void csum_add(CSum<T>& a, T x) {
+  T s = a.s + x;
+  a.c += hl_abs(a.s) >= hl_abs(x) ? (a.s - s) + x : (x - s) + a.s;
+  a.s = s;
 }
 
+template <typename T>
+HL_HOST_DEVICE inline CSum<T> csum_merge(CSum<T> a, CSum<T> b) {
+  csum_add(a, b.s);
+  a.c += b.c;
+  return a;
+}
+
+template <typename T>
+HL_HOST_DEVICE inline T csum_value(CSum<T> a) { return a.s + a.c; }
+
+// The target mass of a row, read before the loss: t = sum q, and min / max q_j (to find a
+// dominant class, see soft_star).
+template <typename T>
+struct QMass {
+  CSum<T> t;
+  T qmin;
+  T qmax;
+};
+
+template <typename T>
+HL_HOST_DEVICE inline QMass<T> qmass_init() { return {{T(0), T(0)}, hl_inf<T>(), -hl_inf<T>()}; }
+
+template <typename T>
+HL_HOST_DEVICE inline void qmass_push(QMass<T>& a, T q) {
+  csum_add(a.t, q);
+  a.qmin = q < a.qmin ? q : a.qmin;
+  a.qmax = q > a.qmax ? q : a.qmax;
+}
+
+template <typename T>
+HL_HOST_DEVICE inline QMass<T> qmass_merge(QMass<T> a, QMass<T> b) {
+  return {csum_merge(a.t, b.t), b.qmin < a.qmin ? b.qmin : a.qmin, b.qmax > a.qmax ? b.qmax : a.qmax};
+}
+
+// The loss -sum_j q_j log p_j = sum_j q_j (m - z_j) + t log s, with m the row max and
+// s = sum exp(z - m): for q >= 0 every term is >= 0 (no t lse - sum q z cancellation), and
+// nothing is taken relative to the rounded lse, so a row of 1e8s still gives t log C.
+// soft_loss_push adds one class (q_j = 0 is skipped: a -inf logit there adds 0, not 0 * inf;
+// q_j > 0 on a -inf logit gives an infinite loss, as PyTorch).
+template <typename T>
+HL_HOST_DEVICE inline void soft_loss_push(CSum<T>& acc, T q_j, T z_j, T m) {
+  if (q_j != T(0)) csum_add(acc, q_j * (m - z_j));
+}
+
+template <typename T>
+HL_HOST_DEVICE inline T soft_loss_value(CSum<T> acc, T t, T log_s) { return csum_value(acc) + t * log_s; }
+
 // ---------------------------------------------------------------------------------------
-// Soft path, pass 2: eps_j = p_j - qh_j with qh = q / t (t = sum q > 0).
+// Soft path, the |eps|^k statistics: eps_j = p_j - qh_j with qh = q / t (t = sum q > 0).
 // ---------------------------------------------------------------------------------------
 
-// log |eps_j|, and whether eps_j < 0. Classes without target mass are positive with
-// eps = p, kept in the log domain (small k must not lose classes whose p underflows).
-// eps_j == 0 gives -inf (a positive class with zero share).
+// A dominant class: with q >= 0, at most one class can have qh_j > 1/2. Its eps = p - qh
+// cancels when both are near 1 (a confident row), so for it eps is taken as
+// (1 - qh) - (1 - p), both sums over the other classes, 1 - p in the log domain (as the
+// one-hot path's a = log(1 - p_y)). `star` says whether the row has one; is_star(q_j) which.
 template <typename T>
-HL_HOST_DEVICE inline T soft_log_abs_eps(T z_j, T lse, T qh_j, bool* negative) {
-  T lp = z_j - lse;
+HL_HOST_DEVICE inline bool soft_star(QMass<T> qm, T t) {
+  return t > T(0) && qm.qmin >= T(0) && T(2) * qm.qmax > t;
+}
+
+template <typename T>
+HL_HOST_DEVICE inline bool is_star(bool star, T q_j, T t) { return star && T(2) * q_j > t; }
+
+// log |eps_j| of a non-dominant class from log p_j, and whether eps_j < 0. Classes without
+// target mass are positive with eps = p, kept in the log domain (small k must not lose
+// classes whose p underflows). eps_j == 0 gives -inf (a positive class with zero share).
+template <typename T>
+HL_HOST_DEVICE inline T soft_log_abs_eps(T log_p, T qh_j, bool* negative) {
   if (qh_j == T(0)) {
     *negative = false;
-    return lp;
+    return log_p;
   }
-  T e = hl_exp(lp) - qh_j;
+  T e = hl_exp(log_p) - qh_j;
   *negative = e < T(0);
   return hl_log(hl_abs(e));
 }
@@ -265,28 +372,110 @@ HL_HOST_DEVICE inline SoftEpsStats<T> soft_eps_merge(SoftEpsStats<T> a, SoftEpsS
   return {a.s_neg + b.s_neg, pos.m, pos.s};
 }
 
-// Pass 3 coefficients: f_j = -t |eps_j|^k (negative), pos_scale * exp(kla_j - m_pos)
-// (positive). pos_scale = t S_neg / s_pos, 0 when no positive class has eps > 0.
+// The other classes of a row with a dominant class: log sum p_i (online, in the log domain)
+// and sum qh_i over i != star.
 template <typename T>
-struct SoftRow {
-  T t;
-  T m_pos;
-  T pos_scale;
+struct StarRest {
+  LseStats<T> p;  // of log p_i
+  CSum<T> q;      // of q_i
 };
 
 template <typename T>
-HL_HOST_DEVICE inline SoftRow<T> soft_finalize(SoftEpsStats<T> st, T t) {
-  SoftRow<T> r;
-  r.t = t;
-  bool has_pos = st.s_pos > T(0);  // false also for NaN: the loss carries the NaN
-  r.m_pos = has_pos ? st.m_pos : T(0);
-  r.pos_scale = has_pos ? t * st.s_neg / st.s_pos : T(0);
-  return r;
+HL_HOST_DEVICE inline StarRest<T> star_rest_init() { return {lse_init<T>(), {T(0), T(0)}}; }
+
+template <typename T>
+HL_HOST_DEVICE inline void star_rest_push(StarRest<T>& a, T log_p, T q) {
+  lse_push(a.p, log_p);
+  csum_add(a.q, q);
 }
 
 template <typename T>
+HL_HOST_DEVICE inline StarRest<T> star_rest_merge(StarRest<T> a, StarRest<T> b) {
+  return {lse_merge(a.p, b.p), csum_merge(a.q, b.q)};
+}
+
+// log|eps*| of the dominant class, eps* = p* - qh* = (1 - qh*) - (1 - p*) = A - P with
+// A = sum_{i != *} q_i / t and log P = lse of the others' log p.
+template <typename T>
+HL_HOST_DEVICE inline T star_log_abs_eps(StarRest<T> rest, T t, bool* negative) {
+  const T log_P = lse_value(rest.p);
+  const T A = csum_value(rest.q) / t;
+  if (A == T(0)) {
+    *negative = log_P > -hl_inf<T>();
+    return log_P;  // eps* = -P (or 0: -inf)
+  }
+  const T e = A - hl_exp(log_P);
+  *negative = e < T(0);
+  return hl_log(hl_abs(e));
+}
+
+// What the backward needs of a soft row (stats columns 2..5):
+//   f_j = -t |eps_j|^k                      (eps_j < 0)
+//   f_j = sign(t) exp(k log eps_j + c_pos)  (eps_j >= 0), c_pos = log|t S_neg / s_pos| - m_pos
+//   f_j = f_star                            (the dominant class, when star)
+// c_pos = -inf when no class has eps > 0.
+template <typename T>
+struct SoftRow {
+  T t;
+  T c_pos;
+  T f_star;
+  T star;  // 1 or 0
+};
+
+template <typename T>
 HL_HOST_DEVICE inline T soft_f(const SoftRow<T>& r, T kla, bool negative) {
-  return negative ? -r.t * hl_exp(kla) : r.pos_scale * hl_exp(kla - r.m_pos);
+  if (negative) return -r.t * hl_exp(kla);
+  T f = hl_exp(kla + r.c_pos);
+  return r.t < T(0) ? -f : f;
+}
+
+// Finalise: `st` holds every class but the dominant one, whose k log|eps*| (kla_star,
+// negative_star) the caller passes when `star`.
+template <typename T>
+HL_HOST_DEVICE inline SoftRow<T> soft_finalize(SoftEpsStats<T> st, T t, bool star, T kla_star,
+                                              bool negative_star) {
+  if (star) soft_eps_push(st, kla_star, negative_star);
+  SoftRow<T> r;
+  r.t = t;
+  // No positive class (also when s_pos is NaN: the loss carries the NaN), or t S_neg = 0.
+  const bool has_pos = st.s_pos > T(0);
+  r.c_pos = has_pos ? hl_log(hl_abs(t * st.s_neg)) - hl_log(st.s_pos) - st.m_pos : -hl_inf<T>();
+  r.star = star ? T(1) : T(0);
+  r.f_star = star ? soft_f(r, kla_star, negative_star) : T(0);
+  return r;
+}
+
+// The soft row's pass 2, one class: the |eps|^k statistics of a non-dominant class (and, in a
+// row with a dominant class, its share of `rest`); nothing for the dominant class itself.
+// m is the row max, log_s = log sum exp(z - m), t = sum q (t_div: t, or 1 when t == 0).
+template <typename T>
+HL_HOST_DEVICE inline void soft_eps_class(SoftEpsStats<T>& es, StarRest<T>& rest, T z_j, T q_j, T m, T log_s,
+                                          T t, T t_div, bool star, T k) {
+  if (is_star(star, q_j, t)) return;
+  const T log_p = (z_j - m) - log_s;
+  if (star) star_rest_push(rest, log_p, q_j);
+  bool neg;
+  const T la = soft_log_abs_eps(log_p, q_j / t_div, &neg);
+  soft_eps_push(es, k * la, neg);
+}
+
+// After pass 2 (statistics merged over the whole row): the dominant class joins, then
+// soft_finalize.
+template <typename T>
+HL_HOST_DEVICE inline SoftRow<T> soft_row_finalize(SoftEpsStats<T> es, StarRest<T> rest, T t, bool star, T k) {
+  bool neg_star = false;
+  const T la_star = star ? star_log_abs_eps(rest, t, &neg_star) : T(0);
+  return soft_finalize(es, t, star, k * la_star, neg_star);
+}
+
+// f_j of a soft row in the backward pass, from its stats: log p_j = (z_j - lse) - lse_lo.
+template <typename T>
+HL_HOST_DEVICE inline T soft_fj(const SoftRow<T>& r, T z_j, T lse, T lse_lo, T q_j, T k) {
+  if (is_star(r.star != T(0), q_j, r.t)) return r.f_star;
+  const T t_div = r.t != T(0) ? r.t : T(1);  // t == 0: q = 0, f = 0
+  bool neg;
+  const T la = soft_log_abs_eps((z_j - lse) - lse_lo, q_j / t_div, &neg);
+  return soft_f(r, k * la, neg);
 }
 
 }  // namespace hl

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _version_check, reference
-from ._schema import BWD_ARGS, FWD_ARGS, LSE_COL, STATS_COLS
+from ._schema import BWD_ARGS, BWD_INPLACE_ARGS, FWD_ARGS, LSE_COL, LSE_LO_COL, STATS_COLS
 
 
 def _load_compiled() -> str | None:
@@ -46,29 +46,33 @@ def _load_compiled() -> str | None:
 C_IMPORT_ERROR: str | None = _load_compiled()
 
 _lib = torch.library.Library("hardloss_cuda", "FRAGMENT")
-_lib.define("reference_fwd" + FWD_ARGS)
-_lib.define("reference_bwd" + BWD_ARGS)
-_lib.impl("reference_fwd", reference.fwd, "CompositeExplicitAutograd")
-_lib.impl("reference_bwd", reference.bwd, "CompositeExplicitAutograd")
 
 
-def _triton_fwd(*args):
-    from triton_kernels import launch  # imported late: triton is optional
-
-    return launch.fwd(*args)
+def _reference_bwd_inplace(grad_loss, logits, *args) -> None:
+    logits.copy_(reference.bwd(grad_loss, logits, *args))
 
 
-def _triton_bwd(*args):
-    from triton_kernels import launch
+def _triton(name: str):
+    def impl(*args):
+        from triton_kernels import launch  # imported late: triton is optional
 
-    return launch.bwd(*args)
+        return getattr(launch, name)(*args)
+
+    return impl
 
 
-_lib.define("triton_fwd" + FWD_ARGS)
-_lib.define("triton_bwd" + BWD_ARGS)
-for _key in ("CPU", "CUDA"):  # CPU runs only under TRITON_INTERPRET=1
-    _lib.impl("triton_fwd", _triton_fwd, _key)
-    _lib.impl("triton_bwd", _triton_bwd, _key)
+def _define(backend: str, impls: dict, key: str) -> None:
+    """hardloss_cuda::<backend>_{fwd, bwd, bwd_inplace} with the schema of the compiled ops."""
+    for op, args in (("fwd", FWD_ARGS), ("bwd", BWD_ARGS), ("bwd_inplace", BWD_INPLACE_ARGS)):
+        _lib.define(f"{backend}_{op}{args}")
+        for k in (key,) if isinstance(key, str) else key:
+            _lib.impl(f"{backend}_{op}", impls[op], k)
+
+
+_define("reference", {"fwd": reference.fwd, "bwd": reference.bwd, "bwd_inplace": _reference_bwd_inplace},
+        "CompositeExplicitAutograd")
+# Triton on CPU tensors runs only under TRITON_INTERPRET=1.
+_define("triton", {op: _triton(op) for op in ("fwd", "bwd", "bwd_inplace")}, ("CPU", "CUDA"))
 
 
 # Read once: the dispatcher query is not traceable by torch.compile, and the answer cannot
@@ -84,10 +88,10 @@ def has_compiled_op(device_type: str) -> bool:
     return _COMPILED_FOR.get(device_type, False)
 
 
-# backend -> (forward op, backward op) names under torch.ops.hardloss_cuda
-OPS = {"reference": ("reference_fwd", "reference_bwd"), "triton": ("triton_fwd", "triton_bwd")}
+# backend -> (forward, backward, in-place backward) op names under torch.ops.hardloss_cuda
+OPS = {b: (f"{b}_fwd", f"{b}_bwd", f"{b}_bwd_inplace") for b in ("reference", "triton")}
 if C_IMPORT_ERROR is None:
-    OPS.update(cpu=("fwd", "bwd"), cuda=("fwd", "bwd"))
+    OPS.update(cpu=("fwd", "bwd", "bwd_inplace"), cuda=("fwd", "bwd", "bwd_inplace"))
 
 
 def fwd_op(backend: str):
@@ -96,6 +100,10 @@ def fwd_op(backend: str):
 
 def bwd_op(backend: str):
     return getattr(torch.ops.hardloss_cuda, OPS[backend][1])
+
+
+def bwd_inplace_op(backend: str):
+    return getattr(torch.ops.hardloss_cuda, OPS[backend][2])
 
 
 def _fake_fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):
@@ -108,20 +116,22 @@ def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, l
     return torch.empty_like(logits)
 
 
-def _true_rows_grad(grad_loss, logits, lse, weight, scale):
-    """d loss_i / d q_ij = -w_j log p_ij, times the incoming gradient and `scale`."""
-    g = grad_loss[:, None] * (lse[:, None] - logits.to(lse.dtype)) * scale
+def _true_rows_grad(grad_loss, logits, stats, weight, scale):
+    """d loss_i / d q_ij = -w_j log p_ij, times the incoming gradient and `scale`;
+    -log p_ij = (lse_i - z_ij) + lse_lo_i, exact for huge logits."""
+    lse, lse_lo = stats[:, LSE_COL, None], stats[:, LSE_LO_COL, None]
+    g = grad_loss[:, None] * ((lse - logits.to(lse.dtype)) + lse_lo) * scale
     return g if weight is None else g * weight
 
 
-def _target_grads(ctx, grad_loss, logits, target, weight, mixture, lse):
+def _target_grads(ctx, grad_loss, logits, target, weight, mixture, stats):
     """The true gradients of probability targets and of a mixture matrix, when required."""
     d_target = d_mixture = None
     if ctx.needs_input_grad[1] and target.is_floating_point():
-        d_target = _true_rows_grad(grad_loss, logits, lse, weight, 1 - ctx.label_smoothing).to(target.dtype)
+        d_target = _true_rows_grad(grad_loss, logits, stats, weight, 1 - ctx.label_smoothing).to(target.dtype)
     if mixture is not None and ctx.needs_input_grad[3]:
         valid = (target != ctx.ignore_index) & (target >= 0) & (target < mixture.shape[0])
-        rows_grad = _true_rows_grad(grad_loss * valid, logits, lse, weight, 1.0)
+        rows_grad = _true_rows_grad(grad_loss * valid, logits, stats, weight, 1.0)
         # Sum over the rows labelled y; index_add_ is deterministic on the CPU. On CUDA a
         # one-hot matmul keeps it deterministic (no atomics).
         y = torch.where(valid, target, 0)
@@ -138,7 +148,7 @@ def _no_double_backward():
     if torch.is_grad_enabled():
         raise RuntimeError(
             "hardloss_cuda: double backward is not supported: the |eps|^k pseudo-gradient "
-            "is not the gradient of a loss (SPEC.md section 1)"
+            "is not the gradient of a loss (docs/ROW_MATH.md section 3)"
         )
 
 
@@ -158,41 +168,34 @@ def _autograd_for(bwd_name: str):
             d_logits = getattr(torch.ops.hardloss_cuda, bwd_name)(
                 grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing, ctx.k
             )
-        d_target, d_mixture = _target_grads(ctx, grad_loss, logits, target, weight, mixture, stats[:, LSE_COL])
+        d_target, d_mixture = _target_grads(ctx, grad_loss, logits, target, weight, mixture, stats)
         return d_logits, d_target, None, d_mixture, None, None, None, None
 
     return backward
 
 
-for _fwd_name, _bwd_name in set(OPS.values()):
+def _fake_bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k):
+    return None
+
+
+for _fwd_name, _bwd_name, _inplace_name in set(OPS.values()):
     torch.library.register_fake(f"hardloss_cuda::{_fwd_name}")(_fake_fwd)
     torch.library.register_fake(f"hardloss_cuda::{_bwd_name}")(_fake_bwd)
+    torch.library.register_fake(f"hardloss_cuda::{_inplace_name}")(_fake_bwd_inplace)
     torch.library.register_autograd(
         f"hardloss_cuda::{_fwd_name}", _autograd_for(_bwd_name), setup_context=_setup_context
     )
 
-if C_IMPORT_ERROR is None:
-
-    @torch.library.register_fake("hardloss_cuda::bwd_inplace")
-    def _fake_bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k):
-        return None
-
-
-def bwd_inplace(backend: str, grad_loss: Tensor, logits: Tensor, *args) -> None:
-    """The backend's backward, written over ``logits``."""
-    if backend in ("cpu", "cuda"):
-        torch.ops.hardloss_cuda.bwd_inplace(grad_loss, logits, *args)
-    elif backend == "triton":
-        from triton_kernels import launch
-
-        launch.bwd(grad_loss, logits, *args, out=logits)
-    else:
-        logits.copy_(reference.bwd(grad_loss, logits, *args))
-
 
 class InplaceFwd(torch.autograd.Function):
     """``inplace_backward=True``: backward writes the pseudo-gradient over the logits and
-    returns them as their own gradient, so no (N, C) buffer is allocated at all."""
+    returns them as their own gradient, so no (N, C) buffer is allocated at all.
+
+    The write is an in-place op as far as autograd is concerned: the logits' version counter
+    (shared with every view of them) is bumped, so a node that saved them and runs later in
+    the backward pass (``exp``, ``sigmoid``, another loss on the same logits, a second
+    backward with ``retain_graph``) raises autograd's own error instead of reading the
+    gradient as if it were the logits."""
 
     @staticmethod
     def forward(ctx, logits, target, weight, mixture, ignore_index, label_smoothing, k, backend):
@@ -203,9 +206,10 @@ class InplaceFwd(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        _no_double_backward()
         logits, target, weight, mixture, stats = ctx.saved_tensors
-        bwd_inplace(ctx.backend, grad_loss.to(stats.dtype).contiguous(), logits, target, weight, mixture, stats,
-                    *ctx.args)
-        return logits, None, None, None, None, None, None, None
+        bwd_inplace_op(ctx.backend)(grad_loss.to(stats.dtype).contiguous(), logits, target, weight, mixture,
+                                    stats, *ctx.args)
+        torch.autograd.graph.increment_version(logits)
+        return logits.detach(), None, None, None, None, None, None, None

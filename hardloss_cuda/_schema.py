@@ -6,8 +6,8 @@ The compiled library (csrc/ops.cpp) defines ``hardloss_cuda::fwd``, ``bwd`` and
 argument lists, so that every backend goes through the same fake/autograd registration.
 ``tests/test_ops.py`` checks that the C++ definitions match these strings.
 
-Design: the forward pass reads the logits once and keeps four numbers per row; the backward
-pass reads the logits again and writes the gradient once (SPEC.md section 3: 3 N C s bytes,
+Design: the forward pass reads the logits once and keeps a few numbers per row; the backward
+pass reads the logits again and writes the gradient once (docs/ROW_MATH.md: 3 N C s bytes,
 no (N, C) buffer held between the passes, no host synchronisation). Producing the gradient
 in the forward pass instead costs a fourth pass in backward, to scale it by the incoming
 gradient, and holds an (N, C) buffer from forward to backward.
@@ -20,20 +20,19 @@ for ``logits`` (N, C):
   (only with class indices). Both in the accumulation dtype ("acc"): float64 for float64
   logits, else float32.
 - returns ``loss`` (N,) acc, the per-row weighted loss ``-sum_j q_j log p_j`` (0 for ignored
-  rows, NaN for a label outside [0, C) that is not ignore_index), and ``stats`` (N, 4) acc:
-  column 0 is the row's logsumexp (the mixture / probability-target gradients use it); columns
-  1..3 are private to the backend that wrote them, what its ``bwd`` needs to produce the
-  gradient in one pass (the compiled and Triton kernels store ``(m, log_c, f_y)`` of
-  csrc/row_math.h's ``OneHotRow`` for one-hot rows and ``(t, m_pos, pos_scale)`` of
-  ``SoftRow`` for soft rows). They are only meaningful when ``compute_grad`` is True.
+  rows, NaN for a label outside [0, C) that is not ignore_index), and ``stats``
+  (N, STATS_COLS) acc: the row's logsumexp as hi + lo (the mixture / probability-target
+  gradients use it), then what the backend's ``bwd`` needs to produce the gradient in one pass
+  (column layout below). Columns from SCALE_COL on are only meaningful when ``compute_grad``
+  is True; the reference leaves them 0.
 - a label outside [0, C) is never used as an index (no out-of-bounds read); the Python API
   raises on it before calling the op.
 
 ``bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k)``
-returns the pseudo-gradient of SPEC section 2 times ``grad_loss[:, None]`` (grad_loss (N,)
+returns the pseudo-gradient (docs/ROW_MATH.md section 3) times ``grad_loss[:, None]`` (grad_loss (N,)
 acc), in logits' dtype: 0 for ignored rows, NaN for bad labels. A row with ``grad_loss == 0``
-and a finite logsumexp gets a zero gradient without its logits being read (trimmed rows cost
-no bandwidth). ``bwd_inplace`` writes the same into ``logits`` and returns nothing.
+and a finite logsumexp and scale gets a zero gradient without its logits being read (trimmed
+rows cost no bandwidth). ``bwd_inplace`` writes the same into ``logits`` and returns nothing.
 """
 
 FWD_ARGS = (
@@ -50,6 +49,15 @@ BWD_INPLACE_ARGS = (
     "Tensor stats, int ignore_index, float label_smoothing, float k) -> ()"
 )
 
-# Columns of ``stats``.
-STATS_COLS = 4
+# Columns of ``stats`` (csrc/row_math.h "What a row keeps" has the same layout for C++ and
+# CUDA; triton_kernels imports these). 0..2 mean the same for every row:
+#   LSE_COL    the row's logsumexp, rounded;
+#   LSE_LO_COL what the rounding lost: -log p_j = (lse - z_j) + lse_lo, exact for huge logits;
+#   SCALE_COL  one-hot rows f_y, soft rows t = sum q. A row with incoming gradient 0 and a
+#              finite lse and scale has gradient 0 without its logits being read.
+# 3..5 are the path's own (row_math.h OneHotRow / SoftRow). Columns 2..5 are 0 for ignored and
+# out-of-range rows and when the forward was run without compute_grad.
+STATS_COLS = 6
 LSE_COL = 0
+LSE_LO_COL = 1
+SCALE_COL = 2

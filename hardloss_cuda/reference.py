@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS
+
 __all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows"]
 
 
@@ -49,30 +51,38 @@ def target_rows(
     return q * w * valid[:, None]
 
 
-def _onehot_rows(z: Tensor, y: Tensor, w_y: Tensor, k: float, compute_grad: bool):
-    """SPEC 'Numerics': statistics over the non-target classes, no cancellation in 1 - p_y.
-    The gradient is None unless ``compute_grad``."""
-    is_y = torch.nn.functional.one_hot(y, z.shape[1]).bool()
-    z_not = z.masked_fill(is_y, float("-inf"))
-    z_y = z.gather(1, y[:, None]).squeeze(1)
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)), exact for every x (F.softplus switches to x above a threshold)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+def _onehot_rows(zs: Tensor, y: Tensor, w_y: Tensor, k: float, compute_grad: bool):
+    """SPEC 'Numerics' on max-shifted rows ``zs``: statistics over the non-target classes, no
+    cancellation in 1 - p_y. Returns (loss, gradient or None, lse of zs)."""
+    is_y = torch.nn.functional.one_hot(y, zs.shape[1]).bool()
+    z_not = zs.masked_fill(is_y, float("-inf"))
+    z_y = zs.gather(1, y[:, None]).squeeze(1)
     lse_not = torch.logsumexp(z_not, dim=1)  # -inf when C == 1
+    d = lse_not - z_y  # log of the odds against the label
+    loss = w_y * _softplus(d)
     lse = torch.logaddexp(lse_not, z_y)
-    loss = w_y * (lse - z_y)
     if not compute_grad:
         return loss, None, lse
-    a = lse_not - lse  # log |eps_y| = log(1 - p_y)
+    a = -_softplus(-d)  # log |eps_y| = log(1 - p_y)
     log_sk = torch.logsumexp(k * z_not, dim=1)  # log sum_{i != y} exp(k z_i)
-    f_not = torch.exp(k * a[:, None] + k * z - log_sk[:, None])  # |eps_y|^k eps_j^k / sum eps_i^k
+    f_not = torch.exp(k * a[:, None] + k * zs - log_sk[:, None])  # |eps_y|^k eps_j^k / sum eps_i^k
+    # No other class with p > 0 (C == 1, or all others -inf): f_j = 0, not -inf - -inf.
+    f_not = torch.where((log_sk == float("-inf"))[:, None], 0, f_not)
     f_y = -torch.exp(k * a)
     grad = torch.where(is_y, f_y[:, None], f_not) * w_y[:, None]
     return loss, grad, lse
 
 
-def _soft_rows(z: Tensor, q: Tensor, k: float, compute_grad: bool):
-    """Soft targets: f = t F_k(p - q / t) (ROW_MATH.md section 3), log domain throughout.
-    The gradient is None unless ``compute_grad``."""
-    lse = torch.logsumexp(z, dim=1)
-    log_p = z - lse[:, None]
+def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool):
+    """Soft targets on max-shifted rows: f = t F_k(p - q / t) (ROW_MATH.md section 3), log
+    domain throughout. Returns (loss, gradient or None, lse of zs)."""
+    lse = torch.logsumexp(zs, dim=1)
+    log_p = zs - lse[:, None]
     loss = -torch.where(q != 0, q * log_p, 0).sum(1)
     if not compute_grad:
         return loss, None, lse
@@ -82,6 +92,15 @@ def _soft_rows(z: Tensor, q: Tensor, k: float, compute_grad: bool):
     # so that a small k does not lose classes whose probability underflows.
     log_abs_eps = torch.where(qh == 0, log_p, torch.log(torch.abs(log_p.exp() - qh)))
     neg = (qh != 0) & (log_p.exp() < qh)
+    # The dominant class (qh > 1/2, at most one when q >= 0): eps = (1 - qh) - (1 - p) with
+    # both sums taken over the other classes, 1 - p in the log domain (p - qh cancels when
+    # both are near 1).
+    star = (qh > 0.5) & (t > 0)[:, None] & (q >= 0).all(1, keepdim=True)
+    log_p_rest = torch.logsumexp(log_p.masked_fill(star, float("-inf")), 1, keepdim=True)
+    q_rest = torch.where(star, 0, qh).sum(1, keepdim=True)
+    eps_star = q_rest - log_p_rest.exp()
+    log_abs_eps = torch.where(star, torch.where(q_rest == 0, log_p_rest, eps_star.abs().log()), log_abs_eps)
+    neg = torch.where(star, (eps_star < 0) | ((q_rest == 0) & (log_p_rest > float("-inf"))), neg)
     k_log = k * log_abs_eps
     s_neg = torch.where(neg, k_log.exp(), 0).sum(1)
     k_log_pos = torch.where(neg, float("-inf"), k_log)
@@ -89,6 +108,16 @@ def _soft_rows(z: Tensor, q: Tensor, k: float, compute_grad: bool):
     share = torch.where(torch.isfinite(lse_pos)[:, None], torch.exp(k_log_pos - lse_pos[:, None]), 0)
     f = torch.where(neg, -k_log.exp(), s_neg[:, None] * share)
     return loss, f * t[:, None], lse
+
+
+def _max_shift(z: Tensor):
+    """Rows minus their max, and the max: every formula is taken relative to the row max
+    (exact for huge logits, where lse = m + log s cannot hold log s). A row with a NaN or
+    +inf logit is marked bad (NaN throughout, as PyTorch); a row of -inf keeps its -inf."""
+    m = z.amax(1)
+    bad = torch.isnan(m) | (m == float("inf"))
+    shift = torch.where(torch.isfinite(m), m, 0)
+    return z - shift[:, None], shift, bad
 
 
 def rows(
@@ -105,15 +134,20 @@ def rows(
     dtype except the gradient (logits' dtype; (0, C) unless ``compute_grad``)."""
     N, C = logits.shape
     dt = acc_dtype(logits.dtype)
-    z = logits.to(dt)
+    zs, shift, bad_row = _max_shift(logits.to(dt))
     if target.is_floating_point() or mixture is not None or label_smoothing > 0:
         q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, dt)
-        loss, grad, lse = _soft_rows(z, q, k, compute_grad)
+        loss, grad, lse = _soft_rows(zs, q, k, compute_grad)
     else:
         valid = (target != ignore_index) & (target >= 0) & (target < C)
         y = torch.where(valid, target, 0)
-        w_y = torch.ones(N, dtype=dt, device=z.device) if weight is None else weight.to(dt)[y]
-        loss, grad, lse = _onehot_rows(z, y, w_y * valid, k, compute_grad)
+        w_y = torch.ones(N, dtype=dt, device=zs.device) if weight is None else weight.to(dt)[y]
+        loss, grad, lse = _onehot_rows(zs, y, w_y * valid, k, compute_grad)
+    # A NaN or +inf logit: NaN loss and gradient (PyTorch's exp(inf - inf)).
+    loss = loss.masked_fill(bad_row, float("nan"))
+    if compute_grad:
+        grad = grad.masked_fill(bad_row[:, None], float("nan"))
+    lse = lse + shift  # logsumexp of the row itself
     if not target.is_floating_point():
         # Ignored rows: exactly 0 (also when their logits are not finite). Labels outside
         # [0, C): NaN, never a read at the label.
@@ -127,14 +161,23 @@ def rows(
 
 
 # The op contract of hardloss_cuda/_schema.py on top of ``rows``. The reference keeps only
-# the logsumexp between the passes (stats columns 1..3 are 0) and recomputes everything in
-# backward: it is the oracle, not a fast path.
+# the logsumexp (hi and lo) between the passes, the other stats columns are 0, and recomputes
+# everything in backward: it is the oracle, not a fast path.
+
+
+def lse_split(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Row logsumexp as hi + lo: hi = m + L rounded, lo = (m - hi) + L what the rounding lost
+    (m the row max, L = log sum exp(z - m)); lo = 0 where hi is not finite."""
+    zs, shift, _bad = _max_shift(logits.to(acc_dtype(logits.dtype)))
+    L = torch.logsumexp(zs, 1)
+    hi = shift + L
+    return hi, torch.where(torch.isfinite(hi), (shift - hi) + L, 0)
 
 
 def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):
-    loss, _grad, lse = rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, False)
-    stats = torch.zeros(logits.shape[0], 4, dtype=lse.dtype, device=lse.device)
-    stats[:, 0] = lse
+    loss, _grad, _lse = rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, False)
+    stats = torch.zeros(logits.shape[0], STATS_COLS, dtype=loss.dtype, device=loss.device)
+    stats[:, LSE_COL], stats[:, LSE_LO_COL] = lse_split(logits)
     return loss, stats
 
 

@@ -6,7 +6,7 @@ tensors when a GPU is present (tests/conftest.py); this file holds what only the
 need. Every test is skipped without a GPU.
 
 The ops (hardloss_cuda/_schema.py): ``fwd`` returns (loss, stats) with stats[:, 0] the row
-logsumexp; ``bwd(grad_loss, logits, ..., stats, ...)`` returns grad_loss[:, None] times the
+logsumexp (rounded; stats[:, 1] what it lost); ``bwd(grad_loss, logits, ..., stats, ...)`` returns grad_loss[:, None] times the
 pseudo-gradient in the logits' dtype. The oracle is hardloss_cuda.reference.rows in float64 on
 the same (rounded) inputs, with the tolerances of tests/test_api.py: one rounding of the output
 in the dtype on top of fp32 accumulation, the gradient's absolute tolerance relative to its
@@ -20,6 +20,7 @@ import torch
 
 import hardloss_cuda as H
 from hardloss_cuda import _ops, reference
+from hardloss_cuda._schema import SCALE_COL, STATS_COLS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -125,7 +126,7 @@ def check(x, target, weight, mixture, ignore_index, smoothing, k, out, gl=None, 
     if grad is None:
         grad = bwd(gl, x, target, weight, mixture, stats, ignore_index, smoothing, k)
     assert loss.dtype == acc(x.dtype) and stats.dtype == acc(x.dtype) and grad.dtype == x.dtype
-    assert stats.shape == (x.shape[0], 4) and grad.shape == x.shape
+    assert stats.shape == (x.shape[0], STATS_COLS) and grad.shape == x.shape
     if rows is not None:
         x, loss, stats, grad, gl, target = x[rows], loss[rows], stats[rows], grad[rows], gl[rows], target[rows]
     tol = TOL[x.dtype] if tol is None else tol
@@ -140,10 +141,10 @@ def check(x, target, weight, mixture, ignore_index, smoothing, k, out, gl=None, 
     if not target.is_floating_point():
         ignored = target == ignore_index
         valid = ~ignored & (target >= 0) & (target < x.shape[1])
-        assert (stats[~valid, 1:] == 0).all()
+        assert (stats[~valid, SCALE_COL:] == 0).all()
         assert (grad[ignored] == 0).all()
     # rows with a zero incoming gradient and a finite lse are exactly 0
-    zero = valid & (gl == 0) & torch.isfinite(stats[:, 0])
+    zero = valid & (gl == 0) & torch.isfinite(stats[:, 0]) & torch.isfinite(stats[:, SCALE_COL])
     assert (grad[zero] == 0).all()
     return grad
 
@@ -353,7 +354,7 @@ def test_bad_label_gives_nan_row(C, kind):
     torch.cuda.synchronize()
     bad = torch.tensor([True, False, True, True, False, False], device="cuda")
     assert torch.isnan(loss[bad]).all() and torch.isnan(g[bad]).all()
-    assert (stats[bad, 1:] == 0).all() and (stats[4, 1:] == 0).all()
+    assert (stats[bad, SCALE_COL:] == 0).all() and (stats[4, SCALE_COL:] == 0).all()
     assert loss[4] == 0 and (g[4] == 0).all()
     torch.testing.assert_close(stats[:, 0], torch.logsumexp(x, 1), rtol=2e-6, atol=2e-6)
     good = ~bad
@@ -386,7 +387,7 @@ def test_empty_batch_and_single_class():
         x = torch.randn(0, 7, device="cuda", dtype=dtype)
         y0 = torch.zeros(0, dtype=torch.long, device="cuda")
         loss, stats = fwd(x, y0)
-        assert loss.shape == (0,) and stats.shape == (0, 4) and stats.dtype == acc(dtype)
+        assert loss.shape == (0,) and stats.shape == (0, STATS_COLS) and stats.dtype == acc(dtype)
         gl0 = torch.zeros(0, device="cuda", dtype=acc(dtype))
         out = bwd(gl0, x, y0, None, None, stats)
         assert out.shape == (0, 7) and out.dtype == dtype
@@ -404,14 +405,14 @@ def test_compute_grad_false(C):
     x = torch.randn(10, C, device="cuda", dtype=torch.bfloat16)
     y = torch.randint(0, C, (10,), device="cuda")
     loss, stats = fwd(x, y, grad=False)
-    assert stats.shape == (10, 4) and stats.dtype == torch.float32
+    assert stats.shape == (10, STATS_COLS) and stats.dtype == torch.float32
     loss2, stats2 = fwd(x, y)
     assert torch.equal(loss, loss2) and torch.equal(stats[:, 0], stats2[:, 0])
-    # soft rows skip their |eps|^k statistics: columns 1..3 are 0, the loss is the same
+    # soft rows skip their |eps|^k statistics: columns from SCALE_COL on are 0, the loss is the same
     loss, stats = fwd(x, y, None, None, -100, 0.1, 0.5, grad=False)
     loss2, stats2 = fwd(x, y, None, None, -100, 0.1, 0.5, grad=True)
     assert torch.equal(loss, loss2) and torch.equal(stats[:, 0], stats2[:, 0])
-    assert (stats[:, 1:] == 0).all() and (stats2[:, 1] != 0).all()
+    assert (stats[:, SCALE_COL:] == 0).all() and (stats2[:, SCALE_COL] != 0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -52,7 +52,7 @@ def test_bwd_op_against_reference(backend, device, kind):
     torch.testing.assert_close(out.double(), gl.double()[:, None] * g64, rtol=1e-5, atol=1e-6)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     xi = x.clone()
-    _ops.bwd_inplace(backend, gl, xi, target, w, W, stats, ignore_index, s, k)
+    _ops.bwd_inplace_op(backend)(gl, xi, target, w, W, stats, ignore_index, s, k)
     torch.testing.assert_close(xi, out, rtol=0, atol=0)
 
 

@@ -36,6 +36,7 @@ def _load_interpreted():
 
 launch = _load_interpreted()
 from hardloss_cuda.reference import rows  # noqa: E402
+from hardloss_cuda._schema import STATS_COLS  # noqa: E402
 from triton_kernels.config import plan  # noqa: E402
 
 # The interpreter runs the kernels in numpy, which warns on log(0) and exp(inf - inf)
@@ -103,7 +104,7 @@ def check(z, t, weight=None, mixture=None, ignore_index=-100, s=0.0, k=1.0, bloc
     truth = rows(z.double(), t64, _f64(weight), _f64(mixture), ignore_index, s, k)
     base = rows(z, t, weight, mixture, ignore_index, s, k)  # PyTorch at working precision
     assert loss.dtype == acc and stats.dtype == acc and grad.dtype == z.dtype
-    assert loss.shape == (N,) and stats.shape == (N, 4) and grad.shape == (N, C)
+    assert loss.shape == (N,) and stats.shape == (N, STATS_COLS) and grad.shape == (N, C)
     _close("loss", loss, truth[0], base[0], z.dtype)
     _close("lse", stats[:, 0], truth[2], base[2], z.dtype)
     g64 = gl.double()[:, None]
@@ -112,14 +113,14 @@ def check(z, t, weight=None, mixture=None, ignore_index=-100, s=0.0, k=1.0, bloc
     soft = t.is_floating_point() or mixture is not None or s > 0
     if not t.is_floating_point():
         invalid = (t == ignore_index) | (t < 0) | (t >= C)
-        assert (stats[invalid, 1:] == 0).all(), "stats columns 1..3 of ignored / bad rows"
-        if not soft:  # one-hot: column 3 is f_y, the unscaled gradient at the label
+        assert (stats[invalid, 2:] == 0).all(), "stats columns 2.. of ignored / bad rows"
+        if not soft:  # one-hot: column 2 is f_y, the unscaled gradient at the label
             ok = ~invalid
             y = t[ok][:, None]
-            _close("f_y", stats[ok, 3], truth[1][ok].gather(1, y)[:, 0],
+            _close("f_y", stats[ok, 2], truth[1][ok].gather(1, y)[:, 0],
                    base[1][ok].gather(1, y)[:, 0], z.dtype)
     # Rows with gl == 0, a finite lse and a usable label: exactly 0.
-    zero = (gl == 0) & torch.isfinite(stats[:, 0])
+    zero = (gl == 0) & torch.isfinite(stats[:, 0]) & torch.isfinite(stats[:, 2])
     if not t.is_floating_point():
         zero &= (t == ignore_index) | ((t >= 0) & (t < C))
     assert (grad[zero] == 0).all()
@@ -134,7 +135,7 @@ def check(z, t, weight=None, mixture=None, ignore_index=-100, s=0.0, k=1.0, bloc
     loss2, stats2 = launch.fwd(z, *args, False, block_cap=block_cap)
     torch.testing.assert_close(loss2, loss, equal_nan=True, rtol=0, atol=0)
     torch.testing.assert_close(stats2[:, 0], stats[:, 0], equal_nan=True, rtol=0, atol=0)
-    assert (stats2[:, 1:] == 0).all()
+    assert (stats2[:, 2:] == 0).all()
     return loss, stats, grad
 
 
@@ -401,13 +402,13 @@ def test_all_rows_ignored_and_empty():
     z = _logits(3, 7)
     for W in (None, _mixture(7)):
         loss, stats = launch.fwd(z, torch.full((3,), -100), None, W, -100, 0.0, 2.0, True)
-        assert (loss == 0).all() and (stats[:, 1:] == 0).all() and torch.isfinite(stats[:, 0]).all()
+        assert (loss == 0).all() and (stats[:, 2:] == 0).all() and torch.isfinite(stats[:, 0]).all()
         grad = launch.bwd(torch.ones(3), z, torch.full((3,), -100), None, W, stats, -100, 0.0, 2.0)
         assert (grad == 0).all()
     e = torch.empty(0, 7)
     y = torch.empty(0, dtype=torch.int64)
     loss, stats = launch.fwd(e, y, None, None, -100, 0.0, 2.0, True)
-    assert loss.shape == (0,) and stats.shape == (0, 4)
+    assert loss.shape == (0,) and stats.shape == (0, STATS_COLS)
     assert launch.bwd(loss, e, y, None, None, stats, -100, 0.1, 2.0).shape == (0, 7)
     assert launch.bwd(loss, e, y, None, None, stats, -100, 0.1, 2.0, out=e) is e
 

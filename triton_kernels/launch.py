@@ -1,6 +1,6 @@
 """Host side: the ``fwd`` / ``bwd`` contract of hardloss_cuda/_schema.py.
 
-The forward pass keeps four numbers a row (``stats``) instead of the gradient; the backward
+The forward pass keeps a few numbers a row (``stats``, hardloss_cuda/_schema.py) instead of the gradient; the backward
 pass recomputes the pseudo-gradient from them, scaled by the incoming gradient, in one
 elementwise pass that may write over the logits. Per row that is 3 C s bytes of logits
 traffic (one-hot: forward read, backward read + write) and no (N, C) buffer held between the
@@ -26,10 +26,10 @@ from torch import Tensor
 
 from .config import plan
 from .onehot import onehot_bwd_kernel, onehot_fwd_kernel
-from .rowmath import STATS_COLS
+from hardloss_cuda._schema import STATS_COLS
 from .soft import MIXTURE, PROBS, SMOOTH, soft_bwd_kernel, soft_fwd_kernel
 
-__all__ = ["fwd", "bwd"]
+__all__ = ["fwd", "bwd", "bwd_inplace"]
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -85,7 +85,7 @@ def _check(logits, target, weight, mixture, label_smoothing, k) -> None:
 
 
 def _check_bwd(grad_loss, logits, stats, out) -> None:
-    """bwd's own arguments, after _check: grad_loss (N,) and stats (N, 4) in the
+    """bwd's own arguments, after _check: grad_loss (N,) and stats (N, STATS_COLS) in the
     accumulation dtype on the logits' device; ``out`` like logits and contiguous."""
     N = logits.shape[0]
     acc = _acc_dtype(logits.dtype)
@@ -128,9 +128,9 @@ def fwd(
     *,
     block_cap: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(loss (N,), stats (N, 4)), both in the accumulation dtype.
+    """(loss (N,), stats (N, STATS_COLS)), both in the accumulation dtype.
 
-    stats[:, 0] is the row logsumexp; columns 1..3 are what ``bwd`` needs (rowmath.STATS),
+    stats[:, :2] is the row logsumexp as hi + lo; columns 2.. are what ``bwd`` needs (rowmath),
     0 for ignored / out-of-range rows and, when ``compute_grad`` is False, for every row
     (then the one-hot kernel skips sum exp(k (z - m)) and the soft kernel its second pass).
     ``block_cap`` (keyword only, not part of the op) lowers the column block; tests use it.
@@ -214,3 +214,8 @@ def bwd(
                               int(ignore_index), float(label_smoothing), float(k), MODE=mode,
                               **common)
     return out
+
+
+def bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k) -> None:
+    """``bwd`` written over ``logits`` (the op ``triton_bwd_inplace``)."""
+    bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, out=logits)

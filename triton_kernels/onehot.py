@@ -3,7 +3,7 @@
 Forward (``onehot_fwd_kernel``): one read of the row. Over the non-target classes it keeps
 the running max m, s1 = sum exp(z - m) and (when the gradient is wanted) sk =
 sum exp(k (z - m)); with the target logit z_y that gives the loss, the logsumexp and
-``stats`` = (lse, m, log_c, f_y) (rowmath.onehot_finalize).
+``stats`` = (lse, lse_lo, f_y, m, log_c, 0) (rowmath.onehot_finalize).
 
 Backward (``onehot_bwd_kernel``): one read of the row and one write of the gradient,
 elementwise: g_j = gl w_y exp(k (z_j - m) + log_c) for j != y, gl f_y at the label. Nothing
@@ -63,14 +63,14 @@ def onehot_fwd_kernel(
         z = tl.where(cols[None, :] == yc[:, None], float("-inf"), z)
         m, s1, sk = online_lse2(m, s1, sk, z, k, GRAD)
 
-    lse, nll, f_y, m_out, log_c = onehot_finalize(m, s1, sk, z_y, w_y, k)
+    lse, lse_lo, nll, f_y, m_out, log_c = onehot_finalize(m, s1, sk, z_y, w_y, k)
     tl.store(loss_ptr + rows, finish_rows(nll, ignored, bad), mask=rmask)
     if GRAD:
         keep = valid
     else:
-        keep = rows < 0  # nothing: columns 1..3 are 0 without a gradient (see launch.fwd)
-    store_stats(stats_ptr, rows, rmask, lse, tl.where(keep, m_out, 0.0),
-                tl.where(keep, log_c, 0.0), tl.where(keep, f_y, 0.0))
+        keep = rows < 0  # nothing: columns 2.. are 0 without a gradient (see launch.fwd)
+    store_stats(stats_ptr, rows, rmask, lse, lse_lo, tl.where(keep, f_y, 0.0),
+                tl.where(keep, m_out, 0.0), tl.where(keep, log_c, 0.0), tl.zeros([ROWS], ACC))
 
 
 @triton.jit
@@ -84,10 +84,10 @@ def onehot_bwd_kernel(
     rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
     yc, ignored, bad = load_labels(y_ptr, rows, rmask, C, ignore_index)
     gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0).to(ACC)
-    lse, m, log_c, f_y = load_stats(stats_ptr, rows, rmask, ACC)
+    lse, _lse_lo, f_y, m, log_c, _unused = load_stats(stats_ptr, rows, rmask, ACC)
     # Rows that read their logits: valid label, and not a zero-gradient (trimmed) row.
     # Ignored rows give 0 and out-of-range labels NaN without a read (finish_tile).
-    live = rmask & (~ignored) & (~bad) & (~skip_rows(gl, lse))
+    live = rmask & (~ignored) & (~bad) & (~skip_rows(gl, lse, f_y))
     if HAS_W:
         w_y = tl.load(w_ptr + yc, mask=live, other=0.0).to(ACC)
     else:

@@ -4,22 +4,25 @@ Every helper works on a tile of ROWS rows: per-row statistics are (ROWS,) vector
 blocks are (ROWS, BLOCK) tiles. Only tl.exp/tl.log/tl.maximum & co. are used (no libdevice),
 so the same code runs compiled on a GPU and under TRITON_INTERPRET=1.
 
-The forward kernels reduce a row to four numbers, ``stats`` (see STATS below); the backward
-kernels rebuild the pseudo-gradient from them elementwise in one pass over the row. The
-helpers that produce the four numbers (``onehot_finalize``, ``soft_finalize``) and those that
-consume them (``onehot_fj``, ``soft_f``) sit side by side here so that the layout is
-written once.
+The forward kernels reduce a row to STATS_COLS numbers, ``stats`` (the layout is
+hardloss_cuda/_schema.py's, the same as csrc/row_math.h's); the backward kernels rebuild the
+pseudo-gradient from them elementwise in one pass over the row. The helpers that produce the
+numbers (``onehot_finalize``, ``soft_finalize``) and those that consume them (``onehot_fj``,
+``soft_fj``) sit side by side here.
+
+stats per row: (lse, lse_lo, scale, ...):
+  one-hot row: (lse, lse_lo, f_y, m, log_c, 0)      f_j = w_y exp(k (z_j - m) + log_c), j != y
+  soft row:    (lse, lse_lo, t, c_pos, f_star, star)   f_j = soft_fj(...)
+Ignored / out-of-range rows, and every row when the gradient was not asked for, keep columns
+2..5 at 0.
 """
 
 import triton
 import triton.language as tl
 
-# stats (N, 4) in the accumulation dtype, column 0 public (hardloss_cuda/_schema.py):
-#   one-hot row: (lse, m, log_c, f_y)     f_j = w_y exp(k (z_j - m) + log_c), j != y
-#   soft row:    (lse, t, m_pos, pos_scale)   f_j = soft_f(k log|eps_j|, eps_j < 0)
-# Ignored / out-of-range rows, and soft rows when the gradient was not asked for, keep
-# columns 1..3 at 0.
-STATS_COLS = 4
+from hardloss_cuda._schema import STATS_COLS
+
+_COLS: tl.constexpr = tl.constexpr(STATS_COLS)
 
 
 @triton.jit
@@ -60,32 +63,50 @@ def store_tile(ptr, row_off, cols, mask, x):
 
 
 @triton.jit
-def store_stats(ptr, rows, rmask, c0, c1, c2, c3):
-    """Row ``rows`` of the (N, 4) stats array: four (ROWS,) vectors."""
-    base = ptr + rows.to(tl.int64) * 4
+def store_stats(ptr, rows, rmask, c0, c1, c2, c3, c4, c5):
+    """Row ``rows`` of the (N, STATS_COLS) stats array: six (ROWS,) vectors."""
+    base = ptr + rows.to(tl.int64) * _COLS
     tl.store(base, c0, mask=rmask)
     tl.store(base + 1, c1, mask=rmask)
     tl.store(base + 2, c2, mask=rmask)
     tl.store(base + 3, c3, mask=rmask)
+    tl.store(base + 4, c4, mask=rmask)
+    tl.store(base + 5, c5, mask=rmask)
 
 
 @triton.jit
 def load_stats(ptr, rows, rmask, ACC: tl.constexpr):
-    base = ptr + rows.to(tl.int64) * 4
+    base = ptr + rows.to(tl.int64) * _COLS
     c0 = tl.load(base, mask=rmask, other=0.0).to(ACC)
     c1 = tl.load(base + 1, mask=rmask, other=0.0).to(ACC)
     c2 = tl.load(base + 2, mask=rmask, other=0.0).to(ACC)
     c3 = tl.load(base + 3, mask=rmask, other=0.0).to(ACC)
-    return c0, c1, c2, c3
+    c4 = tl.load(base + 4, mask=rmask, other=0.0).to(ACC)
+    c5 = tl.load(base + 5, mask=rmask, other=0.0).to(ACC)
+    return c0, c1, c2, c3, c4, c5
 
 
 @triton.jit
-def skip_rows(gl, lse):
+def _finite(x):
+    return (x == x) & (tl.abs(x) != float("inf"))
+
+
+@triton.jit
+def skip_rows(gl, lse, scale):
     """Rows whose gradient is 0 without looking at their logits: incoming gradient 0 and a
-    finite logsumexp (so no NaN / inf logit that would make 0 * f NaN). Trimmed-away rows
-    of a trimmed mean are such rows; the backward pass does not read them."""
-    finite = (lse == lse) & (tl.abs(lse) != float("inf"))
-    return (gl == 0.0) & finite
+    finite logsumexp and scale (so no NaN / inf logit or infinite class weight that would make
+    0 * f NaN). Trimmed-away rows of a trimmed mean are such rows; the backward pass does not
+    read them."""
+    return (gl == 0.0) & _finite(lse) & _finite(scale)
+
+
+@triton.jit
+def lse_split(m, L):
+    """lse = m + L as a rounded hi and what the rounding lost, lo (0 where hi is not finite):
+    log p_j = (z_j - hi) - lo stays exact when |m| is huge."""
+    hi = m + L
+    lo = tl.where(_finite(hi), (m - hi) + L, 0.0)
+    return hi, lo
 
 
 @triton.jit
@@ -114,13 +135,14 @@ def online_lse2(m, s1, sk, x, k, WITH_SK: tl.constexpr):
 
 
 @triton.jit
-def online_lse_loss(m, se, t, acc, z, q):
+def online_lse_loss(m, se, t, acc, qmin, qmax, z, q, mask):
     """Soft path, pass 1: fold a tile into the running (max m, se = sum exp(z - m),
-    t = sum q, acc = sum q (m - z)). The loss sum q (lse - z) is then
-    acc + t log(se) (``soft_loss``), so the loss needs no second pass over the row.
-    Every term is >= 0 for q >= 0 (m is the running max, and a rise of the max adds
-    t (m_new - m_old) >= 0): no t lse - sum q z cancellation. Classes with q = 0 are skipped
-    (a -inf logit there adds 0, not 0 * inf); q > 0 on a -inf logit gives an infinite loss."""
+    t = sum q, acc = sum q (m - z), min and max q over ``mask``). The loss sum q (lse - z) is
+    then acc + t log(se) (``soft_loss``, row_math.h soft_loss_value), so the loss needs no
+    second pass over the row. Every term is >= 0 for q >= 0 (m is the running max, and a rise
+    of the max adds t (m_new - m_old) >= 0): no t lse - sum q z cancellation, and nothing taken
+    relative to the rounded lse. Classes with q = 0 are skipped (a -inf logit there adds 0,
+    not 0 * inf); q > 0 on a -inf logit gives an infinite loss."""
     m_new = tl.maximum(m, tl.max(z, 1))
     m_ref_old = tl.where(m == float("-inf"), 0.0, m)
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -128,12 +150,15 @@ def online_lse_loss(m, se, t, acc, z, q):
     acc = acc + t * (m_ref - m_ref_old)
     acc += tl.sum(tl.where(q != 0.0, q * (m_ref[:, None] - z), 0.0), 1)
     t += tl.sum(q, 1)
-    return m_new, se, t, acc
+    qmin = tl.minimum(qmin, tl.min(tl.where(mask, q, float("inf")), 1))
+    qmax = tl.maximum(qmax, tl.max(tl.where(mask, q, float("-inf")), 1))
+    return m_new, se, t, acc, qmin, qmax
 
 
 @triton.jit
-def soft_loss(se, t, acc):
-    return acc + t * tl.log(se)
+def soft_loss(m, se, t, acc):
+    """A row of nothing but -inf logits has no softmax: NaN, as PyTorch."""
+    return tl.where(m == float("-inf"), float("nan"), acc + t * tl.log(se))
 
 
 @triton.jit
@@ -147,25 +172,27 @@ def log1p(x):
 @triton.jit
 def onehot_finalize(m, s1, sk, z_y, w_y, k):
     """row_math.h's onehot_finalize: from the statistics over the non-target classes
-    (m, s1, sk) and the target logit z_y, (lse, loss, f_y, m', log_c) with
+    (m, s1, sk) and the target logit z_y, (lse, lse_lo, loss, f_y, m', log_c) with
     f_j = w_y exp(k (z_j - m') + log_c) for j != y (``onehot_fj``).
 
-    With d = lse_not - z_y: loss / w_y = softplus(d) and a = log(1 - p_y) = -softplus(-d),
-    both without cancellation. z_y = +inf makes the row NaN (inf - inf, as PyTorch).
-    No non-target class with p > 0 (C == 1, or all others -inf): m' = 0, log_c = -inf, so
-    every f_j = 0 (and f_y = 0 when C == 1)."""
+    With d = lse_not - z_y = (m - z_y) + log s1: loss / w_y = softplus(d) and
+    a = log(1 - p_y) = -softplus(-d), both without cancellation and exact for huge logits.
+    z_y = +inf, or a row of -inf, makes the row NaN (inf - inf, as PyTorch). No non-target
+    class with p > 0 (C == 1, or all others -inf): m' = 0, log_c = -inf, so every f_j = 0
+    (and f_y = 0 when C == 1)."""
     no_other = m == float("-inf")
-    lse_not = tl.where(no_other, float("-inf"), m + tl.log(s1))
-    d = lse_not - z_y
+    L1 = tl.log(s1)  # -inf when no other class
+    d = (m - z_y) + L1  # relative to the maxima; NaN for a row of -inf, as wanted
     d = tl.where(z_y == float("inf"), float("nan"), d)
     sp = log1p(tl.exp(-tl.abs(d)))  # NaN in, NaN out
-    lse = tl.maximum(lse_not, z_y) + sp  # logaddexp(lse_not, z_y)
+    # lse = logaddexp(lse_not, z_y), anchored at the larger maximum
+    lse, lse_lo = lse_split(tl.where(d > 0.0, m, z_y), tl.where(d > 0.0, L1 + sp, sp))
     loss = w_y * (tl.maximum(d, 0.0) + sp)  # softplus(d)
     a = tl.minimum(d, 0.0) - sp  # -softplus(-d)
     f_y = 0.0 - w_y * tl.exp(k * a)  # 0 - x: +0 for C == 1
     m_out = tl.where(no_other, 0.0, m)
-    log_c = tl.where(no_other, float("-inf"), k * a - tl.log(sk))
-    return lse, loss, f_y, m_out, log_c
+    log_c = tl.where(no_other, tl.where(d == d, float("-inf"), d), k * a - tl.log(sk))
+    return lse, lse_lo, loss, f_y, m_out, log_c
 
 
 @triton.jit
@@ -201,33 +228,71 @@ def q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s,
 
 
 @triton.jit
-def log_abs_eps(z, q, lse, t_inv):
+def log_abs_eps(log_p, qh):
     """row_math.h's soft_log_abs_eps: (k-independent) log|eps_j| and the negative-class flag,
-    eps = p - q / t. Classes with no target mass have eps = p > 0: kept in the log domain
-    (z - lse) so that a small k does not lose classes whose probability underflows."""
-    lp = z - lse[:, None]
-    qh = q * t_inv[:, None]
-    eps = tl.exp(lp) - qh
+    eps = p - qh. Classes with no target mass have eps = p > 0: kept in the log domain
+    (log p) so that a small k does not lose classes whose probability underflows."""
+    eps = tl.exp(log_p) - qh
     neg = (qh != 0.0) & (eps < 0.0)
-    le = tl.where(qh == 0.0, lp, tl.log(tl.abs(eps)))
+    le = tl.where(qh == 0.0, log_p, tl.log(tl.abs(eps)))
     return le, neg
 
 
 @triton.jit
-def soft_finalize(s_neg, m_pos, s_pos, t):
-    """row_math.h's soft_finalize: (t, m_pos', pos_scale), f_j = -t |eps_j|^k on the negative
-    classes, pos_scale exp(k log eps_j - m_pos') on the others; pos_scale = t S_neg / s_pos,
-    0 when no class has eps > 0 (also when s_pos is NaN: the loss carries the NaN)."""
-    has_pos = s_pos > 0.0
-    m_out = tl.where(has_pos, m_pos, 0.0)
-    pos_scale = tl.where(has_pos, t * s_neg / tl.where(has_pos, s_pos, 1.0), 0.0)
-    return m_out, pos_scale
+def soft_star(t, qmin, qmax):
+    """row_math.h's soft_star: whether a row has a dominant class (qh > 1/2, at most one when
+    q >= 0), whose eps is taken from the other classes (star_log_abs_eps)."""
+    return (t > 0.0) & (qmin >= 0.0) & (2.0 * qmax > t)
 
 
 @triton.jit
-def soft_f(kl, neg, t, m_pos, pos_scale):
-    """row_math.h's soft_f on a tile: kl = k log|eps_j| (per-row t, m_pos, pos_scale)."""
-    return tl.where(neg, -t[:, None] * tl.exp(kl), pos_scale[:, None] * tl.exp(kl - m_pos[:, None]))
+def star_log_abs_eps(m_rest, s_rest, q_rest, t):
+    """row_math.h's star_log_abs_eps: eps* = A - P, A = sum_{i != *} q_i / t, log P the
+    logsumexp (m_rest, s_rest) of the other classes' log p: no p* - qh* cancellation."""
+    # -inf only when nothing was seen (s_rest == 0): a NaN sum must stay NaN.
+    log_P = tl.where((m_rest == float("-inf")) & (s_rest == 0.0), float("-inf"), m_rest + tl.log(s_rest))
+    A = q_rest / tl.where(t != 0.0, t, 1.0)
+    e = A - tl.exp(log_P)
+    le = tl.where(A == 0.0, log_P, tl.log(tl.abs(e)))
+    neg = tl.where(A == 0.0, log_P > float("-inf"), e < 0.0)
+    return le, neg
+
+
+@triton.jit
+def soft_finalize(s_neg, m_pos, s_pos, t, star, kl_star, neg_star):
+    """row_math.h's soft_finalize: (c_pos, f_star) with f_j = -t |eps_j|^k on the negative
+    classes, sign(t) exp(k log eps_j + c_pos) on the others (c_pos = log|t S_neg / s_pos| -
+    m_pos, -inf when no class has eps > 0, also when s_pos is NaN: the loss carries the NaN),
+    f_star on the dominant class. The dominant class (``star``) joins the sums here."""
+    s_neg = s_neg + tl.where(star & neg_star, tl.exp(kl_star), 0.0)
+    kl_pos = tl.where(star & (~neg_star), kl_star, float("-inf"))  # lse_push of one value
+    m_new = tl.maximum(m_pos, kl_pos)
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s_pos = s_pos * tl.exp(m_pos - m_ref) + tl.exp(kl_pos - m_ref)
+    m_pos = m_new
+    has_pos = s_pos > 0.0
+    c_pos = tl.where(has_pos, tl.log(tl.abs(t * s_neg)) - tl.log(tl.where(has_pos, s_pos, 1.0)) - m_pos,
+                     float("-inf"))
+    f_star = tl.where(star, soft_f1(kl_star, neg_star, t, c_pos), 0.0)
+    return c_pos, f_star
+
+
+@triton.jit
+def soft_f1(kl, neg, t, c_pos):
+    """row_math.h's soft_f, elementwise on matching shapes: kl = k log|eps_j|."""
+    pos = tl.exp(kl + c_pos)
+    return tl.where(neg, -t * tl.exp(kl), tl.where(t < 0.0, -pos, pos))
+
+
+@triton.jit
+def soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k):
+    """row_math.h's soft_fj on a (ROWS, BLOCK) tile (per-row lse, lse_lo, t, c_pos, f_star,
+    star): the backward's f_j of a soft row, log p_j = (z_j - lse) - lse_lo."""
+    t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # t == 0: q = 0, f = 0
+    le, neg = log_abs_eps((z - lse[:, None]) - lse_lo[:, None], q * t_inv[:, None])
+    f = soft_f1(k * le, neg, t[:, None], c_pos[:, None])
+    is_star = (star[:, None] != 0.0) & (2.0 * q > t[:, None])
+    return tl.where(is_star, f_star[:, None], f)
 
 
 @triton.jit

@@ -7,9 +7,10 @@ Forward (``soft_fwd_kernel``):
           the loss needs no second pass, so without a gradient the row is read once);
   pass 2, only when the gradient is wanted: log|eps_j| per class, S_neg and an online
           max/sum of k log eps over the positive classes (so k = 8 cannot underflow S_pos),
-          reduced to stats = (lse, t, m_pos, pos_scale) (rowmath.soft_finalize).
-Backward (``soft_bwd_kernel``): one pass, elementwise: eps_j from z_j, q_j, lse and t, then
-g_j = gl soft_f(k log|eps_j|), written in place of the logits if asked.
+          the dominant class (qh > 1/2) from the other classes, reduced to
+          stats = (lse, lse_lo, t, c_pos, f_star, star) (rowmath.soft_finalize).
+Backward (``soft_bwd_kernel``): one pass, elementwise: g_j = gl soft_fj(z_j, q_j, stats),
+written in place of the logits if asked.
 """
 
 import triton
@@ -25,14 +26,17 @@ from .rowmath import (
     load_stats,
     load_tile,
     log_abs_eps,
+    lse_split,
     online_lse,
     online_lse_loss,
     q_tile,
     row_setup,
     skip_rows,
-    soft_f,
     soft_finalize,
+    soft_fj,
     soft_loss,
+    soft_star,
+    star_log_abs_eps,
     store_stats,
     store_tile,
 )
@@ -67,40 +71,54 @@ def soft_fwd_kernel(
     yc, ignored, bad = soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE, ROWS)
     valid = (~ignored) & (~bad)
 
-    # Pass 1: lse, t = sum q and the loss.
+    # Pass 1: lse, t = sum q, min / max q and the loss.
     m = tl.full([ROWS], float("-inf"), ACC)
     se = tl.zeros([ROWS], ACC)
     t = tl.zeros([ROWS], ACC)
     acc = tl.zeros([ROWS], ACC)
+    qmin = tl.full([ROWS], float("inf"), ACC)
+    qmax = tl.full([ROWS], float("-inf"), ACC)
     for start in range(0, C, BLOCK):
         cols = start + cols0
         z, mask = load_tile(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC)
         q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s, MODE, HAS_W, ACC)
-        m, se, t, acc = online_lse_loss(m, se, t, acc, z, q)
-    lse = m + tl.log(se)
-    tl.store(loss_ptr + rows, finish_rows(soft_loss(se, t, acc), ignored, bad), mask=rmask)
+        m, se, t, acc, qmin, qmax = online_lse_loss(m, se, t, acc, qmin, qmax, z, q, mask)
+    log_s = tl.log(se)
+    lse, lse_lo = lse_split(m, log_s)
+    tl.store(loss_ptr + rows, finish_rows(soft_loss(m, se, t, acc), ignored, bad), mask=rmask)
 
     if GRAD:
-        # Pass 2: S_neg and the online (m_pos, s_pos) of k log eps over the positive classes.
+        # Pass 2: S_neg and the online (m_pos, s_pos) of k log eps over the positive classes;
+        # the dominant class (if any) apart, from the logsumexp and the q of the others.
         t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # qh = q / t; t == 0 gives f = t F = 0
+        star = soft_star(t, qmin, qmax)
         s_neg = tl.zeros([ROWS], ACC)
         m_pos = tl.full([ROWS], float("-inf"), ACC)
         s_pos = tl.zeros([ROWS], ACC)
+        m_rest = tl.full([ROWS], float("-inf"), ACC)
+        s_rest = tl.zeros([ROWS], ACC)
+        q_rest = tl.zeros([ROWS], ACC)
         for start in range(0, C, BLOCK):
             cols = start + cols0
             z, mask = load_tile(z_ptr, row_off, rmask & valid, cols, C, 0.0, ACC)
             q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s,
                        MODE, HAS_W, ACC)
-            le, neg = log_abs_eps(z, q, lse, t_inv)
+            log_p = (z - m[:, None]) - log_s[:, None]
+            other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
+            le, neg = log_abs_eps(log_p, q * t_inv[:, None])
             kl = k * le
-            s_neg += tl.sum(tl.where(neg & mask, tl.exp(kl), 0.0), 1)
-            m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~mask), float("-inf"), kl))
-        m_pos, pos_scale = soft_finalize(s_neg, m_pos, s_pos, t)
-        store_stats(stats_ptr, rows, rmask, lse, tl.where(valid, t, 0.0),
-                    tl.where(valid, m_pos, 0.0), tl.where(valid, pos_scale, 0.0))
+            s_neg += tl.sum(tl.where(neg & other, tl.exp(kl), 0.0), 1)
+            m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
+            m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
+            q_rest += tl.sum(tl.where(other, q, 0.0), 1)
+        le_star, neg_star = star_log_abs_eps(m_rest, s_rest, q_rest, t)
+        c_pos, f_star = soft_finalize(s_neg, m_pos, s_pos, t, star, k * le_star, neg_star)
+        store_stats(stats_ptr, rows, rmask, lse, lse_lo, tl.where(valid, t, 0.0),
+                    tl.where(valid, c_pos, 0.0), tl.where(valid, f_star, 0.0),
+                    tl.where(valid & star, 1.0, 0.0))
     else:
         zero = tl.zeros([ROWS], ACC)
-        store_stats(stats_ptr, rows, rmask, lse, zero, zero, zero)
+        store_stats(stats_ptr, rows, rmask, lse, lse_lo, zero, zero, zero, zero)
 
 
 @triton.jit
@@ -115,17 +133,13 @@ def soft_bwd_kernel(
     rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
     yc, ignored, bad = soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE, ROWS)
     gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0).to(ACC)
-    lse, t, m_pos, pos_scale = load_stats(stats_ptr, rows, rmask, ACC)
+    lse, lse_lo, t, c_pos, f_star, star = load_stats(stats_ptr, rows, rmask, ACC)
     # Rows that read their logits (and target row): valid, and not a zero-gradient row.
-    live = rmask & (~ignored) & (~bad) & (~skip_rows(gl, lse))
-    t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)
-    gt = gl * t  # the incoming gradient folded into the per-row coefficients
-    gps = gl * pos_scale
+    live = rmask & (~ignored) & (~bad) & (~skip_rows(gl, lse, t))
     for start in range(0, C, BLOCK):
         cols = start + cols0
         z, mask = load_tile(z_ptr, row_off, live, cols, C, 0.0, ACC)
         q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, live, cols, mask, C, s, MODE, HAS_W, ACC)
-        le, neg = log_abs_eps(z, q, lse, t_inv)
-        g = soft_f(k * le, neg, gt, m_pos, gps)
+        g = gl[:, None] * soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k)
         g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
         store_tile(out_ptr, row_off, cols, rmask[:, None] & (cols < C)[None, :], g)

@@ -41,8 +41,9 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
       const acc_t* st = statp + i * kStatsCols;
       const acc_t g = gl[i];
       // A valid row with no incoming gradient (trimmed away) is 0 without a read of its logits;
-      // a non-finite lse keeps the row, so that NaN logits still give NaN.
-      const bool zero = g == acc_t(0) && std::isfinite(st[0]);
+      // a non-finite lse or scale keeps the row, so that NaN logits or an infinite class
+      // weight still give NaN (0 * inf), as PyTorch.
+      const bool zero = g == acc_t(0) && std::isfinite(st[kColLse]) && std::isfinite(st[kColScale]);
       auto fill = [&](acc_t v) { std::fill(o, o + C, static_cast<scalar_t>(v)); };
       rt.visit(
           i, [&](bool ignored) { fill(ignored ? acc_t(0) : hl_nan<acc_t>()); },

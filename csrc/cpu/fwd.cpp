@@ -1,5 +1,5 @@
 // hardloss_cuda::fwd on the CPU: rows in parallel (at::parallel_for), each row by
-// csrc/cpu/rows.h. Returns the loss and the four numbers per row that bwd.cpp needs to
+// csrc/cpu/rows.h. Returns the loss and the numbers per row (row_math.h kStatsCols) that bwd.cpp needs to
 // write the gradient in one pass (hardloss_cuda/_schema.py).
 //
 // Why the gradient is recomputed in backward rather than produced here: measured with
@@ -47,7 +47,7 @@ void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w
       acc_t* st = statp + i * kStatsCols;
       rt.visit(
           i, [&](bool ignored) { invalid_row(row, C, ignored, *scratch, lossp + i, st); },
-          [&](int64_t y, acc_t w_y) { onehot_row(row, C, y, w_y, k, *scratch, lossp + i, st); },
+          [&](int64_t y, acc_t w_y) { onehot_row(row, C, y, w_y, k, compute_grad, *scratch, lossp + i, st); },
           [&](const auto& q) { soft_row(row, C, k, q, compute_grad, *scratch, lossp + i, st); });
     }
   });

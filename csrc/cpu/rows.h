@@ -85,14 +85,16 @@ inline OneHotStats<acc_t> row_stats(const scalar_t* row, int64_t C, int64_t skip
   return st;
 }
 
-// The four numbers a row keeps between the passes (hardloss_cuda/_schema.py, "stats"):
-// its logsumexp, then OneHotRow's (m, log_c, f_y) or SoftRow's (t, m_pos, pos_scale).
+// The numbers a row keeps between the passes (row_math.h, "What a row keeps"): lse and
+// lse_lo, then the path's four.
 template <typename acc_t>
-inline void put_stats(acc_t* st, acc_t lse, acc_t a, acc_t b, acc_t c) {
-  st[0] = lse;
-  st[1] = a;
-  st[2] = b;
-  st[3] = c;
+inline void put_stats(acc_t* st, LseSplit<acc_t> lse, acc_t c2, acc_t c3, acc_t c4, acc_t c5) {
+  st[kColLse] = lse.hi;
+  st[kColLseLo] = lse.lo;
+  st[2] = c2;
+  st[3] = c3;
+  st[4] = c4;
+  st[5] = c5;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -106,57 +108,52 @@ inline void invalid_row(const scalar_t* row, int64_t C, bool ignored, Scratch<ac
                         acc_t* stats) {
   const OneHotStats<acc_t> st = row_stats(row, C, -1, acc_t(1), s);
   *loss = ignored ? acc_t(0) : hl_nan<acc_t>();
-  put_stats(stats, lse_value(LseStats<acc_t>{st.m, st.s1}), acc_t(0), acc_t(0), acc_t(0));
+  put_stats(stats, lse_split(LseStats<acc_t>{st.m, st.s1}), acc_t(0), acc_t(0), acc_t(0), acc_t(0));
 }
 
 // One-hot path (SPEC "Numerics"): statistics over the non-target classes, then the row's
 // gradient coefficients.
 template <typename scalar_t, typename acc_t>
-inline void onehot_row(const scalar_t* row, int64_t C, int64_t y, acc_t w_y, acc_t k, Scratch<acc_t>& s,
-                       acc_t* loss, acc_t* stats) {
+inline void onehot_row(const scalar_t* row, int64_t C, int64_t y, acc_t w_y, acc_t k, bool compute_grad,
+                       Scratch<acc_t>& s, acc_t* loss, acc_t* stats) {
   const OneHotStats<acc_t> st = row_stats(row, C, y, k, s);
   const OneHotRow<acc_t> r = onehot_finalize(st, static_cast<acc_t>(row[y]), w_y, k);
   *loss = r.loss;
-  put_stats(stats, r.lse, r.m, r.log_c, r.f_y);
+  if (!compute_grad) return put_stats(stats, {r.lse, r.lse_lo}, acc_t(0), acc_t(0), acc_t(0), acc_t(0));
+  put_stats(stats, {r.lse, r.lse_lo}, r.f_y, r.m, r.log_c, acc_t(0));
 }
 
 // Soft path (label smoothing, mixture row, probabilities) with the target q_j = q(j), weights
-// folded in: lse and t = sum q, then the loss and, for the gradient, the |eps|^k statistics.
-// Sums run per chunk and the chunks' partials are merged (row_math's merge functions), so a
-// long row does not accumulate one fp32 rounding error per class.
+// folded in. Pass 1: the row max m and s = sum exp(z - m) (vectorised), then t = sum q and
+// the loss relative to m (row_math.h soft_loss_push); pass 2, for the gradient: the |eps|^k
+// statistics, the dominant class (if any) from the other classes. Sums are compensated.
 template <typename scalar_t, typename acc_t, typename Q>
 inline void soft_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, bool compute_grad, Scratch<acc_t>& s,
                      acc_t* loss, acc_t* stats) {
   const OneHotStats<acc_t> st = row_stats(row, C, -1, acc_t(1), s);
-  const acc_t l = lse_value(LseStats<acc_t>{st.m, st.s1});
-  acc_t t = 0;
-  for (int64_t a = 0; a < C; a += kChunk) {
-    acc_t part = 0;
-    for (int64_t j = a; j < std::min(a + kChunk, C); ++j) part += q(j);
-    t += part;
+  const acc_t m = st.m, log_s = hl_log(st.s1);
+  const LseSplit<acc_t> lse = lse_split(LseStats<acc_t>{st.m, st.s1});
+  QMass<acc_t> qm = qmass_init<acc_t>();
+  CSum<acc_t> acc{acc_t(0), acc_t(0)};
+  for (int64_t j = 0; j < C; ++j) {
+    const acc_t qj = q(j);
+    qmass_push(qm, qj);
+    soft_loss_push(acc, qj, static_cast<acc_t>(row[j]), m);
   }
+  const acc_t t = csum_value(qm.t);
+  // m = -inf: nothing but -inf logits (a row of -inf, q > 0 somewhere: infinite loss / NaN)
+  // A row of nothing but -inf logits has no softmax: NaN, as PyTorch.
+  *loss = m == -hl_inf<acc_t>() ? hl_nan<acc_t>() : soft_loss_value(acc, t, log_s);
+  if (!compute_grad) return put_stats(stats, lse, acc_t(0), acc_t(0), acc_t(0), acc_t(0));
+
   const acc_t t_div = t != acc_t(0) ? t : acc_t(1);  // qh = q / t; t == 0 gives f = 0
-  acc_t sum = 0;
+  const bool star = soft_star(qm, t);
   SoftEpsStats<acc_t> es = soft_eps_init<acc_t>();
-  for (int64_t a = 0; a < C; a += kChunk) {
-    acc_t part = 0;
-    SoftEpsStats<acc_t> pes = soft_eps_init<acc_t>();
-    for (int64_t j = a; j < std::min(a + kChunk, C); ++j) {
-      const acc_t z = static_cast<acc_t>(row[j]), qj = q(j);
-      part += soft_loss_term(qj, z, l);
-      if (compute_grad) {
-        bool neg;
-        const acc_t la = soft_log_abs_eps(z, l, qj / t_div, &neg);
-        soft_eps_push(pes, k * la, neg);
-      }
-    }
-    sum += part;
-    es = soft_eps_merge(es, pes);
-  }
-  *loss = sum;
-  if (!compute_grad) return put_stats(stats, l, acc_t(0), acc_t(0), acc_t(0));
-  const SoftRow<acc_t> r = soft_finalize(es, t);
-  put_stats(stats, l, r.t, r.m_pos, r.pos_scale);
+  StarRest<acc_t> rest = star_rest_init<acc_t>();
+  for (int64_t j = 0; j < C; ++j)
+    soft_eps_class(es, rest, static_cast<acc_t>(row[j]), q(j), m, log_s, t, t_div, star, k);
+  const SoftRow<acc_t> r = soft_row_finalize(es, rest, t, star, k);
+  put_stats(stats, lse, r.t, r.c_pos, r.f_star, r.star);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -167,7 +164,7 @@ inline void soft_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, bool c
 template <typename scalar_t, typename acc_t>
 inline void onehot_grad_row(const scalar_t* row, scalar_t* out, int64_t C, int64_t y, acc_t w_y, acc_t k,
                             acc_t g, const acc_t* stats, Scratch<acc_t>& s) {
-  const acc_t m = stats[1], log_c = stats[2], f_y = stats[3];
+  const acc_t f_y = stats[kColScale], m = stats[3], log_c = stats[4];
   for (int64_t a = 0; a < C; a += kChunk) {
     const int64_t n = std::min(kChunk, C - a);
     const acc_t* x = load(row, a, n, s.x);
@@ -186,14 +183,10 @@ inline void onehot_grad_row(const scalar_t* row, scalar_t* out, int64_t C, int64
 template <typename scalar_t, typename acc_t, typename Q>
 inline void soft_grad_row(const scalar_t* row, scalar_t* out, int64_t C, acc_t k, const Q& q, acc_t g,
                           const acc_t* stats) {
-  const acc_t l = stats[0];
-  const SoftRow<acc_t> r{stats[1], stats[2], stats[3]};
-  const acc_t t_div = r.t != acc_t(0) ? r.t : acc_t(1);
-  for (int64_t j = 0; j < C; ++j) {
-    bool neg;
-    const acc_t la = soft_log_abs_eps(static_cast<acc_t>(row[j]), l, q(j) / t_div, &neg);
-    out[j] = static_cast<scalar_t>(g * soft_f(r, k * la, neg));
-  }
+  const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo];
+  const SoftRow<acc_t> r{stats[kColScale], stats[3], stats[4], stats[5]};
+  for (int64_t j = 0; j < C; ++j)
+    out[j] = static_cast<scalar_t>(g * soft_fj(r, static_cast<acc_t>(row[j]), lse, lse_lo, q(j), k));
 }
 
 // ---------------------------------------------------------------------------------------

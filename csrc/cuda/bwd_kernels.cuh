@@ -9,11 +9,11 @@
 // statistics:
 //   one-hot row: f_j = onehot_fj(r, z_j, k) for j != y, f_y = r.f_y, with r.m, r.log_c, r.f_y
 //                from stats and r.w_y = weight[y] (1 without weights);
-//   soft row:    qh_j = q_j / t (q_smoothed / q_mixture / q_probability, t = stats[1], 1 when
-//                t == 0), la = soft_log_abs_eps(z_j, lse, qh_j), f_j = soft_f(r, k la).
+//   soft row:    f_j = soft_fj(r, z_j, lse, lse_lo, q_j, k), q_j from q_smoothed / q_mixture /
+//                q_probability, r = (t, c_pos, f_star, star) from stats.
 // Rows whose gradient does not depend on the logits are written without reading them:
 // ignored rows (0), bad labels (NaN; the label is never used as an index), and rows with
-// grad_loss == 0 and a finite lse (0: rows removed by trimming cost no read).
+// grad_loss == 0 and a finite lse and scale (0: rows removed by trimming cost no read).
 //
 // Work split: a row is cut into tiles of TILE = TPR * U 16-byte vectors; a group of TPR
 // threads (a sub-warp or a warp, no reduction anywhere) takes one tile, lane l holding the
@@ -77,11 +77,13 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
     const RowInfo ri = row_info(a.tg, row);
     const A* st = a.stats + row * kStatsCols;
     const A gl = ldg(a.grad_loss + row);
-    const A lse = ldg(st);
+    const A lse = ldg(st + kColLse);
+    const A scale = ldg(st + kColScale);
     S* orow = a.out + row * C;
 
-    // The gradient does not depend on the logits: write it without reading them.
-    if (ri.status != kLabelValid || (gl == A(0) && hl_abs(lse) < hl_inf<A>())) {
+    // The gradient does not depend on the logits: write it without reading them (a
+    // non-finite lse or scale keeps the row: NaN logits or an infinite weight give 0 * inf).
+    if (ri.status != kLabelValid || (gl == A(0) && hl_abs(lse) < hl_inf<A>() && hl_abs(scale) < hl_inf<A>())) {
       const A fill = ri.status != kLabelValid ? invalid_fill<A>(ri.status) : A(0);
       A f[VEC];
 #pragma unroll
@@ -101,9 +103,10 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
       OneHotRow<A> r;
       r.lse = lse;
       r.loss = A(0);  // not used here
-      r.m = ldg(st + 1);
-      r.log_c = ldg(st + 2);
-      r.f_y = ldg(st + 3);
+      r.lse_lo = ldg(st + kColLseLo);
+      r.f_y = scale;
+      r.m = ldg(st + 3);
+      r.log_c = ldg(st + 4);
       r.w_y = class_weight(a.tg, ri.y);  // ri.y valid: the status is kLabelValid
       const A gf_y = gl * r.f_y;
 #pragma unroll
@@ -119,8 +122,8 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
         store_pack_stream(orow, v, C, a.aligned, f);
       }
     } else {
-      const SoftRow<A> sr = {ldg(st + 1), ldg(st + 2), ldg(st + 3)};
-      const A t_div = sr.t != A(0) ? sr.t : A(1);  // t == 0: q = 0, f = 0 (as the forward)
+      const SoftRow<A> sr = {scale, ldg(st + 3), ldg(st + 4), ldg(st + 5)};
+      const A lse_lo = ldg(st + kColLseLo);
       const S* prow = a.tg.probs != nullptr ? a.tg.probs + row * C : nullptr;
       // A mixture comes only with class indices; the label is valid here.
       const A* wrow = (a.tg.mixture != nullptr && ri.y >= 0)
@@ -156,9 +159,7 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
             } else {
               q = q_smoothed(j == ri.y, w, a.tg.one_minus_s, a.tg.s_over_C);
             }
-            bool neg;
-            const A la = soft_log_abs_eps(f[e], lse, q / t_div, &neg);
-            f[e] = gl * soft_f(sr, k * la, neg);
+            f[e] = gl * soft_fj(sr, f[e], lse, lse_lo, q, k);
           }
         }
         store_pack_stream(orow, v, C, a.aligned, f);

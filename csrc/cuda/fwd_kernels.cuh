@@ -4,7 +4,7 @@
 //
 // What a row produces (hardloss_cuda/_schema.py, csrc/cuda/kernels.cuh): loss, and
 // stats = (lse, m, log_c, f_y) of row_math.h's OneHotRow for one-hot rows, or
-// (lse, t, m_pos, pos_scale) of SoftRow for soft rows. No gradient is written here: the
+// (t, c_pos, f_star, star) of SoftRow for soft rows, after (lse, lse_lo). No gradient is written here: the
 // backward (bwd_kernels.cuh) reads the row once more and produces grad_loss * f in one pass
 // from these four numbers. Bytes (SPEC section 3): the forward reads the logits once
 // (N C s), the backward reads them once and writes the gradient once (2 N C s): 3 N C s in
@@ -79,14 +79,16 @@ struct FwdArgs {
 };
 
 template <typename A>
-__device__ __forceinline__ void write_row(A* loss, A* stats, int64_t row, A l, A s0, A s1, A s2,
-                                          A s3) {
+__device__ __forceinline__ void write_row(A* loss, A* stats, int64_t row, A l, LseSplit<A> lse, A c2, A c3, A c4,
+                                          A c5) {
   loss[row] = l;
   A* st = stats + row * kStatsCols;
-  st[0] = s0;
-  st[1] = s1;
-  st[2] = s2;
-  st[3] = s3;
+  st[kColLse] = lse.hi;
+  st[kColLseLo] = lse.lo;
+  st[2] = c2;
+  st[3] = c3;
+  st[4] = c4;
+  st[5] = c5;
 }
 
 // One-hot row: finalise the merged statistics (over i != y, or over every class when the
@@ -98,24 +100,28 @@ __device__ __forceinline__ void finish_onehot_row(const FwdArgs<S>& a, int64_t r
   if (ri.y >= 0) {
     const A w_y = class_weight(a.tg, ri.y);
     const OneHotRow<A> rr = onehot_finalize(st, z_y, w_y, a.k);
-    write_row(a.loss, a.stats, row, rr.loss, rr.lse, rr.m, rr.log_c, rr.f_y);
+    if (a.compute_grad) {
+      write_row(a.loss, a.stats, row, rr.loss, {rr.lse, rr.lse_lo}, rr.f_y, rr.m, rr.log_c, A(0));
+    } else {
+      write_row(a.loss, a.stats, row, rr.loss, {rr.lse, rr.lse_lo}, A(0), A(0), A(0), A(0));
+    }
   } else {
     // No label excluded: {m, s1} are the logsumexp statistics of the whole row.
-    write_row(a.loss, a.stats, row, invalid_fill<A>(ri.status), lse_value(LseStats<A>{st.m, st.s1}),
-              A(0), A(0), A(0));
+    write_row(a.loss, a.stats, row, invalid_fill<A>(ri.status), lse_split(LseStats<A>{st.m, st.s1}), A(0), A(0),
+              A(0), A(0));
   }
 }
 
-// Soft row: loss (before the label rule), lse, t and the finalised |eps|^k row. One thread.
+// Soft row: loss (before the label rule), lse and the finalised |eps|^k row. One thread.
 template <typename S>
 __device__ __forceinline__ void finish_soft_row(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
-                                                acc_type<S> loss, acc_type<S> lse,
+                                                acc_type<S> loss, LseSplit<acc_type<S>> lse,
                                                 const SoftRow<acc_type<S>>& sr) {
   using A = acc_type<S>;
   if (ri.status == kLabelValid && a.compute_grad) {
-    write_row(a.loss, a.stats, row, loss, lse, sr.t, sr.m_pos, sr.pos_scale);
+    write_row(a.loss, a.stats, row, loss, lse, sr.t, sr.c_pos, sr.f_star, sr.star);
   } else {
-    write_row(a.loss, a.stats, row, ri.status == kLabelValid ? loss : invalid_fill<A>(ri.status), lse,
+    write_row(a.loss, a.stats, row, ri.status == kLabelValid ? loss : invalid_fill<A>(ri.status), lse, A(0),
               A(0), A(0), A(0));
   }
 }
@@ -145,6 +151,102 @@ struct SumOp {
     return u + v;
   }
 };
+struct MinOp {
+  template <typename A>
+  __device__ __forceinline__ A operator()(A u, A v) const {
+    return v < u ? v : u;
+  }
+};
+struct MaxOp {
+  template <typename A>
+  __device__ __forceinline__ A operator()(A u, A v) const {
+    return v > u ? v : u;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// The soft rows' two passes over values in registers, shared by both kernel paths (row_math.h
+// does the math). Pass A: lse, t = sum q, min / max q. Pass B: the loss relative to the row
+// max and, with compute_grad, the |eps|^k statistics (soft_eps_class). Each thread pushes
+// its classes, then soft_pass_a_reduce / soft_pass_b_finish combine the group (every thread
+// of the group calls them: no divergent call).
+// ---------------------------------------------------------------------------------------
+template <typename A>
+struct SoftPassA {
+  A t;
+  A qmin;
+  A qmax;
+};
+
+template <typename A>
+__device__ __forceinline__ void soft_pass_a_push(SoftPassA<A>& p, A q) {
+  p.t += q;
+  p.qmin = q < p.qmin ? q : p.qmin;
+  p.qmax = q > p.qmax ? q : p.qmax;
+}
+
+// The row's view after pass A: what pass B needs.
+template <typename A>
+struct SoftRowCtx {
+  LseSplit<A> lse;
+  A m;
+  A log_s;
+  A t;
+  A t_div;
+  bool star;
+};
+
+template <int TPR, typename A>
+__device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, SoftPassA<A> p, ReduceSmem<A>& red) {
+  ls = group_reduce<TPR>(ls, LseMergeOp{}, red);
+  SoftRowCtx<A> c;
+  c.t = group_reduce<TPR>(p.t, SumOp{}, red);
+  QMass<A> qm = qmass_init<A>();
+  qm.qmin = group_reduce<TPR>(p.qmin, MinOp{}, red);
+  qm.qmax = group_reduce<TPR>(p.qmax, MaxOp{}, red);
+  c.m = ls.m;
+  c.log_s = hl_log(ls.s);
+  c.lse = lse_split(ls);
+  c.t_div = c.t != A(0) ? c.t : A(1);  // t == 0: q = 0, f = 0 (as the reference)
+  c.star = soft_star(qm, c.t);
+  return c;
+}
+
+template <typename A>
+struct SoftPassB {
+  CSum<A> loss;
+  SoftEpsStats<A> es;
+  StarRest<A> rest;
+};
+
+template <typename A>
+__device__ __forceinline__ SoftPassB<A> soft_pass_b_init() {
+  return {{A(0), A(0)}, soft_eps_init<A>(), star_rest_init<A>()};
+}
+
+template <typename A>
+__device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowCtx<A>& c, A z, A q, A k,
+                                                 bool grad) {
+  soft_loss_push(b.loss, q, z, c.m);
+  if (grad) soft_eps_class(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.t_div, c.star, k);
+}
+
+// Loss and SoftRow of the group's row (the same in every thread of the group).
+template <int TPR, typename A>
+__device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx<A>& c, A k, bool grad,
+                                                ReduceSmem<A>& red, SoftRow<A>* sr) {
+  const A acc = group_reduce<TPR>(csum_value(b.loss), SumOp{}, red);
+  // A row of nothing but -inf logits has no softmax: NaN, as PyTorch.
+  const A loss = c.m == -hl_inf<A>() ? hl_nan<A>() : acc + c.t * c.log_s;
+  *sr = {A(0), A(0), A(0), A(0)};
+  if (grad) {
+    b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
+    b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
+    b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
+    *sr = soft_row_finalize(b.es, b.rest, c.t, c.star, k);
+  }
+  return loss;
+}
 
 // ---------------------------------------------------------------------------------------
 // Path 1: the row in registers. Thread `lane` of a group of TPR threads holds the vectors
@@ -197,48 +299,30 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
       const OneHotStats<A> st = group_reduce<TPR>(loc, OneHotMergeOp<A>{k}, red);
       if (active && lane == 0) finish_onehot_row(a, row, ri, st, z_y);
     } else {
-      // Pass A: lse and t = sum q.
-      const LseStats<A> ls = group_reduce<TPR>(lse_stats_regs(x), LseMergeOp{}, red);
-      A t_loc = A(0);
+      // Pass A: lse, t = sum q, min / max q.
+      SoftPassA<A> pa = {A(0), hl_inf<A>(), -hl_inf<A>()};
 #pragma unroll
       for (int i = 0; i < NV; ++i) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const int j = (i * TPR + lane) * VEC + e;
-          if (j < C) t_loc += soft_q(a.tg, r, ri, j);
+          if (j < C) soft_pass_a_push(pa, soft_q(a.tg, r, ri, j));
         }
       }
-      const A t = group_reduce<TPR>(t_loc, SumOp{}, red);
-      const A lse = lse_value(ls);
-      const A t_div = t != A(0) ? t : A(1);  // t == 0: q = 0, f = 0 (as the reference)
+      const SoftRowCtx<A> ctx = soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, red);
       // Pass B: loss and, for the backward, the |eps|^k statistics.
-      const bool eps_stats = a.compute_grad;
-      A loss_loc = A(0);
-      SoftEpsStats<A> es = soft_eps_init<A>();
+      SoftPassB<A> pb = soft_pass_b_init<A>();
 #pragma unroll
       for (int i = 0; i < NV; ++i) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const int j = (i * TPR + lane) * VEC + e;
-          if (j < C) {
-            const A q = soft_q(a.tg, r, ri, j);
-            const A z = x[i * VEC + e];
-            loss_loc += soft_loss_term(q, z, lse);
-            if (eps_stats) {
-              bool neg;
-              const A kla = k * soft_log_abs_eps(z, lse, q / t_div, &neg);
-              soft_eps_push(es, kla, neg);
-            }
-          }
+          if (j < C) soft_pass_b_push(pb, ctx, x[i * VEC + e], soft_q(a.tg, r, ri, j), k, a.compute_grad);
         }
       }
-      const A loss = group_reduce<TPR>(loss_loc, SumOp{}, red);
-      SoftRow<A> sr = {A(0), A(0), A(0)};
-      if (eps_stats) {
-        es = group_reduce<TPR>(es, SoftEpsMergeOp{}, red);
-        sr = soft_finalize(es, t);
-      }
-      if (active && lane == 0) finish_soft_row(a, row, ri, loss, lse, sr);
+      SoftRow<A> sr;
+      const A loss = soft_pass_b_finish<TPR>(pb, ctx, k, a.compute_grad, red, &sr);
+      if (active && lane == 0) finish_soft_row(a, row, ri, loss, ctx.lse, sr);
     }
   }
 }
@@ -287,9 +371,9 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
       st = group_reduce<BLOCK>(st, OneHotMergeOp<A>{k}, red);
       if (tid == 0) finish_onehot_row(a, r, ri, st, z_y);
     } else {
-      // Pass A: lse and t; the row goes to the shared-memory cache.
+      // Pass A: lse, t and min / max q; the row goes to the shared-memory cache.
       LseStats<A> ls = lse_init<A>();
-      A t_loc = A(0);
+      SoftPassA<A> pa = {A(0), hl_inf<A>(), -hl_inf<A>()};
       for (int vb = 0; vb < nvec; vb += STEP) {
         A x[E];
 #pragma unroll
@@ -305,18 +389,13 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
             const int j = (vb + u * BLOCK + tid) * VEC + e;
-            if (j < C) t_loc += soft_q(a.tg, r, ri, j);
+            if (j < C) soft_pass_a_push(pa, soft_q(a.tg, r, ri, j));
           }
         }
       }
-      ls = group_reduce<BLOCK>(ls, LseMergeOp{}, red);
-      const A t = group_reduce<BLOCK>(t_loc, SumOp{}, red);
-      const A lse = lse_value(ls);
-      const A t_div = t != A(0) ? t : A(1);
+      const SoftRowCtx<A> ctx = soft_pass_a_reduce<BLOCK>(ls, pa, red);
       // Pass B: loss and, for the backward, the |eps|^k statistics.
-      const bool eps_stats = a.compute_grad;
-      A loss_loc = A(0);
-      SoftEpsStats<A> es = soft_eps_init<A>();
+      SoftPassB<A> pb = soft_pass_b_init<A>();
       for (int vb = 0; vb < nvec; vb += STEP) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -326,25 +405,13 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
             const int j = v * VEC + e;
-            if (j < C) {
-              const A q = soft_q(a.tg, r, ri, j);
-              loss_loc += soft_loss_term(q, x[e], lse);
-              if (eps_stats) {
-                bool neg;
-                const A kla = k * soft_log_abs_eps(x[e], lse, q / t_div, &neg);
-                soft_eps_push(es, kla, neg);
-              }
-            }
+            if (j < C) soft_pass_b_push(pb, ctx, x[e], soft_q(a.tg, r, ri, j), k, a.compute_grad);
           }
         }
       }
-      const A loss = group_reduce<BLOCK>(loss_loc, SumOp{}, red);
-      SoftRow<A> sr = {A(0), A(0), A(0)};
-      if (eps_stats) {
-        es = group_reduce<BLOCK>(es, SoftEpsMergeOp{}, red);
-        sr = soft_finalize(es, t);
-      }
-      if (tid == 0) finish_soft_row(a, r, ri, loss, lse, sr);
+      SoftRow<A> sr;
+      const A loss = soft_pass_b_finish<BLOCK>(pb, ctx, k, a.compute_grad, red, &sr);
+      if (tid == 0) finish_soft_row(a, r, ri, loss, ctx.lse, sr);
     }
   }
 }

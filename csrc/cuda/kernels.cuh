@@ -2,8 +2,8 @@
 // bwd_inplace}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by
 // the torch glue csrc/cuda/ops_cuda.cpp and by the kernel files csrc/cuda/*.cu.
 //
-// Contract (hardloss_cuda/_schema.py): the forward reads the logits once and keeps four numbers
-// per row (stats); the backward reads the logits again and writes the gradient once, scaled by
+// Contract (hardloss_cuda/_schema.py): the forward reads the logits once and keeps kStatsCols
+// numbers per row (stats); the backward reads the logits again and writes the gradient once, scaled by
 // grad_loss. Pointers are raw and untyped; `dtype` says what the logits are. The accumulation
 // type ("acc") is double for float64 logits and float otherwise: loss, stats, weight, mixture
 // and grad_loss are in acc, the gradient and probability targets in the logits' dtype.
@@ -16,20 +16,15 @@
 
 #include <cstdint>
 
+#include "row_math.h"  // kStatsCols: torch-free, host-compiler safe
+
 namespace hl {
 namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
-// Columns of stats (N, kStatsCols) in acc, per row:
-//   0: logsumexp of the row (every row);
-//   one-hot row (class index, no mixture, no smoothing) with a valid label:
-//     1..3 = (m, log_c, f_y) of row_math.h's OneHotRow (f_y includes w_y);
-//   soft row (probabilities, mixture or smoothing) with a valid label, compute_grad:
-//     1..3 = (t, m_pos, pos_scale) of row_math.h's SoftRow;
-//   otherwise (ignored / bad label, soft row without compute_grad): 1..3 = 0.
-// Same value as hl::kStatsCols (csrc/checks.h, not includable here: it pulls in ATen).
-constexpr int kStatsCols = 4;
+// stats (N, kStatsCols) in acc: the layout of row_math.h ("What a row keeps").
+using hl::kStatsCols;
 
 // The target description shared by fwd and bwd.
 struct TargetParams {

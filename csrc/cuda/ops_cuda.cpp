@@ -60,8 +60,6 @@ Prepared prepare(const at::Tensor& logits, const at::Tensor& target,
   return p;
 }
 
-static_assert(hl::kStatsCols == static_cast<int64_t>(kStatsCols), "stats width differs from csrc/checks.h");
-
 TargetParams target_params(const Prepared& in, int64_t ignore_index, double label_smoothing) {
   TargetParams t;
   const bool probs = in.target.is_floating_point();

@@ -78,34 +78,54 @@ static void check_onehot(const char* name, const std::vector<double>& z, int y, 
   }
 }
 
-// Soft path for a probability row q (sum 1): f = F_k(p - q) against the explicit formula.
+// The library's soft path on a row, as the CPU kernel runs it (csrc/cpu/rows.h soft_row):
+// pass 1 lse, t and the loss; pass 2 the |eps|^k statistics, the dominant class apart;
+// then f_j as the backward computes it from the stats.
+template <typename T>
+static void lib_soft(const std::vector<double>& zd, const std::vector<double>& qd, T k, T* loss, std::vector<T>* f) {
+  const size_t C = zd.size();
+  std::vector<T> z(zd.begin(), zd.end()), q(qd.begin(), qd.end());
+  hl::LseStats<T> ls = hl::lse_init<T>();
+  for (T v : z) hl::lse_push(ls, v);
+  const T log_s = std::log(ls.s);
+  hl::QMass<T> qm = hl::qmass_init<T>();
+  hl::CSum<T> acc{0, 0};
+  for (size_t j = 0; j < C; ++j) hl::qmass_push(qm, q[j]), hl::soft_loss_push(acc, q[j], z[j], ls.m);
+  const T t = hl::csum_value(qm.t);
+  *loss = hl::soft_loss_value(acc, t, log_s);
+  const bool star = hl::soft_star(qm, t);
+  hl::SoftEpsStats<T> es = hl::soft_eps_init<T>();
+  hl::StarRest<T> rest = hl::star_rest_init<T>();
+  for (size_t j = 0; j < C; ++j) hl::soft_eps_class(es, rest, z[j], q[j], ls.m, log_s, t, t, star, k);
+  const hl::SoftRow<T> r = hl::soft_row_finalize(es, rest, t, star, k);
+  const hl::LseSplit<T> lse = hl::lse_split(ls);
+  f->assign(C, T(0));
+  for (size_t j = 0; j < C; ++j) (*f)[j] = hl::soft_fj(r, z[j], lse.hi, lse.lo, q[j], k);
+}
+
+// Soft path for a target row q: f = t F_k(p - q / t) against the explicit formula.
 static void check_soft(const std::vector<double>& z, const std::vector<double>& q, double k) {
   const size_t C = z.size();
-  hl::LseStats<double> ls = hl::lse_init<double>();
-  double t = 0;
-  for (size_t j = 0; j < C; ++j) hl::lse_push(ls, z[j]), t += q[j];
-  const double lse = hl::lse_value(ls);
-  hl::SoftEpsStats<double> es = hl::soft_eps_init<double>();
-  std::vector<double> kla(C);
-  std::vector<bool> neg(C);
-  for (size_t j = 0; j < C; ++j) {
-    bool n;
-    kla[j] = k * hl::soft_log_abs_eps(z[j], lse, q[j] / t, &n);
-    neg[j] = n;
-    hl::soft_eps_push(es, kla[j], n);
-  }
-  const hl::SoftRow<double> r = hl::soft_finalize(es, t);
-  ld sneg = 0, spos = 0;
+  double loss;
+  std::vector<double> f;
+  lib_soft<double>(z, q, k, &loss, &f);
+  ld m = z[0], s = 0, t = 0, sneg = 0, spos = 0, want_loss = 0;
+  for (double v : z) m = std::max<ld>(m, v);
+  for (double v : z) s += std::exp((ld)v - m);
+  for (double v : q) t += v;
   std::vector<ld> eps(C);
   for (size_t j = 0; j < C; ++j) {
-    eps[j] = std::exp((ld)z[j] - lse) - q[j] / t;
+    const ld lp = (ld)z[j] - m - std::log(s);
+    want_loss -= q[j] * lp;
+    eps[j] = std::exp(lp) - q[j] / t;
     (eps[j] < 0 ? sneg : spos) += std::pow(std::fabs(eps[j]), (ld)k);
   }
+  expect_close("soft loss", loss, want_loss, 1e-12, 1e-14);
   for (size_t j = 0; j < C; ++j) {
     const ld want = eps[j] < 0 ? -t * std::pow(-eps[j], (ld)k) : t * sneg * std::pow(eps[j], (ld)k) / spos;
     char what[96];
     std::snprintf(what, sizeof what, "soft k=%g f[%zu]", k, j);
-    expect_close(what, hl::soft_f(r, kla[j], neg[j]), want, 1e-9, 1e-12);
+    expect_close(what, f[j], want, 1e-9, 1e-12);
   }
 }
 
@@ -125,6 +145,8 @@ int main() {
     double qs = 0;
     for (double& v : q) qs += (v = std::exp(normal(gen) / 3));
     for (double& v : q) v /= qs;
+    for (double k : ks) check_soft(z, q, k);
+    q[y] += 2.0;  // a dominant class (qh > 1/2), and t != 1
     for (double k : ks) check_soft(z, q, k);
   }
   // C = 1: loss 0 and f = 0, for every k.
@@ -157,6 +179,40 @@ int main() {
     if (!std::isnan(loss)) ++failures, std::printf("FAIL NaN logit: loss %g is not NaN\n", loss);
     lib_onehot<float>({INFINITY, 1.0, 2.0}, 0, 1.0f, 0.5f, 1, &loss, &lse, &f);
     if (!std::isnan(loss)) ++failures, std::printf("FAIL +inf target logit: loss %g is not NaN\n", loss);
+  }
+  // Extreme logits: everything relative to the row max, never through the rounded lse.
+  // fp32 [1e8, 1e8, 1e8]: loss log 3 (not log 2 or 0), f = (-2/3, 1/3, 1/3) at k = 1; a row
+  // of -1e30 (C = 5): loss log 5.
+  {
+    float loss, lse;
+    std::vector<float> f;
+    lib_onehot<float>({1e8, 1e8, 1e8}, 0, 1.0f, 1.0f, 1, &loss, &lse, &f);
+    expect_close("1e8 loss", loss, std::log(3.0L), 1e-6, 0);
+    expect_close("1e8 f_y", f[0], -2.0L / 3, 1e-6, 0);
+    expect_close("1e8 f_1", f[1], 1.0L / 3, 1e-6, 0);
+    lib_onehot<float>({-1e30, -1e30, -1e30, -1e30, -1e30}, 2, 1.0f, 0.5f, 3, &loss, &lse, &f);
+    expect_close("-1e30 loss", loss, std::log(5.0L), 1e-6, 0);
+    lib_soft<float>({1e8, 1e8, 1e8}, {0.9f + 0.1f / 3, 0.1f / 3, 0.1f / 3}, 1.0f, &loss, &f);
+    expect_close("1e8 smoothed loss", loss, std::log(3.0L), 1e-6, 0);
+    expect_close("1e8 smoothed f_0", f[0], 1.0L / 3 - (0.9L + 0.1L / 3), 1e-5, 0);
+  }
+  // A confident soft row, small k: z = (0, 40), q = (0, 1) must give the one-hot path's
+  // f = (e^{-40/16}, -e^{-40/16}) in double, where p_1 = 1 - e^{-40} rounds to 1.
+  {
+    double loss;
+    std::vector<double> f;
+    lib_soft<double>({0.0, 40.0}, {0.0, 1.0}, 1.0 / 16, &loss, &f);
+    const ld want = std::exp(-40.0L / 16) / std::pow(1 + std::exp(-40.0L), 1.0L / 16);
+    expect_close("confident soft f_0", f[0], want, 1e-12, 0);
+    expect_close("confident soft f_1", f[1], -want, 1e-12, 0);
+  }
+  // Every class at -inf: NaN throughout, as PyTorch.
+  {
+    float loss, lse;
+    std::vector<float> f;
+    lib_onehot<float>({-INFINITY, -INFINITY, -INFINITY}, 1, 1.0f, 0.5f, 1, &loss, &lse, &f);
+    for (float v : f)
+      if (!std::isnan(v)) ++failures, std::printf("FAIL all -inf row: f %g is not NaN\n", v);
   }
   // Labels: ignore_index wins inside [0, C); out-of-range labels are bad, never indexed.
   if (hl::label_status(3, 5, 3) != hl::kLabelIgnored || hl::label_status(5, 5, -100) != hl::kLabelBad ||
