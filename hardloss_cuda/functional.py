@@ -10,7 +10,7 @@ from torch import Tensor
 
 from . import _ops, backends, reference
 from .trimming import keep_mask
-from .validation import check_fraction, check_inputs, check_k
+from .validation import check_fraction, check_inputs, check_k, scalar_arg
 
 __all__ = ["cross_entropy"]
 
@@ -62,6 +62,8 @@ def cross_entropy(
         backend: "auto", "cuda", "triton", "cpu" or "reference" (``HARDLOSS_BACKEND``
             overrides "auto").
     """
+    ignore_index = scalar_arg(ignore_index, "ignore_index", int)
+    label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
     C = check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward)
     k = check_k(k)
     frac = _trim_fraction(trim)
@@ -94,12 +96,13 @@ def cross_entropy(
         kept = keep_mask(loss, valid, frac)
         loss = torch.where(kept, loss, 0)
         row_w = torch.where(kept, row_w, 0)
+        valid = valid & kept
 
     if reduction == "none":
         return loss.to(input.dtype).reshape(out_shape)
     total = loss.sum()
     if reduction == "sum":
         return total.to(input.dtype)
-    denom = row_w.sum()
-    # An empty batch, or one whose rows are all ignored, gives 0 rather than NaN (SPEC 4).
-    return (total / torch.where(denom != 0, denom, 1)).to(input.dtype)
+    # Divided as PyTorch divides (row weights summing to 0 give inf or NaN), except that a batch
+    # in which no row counts (empty, all ignored) gives 0 rather than NaN (docs/ROW_MATH.md 5).
+    return torch.where(valid.any(), total / row_w.sum(), 0).to(input.dtype)

@@ -28,6 +28,11 @@ def lda_fit(features: Tensor, labels: Tensor, tol: float = 1e-4):
     n, C = X.shape[0], classes.numel()
     if C < 2:
         raise ValueError("labels: LDA needs at least two classes")
+    if n <= C:
+        raise ValueError(
+            f"features: LDA needs more samples than classes to estimate the within-class scatter, "
+            f"got {n} samples for {C} classes"
+        )
     counts = torch.bincount(y, minlength=C).to(X)
     means = torch.zeros(C, X.shape[1], dtype=X.dtype, device=X.device).index_add_(0, y, X) / counts[:, None]
     priors = counts / n
@@ -38,11 +43,15 @@ def lda_fit(features: Tensor, labels: Tensor, tol: float = 1e-4):
     fac = 1.0 / (n - C)
     _, S, Vt = torch.linalg.svd(fac**0.5 * Xc / std, full_matrices=False)
     rank = int((S > tol).sum())
+    if rank == 0:
+        raise ValueError("features: no within-class variation (every sample equals its class mean); LDA is undefined")
     scalings = (Vt[:rank] / std).T / S[:rank]
     # Principal directions of the class means in the whitened space.
     xbar = priors @ means
     Xb = ((n * priors * fac) ** 0.5)[:, None] * (means - xbar) @ scalings
     _, S2, Vt2 = torch.linalg.svd(Xb, full_matrices=False)
+    if S2.numel() == 0 or not S2[0] > 0:
+        raise ValueError("features: the class means do not differ; LDA has no discriminant direction")
     rank2 = int((S2 > tol * S2[0]).sum())
     return xbar, scalings @ Vt2[:rank2].T, means
 

@@ -21,12 +21,29 @@ def _data_checks_allowed(t: Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
+# k is used in fp32 by the kernels for every dtype but float64: it must stay a positive
+# normal fp32 number there (a smaller k rounds to 0 or a denormal, and |eps|^k turns NaN).
+_K_MIN = 2.0**-126
+_K_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_k(k) -> float:
     if isinstance(k, Tensor):
         k = k.item()
-    if not isinstance(k, Real) or isinstance(k, bool) or not math.isfinite(k) or k <= 0:
-        raise ValueError(f"k must be a finite number > 0, got {k!r}")
+    if not isinstance(k, Real) or isinstance(k, bool) or not math.isfinite(k) or not (_K_MIN <= k <= _K_MAX):
+        raise ValueError(f"k must be a number in [2**-126, {_K_MAX:.3g}] (a positive normal float32), got {k!r}")
     return float(k)
+
+
+def scalar_arg(value, name: str, kind: type):
+    """ignore_index / label_smoothing given as a 0-dim tensor, as PyTorch accepts: the number."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0:
+            raise ValueError(f"{name} must be a number or a 0-dim tensor, got shape {tuple(value.shape)}")
+        if kind is int and value.is_floating_point():
+            raise ValueError(f"{name} must be an int, got a {value.dtype} tensor")
+        return kind(value.item())
+    return value
 
 
 def check_fraction(value, name: str) -> float:
@@ -74,6 +91,8 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
             raise ValueError(f"target (probabilities) must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
         if mixture is not None:
             raise ValueError("mixture needs class-index targets, not probabilities")
+        if ignore_index != -100:
+            raise ValueError(f"ignore_index={ignore_index} is not supported with probability targets (as in PyTorch)")
     else:
         if target.dtype == torch.bool or target.is_complex():
             raise ValueError(f"target: unsupported dtype {target.dtype}; expected int64 class indices")
@@ -101,9 +120,15 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
             raise ValueError(f"mixture is on {mixture.device} but input is on {input.device}")
         if label_smoothing > 0:
             raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
-    if inplace_backward:
-        if input.is_leaf and input.requires_grad:
-            raise ValueError("inplace_backward=True overwrites input with its gradient; input must not be a leaf that requires grad")
+    if inplace_backward and input.requires_grad:
+        # A view shares its base's storage: writing the gradient into a view of a parameter
+        # would overwrite the parameter (PyTorch refuses in-place ops on those too).
+        base = input if input._base is None else input._base
+        if input.is_leaf or (base.is_leaf and base.requires_grad):
+            raise ValueError(
+                "inplace_backward=True overwrites input with its gradient; input must not be a leaf that "
+                "requires grad, nor a view of one"
+            )
         if (mixture is not None and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):
             raise ValueError("inplace_backward=True cannot be used when mixture or target require grad (their gradient needs the logits)")
     return C
