@@ -83,7 +83,7 @@ def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool):
     domain throughout. Returns (loss, gradient or None, lse of zs)."""
     lse = torch.logsumexp(zs, dim=1)
     log_p = zs - lse[:, None]
-    loss = -torch.where(q != 0, q * log_p, 0).sum(1)
+    loss = -torch.where(q != 0, q * log_p, 0).sum(1)  # q = 0 skipped: -inf logits add 0
     if not compute_grad:
         return loss, None, lse
     t = q.sum(1)
