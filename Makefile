@@ -34,7 +34,7 @@ $(VENV)/.deps: requirements/ci-constraints.txt
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	touch $@
 
-# The extension needs torch at build time, hence --no-build-isolation (BUILD_NOTES.md).
+# The extension needs torch at build time, hence --no-build-isolation (docs/BUILDING.md).
 $(VENV)/.built: $(VENV)/.deps pyproject.toml setup.py $(CSRC)
 	$(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
 	touch $@

@@ -110,7 +110,7 @@ if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
 
 CXX_FLAGS = [
     "-O3",
-    "-g0",  # 10.7 MB -> 0.2 MB .so (BUILD_NOTES.md)
+    "-g0",  # 10.7 MB -> 0.2 MB .so (docs/BUILDING.md)
     # Lets GCC turn the clamps and NaN tests of fast_exp (csrc/cpu/vec_math.h) into selects:
     # with the default -ftrapping-math a comparison may raise, so the loops of
     # csrc/cpu/chunk_math.cpp stay scalar ("control flow in loop"), ~4x slower. Values do not

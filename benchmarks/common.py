@@ -1,10 +1,10 @@
 """What the report (report.py) and the pytest-benchmark suite (test_bench.py) share: the
 cases, the candidates timed on them, and how one time is taken.
 
-Timing (METHOD.md): warm-up excluded; fresh inputs rotated so that a cache holding the
+Timing: warm-up excluded; fresh inputs rotated so that a cache holding the
 previous call's data does not flatter; the median of the repeats; on a GPU, CUDA events
 around each call, and a device-to-device copy measured in the same run as the bandwidth
-ceiling. Bytes floor (SPEC section 3): forward+backward reads the logits once and writes the
+ceiling. Bytes floor (docs/CONTRACT.md section 4): forward+backward reads the logits once and writes the
 gradient once, 2 N C s bytes; forward alone reads them once, N C s. LM-head cases (hidden
 states and a classifier in, matmuls timed too) are reported against the same logits floor.
 """

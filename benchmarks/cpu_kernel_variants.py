@@ -1,4 +1,4 @@
-"""The CPU kernel's time, pass by pass, and issue 3's two speed targets (forward+backward
+"""The CPU kernel's time, pass by pass, and its two speed targets (forward+backward
 through the public API, fp32): cpu >= 3x the reference at k = 0.5, cpu >= 1.2x
 F.cross_entropy at k = 1. The measurement behind the design note in csrc/cpu/fwd.cpp.
 

@@ -7,7 +7,7 @@ adds around it.
               reads the logits once, writes the gradient once           2 N C s bytes
     fwd+bwd   both, back to back                                        3 N C s bytes
 
-GB/s counts those bytes (what the kernels move); "%floor" is the SPEC section 3 floor of
+GB/s counts those bytes (what the kernels move); "%floor" is the docs/CONTRACT.md section 4 floor of
 loss plus gradient (2 N C s) over the fwd+bwd time, i.e. how far the two-pass design is from
 a single fused pass, as a fraction of the copy bandwidth.
 

@@ -32,7 +32,7 @@ def cases(device: str, quick: bool) -> list[Case]:
     if device == "cpu" and quick:
         return [Case(2048, 1000, k=0.5), Case(2048, 1000, k=1.0), Case(512, 8192, k=0.5),
                 Case(2048, 1000, k=0.5, mixture=True), Case(2048, 1000, k=0.5, trim=0.5)]
-    if device == "cpu":  # issue 3's targets: 8192 x 1000 and 4096 x 32000, fp32, k = 0.5 and 1
+    if device == "cpu":  # the CPU speed targets: 8192 x 1000 and 4096 x 32000, fp32, k = 0.5 and 1
         return [Case(8192, 1000, k=0.5), Case(8192, 1000, k=1.0), Case(4096, 32000, k=0.5),
                 Case(4096, 32000, k=1.0), Case(8192, 1000, k=0.5, mixture=True),
                 Case(8192, 1000, k=0.5, trim=0.5), Case(4096, 32000, "bf16", k=0.5),

@@ -102,7 +102,7 @@ HL_HOST_DEVICE inline T lse_value(LseStats<T> st) {
 }
 
 // ---------------------------------------------------------------------------------------
-// One-hot path (SPEC "Numerics"): over the non-target classes i != y only,
+// One-hot path (docs/ROW_MATH.md): over the non-target classes i != y only,
 // m = max z_i, s1 = sum exp(z_i - m), sk = sum exp(k (z_i - m)).
 // ---------------------------------------------------------------------------------------
 template <typename T>

@@ -2,7 +2,7 @@
 
 One op computes the softmax, the loss and the normalised ``|eps|^k`` pseudo-gradient
 (Keren et al.), with MCEL soft targets (Negi et al.) and mini-batch trimming (Fassold).
-See SPEC.md / docs/ROW_MATH.md for the contract.
+See docs/CONTRACT.md and docs/ROW_MATH.md for the contract.
 """
 
 import torch  # noqa: F401  (loads libc10 before the compiled extension)

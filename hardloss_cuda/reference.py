@@ -1,9 +1,9 @@
 """Pure-PyTorch reference of the fused op: the oracle every backend is tested against.
 
-``rows`` is SPEC.md section 2 for a batch of rows, written with plain tensor ops so it runs
+``rows`` is docs/CONTRACT.md section 2 for a batch of rows, written with plain tensor ops so it runs
 on any device and in float64. It follows docs/ROW_MATH.md line by line: the target row q,
 the loss ``-sum q log p``, and the normalised ``|eps|^k`` pseudo-gradient, evaluated in the
-log domain where SPEC asks for it. It is readable first and fast second.
+log domain where the contract asks for it. It is readable first and fast second.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _softplus(x: Tensor) -> Tensor:
 
 
 def _onehot_rows(zs: Tensor, y: Tensor, w_y: Tensor, k: float, compute_grad: bool):
-    """SPEC 'Numerics' on max-shifted rows ``zs``: statistics over the non-target classes, no
+    """The one-hot path of docs/ROW_MATH.md on max-shifted rows ``zs``: statistics over the non-target classes, no
     cancellation in 1 - p_y. Returns (loss, gradient or None, lse of zs)."""
     is_y = torch.nn.functional.one_hot(y, zs.shape[1]).bool()
     z_not = zs.masked_fill(is_y, float("-inf"))

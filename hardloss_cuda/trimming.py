@@ -2,7 +2,7 @@
 
 The loss of a mini-batch is the mean over the fraction ``f`` of its non-ignored samples
 with the highest loss; the others get no gradient. ``f`` falls linearly over the epochs
-(SPEC.md section 1.3). Everything here is sync-free on the GPU: the kept count is a tensor
+(docs/CONTRACT.md section 1). Everything here is sync-free on the GPU: the kept count is a tensor
 and the kept set a mask built from a sort, never from ``.item()``.
 """
 

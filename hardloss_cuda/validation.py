@@ -1,4 +1,4 @@
-"""Argument checks of SPEC.md section 4: every bad input raises, naming the argument,
+"""Argument checks of docs/CONTRACT.md section 5: every bad input raises, naming the argument,
 before any kernel runs. Data-dependent checks (label range) are skipped while tracing
 (torch.compile) or capturing a CUDA graph, where the kernels' own guard applies: an
 out-of-range label gives a NaN row and is never read."""

@@ -1,4 +1,4 @@
-"""SPEC.md section 4: every bad input raises before any kernel runs, naming the argument."""
+"""docs/CONTRACT.md section 5: every bad input raises before any kernel runs, naming the argument."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""One-hot path (class index, no label smoothing, no mixture): SPEC.md "Numerics".
+"""One-hot path (class index, no label smoothing, no mixture): docs/ROW_MATH.md "One-hot path".
 
 Forward (``onehot_fwd_kernel``): one read of the row. Over the non-target classes it keeps
 the running max m, s1 = sum exp(z - m) and (when the gradient is wanted) sk =

@@ -128,7 +128,7 @@ inline void invalid_row(const scalar_t* row, int64_t C, bool ignored, Scratch<ac
   put_stats(stats, lse_split(LseStats<acc_t>{st.m, st.s1}), acc_t(0), acc_t(0), acc_t(0), acc_t(0));
 }
 
-// One-hot path (SPEC "Numerics"): statistics over the non-target classes, then the row's
+// One-hot path (docs/ROW_MATH.md): statistics over the non-target classes, then the row's
 // gradient coefficients.
 template <typename scalar_t, typename acc_t>
 inline void onehot_row(const scalar_t* row, int64_t C, int64_t y, acc_t w_y, acc_t k, bool compute_grad,

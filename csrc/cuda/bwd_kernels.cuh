@@ -1,11 +1,11 @@
 // bwd_kernels.cuh: the backward kernel (grad = grad_loss[:, None] * f, f the pseudo-gradient of
-// SPEC section 2) and its launcher, templated on the logits' type. Torch-free; instantiated
+// docs/ROW_MATH.md section 3) and its launcher, templated on the logits' type. Torch-free; instantiated
 // once per dtype in csrc/cuda/bwd_{f32,f64,f16,bf16}.cu so the four compile in parallel.
 //
 // One elementwise pass: the forward (fwd_kernels.cuh) left four numbers per row in `stats`
 // (csrc/cuda/kernels.cuh), so f_j needs only z_j, the row's coefficients and, for soft rows,
 // q_j. Each element is read once and written once (2 N C s bytes; the forward's N C s makes
-// SPEC's 3 N C s). The math is row_math.h's, unchanged from what the forward used for its
+// the contract's 3 N C s). The math is row_math.h's, unchanged from what the forward used for its
 // statistics:
 //   one-hot row: f_j = onehot_fj(r, z_j, k) for j != y, f_y = r.f_y, with r.m, r.log_c, r.f_y
 //                from stats and r.w_y = weight[y] (1 without weights);

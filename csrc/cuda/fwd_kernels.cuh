@@ -1,4 +1,4 @@
-// fwd_kernels.cuh: the forward kernels (per row: loss, and the four stats the backward needs)
+// fwd_kernels.cuh: the forward kernels (per row: loss, and the stats the backward needs)
 // and their launcher, templated on the logits' type. Torch-free; instantiated once per dtype in
 // csrc/cuda/fwd_{f32,f64,f16,bf16}.cu so the four compile in parallel.
 //
@@ -6,7 +6,7 @@
 // stats = (lse, m, log_c, f_y) of row_math.h's OneHotRow for one-hot rows, or
 // (t, c_pos, f_star, star) of SoftRow for soft rows, after (lse, lse_lo). No gradient is written here: the
 // backward (bwd_kernels.cuh) reads the row once more and produces grad_loss * f in one pass
-// from these four numbers. Bytes (SPEC section 3): the forward reads the logits once
+// from these numbers. Bytes (docs/CONTRACT.md section 4): the forward reads the logits once
 // (N C s), the backward reads them once and writes the gradient once (2 N C s): 3 N C s in
 // all, with no (N, C) buffer held between the passes.
 //

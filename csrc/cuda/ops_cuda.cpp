@@ -3,7 +3,7 @@
 //
 // Compiled by the host C++ compiler inside the CUDA extension (setup.py adds csrc/cuda/*.cpp
 // and -DHL_WITH_CUDA). Lean includes only: ATen/cuda/CUDAContext.h does not build against the
-// slim CUDA kit (BUILD_NOTES.md). The kernels themselves are torch-free (csrc/cuda/*.cu).
+// slim CUDA kit (docs/BUILDING.md). The kernels themselves are torch-free (csrc/cuda/*.cu).
 //
 // Each op: the shared argument checks (csrc/checks.h, no data-dependent check and no device
 // sync), a device guard, contiguous inputs, outputs allocated on the current stream's

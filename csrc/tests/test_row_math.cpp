@@ -1,6 +1,6 @@
 // CTest of csrc/row_math.h without torch: the one-hot and soft-path functions against a
-// direct long-double evaluation of SPEC section 2 (explicit eps, not the stable rewrite),
-// chunked merges against sequential pushes, and the extreme cases of SPEC "Numerics".
+// direct long-double evaluation of docs/CONTRACT.md section 2 (explicit eps, not the stable rewrite),
+// chunked merges against sequential pushes, and the extreme cases of docs/ROW_MATH.md.
 #include <cmath>
 #include <cstdio>
 #include <random>
