@@ -113,9 +113,9 @@ def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool):
 def _max_shift(z: Tensor):
     """Rows minus their max, and the max: every formula is taken relative to the row max
     (exact for huge logits, where lse = m + log s cannot hold log s). A row with a NaN or
-    +inf logit is marked bad (NaN throughout, as PyTorch); a row of -inf keeps its -inf."""
+    +inf logit, or of -inf only, is marked bad: NaN throughout, as PyTorch."""
     m = z.amax(1)
-    bad = torch.isnan(m) | (m == float("inf"))
+    bad = torch.isnan(m) | torch.isinf(m)  # NaN, +inf, or nothing but -inf: no softmax
     shift = torch.where(torch.isfinite(m), m, 0)
     return z - shift[:, None], shift, bad
 
@@ -143,7 +143,7 @@ def rows(
         y = torch.where(valid, target, 0)
         w_y = torch.ones(N, dtype=dt, device=zs.device) if weight is None else weight.to(dt)[y]
         loss, grad, lse = _onehot_rows(zs, y, w_y * valid, k, compute_grad)
-    # A NaN or +inf logit: NaN loss and gradient (PyTorch's exp(inf - inf)).
+    # A NaN or +inf logit, or a row of -inf: NaN loss and gradient (PyTorch's exp(inf - inf)).
     loss = loss.masked_fill(bad_row, float("nan"))
     if compute_grad:
         grad = grad.masked_fill(bad_row[:, None], float("nan"))
