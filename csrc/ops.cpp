@@ -1,14 +1,13 @@
-// The op library hardloss_cuda::{fwd, bwd, bwd_inplace}: one schema for every compiled
-// backend (the strings are hardloss_cuda/_schema.py's; tests/test_ops.py checks they agree),
-// the CPU kernels registered here, the CUDA kernels in csrc/cuda/ops_cuda.cpp.
+// The op library hardloss_cuda::{fwd, bwd, bwd_inplace}: the schema alone, one for every
+// compiled backend (the strings are hardloss_cuda/_schema.py's; tests/test_ops.py checks they
+// agree). The CPU kernels register in csrc/cpu/ops_cpu.cpp, the CUDA kernels in
+// csrc/cuda/ops_cuda.cpp.
 //
 // The Python module hardloss_cuda._C exists only so that `import hardloss_cuda._C` loads
 // this library and runs the registrations below. It is built against the limited Python API
 // (abi3 wheels), hence a plain PyModuleDef and no pybind11.
 #include <Python.h>
 #include <torch/library.h>
-
-#include "cpu/hardloss_cpu.h"
 
 extern "C" {
 PyObject* PyInit__C(void) {
@@ -28,10 +27,4 @@ TORCH_LIBRARY(hardloss_cuda, m) {
   m.def(
       "bwd_inplace(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
       "Tensor stats, int ignore_index, float label_smoothing, float k) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
-  m.impl("fwd", &hl::cpu::fwd);
-  m.impl("bwd", &hl::cpu::bwd);
-  m.impl("bwd_inplace", &hl::cpu::bwd_inplace);
 }

@@ -1,4 +1,4 @@
-// CPU kernels of hardloss_cuda::{fwd, bwd, bwd_inplace} (csrc/ops.cpp registers them; the
+// CPU kernels of hardloss_cuda::{fwd, bwd, bwd_inplace} (csrc/cpu/ops_cpu.cpp registers them; the
 // contract is hardloss_cuda/_schema.py).
 #pragma once
 

@@ -2,8 +2,8 @@
 // docs/ROW_MATH.md section 3) and its launcher, templated on the logits' type. Torch-free; instantiated
 // once per dtype in csrc/cuda/bwd_{f32,f64,f16,bf16}.cu so the four compile in parallel.
 //
-// One elementwise pass: the forward (fwd_kernels.cuh) left four numbers per row in `stats`
-// (csrc/cuda/kernels.cuh), so f_j needs only z_j, the row's coefficients and, for soft rows,
+// One elementwise pass: the forward (fwd_kernels.cuh) left kStatsCols numbers per row in `stats`
+// (csrc/cuda/launch.h), so f_j needs only z_j, the row's coefficients and, for soft rows,
 // q_j. Each element is read once and written once (2 N C s bytes; the forward's N C s makes
 // the contract's 3 N C s). The math is row_math.h's, unchanged from what the forward used for its
 // statistics:
@@ -35,7 +35,7 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
-#include "cuda/kernels.cuh"
+#include "cuda/launch.h"
 
 namespace hl {
 namespace cuda {

@@ -18,7 +18,7 @@
 
 #include <cstdint>
 
-#include "cuda/kernels.cuh"
+#include "cuda/launch.h"
 #include "row_math.h"
 
 namespace hl {

@@ -1,4 +1,4 @@
-// dispatch.cu: the dtype dispatch of the fwd / bwd launchers (kernels.cuh) and the device
+// dispatch.cu: the dtype dispatch of the fwd / bwd launchers (launch.h) and the device
 // attribute cache the launchers size their grids with. Torch-free; the kernels themselves are
 // in fwd_kernels.cuh / bwd_kernels.cuh, instantiated per dtype in fwd_*.cu / bwd_*.cu.
 #include <cuda_runtime.h>
@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
-#include "cuda/kernels.cuh"
+#include "cuda/launch.h"
 
 namespace hl {
 namespace cuda {

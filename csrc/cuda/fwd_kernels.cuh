@@ -2,7 +2,7 @@
 // and their launcher, templated on the logits' type. Torch-free; instantiated once per dtype in
 // csrc/cuda/fwd_{f32,f64,f16,bf16}.cu so the four compile in parallel.
 //
-// What a row produces (hardloss_cuda/_schema.py, csrc/cuda/kernels.cuh): loss, and
+// What a row produces (hardloss_cuda/_schema.py, csrc/cuda/launch.h): loss, and
 // stats = (lse, m, log_c, f_y) of row_math.h's OneHotRow for one-hot rows, or
 // (t, c_pos, f_star, star) of SoftRow for soft rows, after (lse, lse_lo). No gradient is written here: the
 // backward (bwd_kernels.cuh) reads the row once more and produces grad_loss * f in one pass
@@ -57,7 +57,7 @@
 #include <cstdint>
 
 #include "cuda/common.cuh"
-#include "cuda/kernels.cuh"
+#include "cuda/launch.h"
 
 namespace hl {
 namespace cuda {

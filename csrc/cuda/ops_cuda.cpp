@@ -20,7 +20,7 @@
 #include <tuple>
 
 #include "checks.h"
-#include "cuda/kernels.cuh"
+#include "cuda/launch.h"
 
 namespace hl {
 namespace cuda {

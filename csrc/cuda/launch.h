@@ -1,4 +1,4 @@
-// kernels.cuh: the host-side interface of the CUDA kernels of hardloss_cuda::{fwd, bwd,
+// launch.h: the host-side interface of the CUDA kernels of hardloss_cuda::{fwd, bwd,
 // bwd_inplace}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by
 // the torch glue csrc/cuda/ops_cuda.cpp and by the kernel files csrc/cuda/*.cu.
 //

@@ -1,0 +1,11 @@
+// hardloss_cuda::{fwd, bwd, bwd_inplace} for the CPU dispatch key (the schemas are defined in
+// csrc/ops.cpp; the kernels are csrc/cpu/fwd.cpp and bwd.cpp).
+#include <torch/library.h>
+
+#include "cpu/hardloss_cpu.h"
+
+TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
+  m.impl("fwd", &hl::cpu::fwd);
+  m.impl("bwd", &hl::cpu::bwd);
+  m.impl("bwd_inplace", &hl::cpu::bwd_inplace);
+}
