@@ -1,8 +1,10 @@
 """Registration of the ops of every backend under one schema (``_schema.py``).
 
 - ``hardloss_cuda::fwd`` / ``bwd`` / ``bwd_inplace``: compiled (csrc/), CPU and CUDA kernels;
-- ``hardloss_cuda::reference_fwd`` / ``reference_bwd``: ``reference.fwd`` / ``bwd``, any device;
-- ``hardloss_cuda::triton_fwd`` / ``triton_bwd``: ``triton_kernels.launch.fwd`` / ``bwd``.
+- ``hardloss_cuda::reference_fwd`` / ``reference_bwd`` / ``reference_bwd_inplace``: ``reference.fwd`` /
+  ``bwd``, any device;
+- ``hardloss_cuda::triton_fwd`` / ``triton_bwd`` / ``triton_bwd_inplace``: ``triton_kernels.launch``
+  (imported under a private name, ``triton_launch``).
 
 Every forward op gets the same fake (for torch.compile) and the same autograd formula: the
 backward calls the backend's ``bwd`` op, which recomputes the pseudo-gradient from the logits
@@ -18,6 +20,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -52,11 +56,31 @@ def _reference_bwd_inplace(grad_loss, logits, *args) -> None:
     logits.copy_(reference.bwd(grad_loss, logits, *args))
 
 
+_TRITON_LAUNCH = None
+
+
+def triton_launch():
+    """``triton_kernels.launch`` of this installation (it sits beside this package), imported
+    under the private name ``hardloss_cuda._triton_kernels``: ``triton_kernels`` is a
+    top-level name other projects use too, and a foreign one earlier on ``sys.path`` must never
+    be picked up. Imported on first use: triton is optional."""
+    global _TRITON_LAUNCH
+    if _TRITON_LAUNCH is None:
+        name = f"{__package__}._triton_kernels"
+        if name not in sys.modules:
+            pkg = Path(__file__).resolve().parent.parent / "triton_kernels"
+            spec = importlib.util.spec_from_file_location(name, pkg / "__init__.py",
+                                                          submodule_search_locations=[str(pkg)])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        _TRITON_LAUNCH = importlib.import_module(f"{name}.launch")
+    return _TRITON_LAUNCH
+
+
 def _triton(name: str):
     def impl(*args):
-        from triton_kernels import launch  # imported late: triton is optional
-
-        return getattr(launch, name)(*args)
+        return getattr(triton_launch(), name)(*args)
 
     return impl
 

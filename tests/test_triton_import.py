@@ -1,0 +1,44 @@
+"""hardloss_cuda imports its Triton kernels from beside itself under a private name: a foreign
+top-level ``triton_kernels`` (another project's) earlier on sys.path is never picked up."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton", reason="triton is not installed")
+pytest.importorskip("numpy", reason="the Triton interpreter needs numpy")
+
+CHILD = textwrap.dedent("""
+    import sys, torch
+    import triton_kernels as foreign
+    assert foreign.FOREIGN, "the foreign package is first on sys.path"
+    import hardloss_cuda as hl
+    from hardloss_cuda import _ops
+    z = torch.randn(6, 9, requires_grad=True)
+    y = torch.randint(0, 9, (6,))
+    loss = hl.cross_entropy(z, y, k=0.5, backend="triton")
+    loss.backward()
+    z2 = z.detach().clone().requires_grad_()
+    hl.cross_entropy(z2, y, k=0.5, backend="reference").backward()
+    torch.testing.assert_close(loss, hl.cross_entropy(z2, y, backend="reference"))
+    torch.testing.assert_close(z.grad, z2.grad)
+    launch = _ops.triton_launch()
+    assert launch.__name__ == "hardloss_cuda._triton_kernels.launch", launch.__name__
+    assert sys.modules["triton_kernels"] is foreign
+    print("ok")
+""")
+
+
+def test_foreign_triton_kernels_is_not_picked_up(tmp_path):
+    pkg = tmp_path / "triton_kernels"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("FOREIGN = True\n")
+    (pkg / "launch.py").write_text("raise ImportError('the foreign triton_kernels.launch was imported')\n")
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path)] + sys.path))
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
