@@ -1,6 +1,7 @@
 """hardloss_cuda imports its Triton kernels from beside itself under a private name: a foreign
 top-level ``triton_kernels`` (another project's) earlier on sys.path is never picked up."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,8 +9,12 @@ import textwrap
 
 import pytest
 
-pytest.importorskip("triton", reason="triton is not installed")
-pytest.importorskip("numpy", reason="the Triton interpreter needs numpy")
+# find_spec, not import: triton must first be imported after TRITON_INTERPRET is set (the
+# interpreter tests set it when they are imported).
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or importlib.util.find_spec("numpy") is None,
+    reason="triton (and numpy, for its interpreter) not installed",
+)
 
 CHILD = textwrap.dedent("""
     import sys, torch
