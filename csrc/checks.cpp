@@ -2,8 +2,6 @@
 
 #include <c10/util/Exception.h>
 
-#include <cmath>
-
 namespace hl {
 namespace {
 
@@ -21,8 +19,7 @@ void check_same_device(const at::Tensor& t, const at::Tensor& logits, const char
 }  // namespace
 
 void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
-                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-                    double label_smoothing, double k) {
+                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture) {
   TORCH_CHECK(logits.dim() == 2, "hardloss_cuda: logits must be 2-D (N, C), got shape ", logits.sizes());
   TORCH_CHECK(is_float_dtype(logits.scalar_type()), "hardloss_cuda: logits: unsupported dtype ",
               logits.scalar_type(), " (float32, float64, float16 or bfloat16)");
@@ -55,17 +52,13 @@ void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
                     mixture->scalar_type() == acc,
                 "hardloss_cuda: mixture: expected ", acc, " of shape (", C, ", ", C, "), got ",
                 mixture->scalar_type(), " ", mixture->sizes());
-    TORCH_CHECK(label_smoothing == 0.0, "hardloss_cuda: label_smoothing cannot be combined with a mixture");
   }
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "hardloss_cuda: label_smoothing must be in [0, 1], got ", label_smoothing);
-  TORCH_CHECK(std::isfinite(k) && k > 0.0, "hardloss_cuda: k must be finite and > 0, got ", k);
 }
 
 void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-                    const at::Tensor& stats, double label_smoothing, double k) {
-  check_fwd_args(logits, target, weight, mixture, label_smoothing, k);
+                    const at::Tensor& stats) {
+  check_fwd_args(logits, target, weight, mixture);
   const int64_t N = logits.size(0);
   const at::ScalarType acc = acc_dtype(logits.scalar_type());
   check_same_device(grad_loss, logits, "grad_loss");

@@ -447,18 +447,12 @@ def test_bad_arguments_raise():
         launch.fwd(z, t, torch.ones(4), None, -100, 0.0, 1.0, True)
     with pytest.raises(ValueError, match="mixture"):
         launch.fwd(z, t, None, torch.eye(4), -100, 0.0, 1.0, True)
-    with pytest.raises(ValueError, match="label_smoothing"):
-        launch.fwd(z, t, None, torch.eye(5), -100, 0.1, 1.0, True)
-    with pytest.raises(ValueError, match="k must"):
-        launch.fwd(z, t, None, None, -100, 0.0, 0.0, True)
     with pytest.raises(ValueError, match="target"):
         launch.fwd(z, t[:2], None, None, -100, 0.0, 1.0, True)
 
     _, stats = launch.fwd(z, t, None, None, -100, 0.0, 1.0, True)
     gl = torch.ones(3)
     bwd = launch.bwd
-    with pytest.raises(ValueError, match="k must"):
-        bwd(gl, z, t, None, None, stats, -100, 0.0, float("inf"))
     with pytest.raises(ValueError, match="target"):
         bwd(gl, z, t[:2], None, None, stats, -100, 0.0, 1.0)
     with pytest.raises(ValueError, match="grad_loss"):

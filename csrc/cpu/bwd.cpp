@@ -74,7 +74,7 @@ void run(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor& tar
 at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
-  check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
+  check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
   const at::Tensor z = logits.contiguous();
   at::Tensor out = at::empty_like(z);
   run(grad_loss, z, target, weight, mixture, stats, ignore_index, label_smoothing, k, out);
@@ -84,7 +84,7 @@ at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::
 void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                  const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
-  check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
+  check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
   if (logits.is_contiguous()) return run(grad_loss, logits, target, weight, mixture, stats, ignore_index,
                                          label_smoothing, k, logits);
   // A strided view: compute into a contiguous buffer and write it back (the Python API never

@@ -59,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
                                        double label_smoothing, double k, bool compute_grad) {
-  check_fwd_args(logits, target, weight, mixture, label_smoothing, k);
+  check_fwd_args(logits, target, weight, mixture);
   const at::Tensor z = logits.contiguous();
   const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor loss = at::empty({z.size(0)}, z.options().dtype(acc));

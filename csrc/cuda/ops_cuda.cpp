@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
                                        double label_smoothing, double k, bool compute_grad) {
-  hl::check_fwd_args(logits, target, weight, mixture, label_smoothing, k);
+  hl::check_fwd_args(logits, target, weight, mixture);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
@@ -124,7 +124,7 @@ void launch_bwd_into(const at::Tensor& grad_loss, const at::Tensor& z, const Pre
 at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
-  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
+  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
@@ -138,7 +138,7 @@ at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::
 void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                  const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
-  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats, label_smoothing, k);
+  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
   const bool direct = logits.is_contiguous();
