@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from . import _ops, _version_check
+from . import _library, _version_check
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
@@ -33,10 +33,10 @@ def _triton_reason() -> str | None:
 def unavailable_reasons() -> dict[str, str]:
     """Backend name -> why it cannot run here; backends that can run are absent."""
     reasons = {}
-    if _ops.C_IMPORT_ERROR is not None:
-        why = f"the C++ extension is not built ({_ops.C_IMPORT_ERROR})"
+    if _library.C_IMPORT_ERROR is not None:
+        why = f"the C++ extension is not built ({_library.C_IMPORT_ERROR})"
         reasons["cpu"] = reasons["cuda"] = why
-    elif not _ops.has_compiled_op("cuda"):
+    elif not _library.has_compiled_op("cuda"):
         reasons["cuda"] = "the extension was built without CUDA kernels"
     if "cuda" not in reasons and not torch.cuda.is_available():
         reasons["cuda"] = "no CUDA GPU is available"
@@ -76,8 +76,8 @@ def resolve(backend: str, device: torch.device) -> str:
 def build_info() -> dict:
     """How the compiled extension was built (torch, CUDA, archs), or why there is none."""
     info = _version_check.read_build_info()
-    info["extension_loaded"] = _ops.C_IMPORT_ERROR is None
-    if _ops.C_IMPORT_ERROR is not None:
-        info["extension_error"] = _ops.C_IMPORT_ERROR
+    info["extension_loaded"] = _library.C_IMPORT_ERROR is None
+    if _library.C_IMPORT_ERROR is not None:
+        info["extension_error"] = _library.C_IMPORT_ERROR
     info["runtime_torch"] = torch.__version__
     return info

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _ops, backends, reference
+from . import _autograd, _ops, backends, reference
 from .trimming import keep_mask
 from .validation import check_fraction, check_inputs, check_k, scalar_arg
 
@@ -64,7 +64,7 @@ def cross_entropy(
     """
     ignore_index = scalar_arg(ignore_index, "ignore_index", int)
     label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
-    C = check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward)
+    check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward)
     k = check_k(k)
     frac = _trim_fraction(trim)
     which = backends.resolve(backend, input.device)
@@ -80,7 +80,7 @@ def cross_entropy(
     smoothing = float(label_smoothing)
 
     if inplace_backward and torch.is_grad_enabled() and logits.requires_grad:
-        loss = _ops.InplaceFwd.apply(logits, tgt, w, mix, ignore_index, smoothing, k, which)
+        loss = _autograd.InplaceFwd.apply(logits, tgt, w, mix, ignore_index, smoothing, k, which)
     else:
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
         loss, _stats = _ops.fwd_op(which)(logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS
 
-__all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows"]
+__all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows", "target_grads", "lse_split"]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -190,3 +190,33 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
     if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss is
         out = torch.where((target == ignore_index)[:, None], 0, out)
     return out.to(logits.dtype)
+
+
+def _true_rows_grad(grad_loss, logits, stats, weight, scale):
+    """d loss_i / d q_ij = -w_j log p_ij, times the incoming gradient and `scale`;
+    -log p_ij = (lse_i - z_ij) + lse_lo_i, exact for huge logits."""
+    lse, lse_lo = stats[:, LSE_COL, None], stats[:, LSE_LO_COL, None]
+    g = grad_loss[:, None] * ((lse - logits.to(lse.dtype)) + lse_lo) * scale
+    return g if weight is None else g * weight
+
+
+def target_grads(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, *,
+                 need_target: bool, need_mixture: bool):
+    """The true gradients of probability targets and of a mixture matrix (ROW_MATH.md section
+    5), each when asked for, else None; ``stats`` is the forward's."""
+    d_target = d_mixture = None
+    if need_target and target.is_floating_point():
+        d_target = _true_rows_grad(grad_loss, logits, stats, weight, 1 - label_smoothing).to(target.dtype)
+    if mixture is not None and need_mixture:
+        valid = (target != ignore_index) & (target >= 0) & (target < mixture.shape[0])
+        rows_grad = _true_rows_grad(grad_loss * valid, logits, stats, weight, 1.0)
+        # Sum over the rows labelled y; index_add_ is deterministic on the CPU. On CUDA a
+        # one-hot matmul keeps it deterministic (no atomics).
+        y = torch.where(valid, target, 0)
+        if mixture.is_cuda:
+            onehot = torch.nn.functional.one_hot(y, mixture.shape[0]).to(rows_grad.dtype)
+            d_mixture = onehot.T @ rows_grad
+        else:
+            d_mixture = torch.zeros_like(mixture, dtype=rows_grad.dtype).index_add_(0, y, rows_grad)
+        d_mixture = d_mixture.to(mixture.dtype)
+    return d_target, d_mixture

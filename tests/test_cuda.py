@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import hardloss_cuda as H
-from hardloss_cuda import _ops, reference
+from hardloss_cuda import _library, reference
 from hardloss_cuda._schema import SCALE_COL, STATS_COLS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -30,9 +30,9 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 @pytest.fixture(autouse=True)
 def _need_cuda_kernels():
-    if not _ops.has_compiled_op("cuda"):
+    if not _library.has_compiled_op("cuda"):
         if os.environ.get("HARDLOSS_REQUIRE_EXTENSION") == "1":
-            pytest.fail(f"HARDLOSS_REQUIRE_EXTENSION=1 but no CUDA kernel: {_ops.C_IMPORT_ERROR}")
+            pytest.fail(f"HARDLOSS_REQUIRE_EXTENSION=1 but no CUDA kernel: {_library.C_IMPORT_ERROR}")
         pytest.skip("the extension was built without the CUDA kernels")
 
 

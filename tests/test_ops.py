@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import hardloss_cuda as H
-from hardloss_cuda import _ops, _schema, reference
+from hardloss_cuda import _library, _ops, _schema, reference
 
 
 def _args(device, kind):
@@ -80,7 +80,7 @@ def test_double_backward_raises(backend, device):
         torch.autograd.grad(H.cross_entropy(x, y, k=0.5, backend=backend), x, create_graph=True)
 
 
-@pytest.mark.skipif(_ops.C_IMPORT_ERROR is not None, reason="the C++ extension is not built")
+@pytest.mark.skipif(_library.C_IMPORT_ERROR is not None, reason="the C++ extension is not built")
 def test_compiled_schema_matches_python_schema():
     """csrc/ops.cpp and _schema.py must agree: one schema for every backend."""
     def args(schema):
@@ -102,6 +102,6 @@ def test_available_backends_and_build_info():
     assert "reference" in avail
     assert set(avail) | set(H.unavailable_reasons()) == {"cuda", "triton", "cpu", "reference"}
     info = H.build_info()
-    assert info["extension_loaded"] == (_ops.C_IMPORT_ERROR is None)
+    assert info["extension_loaded"] == (_library.C_IMPORT_ERROR is None)
     if info["extension_loaded"]:
         assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]

@@ -21,7 +21,7 @@ CHILD = textwrap.dedent("""
     import triton_kernels as foreign
     assert foreign.FOREIGN, "the foreign package is first on sys.path"
     import hardloss_cuda as hl
-    from hardloss_cuda import _ops
+    from hardloss_cuda import _library
     z = torch.randn(6, 9, requires_grad=True)
     y = torch.randint(0, 9, (6,))
     loss = hl.cross_entropy(z, y, k=0.5, backend="triton")
@@ -30,7 +30,7 @@ CHILD = textwrap.dedent("""
     hl.cross_entropy(z2, y, k=0.5, backend="reference").backward()
     torch.testing.assert_close(loss, hl.cross_entropy(z2, y, backend="reference"))
     torch.testing.assert_close(z.grad, z2.grad)
-    launch = _ops.triton_launch()
+    launch = _library.triton_launch()
     assert launch.__name__ == "hardloss_cuda._triton_kernels.launch", launch.__name__
     assert sys.modules["triton_kernels"] is foreign
     print("ok")

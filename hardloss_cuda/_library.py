@@ -1,0 +1,70 @@
+"""Loading what the op backends need: the compiled library (``hardloss_cuda._C`` defines
+``hardloss_cuda::{fwd, bwd, bwd_inplace}`` and registers the CPU and, when built, CUDA
+kernels), checked against the running torch; and the Triton kernels, from beside this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from . import _version_check
+
+
+def _load_compiled() -> str | None:
+    """Import the compiled library; the reason it is not loaded, or None. Without it the
+    reference (and triton) still work."""
+    if importlib.util.find_spec("hardloss_cuda._C") is None:
+        return "ModuleNotFoundError: hardloss_cuda._C was not built"
+    why = _version_check.mismatch(_version_check.read_build_info(), torch.__version__, torch.version.cuda)
+    if why is not None:
+        if os.environ.get("HARDLOSS_IGNORE_BUILD_MISMATCH") != "1":
+            raise RuntimeError(why)
+        return why
+    try:
+        importlib.import_module("hardloss_cuda._C")
+    except ImportError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+C_IMPORT_ERROR: str | None = _load_compiled()
+
+# Read once: the dispatcher query is not traceable by torch.compile, and the answer cannot
+# change after the library was loaded.
+_COMPILED_FOR = {
+    dev: C_IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("hardloss_cuda::fwd", key)
+    for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+}
+
+
+def has_compiled_op(device_type: str) -> bool:
+    """Whether the compiled library has a kernel for this device type ('cpu', 'cuda')."""
+    return _COMPILED_FOR.get(device_type, False)
+
+
+_TRITON_LAUNCH = None
+
+
+def triton_launch():
+    """``triton_kernels.launch`` of this installation (it sits beside this package), imported
+    under the private name ``hardloss_cuda._triton_kernels``: ``triton_kernels`` is a
+    top-level name other projects use too, and a foreign one earlier on ``sys.path`` must never
+    be picked up. Imported on first use: triton is optional."""
+    global _TRITON_LAUNCH
+    if _TRITON_LAUNCH is None:
+        name = f"{__package__}._triton_kernels"
+        if name not in sys.modules:
+            pkg = Path(__file__).resolve().parent.parent / "triton_kernels"
+            spec = importlib.util.spec_from_file_location(name, pkg / "__init__.py",
+                                                          submodule_search_locations=[str(pkg)])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        _TRITON_LAUNCH = importlib.import_module(f"{name}.launch")
+    return _TRITON_LAUNCH
