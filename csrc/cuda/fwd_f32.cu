@@ -1,6 +1,6 @@
 // The forward kernels for float logits (fwd_kernels.cuh); one file per dtype so they compile in
 // parallel.
-#include "cuda/fwd_kernels.cuh"
+#include "cuda/fwd_launch.cuh"
 
 namespace hl {
 namespace cuda {

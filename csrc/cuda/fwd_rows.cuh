@@ -1,0 +1,204 @@
+// fwd_rows.cuh: what the forward kernels (fwd_kernels.cuh) compute per row, shared by both
+// paths: the kernel arguments, how a finished row is written (loss and stats, the layout of
+// row_math.h), the merge operators of the group reductions, and the soft rows' two passes over
+// values in registers. Torch-free; the math itself is csrc/row_math.h's.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/common.cuh"
+#include "cuda/launch.h"
+
+namespace hl {
+namespace cuda {
+
+template <typename S>
+struct FwdArgs {
+  using A = acc_type<S>;
+  const S* logits;
+  TargetArgs<S> tg;
+  A* loss;   // (N,)
+  A* stats;  // (N, kStatsCols)
+  int64_t N;
+  int C;
+  int ncache;  // fwd_stream_kernel, soft rows: vectors of each row cached in shared memory
+  A k;
+  bool aligned;
+  bool k_is_one;
+  bool compute_grad;
+};
+
+template <typename A>
+__device__ __forceinline__ void write_row(A* loss, A* stats, int64_t row, A l, LseSplit<A> lse, A c2, A c3, A c4,
+                                          A c5) {
+  loss[row] = l;
+  A* st = stats + row * kStatsCols;
+  st[kColLse] = lse.hi;
+  st[kColLseLo] = lse.lo;
+  st[2] = c2;
+  st[3] = c3;
+  st[4] = c4;
+  st[5] = c5;
+}
+
+// One-hot row: finalise the merged statistics (over i != y, or over every class when the
+// label is not valid) and write loss and stats. One thread per row.
+template <typename S>
+__device__ __forceinline__ void finish_onehot_row(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
+                                                  OneHotStats<acc_type<S>> st, acc_type<S> z_y) {
+  using A = acc_type<S>;
+  if (ri.y >= 0) {
+    const A w_y = class_weight(a.tg, ri.y);
+    const OneHotRow<A> rr = onehot_finalize(st, z_y, w_y, a.k);
+    if (a.compute_grad) {
+      write_row(a.loss, a.stats, row, rr.loss, {rr.lse, rr.lse_lo}, rr.f_y, rr.m, rr.log_c, A(0));
+    } else {
+      write_row(a.loss, a.stats, row, rr.loss, {rr.lse, rr.lse_lo}, A(0), A(0), A(0), A(0));
+    }
+  } else {
+    // No label excluded: {m, s1} are the logsumexp statistics of the whole row.
+    write_row(a.loss, a.stats, row, invalid_fill<A>(ri.status), lse_split(LseStats<A>{st.m, st.s1}), A(0), A(0),
+              A(0), A(0));
+  }
+}
+
+// Soft row: loss (before the label rule), lse and the finalised |eps|^k row. One thread.
+template <typename S>
+__device__ __forceinline__ void finish_soft_row(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
+                                                acc_type<S> loss, LseSplit<acc_type<S>> lse,
+                                                const SoftRow<acc_type<S>>& sr) {
+  using A = acc_type<S>;
+  if (ri.status == kLabelValid && a.compute_grad) {
+    write_row(a.loss, a.stats, row, loss, lse, sr.t, sr.c_pos, sr.f_star, sr.star);
+  } else {
+    write_row(a.loss, a.stats, row, ri.status == kLabelValid ? loss : invalid_fill<A>(ri.status), lse, A(0),
+              A(0), A(0), A(0));
+  }
+}
+
+template <typename A>
+struct OneHotMergeOp {
+  A k;
+  __device__ __forceinline__ OneHotStats<A> operator()(OneHotStats<A> u, OneHotStats<A> v) const {
+    return onehot_merge(u, v, k);
+  }
+};
+struct LseMergeOp {
+  template <typename A>
+  __device__ __forceinline__ LseStats<A> operator()(LseStats<A> u, LseStats<A> v) const {
+    return lse_merge(u, v);
+  }
+};
+struct SoftEpsMergeOp {
+  template <typename A>
+  __device__ __forceinline__ SoftEpsStats<A> operator()(SoftEpsStats<A> u, SoftEpsStats<A> v) const {
+    return soft_eps_merge(u, v);
+  }
+};
+struct SumOp {
+  template <typename A>
+  __device__ __forceinline__ A operator()(A u, A v) const {
+    return u + v;
+  }
+};
+struct MinOp {
+  template <typename A>
+  __device__ __forceinline__ A operator()(A u, A v) const {
+    return v < u ? v : u;
+  }
+};
+struct MaxOp {
+  template <typename A>
+  __device__ __forceinline__ A operator()(A u, A v) const {
+    return v > u ? v : u;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// The soft rows' two passes over values in registers, shared by both kernel paths (row_math.h
+// does the math). Pass A: lse, t = sum q, min / max q. Pass B: the loss relative to the row
+// max and, with compute_grad, the |eps|^k statistics (soft_eps_class). Each thread pushes
+// its classes, then soft_pass_a_reduce / soft_pass_b_finish combine the group (every thread
+// of the group calls them: no divergent call).
+// ---------------------------------------------------------------------------------------
+template <typename A>
+struct SoftPassA {
+  A t;
+  A qmin;
+  A qmax;
+};
+
+template <typename A>
+__device__ __forceinline__ void soft_pass_a_push(SoftPassA<A>& p, A q) {
+  p.t += q;
+  p.qmin = q < p.qmin ? q : p.qmin;
+  p.qmax = q > p.qmax ? q : p.qmax;
+}
+
+// The row's view after pass A: what pass B needs.
+template <typename A>
+struct SoftRowCtx {
+  LseSplit<A> lse;
+  A m;
+  A log_s;
+  A t;
+  A t_div;
+  bool star;
+};
+
+template <int TPR, typename A>
+__device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, SoftPassA<A> p, ReduceSmem<A>& red) {
+  ls = group_reduce<TPR>(ls, LseMergeOp{}, red);
+  SoftRowCtx<A> c;
+  c.t = group_reduce<TPR>(p.t, SumOp{}, red);
+  QMass<A> qm = qmass_init<A>();
+  qm.qmin = group_reduce<TPR>(p.qmin, MinOp{}, red);
+  qm.qmax = group_reduce<TPR>(p.qmax, MaxOp{}, red);
+  c.m = ls.m;
+  c.log_s = hl_log(ls.s);
+  c.lse = lse_split(ls);
+  c.t_div = c.t != A(0) ? c.t : A(1);  // t == 0: q = 0, f = 0 (as the reference)
+  c.star = soft_star(qm, c.t);
+  return c;
+}
+
+template <typename A>
+struct SoftPassB {
+  CSum<A> loss;
+  SoftEpsStats<A> es;
+  StarRest<A> rest;
+};
+
+template <typename A>
+__device__ __forceinline__ SoftPassB<A> soft_pass_b_init() {
+  return {{A(0), A(0)}, soft_eps_init<A>(), star_rest_init<A>()};
+}
+
+template <typename A>
+__device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowCtx<A>& c, A z, A q, A k,
+                                                 bool grad) {
+  soft_loss_push(b.loss, q, z, c.m);
+  if (grad) soft_eps_class(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.t_div, c.star, k);
+}
+
+// Loss and SoftRow of the group's row (the same in every thread of the group).
+template <int TPR, typename A>
+__device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx<A>& c, A k, bool grad,
+                                                ReduceSmem<A>& red, SoftRow<A>* sr) {
+  const A acc = group_reduce<TPR>(csum_value(b.loss), SumOp{}, red);
+  // A row of nothing but -inf logits has no softmax: NaN, as PyTorch.
+  const A loss = c.m == -hl_inf<A>() ? hl_nan<A>() : acc + c.t * c.log_s;
+  *sr = {A(0), A(0), A(0), A(0)};
+  if (grad) {
+    b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
+    b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
+    b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
+    *sr = soft_row_finalize(b.es, b.rest, c.t, c.star, k);
+  }
+  return loss;
+}
+
+}  // namespace cuda
+}  // namespace hl
