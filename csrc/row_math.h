@@ -176,6 +176,17 @@ HL_HOST_DEVICE inline LseSplit<T> lse_split(LseStats<T> st) {
   return st.m == -hl_inf<T>() ? LseSplit<T>{st.m, T(0)} : lse_split(st.m, hl_log(st.s));
 }
 
+// Write a row's stats: lse (hi, lo), then the path's four numbers.
+template <typename T>
+HL_HOST_DEVICE inline void put_stats(T* st, LseSplit<T> lse, T c2, T c3, T c4, T c5) {
+  st[kColLse] = lse.hi;
+  st[kColLseLo] = lse.lo;
+  st[kColScale] = c2;
+  st[3] = c3;
+  st[4] = c4;
+  st[5] = c5;
+}
+
 // Everything a one-hot row needs after its statistics pass.
 template <typename T>
 struct OneHotRow {

@@ -102,18 +102,6 @@ inline St blocked_reduce(int64_t C, St init, const Push& push, const Merge& merg
   return merge(total, node);
 }
 
-// The numbers a row keeps between the passes (row_math.h, "What a row keeps"): lse and
-// lse_lo, then the path's four.
-template <typename acc_t>
-inline void put_stats(acc_t* st, LseSplit<acc_t> lse, acc_t c2, acc_t c3, acc_t c4, acc_t c5) {
-  st[kColLse] = lse.hi;
-  st[kColLseLo] = lse.lo;
-  st[2] = c2;
-  st[3] = c3;
-  st[4] = c4;
-  st[5] = c5;
-}
-
 // ---------------------------------------------------------------------------------------
 // Forward: loss and stats of a row, one read of the row for the one-hot path.
 // ---------------------------------------------------------------------------------------

@@ -204,11 +204,10 @@ cudaError_t launch_bwd_path(const BwdArgs<S>& a, const DeviceInfo& d, cudaStream
 template <typename S>
 cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream) {
   using A = acc_type<S>;
-  if (p.N <= 0) return cudaSuccess;
-  if (p.C < 1 || p.C > kMaxClasses) return cudaErrorInvalidValue;
   DeviceInfo d;
-  cudaError_t err = device_info(&d);
-  if (err != cudaSuccess) return err;
+  bool go = false;
+  const cudaError_t err = launch_begin(p.N, p.C, &d, &go);
+  if (!go) return err;
 
   auto al16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
   BwdArgs<S> a;

@@ -33,6 +33,17 @@ struct DeviceInfo {
 };
 cudaError_t device_info(DeviceInfo* out);
 
+// The start of every launcher: N == 0 launches nothing (*go = false), C must be in
+// [1, kMaxClasses], and the device's figures size the grid.
+inline cudaError_t launch_begin(int64_t N, int64_t C, DeviceInfo* d, bool* go) {
+  *go = false;
+  if (N <= 0) return cudaSuccess;
+  if (C < 1 || C > kMaxClasses) return cudaErrorInvalidValue;
+  const cudaError_t err = device_info(d);
+  *go = err == cudaSuccess;
+  return err;
+}
+
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------

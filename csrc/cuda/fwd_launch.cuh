@@ -102,11 +102,10 @@ cudaError_t launch_fwd_path(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream
 template <typename S>
 cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
   using A = acc_type<S>;
-  if (p.N <= 0) return cudaSuccess;
-  if (p.C < 1 || p.C > kMaxClasses) return cudaErrorInvalidValue;
   DeviceInfo d;
-  cudaError_t err = device_info(&d);
-  if (err != cudaSuccess) return err;
+  bool go = false;
+  const cudaError_t err = launch_begin(p.N, p.C, &d, &go);
+  if (!go) return err;
 
   FwdArgs<S> a;
   a.logits = static_cast<const S*>(p.logits);

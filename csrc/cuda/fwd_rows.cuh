@@ -34,13 +34,7 @@ template <typename A>
 __device__ __forceinline__ void write_row(A* loss, A* stats, int64_t row, A l, LseSplit<A> lse, A c2, A c3, A c4,
                                           A c5) {
   loss[row] = l;
-  A* st = stats + row * kStatsCols;
-  st[kColLse] = lse.hi;
-  st[kColLseLo] = lse.lo;
-  st[2] = c2;
-  st[3] = c3;
-  st[4] = c4;
-  st[5] = c5;
+  put_stats(stats + row * kStatsCols, lse, c2, c3, c4, c5);
 }
 
 // One-hot row: finalise the merged statistics (over i != y, or over every class when the
