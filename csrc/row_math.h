@@ -471,11 +471,15 @@ HL_HOST_DEVICE inline void soft_eps_class(SoftEpsStats<T>& es, StarRest<T>& rest
 }
 
 // After pass 2 (statistics merged over the whole row): the dominant class joins, then
-// soft_finalize.
+// soft_finalize. `lse` is the row's: a row without a finite one (a NaN or +inf logit, or
+// nothing but -inf) is NaN throughout, the dominant class too, whose eps is otherwise taken
+// from the other classes only (and C == 1 has none).
 template <typename T>
-HL_HOST_DEVICE inline SoftRow<T> soft_row_finalize(SoftEpsStats<T> es, StarRest<T> rest, T t, bool star, T k) {
+HL_HOST_DEVICE inline SoftRow<T> soft_row_finalize(SoftEpsStats<T> es, StarRest<T> rest, T t, bool star, T k,
+                                                   T lse) {
   bool neg_star = false;
-  const T la_star = star ? star_log_abs_eps(rest, t, &neg_star) : T(0);
+  T la_star = star ? star_log_abs_eps(rest, t, &neg_star) : T(0);
+  if (!(hl_abs(lse) < hl_inf<T>())) la_star = hl_nan<T>();
   return soft_finalize(es, t, star, k * la_star, neg_star);
 }
 

@@ -246,16 +246,18 @@ def soft_star(t, qmin, qmax):
 
 
 @triton.jit
-def star_log_abs_eps(m_rest, s_rest, q_rest, t):
+def star_log_abs_eps(m_rest, s_rest, q_rest, t, lse):
     """row_math.h's star_log_abs_eps: eps* = A - P, A = sum_{i != *} q_i / t, log P the
-    logsumexp (m_rest, s_rest) of the other classes' log p: no p* - qh* cancellation."""
+    logsumexp (m_rest, s_rest) of the other classes' log p: no p* - qh* cancellation. A row
+    without a finite ``lse`` is NaN (soft_row_finalize): the other classes alone (none when
+    C == 1) cannot see a NaN or +inf dominant logit."""
     # -inf only when nothing was seen (s_rest == 0): a NaN sum must stay NaN.
     log_P = tl.where((m_rest == float("-inf")) & (s_rest == 0.0), float("-inf"), m_rest + tl.log(s_rest))
     A = q_rest / tl.where(t != 0.0, t, 1.0)
     e = A - tl.exp(log_P)
     le = tl.where(A == 0.0, log_P, tl.log(tl.abs(e)))
     neg = tl.where(A == 0.0, log_P > float("-inf"), e < 0.0)
-    return le, neg
+    return tl.where(_finite(lse), le, float("nan")), neg
 
 
 @triton.jit

@@ -111,7 +111,7 @@ def soft_fwd_kernel(
             m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
             m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
             q_rest += tl.sum(tl.where(other, q, 0.0), 1)
-        le_star, neg_star = star_log_abs_eps(m_rest, s_rest, q_rest, t)
+        le_star, neg_star = star_log_abs_eps(m_rest, s_rest, q_rest, t, lse)
         c_pos, f_star = soft_finalize(s_neg, m_pos, s_pos, t, star, k * le_star, neg_star)
         store_stats(stats_ptr, rows, rmask, lse, lse_lo, tl.where(valid, t, 0.0),
                     tl.where(valid, c_pos, 0.0), tl.where(valid, f_star, 0.0),

@@ -164,7 +164,7 @@ inline void soft_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, bool c
         soft_eps_class(st.es, st.rest, static_cast<acc_t>(row[j]), q(j), m, log_s, t, t_div, star, k);
       },
       [](Eps a, Eps b) { return Eps{soft_eps_merge(a.es, b.es), star_rest_merge(a.rest, b.rest)}; });
-  const SoftRow<acc_t> r = soft_row_finalize(e.es, e.rest, t, star, k);
+  const SoftRow<acc_t> r = soft_row_finalize(e.es, e.rest, t, star, k, lse.hi);
   put_stats(stats, lse, r.t, r.c_pos, r.f_star, r.star);
 }
 

@@ -189,7 +189,7 @@ __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx
     b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
     b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
     b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
-    *sr = soft_row_finalize(b.es, b.rest, c.t, c.star, k);
+    *sr = soft_row_finalize(b.es, b.rest, c.t, c.star, k, c.lse.hi);
   }
   return loss;
 }

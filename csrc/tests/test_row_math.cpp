@@ -97,8 +97,8 @@ static void lib_soft(const std::vector<double>& zd, const std::vector<double>& q
   hl::SoftEpsStats<T> es = hl::soft_eps_init<T>();
   hl::StarRest<T> rest = hl::star_rest_init<T>();
   for (size_t j = 0; j < C; ++j) hl::soft_eps_class(es, rest, z[j], q[j], ls.m, log_s, t, t, star, k);
-  const hl::SoftRow<T> r = hl::soft_row_finalize(es, rest, t, star, k);
   const hl::LseSplit<T> lse = hl::lse_split(ls);
+  const hl::SoftRow<T> r = hl::soft_row_finalize(es, rest, t, star, k, lse.hi);
   f->assign(C, T(0));
   for (size_t j = 0; j < C; ++j) (*f)[j] = hl::soft_fj(r, z[j], lse.hi, lse.lo, q[j], k);
 }
