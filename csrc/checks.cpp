@@ -9,8 +9,6 @@ bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 void check_same_device(const at::Tensor& t, const at::Tensor& logits, const char* name) {
   TORCH_CHECK(t.device() == logits.device(), "hardloss_cuda: ", name, " is on ", t.device(),
               " but logits is on ", logits.device());
@@ -25,7 +23,7 @@ void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
               logits.scalar_type(), " (float32, float64, float16 or bfloat16)");
   const int64_t N = logits.size(0), C = logits.size(1);
   TORCH_CHECK(C >= 1, "hardloss_cuda: logits must have at least one class (C >= 1)");
-  const at::ScalarType acc = acc_dtype(logits.scalar_type());
+  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
   check_same_device(target, logits, "target");
   if (target.is_floating_point()) {
     TORCH_CHECK(target.dim() == 2 && target.size(0) == N && target.size(1) == C,
@@ -60,7 +58,7 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
                     const at::Tensor& stats) {
   check_fwd_args(logits, target, weight, mixture);
   const int64_t N = logits.size(0);
-  const at::ScalarType acc = acc_dtype(logits.scalar_type());
+  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
   check_same_device(grad_loss, logits, "grad_loss");
   check_same_device(stats, logits, "stats");
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == N && grad_loss.scalar_type() == acc,

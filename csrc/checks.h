@@ -14,6 +14,11 @@
 
 namespace hl {
 
+// The accumulation dtype ("acc") of logits of dtype t: double stays double, every other dtype
+// computes in float (hardloss_cuda/_schema.py acc_dtype). loss, stats, weight, mixture and
+// grad_loss are in acc.
+inline at::ScalarType acc_scalar_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
 void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture);
 

@@ -35,6 +35,15 @@ and a finite logsumexp and scale gets a zero gradient without its logits being r
 rows cost no bandwidth). ``bwd_inplace`` writes the same into ``logits`` and returns nothing.
 """
 
+import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype ("acc") of logits of ``dtype``: float64 stays float64, every
+    other dtype computes in float32. loss, stats, weight, mixture and grad_loss are in acc."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 FWD_ARGS = (
     "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
     "int ignore_index, float label_smoothing, float k, bool compute_grad) "

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _autograd, _ops, backends, reference
+from . import _autograd, _ops, backends
+from ._schema import acc_dtype
 from .trimming import keep_mask
 from .validation import check_fraction, check_inputs, check_k, scalar_arg
 
@@ -74,7 +75,7 @@ def cross_entropy(
     logits = logits.contiguous()
     index_target = not tgt.is_floating_point()
     tgt = tgt.long().contiguous() if index_target else tgt.to(logits.dtype).contiguous()
-    acc = reference.acc_dtype(logits.dtype)
+    acc = acc_dtype(logits.dtype)
     w = None if weight is None else weight.to(acc).contiguous()
     mix = None if mixture is None else mixture.to(acc).contiguous()
     smoothing = float(label_smoothing)

@@ -11,14 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS
+from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype
 
 __all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows", "target_grads", "lse_split"]
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 stays float64, everything else computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def target_rows(

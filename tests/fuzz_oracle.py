@@ -352,7 +352,7 @@ def _load_interpreted():
     import triton_kernels.launch
 
     if type(triton_kernels.launch.onehot_fwd_kernel).__name__ != "InterpretedFunction":
-        for name in ("rowmath", "onehot", "soft", "config", "launch"):
+        for name in ("rowmath", "fwd", "bwd", "config", "launch"):
             importlib.reload(sys.modules[f"triton_kernels.{name}"])
     return triton_kernels.launch
 
@@ -550,6 +550,10 @@ def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100,
         sc = abs(scale[i])
         floor = (2 * _ulp(dtype) * np.abs(tr).max(initial=0.0) + _subnormal(dtype)
                  + sc * max(batch.rows[i].t, 1.0) * 4 * tiny_acc)
+        if backend == "triton" and dtype == torch.bfloat16 and x.device.type == "cpu":
+            # The Triton interpreter converts fp32 subnormals to bf16 wrongly (1.4e-42 is
+            # stored as ~1e-38; docs/BUILDING.md): on a GPU the conversion is the hardware's.
+            floor += float(torch.finfo(torch.bfloat16).smallest_normal)
         with np.errstate(invalid="ignore"):
             et = np.abs(base_rows[i] - tr)
         if strict and k == 1.0:

@@ -29,7 +29,7 @@ def _load_interpreted():
     import triton_kernels.launch
 
     if type(triton_kernels.launch.onehot_fwd_kernel).__name__ != "InterpretedFunction":
-        for name in ("rowmath", "onehot", "soft", "config", "launch"):
+        for name in ("rowmath", "fwd", "bwd", "config", "launch"):
             importlib.reload(sys.modules[f"triton_kernels.{name}"])
     return triton_kernels.launch
 

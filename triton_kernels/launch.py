@@ -22,18 +22,16 @@ import torch
 import triton
 from torch import Tensor
 
+from hardloss_cuda._schema import STATS_COLS, acc_dtype
+
+from .bwd import onehot_bwd_kernel, soft_bwd_kernel
 from .config import plan
-from .onehot import onehot_bwd_kernel, onehot_fwd_kernel
-from hardloss_cuda._schema import STATS_COLS
-from .soft import MIXTURE, PROBS, SMOOTH, soft_bwd_kernel, soft_fwd_kernel
+from .fwd import onehot_fwd_kernel, soft_fwd_kernel
+from .rowmath import MIXTURE, PROBS, SMOOTH
 
 __all__ = ["fwd", "bwd", "bwd_inplace"]
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _interpreting() -> bool:
@@ -59,7 +57,7 @@ def _check(logits, target, weight, mixture) -> None:
     N, C = logits.shape
     if C == 0:
         raise ValueError("logits: need at least one class (C >= 1)")
-    acc = _acc_dtype(logits.dtype)
+    acc = acc_dtype(logits.dtype)
     if target.is_floating_point():
         if target.shape != logits.shape:
             raise ValueError(f"target: probabilities must have shape {(N, C)}, got {tuple(target.shape)}")
@@ -81,7 +79,7 @@ def _check_bwd(grad_loss, logits, stats, out) -> None:
     """bwd's own arguments, after _check: grad_loss (N,) and stats (N, STATS_COLS) in the
     accumulation dtype on the logits' device; ``out`` like logits and contiguous."""
     N = logits.shape[0]
-    acc = _acc_dtype(logits.dtype)
+    acc = acc_dtype(logits.dtype)
     for name, t, shape in (("grad_loss", grad_loss, (N,)), ("stats", stats, (N, STATS_COLS))):
         if not isinstance(t, Tensor) or t.shape != shape or t.dtype != acc:
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
@@ -131,7 +129,7 @@ def fwd(
     _check(logits, target, weight, mixture)
     logits = logits.contiguous()
     N, C = logits.shape
-    acc = _acc_dtype(logits.dtype)
+    acc = acc_dtype(logits.dtype)
     loss = torch.empty(N, dtype=acc, device=logits.device)
     stats = torch.empty((N, STATS_COLS), dtype=acc, device=logits.device)
     if N == 0:

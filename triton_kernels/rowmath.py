@@ -298,6 +298,19 @@ def soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k):
 
 
 @triton.jit
+def soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE: tl.constexpr, ROWS: tl.constexpr):
+    """(yc, ignored, bad) for class-index modes; probability rows have no label, nothing is
+    ignored or bad."""
+    if MODE == 2:
+        yc = tl.zeros([ROWS], tl.int64)
+        ignored = rows < 0
+        bad = rows < 0
+    else:
+        yc, ignored, bad = load_labels(t_ptr, rows, rmask, C, ignore_index)
+    return yc, ignored, bad
+
+
+@triton.jit
 def finish_rows(x, ignored, bad):
     """Per-row values (ROWS,): 0 on ignored rows, NaN on out-of-range labels."""
     x = tl.where(ignored, 0.0, x)

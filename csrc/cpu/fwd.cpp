@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
                                        double label_smoothing, double k, bool compute_grad) {
   check_fwd_args(logits, target, weight, mixture);
   const at::Tensor z = logits.contiguous();
-  const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_scalar_type(z.scalar_type());
   at::Tensor loss = at::empty({z.size(0)}, z.options().dtype(acc));
   at::Tensor stats = at::empty({z.size(0), kStatsCols}, z.options().dtype(acc));
   const at::Tensor t = target.contiguous();

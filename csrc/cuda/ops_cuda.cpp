@@ -39,8 +39,6 @@ DType dtype_of(at::ScalarType t) {
   return DType::kFloat32;  // not reached
 }
 
-at::ScalarType acc_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 struct Prepared {
   at::Tensor target, weight, mixture;  // contiguous (weight / mixture undefined when absent)
 };
@@ -81,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const int64_t N = z.size(0);
-  const auto acc = z.options().dtype(acc_of(z.scalar_type()));
+  const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
   at::Tensor loss = at::empty({N}, acc);
   at::Tensor stats = at::empty({N, hl::kStatsCols}, acc);
   if (N == 0) return {loss, stats};  // no zero-size grid

@@ -1,60 +1,87 @@
-"""Soft path (label smoothing, a mixture row W[y], probability targets, with or without
-class weights): docs/ROW_MATH.md "Soft path". The target row q is recomputed from
-(target, weight, mixture) wherever it is needed, never stored.
+"""The forward kernels: per row the loss and the stats the backward needs (docs/ROW_MATH.md,
+the layout of hardloss_cuda/_schema.py). The math is rowmath.py's.
 
-Forward (``soft_fwd_kernel``):
-  pass 1: online logsumexp, t = sum q and the loss sum q (lse - z) (rowmath.online_lse_loss:
-          the loss needs no second pass, so without a gradient the row is read once);
+``onehot_fwd_kernel`` (class index, no label smoothing, no mixture): one read of the row. Over
+the non-target classes it keeps the running max m, s1 = sum exp(z - m) and (when the gradient
+is wanted) sk = sum exp(k (z - m)); with the target logit z_y that gives the loss, the
+logsumexp and stats = (lse, lse_lo, f_y, m, log_c, 0) (rowmath.onehot_finalize).
+
+``soft_fwd_kernel`` (label smoothing, a mixture row W[y], probability targets, with or without
+class weights; the target row q is recomputed from (target, weight, mixture) wherever it is
+needed, never stored):
+  pass 1: online logsumexp, t = sum q, min / max q and the loss sum q (m - z) + t log s
+          (rowmath.online_lse_loss: without a gradient the row is read once);
   pass 2, only when the gradient is wanted: log|eps_j| per class, S_neg and an online
           max/sum of k log eps over the positive classes (so k = 8 cannot underflow S_pos),
           the dominant class (qh > 1/2) from the other classes, reduced to
           stats = (lse, lse_lo, t, c_pos, f_star, star) (rowmath.soft_finalize).
-Backward (``soft_bwd_kernel``): one pass, elementwise: g_j = gl soft_fj(z_j, q_j, stats),
-written in place of the logits if asked.
+
+Together with the backward (bwd.py) that is 3 N C s bytes (read, read, write) and a few
+numbers a row kept in between, instead of producing the gradient in the forward pass (an
+(N, C) buffer held until backward and a read + write to scale it: 4 N C s).
 """
 
 import triton
 import triton.language as tl
 
 from .rowmath import (
-    MIXTURE,
-    PROBS,
-    SMOOTH,
     finish_rows,
-    finish_tile,
     load_labels,
-    load_stats,
     load_tile,
-    log_abs_eps,
     lse_split,
+    log_abs_eps,
+    onehot_finalize,
     online_lse,
+    online_lse2,
     online_lse_loss,
     q_tile,
     row_setup,
-    skip_rows,
     soft_finalize,
-    soft_fj,
+    soft_labels,
     soft_loss,
     soft_star,
     star_log_abs_eps,
     store_stats,
-    store_tile,
 )
-
-__all__ = ["soft_fwd_kernel", "soft_bwd_kernel", "SMOOTH", "MIXTURE", "PROBS"]
 
 
 @triton.jit
-def soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE: tl.constexpr, ROWS: tl.constexpr):
-    """(yc, ignored, bad) for class-index modes; probability rows have no label, nothing is
-    ignored or bad."""
-    if MODE == 2:
-        yc = tl.zeros([ROWS], tl.int64)
-        ignored = rows < 0
-        bad = rows < 0
+def onehot_fwd_kernel(
+    z_ptr, y_ptr, w_ptr, loss_ptr, stats_ptr,
+    N, C, ignore_index, k: tl.float64,
+    HAS_W: tl.constexpr, GRAD: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    ACC: tl.constexpr = loss_ptr.dtype.element_ty  # float32, or float64 for float64 logits
+    k = tl.full([], k, ACC)  # passed as fp64 so that float64 logits keep k exact
+    rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
+    yc, ignored, bad = load_labels(y_ptr, rows, rmask, C, ignore_index)
+    valid = (~ignored) & (~bad)
+    z_y = tl.load(z_ptr + row_off + yc, mask=rmask, other=0.0).to(ACC)
+    if HAS_W:
+        w_y = tl.load(w_ptr + yc, mask=rmask, other=0.0).to(ACC)
     else:
-        yc, ignored, bad = load_labels(t_ptr, rows, rmask, C, ignore_index)
-    return yc, ignored, bad
+        w_y = tl.full([ROWS], 1.0, ACC)
+
+    # The only pass: statistics over the classes i != y (the target logit is excluded as
+    # -inf, which adds nothing). Ignored and bad rows take the same path with yc = label or
+    # 0, which still gives the whole row's logsumexp.
+    m = tl.full([ROWS], float("-inf"), ACC)
+    s1 = tl.zeros([ROWS], ACC)
+    sk = tl.zeros([ROWS], ACC)
+    for start in range(0, C, BLOCK):
+        cols = start + cols0
+        z, mask = load_tile(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC)
+        z = tl.where(cols[None, :] == yc[:, None], float("-inf"), z)
+        m, s1, sk = online_lse2(m, s1, sk, z, k, GRAD)
+
+    lse, lse_lo, nll, f_y, m_out, log_c = onehot_finalize(m, s1, sk, z_y, w_y, k)
+    tl.store(loss_ptr + rows, finish_rows(nll, ignored, bad), mask=rmask)
+    if GRAD:
+        keep = valid
+    else:
+        keep = rows < 0  # nothing: columns 2.. are 0 without a gradient (see launch.fwd)
+    store_stats(stats_ptr, rows, rmask, lse, lse_lo, tl.where(keep, f_y, 0.0),
+                tl.where(keep, m_out, 0.0), tl.where(keep, log_c, 0.0), tl.zeros([ROWS], ACC))
 
 
 @triton.jit
@@ -119,27 +146,3 @@ def soft_fwd_kernel(
     else:
         zero = tl.zeros([ROWS], ACC)
         store_stats(stats_ptr, rows, rmask, lse, lse_lo, zero, zero, zero, zero)
-
-
-@triton.jit
-def soft_bwd_kernel(
-    gl_ptr, z_ptr, t_ptr, w_ptr, mix_ptr, stats_ptr, out_ptr,
-    N, C, ignore_index, s: tl.float64, k: tl.float64,
-    MODE: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-):
-    ACC: tl.constexpr = stats_ptr.dtype.element_ty
-    s = tl.full([], s, ACC)
-    k = tl.full([], k, ACC)
-    rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
-    yc, ignored, bad = soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE, ROWS)
-    gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0).to(ACC)
-    lse, lse_lo, t, c_pos, f_star, star = load_stats(stats_ptr, rows, rmask, ACC)
-    # Rows that read their logits (and target row): valid, and not a zero-gradient row.
-    live = rmask & (~ignored) & (~bad) & (~skip_rows(gl, lse, t))
-    for start in range(0, C, BLOCK):
-        cols = start + cols0
-        z, mask = load_tile(z_ptr, row_off, live, cols, C, 0.0, ACC)
-        q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, live, cols, mask, C, s, MODE, HAS_W, ACC)
-        g = gl[:, None] * soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k)
-        g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
-        store_tile(out_ptr, row_off, cols, rmask[:, None] & (cols < C)[None, :], g)
