@@ -271,7 +271,8 @@ struct CSum {
 template <typename T>
 HL_HOST_DEVICE inline void csum_add(CSum<T>& a, T x) {
   T s = a.s + x;
-  a.c += hl_abs(a.s) >= hl_abs(x) ? (a.s - s) + x : (x - s) + a.s;
+  // An infinite (or NaN) sum carries itself; its error term would be inf - inf = NaN.
+  if (hl_abs(s) < hl_inf<T>()) a.c += hl_abs(a.s) >= hl_abs(x) ? (a.s - s) + x : (x - s) + a.s;
   a.s = s;
 }
 
