@@ -133,10 +133,12 @@ __device__ __forceinline__ void unpack(const Pack<S>& p, acc_type<S>* out) {
   for (int e = 0; e < Pack<S>::kN; ++e) out[e] = to_acc(p.v[e]);
 }
 
-// Store the kN values vals[0..kN) at vector v of `row` (elements past C are not written).
+// Store the kN values vals[0..kN) at vector v of `row` (elements past C are not written),
+// with the streaming (evict-first) hint: the gradient is written once and not read again by
+// this kernel, so it should not push inputs that are still to be read out of L2.
 template <typename S>
-__device__ __forceinline__ void store_pack(S* row, int v, int C, bool aligned,
-                                           const acc_type<S>* vals) {
+__device__ __forceinline__ void store_pack_stream(S* row, int v, int C, bool aligned,
+                                                  const acc_type<S>* vals) {
   constexpr int kN = Pack<S>::kN;
   const int j0 = v * kN;
   if (j0 >= C) return;
@@ -144,30 +146,12 @@ __device__ __forceinline__ void store_pack(S* row, int v, int C, bool aligned,
 #pragma unroll
   for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(vals[e]);
   if (aligned) {
-    *reinterpret_cast<uint4*>(row + j0) = *reinterpret_cast<const uint4*>(&p);
+    __stcs(reinterpret_cast<uint4*>(row + j0), *reinterpret_cast<const uint4*>(&p));
   } else {
 #pragma unroll
     for (int e = 0; e < kN; ++e) {
       if (j0 + e < C) row[j0 + e] = p.v[e];
     }
-  }
-}
-
-// Store with the streaming (evict-first) hint: the gradient is written once and not read
-// again by this kernel, so it should not push inputs that are still to be read out of L2.
-template <typename S>
-__device__ __forceinline__ void store_pack_stream(S* row, int v, int C, bool aligned,
-                                                  const acc_type<S>* vals) {
-  constexpr int kN = Pack<S>::kN;
-  const int j0 = v * kN;
-  if (j0 >= C) return;
-  if (aligned) {
-    Pack<S> p;
-#pragma unroll
-    for (int e = 0; e < kN; ++e) p.v[e] = from_acc<S>(vals[e]);
-    __stcs(reinterpret_cast<uint4*>(row + j0), *reinterpret_cast<const uint4*>(&p));
-  } else {
-    store_pack(row, v, C, aligned, vals);
   }
 }
 
