@@ -485,13 +485,22 @@ HL_HOST_DEVICE inline SoftRow<T> soft_row_finalize(SoftEpsStats<T> es, StarRest<
 }
 
 // f_j of a soft row in the backward pass, from its stats: log p_j = (z_j - lse) - lse_lo.
+// k == 1 is the true gradient t p_j - q_j (F_1(eps) = eps): one exp per class, and it needs
+// only lse and t from the forward, whose |eps| pass may then be skipped (soft_needs_eps).
 template <typename T>
 HL_HOST_DEVICE inline T soft_fj(const SoftRow<T>& r, T z_j, T lse, T lse_lo, T q_j, T k) {
+  const T log_p = (z_j - lse) - lse_lo;
+  if (k == T(1)) return r.t != T(0) ? r.t * hl_exp(log_p) - q_j : T(0);  // t == 0: f = 0
   if (is_star(r.star != T(0), q_j, r.t)) return r.f_star;
-  const T t_div = r.t != T(0) ? r.t : T(1);  // t == 0: q = 0, f = 0
+  const T t_div = r.t != T(0) ? r.t : T(1);
   bool neg;
-  const T la = soft_log_abs_eps((z_j - lse) - lse_lo, q_j / t_div, &neg);
+  const T la = soft_log_abs_eps(log_p, q_j / t_div, &neg);
   return soft_f(r, k * la, neg);
 }
+
+// Whether the forward pass of a soft row needs the |eps|^k statistics (pass 2): only for a
+// gradient with k != 1 (soft_fj).
+template <typename T>
+HL_HOST_DEVICE inline bool soft_needs_eps(bool compute_grad, T k) { return compute_grad && k != T(1); }
 
 }  // namespace hl

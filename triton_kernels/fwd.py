@@ -11,7 +11,7 @@ class weights; the target row q is recomputed from (target, weight, mixture) whe
 needed, never stored):
   pass 1: online logsumexp, t = sum q, min / max q and the loss sum q (m - z) + t log s
           (rowmath.online_lse_loss: without a gradient the row is read once);
-  pass 2, only when the gradient is wanted: log|eps_j| per class, S_neg and an online
+  pass 2, only when the gradient is wanted with k != 1: log|eps_j| per class, S_neg and an online
           max/sum of k log eps over the positive classes (so k = 8 cannot underflow S_pos),
           the dominant class (qh > 1/2) from the other classes, reduced to
           stats = (lse, lse_lo, t, c_pos, f_star, star) (rowmath.soft_finalize).
@@ -88,7 +88,7 @@ def onehot_fwd_kernel(
 def soft_fwd_kernel(
     z_ptr, t_ptr, w_ptr, mix_ptr, loss_ptr, stats_ptr,
     N, C, ignore_index, s: tl.float64, k: tl.float64,
-    MODE: tl.constexpr, HAS_W: tl.constexpr, GRAD: tl.constexpr,
+    MODE: tl.constexpr, HAS_W: tl.constexpr, GRAD: tl.constexpr, EPS: tl.constexpr,
     ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     ACC: tl.constexpr = loss_ptr.dtype.element_ty  # float32, or float64 for float64 logits
@@ -114,7 +114,7 @@ def soft_fwd_kernel(
     lse, lse_lo = lse_split(m, log_s)
     tl.store(loss_ptr + rows, finish_rows(soft_loss(m, se, t, acc), ignored, bad), mask=rmask)
 
-    if GRAD:
+    if EPS:  # a gradient with k != 1 (k == 1 needs only lse and t: rowmath.soft_fj)
         # Pass 2: S_neg and the online (m_pos, s_pos) of k log eps over the positive classes;
         # the dominant class (if any) apart, from the logsumexp and the q of the others.
         t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # qh = q / t; t == 0 gives f = t F = 0
@@ -145,4 +145,8 @@ def soft_fwd_kernel(
                     tl.where(valid & star, 1.0, 0.0))
     else:
         zero = tl.zeros([ROWS], ACC)
-        store_stats(stats_ptr, rows, rmask, lse, lse_lo, zero, zero, zero, zero)
+        if GRAD:
+            t_kept = tl.where(valid, t, 0.0)
+        else:
+            t_kept = zero
+        store_stats(stats_ptr, rows, rmask, lse, lse_lo, t_kept, zero, zero, zero)

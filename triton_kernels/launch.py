@@ -148,7 +148,8 @@ def fwd(
     else:
         mix = mixture.contiguous() if mixture is not None else loss
         soft_fwd_kernel[grid](logits, target, w, mix, loss, stats, N, C, int(ignore_index),
-                              float(label_smoothing), float(k), MODE=mode, **common)
+                              float(label_smoothing), float(k), MODE=mode,
+                              EPS=bool(compute_grad) and float(k) != 1.0, **common)
     return loss, stats
 
 

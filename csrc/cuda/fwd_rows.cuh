@@ -174,7 +174,7 @@ template <typename A>
 __device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowCtx<A>& c, A z, A q, A k,
                                                  bool grad) {
   soft_loss_push(b.loss, q, z, c.m);
-  if (grad) soft_eps_class(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.t_div, c.star, k);
+  if (soft_needs_eps(grad, k)) soft_eps_class(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.t_div, c.star, k);
 }
 
 // Loss and SoftRow of the group's row (the same in every thread of the group).
@@ -184,8 +184,8 @@ __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx
   const A acc = group_reduce<TPR>(csum_value(b.loss), SumOp{}, red);
   // A row of nothing but -inf logits has no softmax: NaN, as PyTorch.
   const A loss = c.m == -hl_inf<A>() ? hl_nan<A>() : acc + c.t * c.log_s;
-  *sr = {A(0), A(0), A(0), A(0)};
-  if (grad) {
+  *sr = {c.t, A(0), A(0), A(0)};  // k == 1 needs only t (row_math.h soft_fj)
+  if (soft_needs_eps(grad, k)) {
     b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
     b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
     b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
