@@ -176,6 +176,14 @@ HL_HOST_DEVICE inline LseSplit<T> lse_split(LseStats<T> st) {
   return st.m == -hl_inf<T>() ? LseSplit<T>{st.m, T(0)} : lse_split(st.m, hl_log(st.s));
 }
 
+// A valid row whose gradient is 0 without a read of its logits: no incoming gradient (trimmed
+// away), and a finite lse and scale. A non-finite one keeps the row, so that NaN logits or an
+// infinite class weight still give NaN (0 * inf), as PyTorch.
+template <typename T>
+HL_HOST_DEVICE inline bool grad_row_is_zero(T g, T lse, T scale) {
+  return g == T(0) && hl_abs(lse) < hl_inf<T>() && hl_abs(scale) < hl_inf<T>();
+}
+
 // Write a row's stats: lse (hi, lo), then the path's four numbers.
 template <typename T>
 HL_HOST_DEVICE inline void put_stats(T* st, LseSplit<T> lse, T c2, T c3, T c4, T c5) {
@@ -305,11 +313,6 @@ HL_HOST_DEVICE inline void qmass_push(QMass<T>& a, T q) {
   a.qmax = q > a.qmax ? q : a.qmax;
 }
 
-template <typename T>
-HL_HOST_DEVICE inline QMass<T> qmass_merge(QMass<T> a, QMass<T> b) {
-  return {csum_merge(a.t, b.t), b.qmin < a.qmin ? b.qmin : a.qmin, b.qmax > a.qmax ? b.qmax : a.qmax};
-}
-
 // The loss -sum_j q_j log p_j = sum_j q_j (m - z_j) + t log s, with m the row max and
 // s = sum exp(z - m): for q >= 0 every term is >= 0 (no t lse - sum q z cancellation), and
 // nothing is taken relative to the rounded lse, so a row of 1e8s still gives t log C.
@@ -320,8 +323,12 @@ HL_HOST_DEVICE inline void soft_loss_push(CSum<T>& acc, T q_j, T z_j, T m) {
   if (q_j != T(0)) csum_add(acc, q_j * (m - z_j));
 }
 
+// The loss from acc = sum_j q_j (m - z_j). A row of nothing but -inf logits (m = -inf) has no
+// softmax: NaN, as PyTorch.
 template <typename T>
-HL_HOST_DEVICE inline T soft_loss_value(CSum<T> acc, T t, T log_s) { return csum_value(acc) + t * log_s; }
+HL_HOST_DEVICE inline T soft_loss_value(T acc, T t, T m, T log_s) {
+  return m == -hl_inf<T>() ? hl_nan<T>() : acc + t * log_s;
+}
 
 // ---------------------------------------------------------------------------------------
 // Soft path, the |eps|^k statistics: eps_j = p_j - qh_j with qh = q / t (t = sum q > 0).

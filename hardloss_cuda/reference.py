@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype
 
-__all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows", "target_grads", "lse_split"]
+__all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows", "target_grads"]
 
 
 def target_rows(
@@ -52,8 +52,8 @@ def _softplus(x: Tensor) -> Tensor:
 
 
 def _onehot_rows(zs: Tensor, y: Tensor, w_y: Tensor, k: float, compute_grad: bool):
-    """The one-hot path of docs/ROW_MATH.md on max-shifted rows ``zs``: statistics over the non-target classes, no
-    cancellation in 1 - p_y. Returns (loss, gradient or None, lse of zs)."""
+    """The one-hot path of docs/ROW_MATH.md on max-shifted rows ``zs``: statistics over the
+    non-target classes, no cancellation in 1 - p_y. Returns (loss, gradient or None, lse of zs)."""
     is_y = torch.nn.functional.one_hot(y, zs.shape[1]).bool()
     z_not = zs.masked_fill(is_y, float("-inf"))
     z_y = zs.gather(1, y[:, None]).squeeze(1)
@@ -127,6 +127,12 @@ def rows(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row (loss, pseudo-gradient, logsumexp) for logits (N, C), in the accumulation
     dtype except the gradient (logits' dtype; (0, C) unless ``compute_grad``)."""
+    loss, grad, lse = _rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad)
+    return loss, grad, lse[0] + lse[1]
+
+
+def _rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):
+    """``rows`` with the logsumexp as (row max m, L = log sum exp(z - m))."""
     N, C = logits.shape
     dt = acc_dtype(logits.dtype)
     zs, shift, bad_row = _max_shift(logits.to(dt))
@@ -142,7 +148,6 @@ def rows(
     loss = loss.masked_fill(bad_row, float("nan"))
     if compute_grad:
         grad = grad.masked_fill(bad_row[:, None], float("nan"))
-    lse = lse + shift  # logsumexp of the row itself
     if not target.is_floating_point():
         # Ignored rows: exactly 0 (also when their logits are not finite). Labels outside
         # [0, C): NaN, never a read at the label.
@@ -152,7 +157,7 @@ def rows(
         if compute_grad:
             grad = torch.where(ignored[:, None], 0, grad).masked_fill(bad[:, None], float("nan"))
     grad = grad.to(logits.dtype) if compute_grad else logits.new_empty((0, C))
-    return loss, grad, lse
+    return loss, grad, (shift, lse)
 
 
 # The op contract of hardloss_cuda/_schema.py on top of ``rows``. The reference keeps only
@@ -160,19 +165,13 @@ def rows(
 # everything in backward: it is the oracle, not a fast path.
 
 
-def lse_split(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Row logsumexp as hi + lo: hi = m + L rounded, lo = (m - hi) + L what the rounding lost
-    (m the row max, L = log sum exp(z - m)); lo = 0 where hi is not finite."""
-    zs, shift, _bad = _max_shift(logits.to(acc_dtype(logits.dtype)))
-    L = torch.logsumexp(zs, 1)
-    hi = shift + L
-    return hi, torch.where(torch.isfinite(hi), (shift - hi) + L, 0)
-
-
 def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):
-    loss, _grad, _lse = rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, False)
+    loss, _grad, (m, L) = _rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, False)
     stats = torch.zeros(logits.shape[0], STATS_COLS, dtype=loss.dtype, device=loss.device)
-    stats[:, LSE_COL], stats[:, LSE_LO_COL] = lse_split(logits)
+    # The logsumexp as hi = m + L rounded and lo = (m - hi) + L, what the rounding lost (0 where
+    # hi is not finite): -log p_j = (hi - z_j) + lo is exact for huge logits.
+    hi = m + L
+    stats[:, LSE_COL], stats[:, LSE_LO_COL] = hi, torch.where(torch.isfinite(hi), (m - hi) + L, 0)
     return loss, stats
 
 

@@ -60,7 +60,8 @@ def onehot_bwd_kernel(
 def soft_bwd_kernel(
     gl_ptr, z_ptr, t_ptr, w_ptr, mix_ptr, stats_ptr, out_ptr,
     N, C, ignore_index, s: tl.float64, k: tl.float64,
-    MODE: tl.constexpr, HAS_W: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    MODE: tl.constexpr, HAS_W: tl.constexpr, K_IS_ONE: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     ACC: tl.constexpr = stats_ptr.dtype.element_ty
     s = tl.full([], s, ACC)
@@ -75,6 +76,6 @@ def soft_bwd_kernel(
         cols = start + cols0
         z, mask = load_tile(z_ptr, row_off, live, cols, C, 0.0, ACC)
         q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, live, cols, mask, C, s, MODE, HAS_W, ACC)
-        g = gl[:, None] * soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k)
+        g = gl[:, None] * soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE)
         g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
         store_tile(out_ptr, row_off, cols, rmask[:, None] & (cols < C)[None, :], g)

@@ -204,7 +204,7 @@ def bwd(
         mix = mixture.contiguous() if mixture is not None else stats
         soft_bwd_kernel[grid](grad_loss, logits, target, w, mix, stats, out, N, C,
                               int(ignore_index), float(label_smoothing), float(k), MODE=mode,
-                              **common)
+                              K_IS_ONE=float(k) == 1.0, **common)
     return out
 
 

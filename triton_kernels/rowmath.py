@@ -287,18 +287,20 @@ def soft_f1(kl, neg, t, c_pos):
 
 
 @triton.jit
-def soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k):
+def soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE: tl.constexpr):
     """row_math.h's soft_fj on a (ROWS, BLOCK) tile (per-row lse, lse_lo, t, c_pos, f_star,
-    star): the backward's f_j of a soft row, log p_j = (z_j - lse) - lse_lo."""
-    t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # t == 0: q = 0, f = 0
+    star): the backward's f_j of a soft row, log p_j = (z_j - lse) - lse_lo. K_IS_ONE: the
+    true gradient t p - q, which needs only lse and t (one exp per class)."""
     log_p = (z - lse[:, None]) - lse_lo[:, None]
-    le, neg = log_abs_eps(log_p, q * t_inv[:, None])
-    f = soft_f1(k * le, neg, t[:, None], c_pos[:, None])
-    is_star = (star[:, None] != 0.0) & (2.0 * q > t[:, None])
-    f = tl.where(is_star, f_star[:, None], f)
-    # k == 1: the true gradient t p - q (row_math.h soft_fj), which needs only lse and t.
-    f1 = tl.where(t[:, None] != 0.0, t[:, None] * tl.exp(log_p) - q, 0.0)
-    return tl.where(k == 1.0, f1, f)
+    if K_IS_ONE:
+        f = tl.where(t[:, None] != 0.0, t[:, None] * tl.exp(log_p) - q, 0.0)  # t == 0: f = 0
+    else:
+        t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)
+        le, neg = log_abs_eps(log_p, q * t_inv[:, None])
+        f = soft_f1(k * le, neg, t[:, None], c_pos[:, None])
+        is_star = (star[:, None] != 0.0) & (2.0 * q > t[:, None])
+        f = tl.where(is_star, f_star[:, None], f)
+    return f
 
 
 @triton.jit

@@ -10,7 +10,6 @@
 #include <ATen/ops/empty_like.h>
 
 #include <algorithm>
-#include <cmath>
 #include <memory>
 
 #include "checks.h"
@@ -40,10 +39,7 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
       scalar_t* o = out + i * C;
       const acc_t* st = statp + i * kStatsCols;
       const acc_t g = gl[i];
-      // A valid row with no incoming gradient (trimmed away) is 0 without a read of its logits;
-      // a non-finite lse or scale keeps the row, so that NaN logits or an infinite class
-      // weight still give NaN (0 * inf), as PyTorch.
-      const bool zero = g == acc_t(0) && std::isfinite(st[kColLse]) && std::isfinite(st[kColScale]);
+      const bool zero = grad_row_is_zero(g, st[kColLse], st[kColScale]);
       auto fill = [&](acc_t v) { std::fill(o, o + C, static_cast<scalar_t>(v)); };
       rt.visit(
           i, [&](bool ignored) { fill(ignored ? acc_t(0) : hl_nan<acc_t>()); },

@@ -147,11 +147,10 @@ inline void soft_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, bool c
     soft_loss_push(acc, qj, static_cast<acc_t>(row[j]), m);
   }
   const acc_t t = csum_value(qm.t);
-  // m = -inf: nothing but -inf logits (a row of -inf, q > 0 somewhere: infinite loss / NaN)
-  // A row of nothing but -inf logits has no softmax: NaN, as PyTorch.
-  *loss = m == -hl_inf<acc_t>() ? hl_nan<acc_t>() : soft_loss_value(acc, t, log_s);
-  if (!compute_grad) return put_stats(stats, lse, acc_t(0), acc_t(0), acc_t(0), acc_t(0));
-  if (!soft_needs_eps(compute_grad, k)) return put_stats(stats, lse, t, acc_t(0), acc_t(0), acc_t(0));
+  *loss = soft_loss_value(csum_value(acc), t, m, log_s);
+  // Without a gradient columns 2.. are 0; at k = 1 the backward needs only t (soft_fj).
+  if (!soft_needs_eps(compute_grad, k))
+    return put_stats(stats, lse, compute_grad ? t : acc_t(0), acc_t(0), acc_t(0), acc_t(0));
 
   const acc_t t_div = t != acc_t(0) ? t : acc_t(1);  // qh = q / t; t == 0 gives f = 0
   const bool star = soft_star(qm, t);

@@ -81,9 +81,8 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
     const A scale = ldg(st + kColScale);
     S* orow = a.out + row * C;
 
-    // The gradient does not depend on the logits: write it without reading them (a
-    // non-finite lse or scale keeps the row: NaN logits or an infinite weight give 0 * inf).
-    if (ri.status != kLabelValid || (gl == A(0) && hl_abs(lse) < hl_inf<A>() && hl_abs(scale) < hl_inf<A>())) {
+    // The gradient does not depend on the logits: write it without reading them.
+    if (ri.status != kLabelValid || grad_row_is_zero(gl, lse, scale)) {
       const A fill = ri.status != kLabelValid ? invalid_fill<A>(ri.status) : A(0);
       A f[VEC];
 #pragma unroll

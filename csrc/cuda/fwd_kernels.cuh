@@ -112,13 +112,13 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
       if (active && lane == 0) finish_onehot_row(a, row, ri, st, z_y);
     } else {
       // Pass A: lse, t = sum q, min / max q.
-      SoftPassA<A> pa = {A(0), hl_inf<A>(), -hl_inf<A>()};
+      QMass<A> pa = qmass_init<A>();
 #pragma unroll
       for (int i = 0; i < NV; ++i) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const int j = (i * TPR + lane) * VEC + e;
-          if (j < C) soft_pass_a_push(pa, soft_q(a.tg, r, ri, j));
+          if (j < C) qmass_push(pa, soft_q(a.tg, r, ri, j));
         }
       }
       const SoftRowCtx<A> ctx = soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, red);
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
     } else {
       // Pass A: lse, t and min / max q; the row goes to the shared-memory cache.
       LseStats<A> ls = lse_init<A>();
-      SoftPassA<A> pa = {A(0), hl_inf<A>(), -hl_inf<A>()};
+      QMass<A> pa = qmass_init<A>();
       for (int vb = 0; vb < nvec; vb += STEP) {
         A x[E];
 #pragma unroll
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
             const int j = (vb + u * BLOCK + tid) * VEC + e;
-            if (j < C) soft_pass_a_push(pa, soft_q(a.tg, r, ri, j));
+            if (j < C) qmass_push(pa, soft_q(a.tg, r, ri, j));
           }
         }
       }

@@ -117,20 +117,6 @@ struct MaxOp {
 // its classes, then soft_pass_a_reduce / soft_pass_b_finish combine the group (every thread
 // of the group calls them: no divergent call).
 // ---------------------------------------------------------------------------------------
-template <typename A>
-struct SoftPassA {
-  A t;
-  A qmin;
-  A qmax;
-};
-
-template <typename A>
-__device__ __forceinline__ void soft_pass_a_push(SoftPassA<A>& p, A q) {
-  p.t += q;
-  p.qmin = q < p.qmin ? q : p.qmin;
-  p.qmax = q > p.qmax ? q : p.qmax;
-}
-
 // The row's view after pass A: what pass B needs.
 template <typename A>
 struct SoftRowCtx {
@@ -142,14 +128,15 @@ struct SoftRowCtx {
   bool star;
 };
 
+// The thread-local pass A (lse stats and row_math.h's QMass of its classes) combined over
+// the group.
 template <int TPR, typename A>
-__device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, SoftPassA<A> p, ReduceSmem<A>& red) {
+__device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, QMass<A> qm, ReduceSmem<A>& red) {
   ls = group_reduce<TPR>(ls, LseMergeOp{}, red);
   SoftRowCtx<A> c;
-  c.t = group_reduce<TPR>(p.t, SumOp{}, red);
-  QMass<A> qm = qmass_init<A>();
-  qm.qmin = group_reduce<TPR>(p.qmin, MinOp{}, red);
-  qm.qmax = group_reduce<TPR>(p.qmax, MaxOp{}, red);
+  c.t = group_reduce<TPR>(csum_value(qm.t), SumOp{}, red);
+  qm.qmin = group_reduce<TPR>(qm.qmin, MinOp{}, red);
+  qm.qmax = group_reduce<TPR>(qm.qmax, MaxOp{}, red);
   c.m = ls.m;
   c.log_s = hl_log(ls.s);
   c.lse = lse_split(ls);
@@ -181,9 +168,7 @@ __device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowC
 template <int TPR, typename A>
 __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx<A>& c, A k, bool grad,
                                                 ReduceSmem<A>& red, SoftRow<A>* sr) {
-  const A acc = group_reduce<TPR>(csum_value(b.loss), SumOp{}, red);
-  // A row of nothing but -inf logits has no softmax: NaN, as PyTorch.
-  const A loss = c.m == -hl_inf<A>() ? hl_nan<A>() : acc + c.t * c.log_s;
+  const A loss = soft_loss_value(group_reduce<TPR>(csum_value(b.loss), SumOp{}, red), c.t, c.m, c.log_s);
   *sr = {c.t, A(0), A(0), A(0)};  // k == 1 needs only t (row_math.h soft_fj)
   if (soft_needs_eps(grad, k)) {
     b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);

@@ -92,7 +92,7 @@ static void lib_soft(const std::vector<double>& zd, const std::vector<double>& q
   hl::CSum<T> acc{0, 0};
   for (size_t j = 0; j < C; ++j) hl::qmass_push(qm, q[j]), hl::soft_loss_push(acc, q[j], z[j], ls.m);
   const T t = hl::csum_value(qm.t);
-  *loss = hl::soft_loss_value(acc, t, log_s);
+  *loss = hl::soft_loss_value(hl::csum_value(acc), t, ls.m, log_s);
   const bool star = hl::soft_star(qm, t);
   hl::SoftEpsStats<T> es = hl::soft_eps_init<T>();
   hl::StarRest<T> rest = hl::star_rest_init<T>();
