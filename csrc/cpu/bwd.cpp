@@ -14,7 +14,7 @@
 
 #include "checks.h"
 #include "cpu/hardloss_cpu.h"
-#include "cpu/rows.h"
+#include "cpu/soft_rows.h"
 
 namespace hl {
 namespace cpu {
@@ -49,7 +49,7 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
           },
           [&](const auto& q) {
             if (zero) return fill(acc_t(0));
-            soft_grad_row(row, o, C, k, q, g, st);
+            soft_bwd_row(row, o, C, k, q, g, st, *scratch);
           });
     }
   });

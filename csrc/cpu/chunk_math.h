@@ -1,5 +1,6 @@
 // Vectorised loops over a chunk of a row (a few KB, in L1), the only hot loops of the CPU
-// kernels: max, sum of exponentials, and the exponential map that writes the gradient.
+// kernels: max, sum of exponentials, the exponential map that writes the one-hot gradient,
+// and the soft-target terms (float only: fp64 rows take row_math.h's scalar functions).
 // The float versions are compiled once per instruction set (HL_CLONES, vec_math.h) and use
 // the branch-free fast_exp, so GCC vectorises them; the double versions use libm's exp.
 #pragma once
@@ -26,6 +27,35 @@ double sum_exp(const double* x, int64_t n, double m, double k, double* tmp);
 // out_i = w exp(k (x_i - m) + c); out must not alias x.
 void exp_map(const float* x, int64_t n, float m, float k, float c, float w, float* out);
 void exp_map(const double* x, int64_t n, double m, double k, double c, double w, double* out);
+
+// The target q of a soft row over a chunk: q_j = w_j (a p_j + b); p or w may be null (0 / 1).
+void fill_q(const float* p, const float* w, int64_t n, float a, float b, float* q);
+
+// What the forward pass needs of q over a chunk, relative to the chunk's finite max m:
+// t = sum q and d = sum_{q_j != 0} q_j (m - x_j), both accumulated in double (a long fp32 row
+// summed in float loses ~1e-5), and min / max q (to find a dominant class).
+struct SoftTerms {
+  double t;
+  double d;
+  float qmin;
+  float qmax;
+};
+SoftTerms soft_terms(const float* x, const float* q, int64_t n, float m);
+
+// The |eps|^k pass of a soft row over a chunk (row_math.h soft_eps_class, vectorised):
+// log p_j = (x_j - m) - log_s, qh_j = q_j / t_div. Adds exp(k log|eps_j|) of the classes with
+// eps_j < 0 to *s_neg and writes k log eps_j of the others to kla (-inf for the negatives).
+// Returns sum q_j in double. The caller masks the dominant class (x = -inf, q = 0).
+double soft_eps(const float* x, const float* q, int64_t n, float m, float log_s, float t_div, float k,
+                float* kla, float* s_neg);
+
+// g f_j of a soft row (row_math.h soft_fj) over a chunk, log p_j = (x_j - lse) - lse_lo:
+// k == 1: g (t p_j - q_j) (the caller handles t == 0); otherwise from the row's c_pos.
+// The dominant class is overwritten by the caller.
+void soft_grad_k1(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float g,
+                  float* out);
+void soft_grad(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float k,
+               float c_pos, float g, float* out);
 
 }  // namespace cpu
 }  // namespace hl

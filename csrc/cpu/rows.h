@@ -27,11 +27,12 @@ inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
 }
 
-// Scratch of one thread: a chunk of the row in acc_t, and the chunk's exp terms.
+// Scratch of one thread: a chunk of the row in acc_t, the chunk's exp terms, its targets.
 template <typename acc_t>
 struct Scratch {
   acc_t x[kChunk];
   acc_t tmp[kChunk];
+  float q[kChunk];  // a soft row's targets (soft_rows.h)
 };
 
 // Elements [a, a + n) of a row as acc_t: the row itself when no conversion is needed.
@@ -68,19 +69,22 @@ inline OneHotStats<acc_t> range_stats(const acc_t* x, int64_t n, acc_t k, acc_t*
   return {m, s1, sk};
 }
 
-// Statistics over the whole row except class `skip` (-1: none), one read of the row.
+// Statistics over the whole row except class `skip` (-1: none), one read of the row. The
+// chunk holding `skip` is copied with -inf there (one max and one sum over it, not a split in
+// two: short rows pay per call).
 template <typename scalar_t, typename acc_t>
 inline OneHotStats<acc_t> row_stats(const scalar_t* row, int64_t C, int64_t skip, acc_t k, Scratch<acc_t>& s) {
   OneHotStats<acc_t> st = onehot_init<acc_t>();
   for (int64_t a = 0; a < C; a += kChunk) {
     const int64_t n = std::min(kChunk, C - a);
     const acc_t* x = load(row, a, n, s.x);
-    if (skip >= a && skip < a + n) {  // the label splits its chunk in two
-      st = onehot_merge(st, range_stats(x, skip - a, k, s.tmp), k);
-      st = onehot_merge(st, range_stats(x + (skip - a) + 1, a + n - skip - 1, k, s.tmp), k);
-    } else {
-      st = onehot_merge(st, range_stats(x, n, k, s.tmp), k);
+    if (skip >= a && skip < a + n) {
+      if (x != s.x) std::memcpy(s.x, x, n * sizeof(acc_t));
+      s.x[skip - a] = -hl_inf<acc_t>();
+      x = s.x;
     }
+    const OneHotStats<acc_t> c = range_stats(x, n, k, s.tmp);
+    st = a == 0 ? c : onehot_merge(st, c, k);
   }
   return st;
 }
@@ -202,6 +206,54 @@ inline void soft_grad_row(const scalar_t* row, scalar_t* out, int64_t C, acc_t k
 }
 
 // ---------------------------------------------------------------------------------------
+// The target q of a soft row (row_math.h q_*, class weights folded in): q(j) for one class,
+// fill(a, n, buf) for classes [a, a + n) as float (the vectorised path, soft_rows.h), which
+// returns buf or, when q is stored as is, a pointer into it.
+// ---------------------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t>
+struct ProbTarget {  // probabilities P_j, optionally smoothed
+  const scalar_t* P;
+  const acc_t* w;
+  acc_t one_minus_s, s_over_C;
+  acc_t operator()(int64_t j) const {
+    return q_probability(static_cast<acc_t>(P[j]), w != nullptr ? w[j] : acc_t(1), one_minus_s, s_over_C);
+  }
+  const float* fill(int64_t a, int64_t n, float* buf) const {
+    const float* p = load(P, a, n, buf);
+    if (w == nullptr && one_minus_s == acc_t(1) && s_over_C == acc_t(0)) return p;
+    fill_q(p, w != nullptr ? w + a : nullptr, n, one_minus_s, s_over_C, buf);
+    return buf;
+  }
+};
+
+template <typename acc_t>
+struct MixtureTarget {  // row W[y] of the mixture matrix
+  const acc_t* Wy;
+  const acc_t* w;
+  acc_t operator()(int64_t j) const { return q_mixture(Wy[j], w != nullptr ? w[j] : acc_t(1)); }
+  const float* fill(int64_t a, int64_t n, float* buf) const {
+    if (w == nullptr) return Wy + a;
+    fill_q(Wy + a, w + a, n, 1.0f, 0.0f, buf);
+    return buf;
+  }
+};
+
+template <typename acc_t>
+struct SmoothedTarget {  // class index y with label smoothing
+  int64_t y;
+  const acc_t* w;
+  acc_t one_minus_s, s_over_C;
+  acc_t operator()(int64_t j) const {
+    return q_smoothed(j == y, w != nullptr ? w[j] : acc_t(1), one_minus_s, s_over_C);
+  }
+  const float* fill(int64_t a, int64_t n, float* buf) const {
+    fill_q(nullptr, w != nullptr ? w + a : nullptr, n, 0.0f, s_over_C, buf);
+    if (y >= a && y < a + n) buf[y - a] = (*this)(y);
+    return buf;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
 // Which path a row takes, and its target q, shared by the forward and backward loops.
 // ---------------------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t>
@@ -228,24 +280,16 @@ struct RowTargets {
         s_over_C(static_cast<acc_t>(label_smoothing / static_cast<double>(C_))),
         smooth(label_smoothing > 0.0) {}
 
-  acc_t w_j(int64_t j) const { return w != nullptr ? w[j] : acc_t(1); }
-
-  // Calls invalid(ignored), onehot(y, w_y) or soft(q) for row i, q(j) being its target q_j.
+  // Calls invalid(ignored), onehot(y, w_y) or soft(q) for row i, q being a *Target above.
   template <typename Invalid, typename OneHot, typename Soft>
   void visit(int64_t i, const Invalid& invalid, const OneHot& onehot, const Soft& soft) const {
-    if (P != nullptr) {
-      const scalar_t* Pi = P + i * C;
-      return soft([&](int64_t j) { return q_probability(static_cast<acc_t>(Pi[j]), w_j(j), one_minus_s, s_over_C); });
-    }
+    if (P != nullptr) return soft(ProbTarget<scalar_t, acc_t>{P + i * C, w, one_minus_s, s_over_C});
     const int64_t y = Y[i];
     const int status = label_status(y, C, ignore_index);
     if (status != kLabelValid) return invalid(status == kLabelIgnored);
-    if (W != nullptr) {
-      const acc_t* Wy = W + y * C;
-      return soft([&](int64_t j) { return q_mixture(Wy[j], w_j(j)); });
-    }
-    if (smooth) return soft([&](int64_t j) { return q_smoothed(j == y, w_j(j), one_minus_s, s_over_C); });
-    onehot(y, w_j(y));
+    if (W != nullptr) return soft(MixtureTarget<acc_t>{W + y * C, w});
+    if (smooth) return soft(SmoothedTarget<acc_t>{y, w, one_minus_s, s_over_C});
+    onehot(y, w != nullptr ? w[y] : acc_t(1));
   }
 };
 

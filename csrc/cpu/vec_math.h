@@ -1,4 +1,4 @@
-// vec_math.h: a branch-free float exp that GCC/Clang auto-vectorise, and the function
+// vec_math.h: a branch-free float exp and log that GCC/Clang auto-vectorise, and the function
 // multi-versioning macro for the CPU hot loops.
 //
 // Why not at::vec::Vectorized<float>::exp: in an extension TU there is no CPU_CAPABILITY
@@ -55,6 +55,44 @@ HL_INLINE float fast_exp(float x) {
   y = y * scale;
   y = x < lo ? 0.0f : y;
   y = x > hi ? __builtin_inff() : y;
+  y = x != x ? x : y;
+  return y;
+}
+
+// log(x) in float, Cephes logf polynomial (max rel. error ~2 ulp), branch-free like fast_exp:
+// x = 2^e f, f in [sqrt(1/2), sqrt(2)), log x = e ln 2 + log1p(f - 1). Subnormal x is scaled
+// by 2^25 first (|eps|^k of a tiny eps must not lose classes); log 0 = -inf, log of a negative
+// number or NaN is NaN, log inf = inf.
+HL_INLINE float fast_log(float x) {
+  const bool tiny = x < 1.17549435e-38f;  // subnormal (or <= 0, fixed at the end)
+  const float xs = tiny ? x * 33554432.0f : x;
+  int32_t bits;
+  std::memcpy(&bits, &xs, sizeof(bits));
+  float e = static_cast<float>(((bits >> 23) & 0xff) - 126) - (tiny ? 25.0f : 0.0f);
+  bits = (bits & 0x007fffff) | 0x3f000000;  // mantissa in [0.5, 1)
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  const bool low = f < 0.707106781186547524f;
+  e = low ? e - 1.0f : e;
+  f = low ? f + f - 1.0f : f - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  float y = f * z * p;
+  y = e * -2.12194440e-4f + y;
+  y = z * -0.5f + y;
+  y = f + y;
+  y = e * 0.693359375f + y;
+  y = x == 0.0f ? -__builtin_inff() : y;
+  y = x < 0.0f ? __builtin_nanf("") : y;
+  y = x == __builtin_inff() ? x : y;
   y = x != x ? x : y;
   return y;
 }
