@@ -152,9 +152,12 @@ HL_HOST_DEVICE inline OneHotStats<T> onehot_merge(OneHotStats<T> a, OneHotStats<
 //   one-hot: 3 m, 4 log_c, 5 unused      f_j = w_y exp(k (z_j - m) + log_c), j != y
 //   soft:    3 c_pos, 4 f_star, 5 star   see SoftRow
 // Ignored / out-of-range rows, and every row when no gradient was asked for, keep 2..5 at 0.
+// c_pos and f_star (k != 1 only) come from a pass over the row that the GPU kernels make in
+// the forward; the CPU kernel makes it in the backward and keeps the row max and log sum
+// exp(z - m) in columns 3 and 4 instead (csrc/cpu/rows.h put_soft_stats).
 // ---------------------------------------------------------------------------------------
 constexpr int kStatsCols = 6;
-enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2 };
+enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2, kColStar = 5 };
 
 // lse = m + L, L = log sum exp(z - m), as a rounded sum hi and its error lo.
 template <typename T>

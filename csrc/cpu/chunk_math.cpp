@@ -132,53 +132,71 @@ HL_CLONES SoftTerms soft_terms(const float* __restrict x, const float* __restric
   return r;
 }
 
-namespace {
-// log|eps_j| of a class (row_math.h soft_log_abs_eps, branch-free); *neg: eps_j < 0.
-HL_INLINE float log_abs_eps(float log_p, float qh, bool* neg) {
-  const float e = exp_of(log_p) - qh;
-  *neg = qh != 0.0f && e < 0.0f;
-  return qh == 0.0f ? log_p : log_of(e < 0.0f ? -e : e);
+// Elementwise into blocks, then plain reductions: one loop per step keeps GCC's vectoriser on
+// (a fused loop with several accumulators and selects fell back to scalar). Each class takes
+// one exponential of k log|eps|: relative to 0 for the negatives, to its block's max for the
+// positives (a large k must not underflow S_pos).
+HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restrict q, int64_t n, float m,
+                                float log_s, float t_div, float star_t, float k, float* __restrict w,
+                                float* __restrict refs) {
+  const float inf = __builtin_inff();
+  float v[kEpsBlock], pos[kEpsBlock], p_rest[kEpsBlock], q_rest[kEpsBlock];
+  SoftEpsChunk r{0.0f, -inf, 0.0f, 0.0, 0.0f};
+  for (int64_t a = 0; a < n; a += kEpsBlock) {
+    const int64_t b = n - a < kEpsBlock ? n - a : kEpsBlock;
+    const float* xa = x + a;
+    const float* qa = q + a;
+    float* wa = w + a;
+    for (int64_t i = 0; i < b; ++i) {
+      const float log_p = (xa[i] - m) - log_s;
+      const float p = exp_of(log_p), qh = qa[i] / t_div;  // as row_math.h: q / t, not q * (1 / t)
+      const float e = p - qh;
+      const bool neg = qh != 0.0f && e < 0.0f;
+      const bool star = 2.0f * qa[i] > star_t;
+      v[i] = star ? -inf : k * (qh == 0.0f ? log_p : log_of(neg ? -e : e));
+      pos[i] = neg ? -inf : v[i];  // k log eps of the positives, -inf for the others
+      p_rest[i] = star ? 0.0f : p;
+      q_rest[i] = star ? 0.0f : qa[i];
+      wa[i] = star ? inf : (neg ? -1.0f : 1.0f);  // the dominant class, or the sign
+    }
+    const float mb = max_impl(pos, b);
+    const float ref = mb == -inf ? 0.0f : mb;
+    refs[a / kEpsBlock] = mb;
+    for (int64_t i = 0; i < b; ++i) {
+      const bool neg = wa[i] < 0.0f;
+      const float ev = exp_of(v[i] - (neg ? 0.0f : ref));
+      v[i] = neg ? ev : 0.0f;  // |eps|^k of the negatives
+      pos[i] = neg ? 0.0f : ev;
+      wa[i] = wa[i] == inf ? inf : wa[i] * ev;
+    }
+    r.s_neg += sum_impl(v, b);
+    if (mb != -inf) {
+      const float sb = sum_impl(pos, b);
+      if (mb > r.m_pos) r.s_pos = r.s_pos * exp_of(r.m_pos - mb) + sb, r.m_pos = mb;
+      else r.s_pos += sb * exp_of(mb - r.m_pos);
+    }
+    r.p_rest += sum_impl(p_rest, b);
+    r.q_rest += sum_impl(q_rest, b);  // kEpsBlock terms in float, the blocks in double
+  }
+  return r;
 }
-}  // namespace
 
-HL_CLONES double soft_eps(const float* __restrict x, const float* __restrict q, int64_t n, float m, float log_s,
-                          float t_div, float k, float* __restrict kla, float* s_neg) {
-  float lneg[kLanes] = {};
-  double lq[kLanes] = {};
-  auto one = [&](int64_t i, float& neg_acc, double& q_acc) {
-    bool neg;
-    const float v = k * log_abs_eps((x[i] - m) - log_s, q[i] / t_div, &neg);
-    neg_acc += neg ? exp_of(v) : 0.0f;
-    kla[i] = neg ? -__builtin_inff() : v;
-    q_acc += q[i];
-  };
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) one(i + j, lneg[j], lq[j]);
-  float sn = 0.0f;
-  double sq = 0.0;
-  for (; i < n; ++i) one(i, sn, sq);
-  for (int j = 0; j < kLanes; ++j) sn += lneg[j], sq += lq[j];
-  *s_neg += sn;
-  return sq;
+HL_CLONES void soft_scale(const float* __restrict w, const float* __restrict refs, int64_t n, float g_t,
+                          float g_sign, float c_pos, float g_f_star, float* __restrict out) {
+  const float inf = __builtin_inff();
+  for (int64_t a = 0; a < n; a += kEpsBlock) {
+    const int64_t b = n - a < kEpsBlock ? n - a : kEpsBlock;
+    // sign(t) exp(k log eps + c_pos) = w exp(ref + c_pos); no positive in the block: 0
+    const float f_pos = refs[a / kEpsBlock] == -inf ? 0.0f : g_sign * std::exp(refs[a / kEpsBlock] + c_pos);
+    const float* wa = w + a;
+    float* oa = out + a;
+    for (int64_t i = 0; i < b; ++i) oa[i] = wa[i] == inf ? g_f_star : (wa[i] < 0.0f ? g_t : f_pos) * wa[i];
+  }
 }
 
 HL_CLONES void soft_grad_k1(const float* __restrict x, const float* __restrict q, int64_t n, float lse,
                             float lse_lo, float t, float g, float* __restrict out) {
   for (int64_t i = 0; i < n; ++i) out[i] = g * (t * exp_of((x[i] - lse) - lse_lo) - q[i]);
-}
-
-HL_CLONES void soft_grad(const float* __restrict x, const float* __restrict q, int64_t n, float lse, float lse_lo,
-                         float t, float k, float c_pos, float g, float* __restrict out) {
-  const float t_div = t != 0.0f ? t : 1.0f;
-  const float gs = t < 0.0f ? -g : g;  // sign(t) of the positive classes
-  for (int64_t i = 0; i < n; ++i) {
-    bool neg;
-    const float kla = k * log_abs_eps((x[i] - lse) - lse_lo, q[i] / t_div, &neg);
-    // row_math.h soft_f: -t |eps|^k for eps < 0, sign(t) exp(k log eps + c_pos) otherwise
-    const float v = exp_of(neg ? kla : kla + c_pos);
-    out[i] = neg ? -g * t * v : gs * v;
-  }
 }
 
 }  // namespace cpu

@@ -42,20 +42,34 @@ struct SoftTerms {
 };
 SoftTerms soft_terms(const float* x, const float* q, int64_t n, float m);
 
-// The |eps|^k pass of a soft row over a chunk (row_math.h soft_eps_class, vectorised):
-// log p_j = (x_j - m) - log_s, qh_j = q_j / t_div. Adds exp(k log|eps_j|) of the classes with
-// eps_j < 0 to *s_neg and writes k log eps_j of the others to kla (-inf for the negatives).
-// Returns sum q_j in double. The caller masks the dominant class (x = -inf, q = 0).
-double soft_eps(const float* x, const float* q, int64_t n, float m, float log_s, float t_div, float k,
-                float* kla, float* s_neg);
+// The backward of a soft row at k != 1 (row_math.h soft_eps_class and soft_f, vectorised), in
+// two passes over the row. Pass 1, soft_eps over a chunk: log p_j = (x_j - m) - log_s,
+// qh_j = q_j / t_div; returns the chunk's SoftEpsStats (s_neg = sum |eps_j|^k over eps_j < 0;
+// the positives' k log eps as an online max m_pos and sum s_pos) and writes
+//   w_j = -|eps_j|^k (eps_j < 0),  exp(k log eps_j - refs[b]) (eps_j >= 0),  +inf (dominant)
+// with refs[b] the max of k log eps over the positives of block b (kEpsBlock classes; -inf
+// when none). The dominant class, 2 q_j > star_t (star_t = +inf: none), is left out of the
+// statistics; its own eps needs the others' sum of q (in double) and of p.
+constexpr int64_t kEpsBlock = 256;
+struct SoftEpsChunk {
+  float s_neg;
+  float m_pos;
+  float s_pos;
+  double q_rest;
+  float p_rest;
+};
+SoftEpsChunk soft_eps(const float* x, const float* q, int64_t n, float m, float log_s, float t_div,
+                      float star_t, float k, float* w, float* refs);
 
-// g f_j of a soft row (row_math.h soft_fj) over a chunk, log p_j = (x_j - lse) - lse_lo:
-// k == 1: g (t p_j - q_j) (the caller handles t == 0); otherwise from the row's c_pos.
-// The dominant class is overwritten by the caller.
+// Pass 2, soft_scale: out_j = g f_j from w once the row's c_pos and f_star are known:
+// g_t = g t (times w < 0), g_sign = g sign(t), g_f_star = g f_star.
+void soft_scale(const float* w, const float* refs, int64_t n, float g_t, float g_sign, float c_pos,
+                float g_f_star, float* out);
+
+// g f_j of a soft row at k == 1 over a chunk: g (t p_j - q_j), log p_j = (x_j - lse) - lse_lo
+// (the caller handles t == 0).
 void soft_grad_k1(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float g,
                   float* out);
-void soft_grad(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float k,
-               float c_pos, float g, float* out);
 
 }  // namespace cpu
 }  // namespace hl

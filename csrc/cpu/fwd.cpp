@@ -48,7 +48,7 @@ void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w
       rt.visit(
           i, [&](bool ignored) { invalid_row(row, C, ignored, *scratch, lossp + i, st); },
           [&](int64_t y, acc_t w_y) { onehot_row(row, C, y, w_y, k, compute_grad, *scratch, lossp + i, st); },
-          [&](const auto& q) { soft_fwd_row(row, C, k, q, compute_grad, *scratch, lossp + i, st); });
+          [&](const auto& q) { soft_fwd_row(row, C, q, compute_grad, *scratch, lossp + i, st); });
     }
   });
 }

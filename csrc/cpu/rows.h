@@ -9,6 +9,7 @@
 #include <limits>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -32,7 +33,9 @@ template <typename acc_t>
 struct Scratch {
   acc_t x[kChunk];
   acc_t tmp[kChunk];
-  float q[kChunk];  // a soft row's targets (soft_rows.h)
+  float q[kChunk];       // a soft row's targets (soft_rows.h)
+  std::vector<float> w;  // a soft row's |eps|^k at k != 1, and the blocks' references
+  std::vector<float> refs;
 };
 
 // Elements [a, a + n) of a row as acc_t: the row itself when no conversion is needed.
@@ -89,6 +92,18 @@ inline OneHotStats<acc_t> row_stats(const scalar_t* row, int64_t C, int64_t skip
   return st;
 }
 
+// The stats of a soft row on the CPU: lse, t, the row max m and log s = log sum exp(z - m),
+// and the dominant-class flag. c_pos and f_star are the backward's (row_math.h kStatsCols);
+// it takes log p = (z - m) - log s as the reference does, which holds p - q / t to a few ulp
+// of p where they nearly cancel ((z - lse) - lse_lo rounds at the scale of lse).
+enum SoftCol : int { kColMax = 3, kColLogS = 4 };
+template <typename T>
+inline void put_soft_stats(T* stats, T m, T log_s, T t, bool star, bool compute_grad) {
+  const LseSplit<T> lse = m == -hl_inf<T>() ? LseSplit<T>{m, T(0)} : lse_split(m, log_s);
+  if (!compute_grad) return put_stats(stats, lse, T(0), T(0), T(0), T(0));
+  put_stats(stats, lse, t, m, log_s, star ? T(1) : T(0));
+}
+
 // Sums over [0, C) in a two-level tree of blocks (kLeaf classes a leaf, kLeaf leaves a node)
 // merged with `merge`: a long row's rounding error grows like 2 kLeaf + C / kLeaf^2 additions
 // instead of C (an fp32 row of 32000 classes summed one at a time loses ~1e-5 relative).
@@ -133,16 +148,15 @@ inline void onehot_row(const scalar_t* row, int64_t C, int64_t y, acc_t w_y, acc
 }
 
 // Soft path (label smoothing, mixture row, probabilities) with the target q_j = q(j), weights
-// folded in. Pass 1: the row max m and s = sum exp(z - m) (vectorised), then t = sum q and
-// the loss relative to m (row_math.h soft_loss_push, compensated sums); pass 2, for the
-// gradient: the |eps|^k statistics (blocked_reduce), the dominant class (if any) from the
-// other classes.
+// folded in; scalar, for fp64 rows (soft_rows.h has the vectorised float version). One pass
+// for the forward: the row max m and s = sum exp(z - m), then t = sum q and the loss relative
+// to m (row_math.h soft_loss_push, compensated sums). The |eps|^k statistics are left to the
+// backward (soft_eps_row): only it needs them, and only at k != 1.
 template <typename scalar_t, typename acc_t, typename Q>
-inline void soft_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, bool compute_grad, Scratch<acc_t>& s,
+inline void soft_row(const scalar_t* row, int64_t C, const Q& q, bool compute_grad, Scratch<acc_t>& s,
                      acc_t* loss, acc_t* stats) {
   const OneHotStats<acc_t> st = row_stats(row, C, -1, acc_t(1), s);
   const acc_t m = st.m, log_s = hl_log(st.s1);
-  const LseSplit<acc_t> lse = lse_split(LseStats<acc_t>{st.m, st.s1});
   QMass<acc_t> qm = qmass_init<acc_t>();
   CSum<acc_t> acc{acc_t(0), acc_t(0)};
   for (int64_t j = 0; j < C; ++j) {
@@ -152,24 +166,7 @@ inline void soft_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, bool c
   }
   const acc_t t = csum_value(qm.t);
   *loss = soft_loss_value(csum_value(acc), t, m, log_s);
-  // Without a gradient columns 2.. are 0; at k = 1 the backward needs only t (soft_fj).
-  if (!soft_needs_eps(compute_grad, k))
-    return put_stats(stats, lse, compute_grad ? t : acc_t(0), acc_t(0), acc_t(0), acc_t(0));
-
-  const acc_t t_div = t != acc_t(0) ? t : acc_t(1);  // qh = q / t; t == 0 gives f = 0
-  const bool star = soft_star(qm, t);
-  struct Eps {
-    SoftEpsStats<acc_t> es;
-    StarRest<acc_t> rest;
-  };
-  const Eps e = blocked_reduce(
-      C, Eps{soft_eps_init<acc_t>(), star_rest_init<acc_t>()},
-      [&](Eps& st, int64_t j) {
-        soft_eps_class(st.es, st.rest, static_cast<acc_t>(row[j]), q(j), m, log_s, t, t_div, star, k);
-      },
-      [](Eps a, Eps b) { return Eps{soft_eps_merge(a.es, b.es), star_rest_merge(a.rest, b.rest)}; });
-  const SoftRow<acc_t> r = soft_row_finalize(e.es, e.rest, t, star, k, lse.hi);
-  put_stats(stats, lse, r.t, r.c_pos, r.f_star, r.star);
+  put_soft_stats(stats, m, log_s, t, soft_star(qm, t), compute_grad);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -196,13 +193,40 @@ inline void onehot_grad_row(const scalar_t* row, scalar_t* out, int64_t C, int64
   out[y] = static_cast<scalar_t>(g * f_y);
 }
 
+// The backward's first pass over a soft row at k != 1: its SoftRow (c_pos, f_star) from the
+// |eps|^k statistics (blocked_reduce), the dominant class's eps from the other classes.
+template <typename scalar_t, typename acc_t, typename Q>
+inline SoftRow<acc_t> soft_eps_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, const acc_t* stats) {
+  const acc_t m = stats[kColMax], log_s = stats[kColLogS], t = stats[kColScale];
+  const bool star = stats[kColStar] != acc_t(0);
+  const acc_t t_div = t != acc_t(0) ? t : acc_t(1);  // qh = q / t; t == 0 gives f = 0
+  struct Eps {
+    SoftEpsStats<acc_t> es;
+    StarRest<acc_t> rest;
+  };
+  const Eps e = blocked_reduce(
+      C, Eps{soft_eps_init<acc_t>(), star_rest_init<acc_t>()},
+      [&](Eps& st, int64_t j) {
+        soft_eps_class(st.es, st.rest, static_cast<acc_t>(row[j]), q(j), m, log_s, t, t_div, star, k);
+      },
+      [](Eps a, Eps b) { return Eps{soft_eps_merge(a.es, b.es), star_rest_merge(a.rest, b.rest)}; });
+  return soft_row_finalize(e.es, e.rest, t, star, k, stats[kColLse]);
+}
+
 template <typename scalar_t, typename acc_t, typename Q>
 inline void soft_grad_row(const scalar_t* row, scalar_t* out, int64_t C, acc_t k, const Q& q, acc_t g,
                           const acc_t* stats) {
-  const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo];
-  const SoftRow<acc_t> r{stats[kColScale], stats[3], stats[4], stats[5]};
+  const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo], t = stats[kColScale];
+  if (k == acc_t(1)) {
+    const SoftRow<acc_t> r{t, acc_t(0), acc_t(0), acc_t(0)};
+    for (int64_t j = 0; j < C; ++j)
+      out[j] = static_cast<scalar_t>(g * soft_fj(r, static_cast<acc_t>(row[j]), lse, lse_lo, q(j), k));
+    return;
+  }
+  const SoftRow<acc_t> r = soft_eps_row(row, C, k, q, stats);  // log p as there: (z - m) - log s
   for (int64_t j = 0; j < C; ++j)
-    out[j] = static_cast<scalar_t>(g * soft_fj(r, static_cast<acc_t>(row[j]), lse, lse_lo, q(j), k));
+    out[j] = static_cast<scalar_t>(
+        g * soft_fj(r, static_cast<acc_t>(row[j]), stats[kColMax], stats[kColLogS], q(j), k));
 }
 
 // ---------------------------------------------------------------------------------------
