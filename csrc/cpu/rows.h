@@ -60,21 +60,15 @@ inline void store(scalar_t* row, int64_t a, int64_t n, const acc_t* src) {
 
 // One-hot statistics (max, sum exp, sum exp k) of x[0, n), as row_math's OneHotStats.
 template <typename acc_t>
-inline OneHotStats<acc_t> range_stats(const acc_t* x, int64_t n, acc_t k, acc_t* tmp) {
+inline OneHotStats<acc_t> range_stats(const acc_t* x, int64_t n, acc_t k) {
   if (n == 0) return onehot_init<acc_t>();
-  const acc_t m = chunk_max(x, n);
-  if (m == -hl_inf<acc_t>()) {  // nothing but -inf and NaN: a NaN must still poison the row
-    if (!has_nan(x, n)) return onehot_init<acc_t>();
-    return {hl_nan<acc_t>(), hl_nan<acc_t>(), hl_nan<acc_t>()};
-  }
-  const acc_t s1 = sum_exp(x, n, m, acc_t(1), tmp);
-  const acc_t sk = k == acc_t(1) ? s1 : sum_exp(x, n, m, k, tmp);
-  return {m, s1, sk};
+  const auto c = chunk_stats(x, n, k);
+  return {c.m, c.s1, c.sk};
 }
 
 // Statistics over the whole row except class `skip` (-1: none), one read of the row. The
-// chunk holding `skip` is copied with -inf there (one max and one sum over it, not a split in
-// two: short rows pay per call).
+// chunk holding `skip` is copied with -inf there (one call over it, not a split in two:
+// short rows pay per call).
 template <typename scalar_t, typename acc_t>
 inline OneHotStats<acc_t> row_stats(const scalar_t* row, int64_t C, int64_t skip, acc_t k, Scratch<acc_t>& s) {
   OneHotStats<acc_t> st = onehot_init<acc_t>();
@@ -86,7 +80,7 @@ inline OneHotStats<acc_t> row_stats(const scalar_t* row, int64_t C, int64_t skip
       s.x[skip - a] = -hl_inf<acc_t>();
       x = s.x;
     }
-    const OneHotStats<acc_t> c = range_stats(x, n, k, s.tmp);
+    const OneHotStats<acc_t> c = range_stats(x, n, k);
     st = a == 0 ? c : onehot_merge(st, c, k);
   }
   return st;

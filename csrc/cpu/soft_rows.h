@@ -28,14 +28,9 @@ inline void soft_row_vec(const scalar_t* row, int64_t C, const Q& q, bool comput
     const int64_t n = std::min(kChunk, C - a);
     const float* x = load(row, a, n, s.x);
     const float* qc = q.fill(a, n, s.q);
-    const float mc = chunk_max(x, n);
-    float r = mc;  // the chunk's reference; 0 for a chunk of -inf (and NaN) only
-    if (mc == -hl_inf<float>()) {
-      r = 0.0f;
-      if (has_nan(x, n)) lse_st = lse_merge(lse_st, LseStats<float>{hl_nan<float>(), hl_nan<float>()});
-    } else {
-      lse_st = lse_merge(lse_st, LseStats<float>{mc, sum_exp(x, n, mc, 1.0f, s.tmp)});
-    }
+    const ChunkStats c = chunk_stats(x, n, 1.0f);
+    lse_st = lse_merge(lse_st, LseStats<float>{c.m, c.s1});
+    const float r = c.m > -hl_inf<float>() ? c.m : 0.0f;  // the chunk's reference (-inf / NaN only: 0)
     const SoftTerms st = soft_terms(x, qc, n, r);
     if (a == 0) ref = r;
     if (ref < r) d += t * (r - ref), ref = r;
@@ -105,7 +100,7 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
       if (x != s.x) std::memcpy(s.x, x, n * sizeof(float));
       for (int64_t j = 0; j < n; ++j)
         if (s.w[a + j] == hl_inf<float>()) s.x[j] = -hl_inf<float>();  // the dominant class
-      const OneHotStats<float> o = range_stats(s.x, n, 1.0f, s.tmp);
+      const OneHotStats<float> o = range_stats(s.x, n, 1.0f);
       if (o.m != -hl_inf<float>()) rest.p = lse_merge(rest.p, LseStats<float>{(o.m - m) - log_s, o.s1});
     }
   }
