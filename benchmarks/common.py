@@ -34,6 +34,7 @@ class Case:
     mixture: bool = False
     trim: float | None = None
     hidden: int = 0  # > 0: an LM-head case, logits = h @ W.T computed inside the timed step
+    target: str = "index"  # "index" (class indices), "smooth" (label_smoothing=0.1), "probs"
 
 
     @property
@@ -45,20 +46,24 @@ class Case:
 
     def label(self) -> str:
         extra = (" mix" if self.mixture else "") + (f" trim={self.trim:g}" if self.trim else "")
+        extra += {"index": "", "smooth": " smooth=0.1", "probs": " probs"}[self.target]
         extra += f" lm-head D={self.hidden}" if self.hidden else ""
         return f"{self.N}x{self.C} {self.dtype} k={self.k:g}{extra}"
 
 
 def make_inputs(case: Case, device: str, copies: int):
-    """`copies` distinct inputs (rotated between calls), labels with some ignored rows, and W:
-    the mixture matrix of a mixture case, the classifier weight (C, D) of an LM-head case.
-    The inputs are logits (N, C), or hidden states (N, D) for an LM-head case."""
+    """`copies` distinct inputs (rotated between calls), targets, and W: the mixture matrix of a
+    mixture case, the classifier weight (C, D) of an LM-head case. The inputs are logits
+    (N, C), or hidden states (N, D) for an LM-head case; the targets labels with some ignored
+    rows, or (N, C) probabilities (a softmax of random scores) for a "probs" case."""
     g = torch.Generator(device=device).manual_seed(0)
     dt = DTYPES[case.dtype]
     width, scale = (case.hidden, 1.0) if case.hidden else (case.C, 2.0)
     xs = [(torch.randn(case.N, width, device=device, generator=g) * scale).to(dt) for _ in range(copies)]
     y = torch.randint(0, case.C, (case.N,), device=device, generator=g)
     y[::17] = -100
+    if case.target == "probs":
+        y = torch.softmax(torch.randn(case.N, case.C, device=device, generator=g) * 2, 1).to(dt)
     W = None
     if case.hidden:
         W = (torch.randn(case.C, case.hidden, device=device, generator=g) * 2 / case.hidden**0.5).to(dt)
@@ -89,17 +94,19 @@ def candidates(case: Case, device: str) -> dict[str, Callable]:
     if case.hidden:
         return lm_head_candidates(case, device)
     out = {}
+    s = 0.1 if case.target == "smooth" else 0.0
     for backend in _backends(device):
-        out[backend] = lambda x, y, W, b=backend: H.cross_entropy(x, y, k=case.k, mixture=W, trim=case.trim, backend=b)
+        out[backend] = lambda x, y, W, b=backend: H.cross_entropy(
+            x, y, k=case.k, mixture=W, trim=case.trim, label_smoothing=s, backend=b)
 
     def torch_ce(x, y, W):
         if W is None:
-            return F.cross_entropy(x, y)
+            return F.cross_entropy(x, y, label_smoothing=s)
         keep = y != -100  # probability targets have no ignore_index
         return F.cross_entropy(x[keep], W[y[keep]].to(x.dtype))
 
     out["torch"] = torch_ce
-    plain = case.k == 1 and not case.mixture and not case.trim
+    plain = case.k == 1 and not case.mixture and not case.trim and case.target == "index"
     if plain and device == "cuda" and _peer("liger_kernel"):
         from liger_kernel.transformers import LigerCrossEntropyLoss
 

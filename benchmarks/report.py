@@ -28,15 +28,25 @@ from common import Case  # noqa: E402
 import hardloss_cuda as H  # noqa: E402
 
 
+def soft_cases(N: int, C: int) -> list[Case]:
+    """Soft targets at k = 1 and 0.5: label smoothing, probabilities, a mixture (torch: the
+    probability rows W[y])."""
+    return [Case(N, C, k=k, **kind) for k in (1.0, 0.5)
+            for kind in ({"target": "smooth"}, {"target": "probs"}, {"mixture": True})]
+
+
 def cases(device: str, quick: bool) -> list[Case]:
     if device == "cpu" and quick:
         return [Case(2048, 1000, k=0.5), Case(2048, 1000, k=1.0), Case(512, 8192, k=0.5),
-                Case(2048, 1000, k=0.5, mixture=True), Case(2048, 1000, k=0.5, trim=0.5)]
-    if device == "cpu":  # the CPU speed targets: 8192 x 1000 and 4096 x 32000, fp32, k = 0.5 and 1
+                Case(2048, 1000, k=0.5, mixture=True), Case(2048, 1000, k=0.5, trim=0.5),
+                Case(2048, 1000, k=1.0, target="smooth"), Case(2048, 1000, k=0.5, target="probs")]
+    if device == "cpu":  # the CPU speed targets: 8192 x 1000 and 4096 x 32000, fp32, k = 0.5 and 1;
+        # soft targets at 8192 x 1000, 16384 x 128 and 2048 x 32000
         return [Case(8192, 1000, k=0.5), Case(8192, 1000, k=1.0), Case(4096, 32000, k=0.5),
-                Case(4096, 32000, k=1.0), Case(8192, 1000, k=0.5, mixture=True),
-                Case(8192, 1000, k=0.5, trim=0.5), Case(4096, 32000, "bf16", k=0.5),
-                Case(16384, 128, k=0.5), Case(1024, 8192, k=0.5), Case(1024, 8192, k=1.0, hidden=256)]
+                Case(4096, 32000, k=1.0), Case(8192, 1000, k=0.5, trim=0.5), Case(4096, 32000, "bf16", k=0.5),
+                Case(16384, 128, k=0.5), Case(16384, 128, k=1.0), Case(1024, 8192, k=0.5),
+                *soft_cases(8192, 1000), *soft_cases(16384, 128), *soft_cases(2048, 32000),
+                Case(1024, 8192, k=1.0, hidden=256)]
     if quick:
         return [Case(16384, 32000, "bf16", k=1.0), Case(16384, 32000, "bf16", k=0.5)]
     return [Case(16384, 131072, "bf16", k=1.0), Case(16384, 131072, "bf16", k=0.5),
@@ -44,6 +54,8 @@ def cases(device: str, quick: bool) -> list[Case]:
             Case(65536, 1000, "fp32", k=1.0, mixture=True), Case(65536, 1000, "fp32", k=0.5, mixture=True),
             Case(65536, 1000, "fp32", k=0.5), Case(262144, 128, "bf16", k=0.5),
             Case(65536, 4096, "bf16", k=0.5), Case(16384, 32000, "bf16", k=0.5, trim=0.5),
+            Case(16384, 32000, "bf16", k=1.0, target="smooth"), Case(16384, 32000, "bf16", k=0.5, target="smooth"),
+            Case(65536, 1000, "fp32", k=1.0, target="probs"),
             Case(8192, 128256, "bf16", k=1.0, hidden=4096), Case(8192, 128256, "bf16", k=0.5, hidden=4096)]
 
 
@@ -168,16 +180,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--repeat", type=int, default=None, help="timed calls per candidate (median)")
     ap.add_argument("--fwd", action="store_true", help="also time the forward pass alone")
-    ap.add_argument("--shape", action="append", default=None, metavar="NxC:dtype:k[:hD]",
-                    help="run only these cases, e.g. 4096x1000:fp32:0.5, or 1024x8192:bf16:1:h256 for an "
-                         "LM head with hidden size 256 (repeatable)")
+    ap.add_argument("--shape", action="append", default=None, metavar="NxC:dtype:k[:hD|:smooth|:probs|:mix]",
+                    help="run only these cases, e.g. 4096x1000:fp32:0.5, 1024x8192:bf16:1:h256 for an "
+                         "LM head with hidden size 256, 4096x1000:fp32:1:smooth for soft targets (repeatable)")
     args = ap.parse_args(argv)
     case_list = None
     if args.shape:
         case_list = []
         for s in args.shape:
-            n, c, dt, k, h = re.fullmatch(r"(\d+)x(\d+):(\w+):([\d.]+)(?::h(\d+))?", s).groups()
-            case_list.append(Case(int(n), int(c), dt, float(k), hidden=int(h or 0)))
+            n, c, dt, k, h, soft = re.fullmatch(r"(\d+)x(\d+):(\w+):([\d.]+)(?::h(\d+))?(?::(smooth|probs|mix))?",
+                                                s).groups()
+            kind = {None: {}, "mix": {"mixture": True}}.get(soft, {"target": soft})
+            case_list.append(Case(int(n), int(c), dt, float(k), hidden=int(h or 0), **kind))
     repeat = args.repeat or (5 if args.quick else 10 if args.device == "cpu" else 50)
     modes = ("fwd+bwd", "fwd") if args.fwd else ("fwd+bwd",)
     result = {**stamp(args.device, [Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),

@@ -20,10 +20,12 @@ def _report():
 
 def test_report_writes_table_json_and_plot(tmp_path, capsys):
     result = _report().main(["--device", "cpu", "--out", str(tmp_path), "--repeat", "2", "--fwd",
-                             "--shape", "64x37:fp32:0.5", "--shape", "32x300:bf16:1", "--shape", "32x300:fp32:1:h16"])
+                             "--shape", "64x37:fp32:0.5", "--shape", "32x300:bf16:1", "--shape", "32x300:fp32:1:h16",
+                             "--shape", "48x20:fp32:0.5:smooth", "--shape", "48x20:fp32:1:probs"])
     out = capsys.readouterr().out
     (txt,), (js,), (png,) = (list(tmp_path.glob(f"report-*.{ext}")) for ext in ("txt", "json", "png"))
     assert png.stat().st_size > 1000 and "64x37 fp32 k=0.5" in txt.read_text() and "vs torch" in out
+    assert "48x20 fp32 k=0.5 smooth=0.1" in txt.read_text() and "48x20 fp32 k=1 probs" in txt.read_text()
     record = json.loads(js.read_text())
     assert record["torch"] and record["device"] and record["build_info"]["runtime_torch"]
     rows = record["rows"]
