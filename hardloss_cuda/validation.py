@@ -99,9 +99,9 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         if tuple(target.shape) != tuple(class_shape):
             raise ValueError(f"target (class indices) must have shape {tuple(class_shape)}, got {tuple(target.shape)}")
         if target.numel() and _data_checks_allowed(target):
-            lo, hi = torch.aminmax(target)  # one pass and one sync when every label is in range
-            labels = target[target != ignore_index] if bool((lo < 0) | (hi >= C)) else None
-            if labels is not None and labels.numel() and bool(((labels < 0) | (labels >= C)).any()):
+            labels = torch.where(target == ignore_index, 0, target)
+            lo, hi = torch.aminmax(labels)  # one sync when every label is in range
+            if bool((lo < 0) | (hi >= C)):
                 bad = labels[(labels < 0) | (labels >= C)][0].item()
                 raise ValueError(f"target contains class index {bad} outside [0, {C}) that is not ignore_index={ignore_index}")
 

@@ -130,21 +130,23 @@ HL_CLONES SoftTerms soft_terms(const float* __restrict x, const float* __restric
   return r;
 }
 
-// Elementwise into blocks, then plain reductions: one loop per step keeps GCC's vectoriser on
-// (a fused loop with several accumulators and selects fell back to scalar). Each class takes
-// one exponential of k log|eps|: relative to 0 for the negatives, to its block's max for the
-// positives (a large k must not underflow S_pos).
+// Two loops per block of kEpsBlock classes, each an OpenMP simd loop with its reductions
+// (GCC's vectoriser gave up on one fused loop with many accumulators and selects). Each class
+// takes one exponential of k log|eps|: relative to 0 for the negatives, to the block's max
+// for the positives (a large k must not underflow S_pos).
 HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restrict q, int64_t n, float m,
                                 float log_s, float t_div, float star_t, float k, float* __restrict w,
                                 float* __restrict refs) {
   const float inf = __builtin_inff();
-  float v[kEpsBlock], pos[kEpsBlock], p_rest[kEpsBlock], q_rest[kEpsBlock];
+  float v[kEpsBlock];
   SoftEpsChunk r{0.0f, -inf, 0.0f, 0.0, 0.0f};
   for (int64_t a = 0; a < n; a += kEpsBlock) {
     const int64_t b = n - a < kEpsBlock ? n - a : kEpsBlock;
     const float* xa = x + a;
     const float* qa = q + a;
     float* wa = w + a;
+    float mb = -inf, p_rest = 0.0f, q_rest = 0.0f;
+#pragma omp simd reduction(max : mb) reduction(+ : p_rest, q_rest)
     for (int64_t i = 0; i < b; ++i) {
       const float log_p = (xa[i] - m) - log_s;
       const float p = exp_of(log_p), qh = qa[i] / t_div;  // as row_math.h: q / t, not q * (1 / t)
@@ -152,29 +154,30 @@ HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restri
       const bool neg = qh != 0.0f && e < 0.0f;
       const bool star = 2.0f * qa[i] > star_t;
       v[i] = star ? -inf : k * (qh == 0.0f ? log_p : log_of(neg ? -e : e));
-      pos[i] = neg ? -inf : v[i];  // k log eps of the positives, -inf for the others
-      p_rest[i] = star ? 0.0f : p;
-      q_rest[i] = star ? 0.0f : qa[i];
+      const float pos = neg ? -inf : v[i];  // k log eps of the positives
+      mb = pos > mb ? pos : mb;
+      p_rest += star ? 0.0f : p;
+      q_rest += star ? 0.0f : qa[i];
       wa[i] = star ? inf : (neg ? -1.0f : 1.0f);  // the dominant class, or the sign
     }
-    const float mb = max_impl(pos, b);
     const float ref = mb == -inf ? 0.0f : mb;
     refs[a / kEpsBlock] = mb;
+    float s_neg = 0.0f, s_pos = 0.0f;
+#pragma omp simd reduction(+ : s_neg, s_pos)
     for (int64_t i = 0; i < b; ++i) {
       const bool neg = wa[i] < 0.0f;
       const float ev = exp_of(v[i] - (neg ? 0.0f : ref));
-      v[i] = neg ? ev : 0.0f;  // |eps|^k of the negatives
-      pos[i] = neg ? 0.0f : ev;
+      s_neg += neg ? ev : 0.0f;
+      s_pos += neg ? 0.0f : ev;
       wa[i] = wa[i] == inf ? inf : wa[i] * ev;
     }
-    r.s_neg += sum_impl(v, b);
+    r.s_neg += s_neg;
     if (mb != -inf) {
-      const float sb = sum_impl(pos, b);
-      if (mb > r.m_pos) r.s_pos = r.s_pos * exp_of(r.m_pos - mb) + sb, r.m_pos = mb;
-      else r.s_pos += sb * exp_of(mb - r.m_pos);
+      if (mb > r.m_pos) r.s_pos = r.s_pos * exp_of(r.m_pos - mb) + s_pos, r.m_pos = mb;
+      else r.s_pos += s_pos * exp_of(mb - r.m_pos);
     }
-    r.p_rest += sum_impl(p_rest, b);
-    r.q_rest += sum_impl(q_rest, b);  // kEpsBlock terms in float, the blocks in double
+    r.p_rest += p_rest;
+    r.q_rest += q_rest;  // kEpsBlock terms in float, the blocks in double
   }
   return r;
 }
