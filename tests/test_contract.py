@@ -45,10 +45,12 @@ def row_lengths(device):
 # |got - truth| <= RTOL |truth| + max(FLOOR, m max|baseline - truth|): the baseline is the
 # reference at the working precision, so ill-conditioned elements and bf16 / fp16 rounding
 # are judged against what the same math in PyTorch gets. m = 2 for the loss and the k = 1
-# gradient (PyTorch's own functions); 4 for k != 1, which has no PyTorch counterpart: the
+# gradient (PyTorch's own functions); 16 for k != 1, which has no PyTorch counterpart: the
 # baseline is then one sample of a correct fp32 evaluation, and another correct one differs
-# by more than 2x where |eps| is near 0 and k is small. tests/test_fuzz.py judges those
-# elements by their conditioning instead.
+# by several times where |eps| is near 0 and k is small (probability targets, C = 1000,
+# k = 1/16: log p = (z - lse) - lse_lo against the reference's (z - m) - log s gave up to 10x
+# the reference's error, on every backend, in 1 draw of 12 to 40). tests/test_fuzz.py judges
+# those elements by their conditioning instead.
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 FLOOR = {torch.float64: 1e-14, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
@@ -105,7 +107,7 @@ def check(backend, x, target, w, W, ignore_index, s, k, gl):
     assert_close_to_truth("loss", loss, truth[0], base[0], x.dtype)
     assert_close_to_truth("lse", stats[:, 0], truth[2], base[2], x.dtype)
     g64 = gl.double()[:, None]
-    assert_close_to_truth("grad", grad, g64 * truth[1], g64 * base[1].double(), x.dtype, 2 if k == 1 else 4)
+    assert_close_to_truth("grad", grad, g64 * truth[1], g64 * base[1].double(), x.dtype, 2 if k == 1 else 16)
 
     buf = x.clone()
     assert bwd_inplace(gl, buf, target, w, W, stats, ignore_index, s, k) is None
