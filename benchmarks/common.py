@@ -2,7 +2,9 @@
 cases, the candidates timed on them, and how one time is taken.
 
 Timing: warm-up excluded; fresh inputs rotated so that a cache holding the
-previous call's data does not flatter; the median of the repeats; on a GPU, CUDA events
+previous call's data does not flatter; the median of the repeats, taken in rounds that
+alternate between the candidates of a case (report.py), so that a slow spell of the machine
+falls on all of them; on a GPU, CUDA events
 around each call, and a device-to-device copy measured in the same run as the bandwidth
 ceiling. Bytes floor (docs/CONTRACT.md section 4): forward+backward reads the logits once and writes the
 gradient once, 2 N C s bytes; forward alone reads them once, N C s. LM-head cases (hidden
@@ -145,6 +147,11 @@ def sync(device: str) -> None:
 
 def time_ms(step: Callable[[torch.Tensor], None], xs: list, device: str, warmup: int, repeat: int) -> float:
     """Median time of step(x) in ms over `repeat` calls, x rotating through xs."""
+    return statistics.median(time_samples(step, xs, device, warmup, repeat))
+
+
+def time_samples(step: Callable[[torch.Tensor], None], xs: list, device: str, warmup: int, repeat: int) -> list:
+    """The times of `repeat` calls of step(x) in ms, after `warmup` untimed ones."""
     for i in range(warmup):
         step(xs[i % len(xs)])
     sync(device)
@@ -162,7 +169,7 @@ def time_ms(step: Callable[[torch.Tensor], None], xs: list, device: str, warmup:
             t0 = time.perf_counter()
             step(x)
             times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return times
 
 
 def make_step(fn: Callable, y, W, backward: bool) -> Callable[[torch.Tensor], None]:

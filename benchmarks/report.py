@@ -16,6 +16,7 @@ import datetime
 import json
 import platform
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def soft_cases(N: int, C: int) -> list[Case]:
     probability rows W[y])."""
     return [Case(N, C, k=k, **kind) for k in (1.0, 0.5)
             for kind in ({"target": "smooth"}, {"target": "probs"}, {"mixture": True})]
+
+
+ROUNDS = 3  # timing rounds per case, alternating between its candidates
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -84,20 +88,27 @@ def run(device: str, quick: bool, repeat: int, modes=("fwd+bwd",), case_list=Non
             backward = mode == "fwd+bwd"
             for x in xs:
                 x.requires_grad_(backward)
-            results = {}
+            results, steps, samples = {}, {}, {}
             for name, fn in common.candidates(case, device).items():
                 row = {"case": case.label(), **vars(case), "mode": mode, "backend": name}
                 if not fits(case, name, device):
                     rows.append({**row, "ms": None, "note": "skipped: memory"})
                     continue
-                step = common.make_step(fn, y, W, backward)
-                slow = name == "reference" and device == "cpu"  # seconds a call at the big shapes
-                ms = common.time_ms(step, xs, device, warmup=1 if slow else 3,
-                                    repeat=max(3, repeat // 3) if slow else repeat)
+                steps[name], samples[name], results[name] = common.make_step(fn, y, W, backward), [], row
+            # Rounds that alternate between the candidates: a slow spell of a shared machine (seen
+            # here: one candidate 5x slower for a whole run of calls) falls on all of them.
+            for rnd in range(ROUNDS):
+                for name, step in steps.items():
+                    slow = name == "reference" and device == "cpu"  # seconds a call at the big shapes
+                    n = max(1, repeat // (3 * ROUNDS)) if slow else max(1, repeat // ROUNDS)
+                    samples[name] += common.time_samples(step, xs, device, warmup=(1 if slow else 3) if rnd == 0 else 1,
+                                                         repeat=n)
+            for name, row in results.items():
+                step = steps[name]
+                ms = statistics.median(samples[name])
                 gbps = case.floor_bytes(backward) / (ms * 1e-3) / 1e9
                 row.update(ms=ms, gbps=gbps, pct_copy=100 * gbps / copy if copy else None,
                            peak_extra_mb=common.peak_extra_mb(step, xs[0], device))
-                results[name] = row
                 rows.append(row)
             for row in results.values():
                 for base in ("reference", "torch"):
