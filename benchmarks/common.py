@@ -119,14 +119,20 @@ def candidates(case: Case, device: str) -> dict[str, Callable]:
 
 def lm_head_candidates(case: Case, device: str) -> dict[str, Callable]:
     """An LM head, loss(h @ W.T, y), timed whole (matmuls included), as users run it: the
-    library on the logits with inplace_backward (no second (N, C) buffer), F.cross_entropy,
-    and the peers that fuse the matmul into the loss (Liger-Kernel's fused linear
-    cross-entropy, Cut Cross-Entropy) on the k = 1 case they share."""
+    library on the logits with inplace_backward (no second (N, C) buffer), the library's
+    chunked linear_cross_entropy ("<backend>-linear"), F.cross_entropy, PyTorch's chunked
+    F.linear_cross_entropy, and the peers that fuse the matmul into the loss (Liger-Kernel's
+    fused linear cross-entropy, Cut Cross-Entropy) on the k = 1 case they share."""
     out = {}
     for backend in _backends(device):
         out[backend] = lambda h, y, W, b=backend: H.cross_entropy(
             h @ W.T, y, k=case.k, trim=case.trim, inplace_backward=True, backend=b)
+        out[f"{backend}-linear"] = lambda h, y, W, b=backend: H.linear_cross_entropy(
+            h, W, y, k=case.k, trim=case.trim, backend=b)
     out["torch"] = lambda h, y, W: F.cross_entropy(h @ W.T, y)
+    if hasattr(F, "linear_cross_entropy") and case.k == 1 and not case.trim:  # PyTorch's chunked head
+        out["torch-chunked"] = lambda h, y, W: F.linear_cross_entropy(
+            h, W, y, options=torch.nn.LinearCrossEntropyOptions())
     if case.k == 1 and not case.trim and device == "cuda":
         if _peer("liger_kernel"):
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss

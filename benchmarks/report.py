@@ -50,7 +50,7 @@ def cases(device: str, quick: bool) -> list[Case]:
                 Case(4096, 32000, k=1.0), Case(8192, 1000, k=0.5, trim=0.5), Case(4096, 32000, "bf16", k=0.5),
                 Case(16384, 128, k=0.5), Case(16384, 128, k=1.0), Case(1024, 8192, k=0.5),
                 *soft_cases(8192, 1000), *soft_cases(16384, 128), *soft_cases(2048, 32000),
-                Case(1024, 8192, k=1.0, hidden=256)]
+                Case(1024, 8192, k=1.0, hidden=256), Case(4096, 32000, k=1.0, hidden=512)]
     if quick:
         return [Case(16384, 32000, "bf16", k=1.0), Case(16384, 32000, "bf16", k=0.5)]
     return [Case(16384, 131072, "bf16", k=1.0), Case(16384, 131072, "bf16", k=0.5),

@@ -10,12 +10,14 @@ import torch  # noqa: F401  (loads libc10 before the compiled extension)
 from . import mcel, reference, trimming
 from .backends import available_backends, build_info, unavailable_reasons
 from .functional import cross_entropy
+from .linear import linear_cross_entropy
 from .mcel import MixedCrossEntropyLoss
-from .modules import HardCrossEntropyLoss
+from .modules import HardCrossEntropyLoss, HardLinearCrossEntropyLoss
 from .trimming import MiniBatchTrimming
 
 __version__ = "0.1.0"
 __all__ = [
-    "cross_entropy", "HardCrossEntropyLoss", "MixedCrossEntropyLoss", "MiniBatchTrimming",
+    "cross_entropy", "HardCrossEntropyLoss", "linear_cross_entropy", "HardLinearCrossEntropyLoss",
+    "MixedCrossEntropyLoss", "MiniBatchTrimming",
     "available_backends", "unavailable_reasons", "build_info", "mcel", "trimming", "reference",
 ]

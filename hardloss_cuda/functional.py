@@ -27,6 +27,16 @@ def _as_rows(input: Tensor, target: Tensor):
     return input, target
 
 
+def row_weights(tgt: Tensor, w: Tensor | None, ignore_index: int, N: int, acc: torch.dtype):
+    """(counted rows, their weights in the mean): w[y] for class indices (0 when ignored), 1 for
+    probabilities."""
+    if tgt.is_floating_point():
+        valid = torch.ones(N, dtype=torch.bool, device=tgt.device)
+        return valid, valid.to(acc)
+    valid = tgt != ignore_index
+    return valid, valid.to(acc) if w is None else torch.where(valid, w[torch.where(valid, tgt, 0)], 0)
+
+
 def _trim_fraction(trim) -> float | None:
     if trim is None:
         return None
@@ -86,13 +96,7 @@ def cross_entropy(
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
         loss, _stats = _ops.fwd_op(which)(logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad)
 
-    # Row weights for the mean: w[y] for class indices (0 when ignored), 1 for probabilities.
-    if index_target:
-        valid = tgt != ignore_index
-        row_w = valid.to(acc) if w is None else torch.where(valid, w[torch.where(valid, tgt, 0)], 0)
-    else:
-        valid = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-        row_w = valid.to(acc)
+    valid, row_w = row_weights(tgt, w, ignore_index, logits.shape[0], acc)
     if frac is not None:
         kept = keep_mask(loss, valid, frac)
         loss = torch.where(kept, loss, 0)

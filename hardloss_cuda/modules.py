@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .functional import cross_entropy
+from .linear import linear_cross_entropy
 from .validation import check_k
 
-__all__ = ["HardCrossEntropyLoss"]
+__all__ = ["HardCrossEntropyLoss", "HardLinearCrossEntropyLoss"]
 
 
 class HardCrossEntropyLoss(nn.Module):
@@ -38,3 +39,27 @@ class HardCrossEntropyLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, reduction={self.reduction!r}, ignore_index={self.ignore_index}, backend={self.backend!r}"
+
+
+class HardLinearCrossEntropyLoss(nn.Module):
+    """``loss(input, linear_weight, target, linear_bias=None)``: ``linear_cross_entropy`` as a
+    module, for a language-model head whose classifier lives elsewhere (e.g. tied embeddings).
+    The arguments are those of ``HardCrossEntropyLoss`` plus ``chunk_size``."""
+
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, k: float = 1.0, mixture: Tensor | None = None,
+                 trim=None, chunk_size="auto", backend: str = "auto"):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("mixture", mixture)
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.k, self.trim, self.chunk_size, self.backend = check_k(k), trim, chunk_size, backend
+
+    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None) -> Tensor:
+        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+                                    ignore_index=self.ignore_index, reduction=self.reduction,
+                                    label_smoothing=self.label_smoothing, k=self.k, mixture=self.mixture,
+                                    trim=self.trim, chunk_size=self.chunk_size, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, reduction={self.reduction!r}, chunk_size={self.chunk_size!r}, backend={self.backend!r}"

@@ -1,0 +1,130 @@
+"""linear_cross_entropy against the materialised head cross_entropy(F.linear(h, W, b), y, ...), on
+every backend that runs here (Triton under the interpreter): value and gradients w.r.t. input,
+linear_weight and linear_bias, for every option, with several chunks per batch."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hardloss_cuda as H
+
+_AVAIL = H.available_backends()
+BACKENDS = [(b, "cpu") for b in ("reference", "cpu") if b in _AVAIL]
+if "triton" in _AVAIL and os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("numpy"):
+    BACKENDS.append(("triton", "cpu"))
+if torch.cuda.is_available():
+    BACKENDS += [(b, "cuda") for b in ("cuda", "triton") if b in _AVAIL]
+
+pytestmark = [
+    pytest.mark.parametrize("backend,device", BACKENDS, ids=[f"{b}-{d}" for b, d in BACKENDS]),
+    pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+]
+
+OPTIONS = [
+    {}, {"k": 0.5}, {"k": 2.0}, {"label_smoothing": 0.1}, {"weight": True}, {"ignore_index": 2},
+    {"trim": 0.5}, {"trim": 0.5, "reduction": "sum"}, {"reduction": "sum"}, {"reduction": "none"},
+    {"reduction": "none", "trim": 0.5}, {"probs": True}, {"probs": True, "k": 0.5}, {"mixture": True},
+    {"mixture": True, "k": 0.5, "weight": True},
+]
+
+
+def _case(opts, N, D, C, dtype, device, bias=True):
+    h = torch.randn(N, D, dtype=dtype, device=device)
+    W = (torch.randn(C, D, dtype=dtype, device=device) / D**0.5)
+    b = torch.randn(C, dtype=dtype, device=device) if bias else None
+    kw = {k: v for k, v in opts.items() if k not in ("probs", "mixture", "weight")}
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    if opts.get("weight"):
+        kw["weight"] = torch.rand(C, dtype=acc, device=device) + 0.5
+    if opts.get("mixture"):
+        A = torch.rand(C, C, dtype=acc, device=device).fill_diagonal_(0)
+        kw["mixture"] = H.mcel.simple_mixture(A / A.sum(1, keepdim=True), 0.2)
+    if opts.get("probs"):
+        y = torch.softmax(torch.randn(N, C, device=device), 1).to(dtype)
+    else:
+        y = torch.randint(0, C, (N,), device=device)
+        y[::5] = kw.get("ignore_index", -100)
+    return h, W, b, y, kw
+
+
+def _both(h, W, b, y, kw, backend, chunk_size, g=None):
+    """(loss, grads) of the fused head and of the materialised one, for incoming gradient g."""
+    out = []
+    for fused in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (h, W, b) if t is not None]
+        hh, WW, bb = leaves[0], leaves[1], leaves[2] if b is not None else None
+        if fused:
+            loss = H.linear_cross_entropy(hh, WW, y, linear_bias=bb, chunk_size=chunk_size, backend=backend, **kw)
+        else:
+            loss = H.cross_entropy(F.linear(hh, WW, bb), y, backend=backend, **kw)
+        gl = torch.ones_like(loss) if g is None else g
+        out.append((loss.detach(), torch.autograd.grad(loss, leaves, gl)))
+    return out
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_matches_materialised_head_fp64(backend, device, opts):
+    if backend == "triton" and device == "cpu" and opts.get("mixture") and opts.get("k", 1) != 1:
+        pytest.skip("covered by the other Triton cases; the interpreter is slow")
+    N, D, C = 23, 8, 11
+    h, W, b, y, kw = _case(opts, N, D, C, torch.float64, device)
+    g = torch.rand(N, dtype=torch.float64, device=device) + 0.5 if opts.get("reduction") == "none" else None
+    (l1, g1), (l2, g2) = _both(h, W, b, y, kw, backend, chunk_size=4, g=g)  # 6 chunks, the last short
+    torch.testing.assert_close(l1, l2, rtol=1e-10, atol=1e-12)
+    for name, a, c in zip(("input", "linear_weight", "linear_bias"), g1, g2):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_3d_input_no_bias_and_module(backend, device):
+    B, T, D, C = 3, 5, 6, 9
+    h = torch.randn(B, T, D, dtype=torch.float64, device=device, requires_grad=True)
+    W = torch.randn(C, D, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.randint(0, C, (B, T), device=device)
+    loss_fn = H.HardLinearCrossEntropyLoss(reduction="none", k=0.5, chunk_size=4, backend=backend)
+    loss = loss_fn(h, W, y)
+    assert loss.shape == (B, T)
+    ref = H.cross_entropy(F.linear(h, W).reshape(-1, C), y.reshape(-1), reduction="none", k=0.5, backend=backend)
+    torch.testing.assert_close(loss.reshape(-1), ref, rtol=1e-10, atol=1e-12)
+    g = torch.rand(B, T, dtype=torch.float64, device=device)
+    ga = torch.autograd.grad(loss, (h, W), g)
+    gb = torch.autograd.grad(ref, (h, W), g.reshape(-1))
+    for a, c in zip(ga, gb):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_within_the_materialised_error(backend, device, dtype):
+    """Against a float64 truth, no worse than 2x the materialised head's own error plus a floor
+    (chunked grad_weight sums round once per chunk)."""
+    N, D, C = 40, 16, 50
+    h, W, b, y, kw = _case({}, N, D, C, dtype, device)
+    (l1, g1), (l2, g2) = _both(h, W, b, y, kw, backend, chunk_size=7)
+    (lt, gt), _ = _both(h.double(), W.double(), b.double(), y, kw, backend, chunk_size=7)
+    floor = 1e-6 if dtype == torch.float32 else 2e-2
+    assert (l1.double() - lt).abs().item() <= 2 * (l2.double() - lt).abs().item() + floor
+    for name, a, c, t in zip(("input", "linear_weight", "linear_bias"), g1, g2, gt):
+        err = (a.double() - t).abs().max().item()
+        assert err <= 2 * (c.double() - t).abs().max().item() + floor * t.abs().max().item(), name
+
+
+def test_bad_arguments(backend, device):
+    h = torch.randn(4, 3, device=device)
+    W = torch.randn(5, 3, device=device)
+    y = torch.randint(0, 5, (4,), device=device)
+    with pytest.raises(ValueError, match="linear_weight"):
+        H.linear_cross_entropy(h, torch.randn(5, 4, device=device), y, backend=backend)
+    with pytest.raises(ValueError, match="linear_bias"):
+        H.linear_cross_entropy(h, W, y, linear_bias=torch.randn(4, device=device), backend=backend)
+    with pytest.raises(ValueError, match="chunk_size"):
+        H.linear_cross_entropy(h, W, y, chunk_size=0, backend=backend)
+    with pytest.raises(ValueError, match="target"):
+        H.linear_cross_entropy(h, W, torch.tensor([0, 1, 7, 2], device=device), backend=backend)
+    with pytest.raises(NotImplementedError, match="softcap"):
+        H.linear_cross_entropy(h, W, y, softcap=30.0, backend=backend)
