@@ -1,0 +1,135 @@
+"""Train a small next-word model whose head is HardLinearCrossEntropyLoss, and the same model
+with the head materialised (F.cross_entropy(h @ E.T, y)), on the words of Python's own standard
+library sources (they ship with every Python). Prints the loss curve of both and the peak
+extra memory of one training step of each, measured in a fresh subprocess.
+
+    python examples/lm_head.py [--steps 200] [--quick]
+
+The model: tied word embeddings E (V x D), the mean of the previous 8 words' embeddings
+through a 2-layer MLP, then the head h @ E.T over the V-word vocabulary (V ~ 20k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hardloss_cuda as hl
+
+CONTEXT = 8
+
+
+def corpus(max_words: int) -> tuple[torch.Tensor, int]:
+    """Word ids of the standard library's sources (its most frequent words; the rest: id 0)."""
+    words = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        words += re.findall(r"[A-Za-z_]+", path.read_text(errors="ignore"))
+        if len(words) >= max_words:
+            break
+    vocab = {w: i + 1 for i, (w, _) in enumerate(collections.Counter(words).most_common(20000))}
+    return torch.tensor([vocab.get(w, 0) for w in words[:max_words]]), len(vocab) + 1
+
+
+class Model(nn.Module):
+    def __init__(self, V: int, D: int):
+        super().__init__()
+        self.emb = nn.Embedding(V, D)
+        self.mlp = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
+
+    def hidden(self, ctx: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.emb(ctx).mean(1))
+
+
+def batches(ids: torch.Tensor, batch: int, steps: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        start = torch.randint(0, len(ids) - CONTEXT - 1, (batch,), generator=g)
+        ctx = torch.stack([ids[s:s + CONTEXT] for s in start.tolist()])
+        yield ctx, ids[start + CONTEXT]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def _reset_peak() -> None:
+    """Linux: the peak resident set (VmHWM) restarts from the current one."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+
+
+def train(head: str, steps: int, batch: int, D: int, max_words: int, seed: int = 0, measure: bool = False):
+    """The loss curve; with measure, the peak extra resident memory (MB) of the last step instead
+    (parameters, gradients and optimizer state exist by then)."""
+    ids, V = corpus(max_words)
+    torch.manual_seed(seed)
+    model = Model(V, D)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = hl.HardLinearCrossEntropyLoss(backend="cpu")
+    curve = []
+    for i, (ctx, y) in enumerate(batches(ids, batch, steps, seed)):
+        if measure and i == steps - 1:
+            _reset_peak()  # the corpus and the first steps peaked higher than a step does
+            base = _rss_mb()
+        h = model.hidden(ctx)
+        if head == "fused":
+            loss = loss_fn(h, model.emb.weight, y)
+        else:
+            loss = F.cross_entropy(h @ model.emb.weight.T, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        curve.append(loss.item())
+    if measure:
+        return _peak_rss_mb() - base
+    return curve
+
+
+def step_peak_mb(head: str, batch: int, D: int, max_words: int) -> float:
+    """Peak extra resident memory of one training step, in a fresh process."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import lm_head; "
+            f"print(lm_head._peak({head!r}, {batch}, {D}, {max_words}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _peak(head: str, batch: int, D: int, max_words: int) -> float:
+    return train(head, 3, batch, D, max_words, measure=True)
+
+
+def main(steps: int = 200, batch: int = 1024, D: int = 128, max_words: int = 400_000) -> dict:
+    curves = {head: train(head, steps, batch, D, max_words) for head in ("fused", "materialised")}
+    every = max(1, steps // 8)
+    print(f"{'step':>6s} {'fused':>8s} {'materialised':>13s}")
+    for i in range(0, steps, every):
+        print(f"{i:6d} {curves['fused'][i]:8.3f} {curves['materialised'][i]:13.3f}")
+    peaks = {head: step_peak_mb(head, batch, D, max_words) for head in curves}
+    print("peak extra memory of a step: " + json.dumps({k: round(v) for k, v in peaks.items()}) + " MB")
+    return {"curves": curves, "peak_mb": peaks}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="a few steps on a small corpus (the test suite)")
+    args = ap.parse_args()
+    if args.quick:
+        main(steps=20, batch=256, D=32, max_words=50_000)
+    else:
+        main(steps=args.steps)
