@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from chart import plot  # noqa: E402
 from common import Case  # noqa: E402
 
 import hardloss_cuda as H  # noqa: E402
@@ -161,27 +162,6 @@ def summary(result: dict, device: str) -> str:
             parts.append(f"{r['pct_copy']:.0f}% of copy")
         lines.append(" ".join(parts))
     return "\n".join(lines)
-
-
-def plot(result: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    rows = [r for r in result["rows"] if r["ms"] is not None and r["mode"] == "fwd+bwd" and not r.get("hidden")]
-    for backend in dict.fromkeys(r["backend"] for r in rows):
-        pts = sorted((r["C"], r["gbps"]) for r in rows if r["backend"] == backend)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=backend)
-    if result["copy_gbps"]:
-        ax.axhline(result["copy_gbps"], color="gray", ls="--", label="device copy")
-    ax.set(xscale="log", xlabel="classes C", ylabel="GB/s on the 2 N C s floor (fwd+bwd)", title=title)
-    if ax.get_legend_handles_labels()[0]:  # nothing to plot when every case is an LM head
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
