@@ -38,16 +38,15 @@ def run():
         kw = {"hardloss": {}, "hardloss k=0.5": {"k": 0.5}, "hardloss trim=0.2": {"trim": 0.2}}[name]
         loss = H.linear_cross_entropy(h, W, y, backend="cpu", **kw)
     loss.backward()
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+def status_mb(field):
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":")) / 1024
 h.grad = torch.zeros_like(h); W.grad = torch.zeros_like(W)  # the gradients count as inputs
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak resident set (VmHWM) restarts from here: imports peaked elsewhere
-base = rss_mb()
+base = status_mb("VmRSS")
 t0 = time.perf_counter(); run(); first = time.perf_counter() - t0
-with open("/proc/self/status") as f:
-    peak = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024 - base
+peak = status_mb("VmHWM") - base
 times = []
 for _ in range(repeat):
     t0 = time.perf_counter(); run(); times.append(time.perf_counter() - t0)

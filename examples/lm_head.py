@@ -58,9 +58,9 @@ def batches(ids: torch.Tensor, batch: int, steps: int, seed: int):
         yield ctx, ids[start + CONTEXT]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":")) / 1024
 
 
 def _reset_peak() -> None:
@@ -69,9 +69,6 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
 
 
 def train(head: str, steps: int, batch: int, D: int, max_words: int, seed: int = 0, measure: bool = False):
@@ -86,7 +83,7 @@ def train(head: str, steps: int, batch: int, D: int, max_words: int, seed: int =
     for i, (ctx, y) in enumerate(batches(ids, batch, steps, seed)):
         if measure and i == steps - 1:
             _reset_peak()  # the corpus and the first steps peaked higher than a step does
-            base = _rss_mb()
+            base = _status_mb("VmRSS")
         h = model.hidden(ctx)
         if head == "fused":
             loss = loss_fn(h, model.emb.weight, y)
@@ -97,7 +94,7 @@ def train(head: str, steps: int, batch: int, D: int, max_words: int, seed: int =
         opt.step()
         curve.append(loss.item())
     if measure:
-        return _peak_rss_mb() - base
+        return _status_mb("VmHWM") - base  # the same accounting as VmRSS
     return curve
 
 

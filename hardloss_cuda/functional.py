@@ -27,6 +27,16 @@ def _as_rows(input: Tensor, target: Tensor):
     return input, target
 
 
+def op_inputs(tgt: Tensor, weight: Tensor | None, mixture: Tensor | None, dtype: torch.dtype):
+    """Targets, weight and mixture as the ops take them (int64 labels or probabilities in the
+    logits' dtype; weight and mixture in the accumulation dtype, contiguous), and that dtype."""
+    acc = acc_dtype(dtype)
+    tgt = tgt.to(dtype).contiguous() if tgt.is_floating_point() else tgt.long().contiguous()
+    w = None if weight is None else weight.to(acc).contiguous()
+    mix = None if mixture is None else mixture.to(acc).contiguous()
+    return tgt, w, mix, acc
+
+
 def row_weights(tgt: Tensor, w: Tensor | None, ignore_index: int, N: int, acc: torch.dtype):
     """(counted rows, their weights in the mean): w[y] for class indices (0 when ignored), 1 for
     probabilities."""
@@ -83,11 +93,7 @@ def cross_entropy(
     out_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
     logits, tgt = _as_rows(input, target)
     logits = logits.contiguous()
-    index_target = not tgt.is_floating_point()
-    tgt = tgt.long().contiguous() if index_target else tgt.to(logits.dtype).contiguous()
-    acc = acc_dtype(logits.dtype)
-    w = None if weight is None else weight.to(acc).contiguous()
-    mix = None if mixture is None else mixture.to(acc).contiguous()
+    tgt, w, mix, acc = op_inputs(tgt, weight, mixture, logits.dtype)
     smoothing = float(label_smoothing)
 
     if inplace_backward and torch.is_grad_enabled() and logits.requires_grad:

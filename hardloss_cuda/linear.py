@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _ops, backends
 from ._schema import STATS_COLS, acc_dtype
-from .functional import _trim_fraction, row_weights
+from .functional import _trim_fraction, op_inputs, row_weights
 from .trimming import keep_mask
 from .validation import check_inputs, check_k, scalar_arg
 
@@ -236,11 +236,7 @@ def linear_cross_entropy(
     frac = _trim_fraction(trim)
     which = backends.resolve(backend, input.device)
 
-    acc = acc_dtype(h.dtype)
-    index_target = not tgt.is_floating_point()
-    tgt = tgt.long().contiguous() if index_target else tgt.to(h.dtype).contiguous()
-    w = None if weight is None else weight.to(acc).contiguous()
-    mix = None if mixture is None else mixture.to(acc).contiguous()
+    tgt, w, mix, acc = op_inputs(tgt, weight, mixture, h.dtype)
     valid, row_w = row_weights(tgt, w, ignore_index, N, acc)
     head = _Head(linear_weight, linear_bias, tgt, w, mix, ignore_index, float(label_smoothing), k, which,
                  _chunk_rows(chunk_size, N, C))

@@ -30,3 +30,15 @@ def test_lm_head_example_trains_like_the_materialised_head():
     assert max(abs(a - b) for a, b in zip(fused, materialised)) < 1e-3  # k = 1: the same gradients
     assert sum(fused[-5:]) < sum(fused[:5])  # it learns
     assert all(v >= 0 for v in out["peak_mb"].values())
+
+
+def test_study_quick_runs():
+    """examples/study.py --quick (the full study is run by hand: examples/results/study.md)."""
+    path = Path(__file__).parents[1] / "examples" / "study.py"
+    spec = importlib.util.spec_from_file_location("study_example", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    stats = study.main(quick=True, workers=1)
+    assert len(stats) == 8  # shallow x {0, 40%} noise x 4 techniques
+    for (arch, noise, technique), (acc, _sd, ece, _se) in stats.items():
+        assert acc > 0.3 and 0.0 <= ece <= 1.0, (arch, noise, technique)  # chance is 0.1
