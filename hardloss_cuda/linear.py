@@ -147,8 +147,8 @@ class _LinearCE(torch.autograd.Function):
         ctx.direct = direct
         if direct:
             ctx.grads = grads  # computed here: backward only scales them
-        elif grad:
-            ctx.save_for_backward(h)
+        elif grad:  # saved, so that an in-place change of h, W or b before backward raises
+            ctx.save_for_backward(h, W, b)
             ctx.stats, ctx.kept = stats, kept
         return out
 
@@ -161,7 +161,7 @@ class _LinearCE(torch.autograd.Function):
             grads = ctx.grads
             g = grad_out.to(torch.float64 if grad_out.dtype == torch.float64 else torch.float32)
         else:
-            (h,) = ctx.saved_tensors
+            h, _W, _b = ctx.saved_tensors  # the version check; head holds the same tensors
             grads = _grad_buffers(h, head.W, head.b, ctx.need)
             g_rows = torch.where(ctx.kept, grad_out, 0).to(ctx.stats.dtype)  # trimmed rows: no gradient
             for idx in head.chunks(h.shape[0]):

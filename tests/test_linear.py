@@ -128,3 +128,15 @@ def test_bad_arguments(backend, device):
         H.linear_cross_entropy(h, W, torch.tensor([0, 1, 7, 2], device=device), backend=backend)
     with pytest.raises(NotImplementedError, match="softcap"):
         H.linear_cross_entropy(h, W, y, softcap=30.0, backend=backend)
+
+
+def test_in_place_change_before_backward_raises(backend, device):
+    """reduction="none" recomputes the logits in backward: a classifier changed in place in
+    between must raise autograd's error, not give the gradient of the new weights."""
+    h = torch.randn(6, 4, device=device, requires_grad=True)
+    W = torch.randn(5, 4, device=device, requires_grad=True)
+    loss = H.linear_cross_entropy(h, W, torch.randint(0, 5, (6,), device=device), reduction="none", backend=backend)
+    with torch.no_grad():
+        W.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
