@@ -27,9 +27,9 @@ def data(seed: int):
     return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 
 
-def train(loss_fn, X, y, X_test, y_test, epochs: int, seed: int, trim=None, extra_params=()):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+def fit(model: nn.Module, loss_fn, X, y, epochs: int, trim=None, extra_params=()) -> nn.Module:
+    """Adam, batches of 64, the loss's penalty added when it has one (learned MCEL), the
+    trimming schedule stepped every epoch. examples/study.py trains with it too."""
     opt = torch.optim.Adam([*model.parameters(), *extra_params], lr=3e-3)
     for _ in range(epochs):
         for idx in torch.randperm(len(y)).split(64):
@@ -41,6 +41,13 @@ def train(loss_fn, X, y, X_test, y_test, epochs: int, seed: int, trim=None, extr
             opt.step()
         if trim is not None:
             trim.step()
+    return model
+
+
+def train(loss_fn, X, y, X_test, y_test, epochs: int, seed: int, trim=None, extra_params=()):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    fit(model, loss_fn, X, y, epochs, trim, extra_params)
     with torch.no_grad():
         return (model(X_test).argmax(1) == y_test).float().mean().item()
 

@@ -20,6 +20,7 @@ import argparse
 import itertools
 import os
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,6 +30,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import hardloss_cuda as hl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits import fit  # noqa: E402  (the same training loop as examples/digits.py)
 
 TECHNIQUES = ["cross-entropy", "k=0.25", "k=0.5", "k=2", "k=4", "MCEL e=0.2", "SG-MCEL", "GMCEL",
               "trim 1->0.2", "k=0.5 + trim", "k=2 + trim"]
@@ -92,19 +96,8 @@ def run(config) -> tuple:
     Xtr, ytr, Xte, yte = data(seed, noise)
     A = hl.mcel.lda_similarity(Xtr, ytr)  # from the (noisy) training labels, as a user would
     torch.manual_seed(seed)
-    net = model(arch)
     loss_fn, trim, extra = loss_for(technique, A, epochs)
-    opt = torch.optim.Adam([*net.parameters(), *extra], lr=3e-3)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(ytr)).split(64):
-            loss = loss_fn(net(Xtr[idx]), ytr[idx])
-            if hasattr(loss_fn, "penalty"):
-                loss = loss + loss_fn.penalty()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if trim is not None:
-            trim.step()
+    net = fit(model(arch), loss_fn, Xtr, ytr, epochs, trim, extra)
     with torch.no_grad():
         probs = net(Xte).softmax(1)
     return arch, noise, technique, seed, (probs.argmax(1) == yte).float().mean().item(), ece(probs, yte)
