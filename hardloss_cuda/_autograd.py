@@ -30,8 +30,8 @@ def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, l
 def _no_double_backward():
     if torch.is_grad_enabled():
         raise RuntimeError(
-            "hardloss_cuda: double backward is not supported: the |eps|^k pseudo-gradient "
-            "is not the gradient of a loss (docs/ROW_MATH.md section 3)"
+            "hardloss_cuda: double backward is supported at k = 1 only (and not with inplace_backward): "
+            "the |eps|^k pseudo-gradient is not the gradient of a loss (docs/ROW_MATH.md section 3)"
         )
 
 
@@ -41,10 +41,27 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(logits, target, weight, mixture, output[1])
 
 
+def _differentiable_backward(ctx, grad_loss, logits, target, weight, mixture):
+    """create_graph=True at k = 1: the gradient g (t softmax(z) - q) of cross-entropy in torch
+    ops (q = reference.target_rows, t = sum q), which autograd differentiates again
+    (Hessian-vector products, gradient penalties). The same on every backend; the kernels'
+    backward is not differentiable."""
+    if ctx.k != 1:
+        _no_double_backward()
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+        raise RuntimeError("hardloss_cuda: double backward through probability targets or a mixture is not "
+                           "supported (only through the logits, at k = 1)")
+    acc = acc_dtype(logits.dtype)
+    q = reference.target_rows(logits.shape[1], target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
+    grad = q.sum(1, keepdim=True) * torch.softmax(logits.to(acc), 1) - q
+    return (grad_loss.to(acc)[:, None] * grad).to(logits.dtype), None, None, None, None, None, None, None
+
+
 def _autograd_for(bwd_name: str):
     def backward(ctx, grad_loss, _grad_stats):
-        _no_double_backward()
         logits, target, weight, mixture, stats = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _differentiable_backward(ctx, grad_loss, logits, target, weight, mixture)
         grad_loss = grad_loss.to(stats.dtype)
         d_logits = None
         if ctx.needs_input_grad[0]:

@@ -161,14 +161,15 @@ def test_inplace_two_losses_on_the_same_logits(bd, other):
 
 
 @BACKENDS
-@pytest.mark.parametrize("inplace", [False, True])
-def test_double_backward_raises(bd, inplace):
-    """The pseudo-gradient is not the gradient of a loss: create_graph=True must raise on
-    both paths (the in-place path returned a wrong second derivative)."""
+@pytest.mark.parametrize("inplace,k", [(False, 0.5), (True, 0.5), (True, 1.0)])
+def test_double_backward_raises(bd, inplace, k):
+    """The pseudo-gradient is not the gradient of a loss: create_graph=True must raise for
+    k != 1 on both paths, and on the in-place path at k = 1 too (it returned a wrong second
+    derivative)."""
     b, dev = bd
     x = torch.randn(4, 5, device=dev, requires_grad=True)
     y = torch.randint(0, 5, (4,), device=dev)
-    loss = ce(x * 1.5, y, inplace_backward=inplace, backend=b)
+    loss = ce(x * 1.5, y, inplace_backward=inplace, k=k, backend=b)
     with pytest.raises(RuntimeError, match="double backward"):
         (g,) = torch.autograd.grad(loss, x, create_graph=True)
         (g**2).sum().backward()
@@ -502,3 +503,35 @@ def test_nan_logits_give_a_nan_row(bd, kind, C, bad):
         lo, go = _ours(x, t, b, k=k, **kw)
         assert torch.isnan(lo[1]) and torch.isfinite(lo[[0, 2]]).all(), lo
         assert torch.isnan(go[1]).all() and torch.isfinite(go[[0, 2]]).all(), go
+
+
+@BACKENDS
+@pytest.mark.parametrize("kind", ["onehot", "weight-ignore", "smoothing", "probs", "mixture"])
+def test_double_backward_at_k1_is_the_true_second_derivative(bd, kind):
+    """At k = 1 the op is cross-entropy: gradgradcheck in float64 against finite differences,
+    and the Hessian-vector product equal to F.cross_entropy's."""
+    b, dev = bd
+    C = 5
+    x = torch.randn(6, C, device=dev, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, C, (6,), device=dev)
+    kw, torch_kw = {}, {}
+    if kind == "weight-ignore":
+        y[1] = -100
+        kw = torch_kw = {"weight": torch.rand(C, device=dev, dtype=torch.float64) + 0.5}
+    if kind == "smoothing":
+        kw = torch_kw = {"label_smoothing": 0.1}
+    if kind == "probs":
+        y = torch.softmax(torch.randn(6, C, device=dev, dtype=torch.float64), 1)
+    target_t = y
+    if kind == "mixture":
+        A = torch.rand(C, C, device=dev, dtype=torch.float64).fill_diagonal_(0)
+        kw = {"mixture": hl.mcel.simple_mixture(A / A.sum(1, keepdim=True), 0.2)}
+        target_t = kw["mixture"][y]
+    fn = lambda z: ce(z, y, backend=b, **kw)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (x,))
+    v = torch.randn_like(x)
+    (g,) = torch.autograd.grad(fn(x), x, create_graph=True)
+    (hv,) = torch.autograd.grad((g * v).sum(), x)
+    (g_t,) = torch.autograd.grad(torch.nn.functional.cross_entropy(x, target_t, **torch_kw), x, create_graph=True)
+    (hv_t,) = torch.autograd.grad((g_t * v).sum(), x)
+    torch.testing.assert_close(hv, hv_t, rtol=1e-10, atol=1e-12)
