@@ -365,35 +365,40 @@ HL_HOST_DEVICE inline T soft_log_abs_eps(T log_p, T qh_j, bool* negative) {
   return hl_log(hl_abs(e));
 }
 
-// S_neg = sum_{eps<0} |eps|^k, and an online (max, sum) of k log eps over the positives so
-// that a large k cannot underflow S_pos = exp(m_pos) * s_pos.
+// Online (max, sum) pairs of k log|eps_j|, over the negative classes (S_neg = exp(m_neg) s_neg)
+// and the positive ones (S_pos), so that a large k cannot underflow either: |eps_j|^k of 1e-6^8
+// is 0 in float (and below 2^-126, flushed to 0 by a fast exp), yet only the ratio
+// S_neg / S_pos scales the positive classes.
 template <typename T>
 struct SoftEpsStats {
+  T m_neg;
   T s_neg;
   T m_pos;
   T s_pos;
 };
 
 template <typename T>
-HL_HOST_DEVICE inline SoftEpsStats<T> soft_eps_init() { return {T(0), -hl_inf<T>(), T(0)}; }
+HL_HOST_DEVICE inline SoftEpsStats<T> soft_eps_init() { return {-hl_inf<T>(), T(0), -hl_inf<T>(), T(0)}; }
 
 // kla = k * log|eps_j|.
 template <typename T>
 HL_HOST_DEVICE inline void soft_eps_push(SoftEpsStats<T>& st, T kla, bool negative) {
+  LseStats<T> a = negative ? LseStats<T>{st.m_neg, st.s_neg} : LseStats<T>{st.m_pos, st.s_pos};
+  lse_push(a, kla);
   if (negative) {
-    st.s_neg += hl_exp(kla);
-    return;
+    st.m_neg = a.m;
+    st.s_neg = a.s;
+  } else {
+    st.m_pos = a.m;
+    st.s_pos = a.s;
   }
-  LseStats<T> pos{st.m_pos, st.s_pos};
-  lse_push(pos, kla);
-  st.m_pos = pos.m;
-  st.s_pos = pos.s;
 }
 
 template <typename T>
 HL_HOST_DEVICE inline SoftEpsStats<T> soft_eps_merge(SoftEpsStats<T> a, SoftEpsStats<T> b) {
+  LseStats<T> neg = lse_merge(LseStats<T>{a.m_neg, a.s_neg}, LseStats<T>{b.m_neg, b.s_neg});
   LseStats<T> pos = lse_merge(LseStats<T>{a.m_pos, a.s_pos}, LseStats<T>{b.m_pos, b.s_pos});
-  return {a.s_neg + b.s_neg, pos.m, pos.s};
+  return {neg.m, neg.s, pos.m, pos.s};
 }
 
 // The other classes of a row with a dominant class: log sum p_i (online, in the log domain)
@@ -435,7 +440,7 @@ HL_HOST_DEVICE inline T star_log_abs_eps(StarRest<T> rest, T t, bool* negative) 
 
 // What the backward needs of a soft row (stats columns 2..5):
 //   f_j = -t |eps_j|^k                      (eps_j < 0)
-//   f_j = sign(t) exp(k log eps_j + c_pos)  (eps_j >= 0), c_pos = log|t S_neg / s_pos| - m_pos
+//   f_j = sign(t) exp(k log eps_j + c_pos)  (eps_j >= 0), c_pos = log|t| + log S_neg - log s_pos - m_pos
 //   f_j = f_star                            (the dominant class, when star)
 // c_pos = -inf when no class has eps > 0.
 template <typename T>
@@ -463,7 +468,8 @@ HL_HOST_DEVICE inline SoftRow<T> soft_finalize(SoftEpsStats<T> st, T t, bool sta
   r.t = t;
   // No positive class (also when s_pos is NaN: the loss carries the NaN), or t S_neg = 0.
   const bool has_pos = st.s_pos > T(0);
-  r.c_pos = has_pos ? hl_log(hl_abs(t * st.s_neg)) - hl_log(st.s_pos) - st.m_pos : -hl_inf<T>();
+  const T log_s_neg = lse_value(LseStats<T>{st.m_neg, st.s_neg});  // -inf: no negative class
+  r.c_pos = has_pos ? (hl_log(hl_abs(t)) + log_s_neg) - hl_log(st.s_pos) - st.m_pos : -hl_inf<T>();
   r.star = star ? T(1) : T(0);
   r.f_star = star ? soft_f(r, kla_star, negative_star) : T(0);
   return r;

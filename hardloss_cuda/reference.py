@@ -97,11 +97,13 @@ def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool):
     log_abs_eps = torch.where(star, torch.where(q_rest == 0, log_p_rest, eps_star.abs().log()), log_abs_eps)
     neg = torch.where(star, (eps_star < 0) | ((q_rest == 0) & (log_p_rest > float("-inf"))), neg)
     k_log = k * log_abs_eps
-    s_neg = torch.where(neg, k_log.exp(), 0).sum(1)
+    # log S_neg and log S_pos in the log domain: |eps|^k of a large k underflows, their ratio not
+    lse_neg = torch.logsumexp(torch.where(neg, k_log, float("-inf")), dim=1)
     k_log_pos = torch.where(neg, float("-inf"), k_log)
-    lse_pos = torch.logsumexp(k_log_pos, dim=1)  # log S_pos, no underflow for large k
-    share = torch.where(torch.isfinite(lse_pos)[:, None], torch.exp(k_log_pos - lse_pos[:, None]), 0)
-    f = torch.where(neg, -k_log.exp(), s_neg[:, None] * share)
+    lse_pos = torch.logsumexp(k_log_pos, dim=1)
+    f_pos = torch.exp(lse_neg[:, None] + k_log_pos - lse_pos[:, None])
+    f_pos = torch.where(torch.isfinite(lse_pos)[:, None], f_pos, 0)
+    f = torch.where(neg, -k_log.exp(), f_pos)
     return loss, f * t[:, None], lse
 
 

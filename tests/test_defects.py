@@ -277,6 +277,35 @@ def test_confident_row_soft_targets_small_k(bd, dtype):
         torch.testing.assert_close(x.grad.double().cpu(), expect, rtol=rtol, atol=0, msg=f"{name}: gradient differs")
 
 
+@BACKENDS
+@pytest.mark.parametrize("k", [5.0, 6.0])
+@pytest.mark.parametrize("kind", ["smooth", "probs"])
+def test_soft_large_k_tiny_eps_fp32(bd, k, kind):
+    """A confident row whose target puts 1e-6 on each other class (smoothing 0.001 at
+    C = 1000, or such probabilities), class weights from 0.4 to 3, large k: many |eps_j|^k
+    of the other classes fall below float's smallest normal, and the dominant class's
+    f = t S_neg. The cpu summed them as plain floats with a vector exp that flushes those to 0:
+    S_neg lost 0.25% (found by the fuzz at k = 6; a GPU's fast exp flushes as well). S_neg is
+    now an online (max, sum) pair like S_pos on every backend."""
+    b, dev = bd
+    g = torch.Generator().manual_seed(7)
+    C, N = 1000, 3
+    x = torch.randn(N, C, generator=g) * 0.4
+    y = torch.randint(0, C, (N,), generator=g)
+    x[torch.arange(N), y] = 158.0  # p_y = 1 in float
+    w = torch.rand(C, generator=g) * 2.6 + 0.4
+    if kind == "smooth":
+        t, s, weight = y, 1e-3, w
+    else:
+        t = torch.full((N, C), 1e-6)
+        t[torch.arange(N), y] = 1 - 1e-6 * (C - 1)
+        t = t * w  # unnormalised, as a weighted soft target
+        s, weight = 0.0, None
+    for reduction in ("sum", "none"):
+        check_against_truth(x.to(dev), t.to(dev), None if weight is None else weight.to(dev), None, -100,
+                            reduction, s, k, None, backend=b)
+
+
 def _torch_pattern(x, t, **kw):
     xt = x.detach().clone().requires_grad_(True)
     out = F.cross_entropy(xt, t, **kw)

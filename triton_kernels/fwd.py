@@ -115,10 +115,11 @@ def soft_fwd_kernel(
     tl.store(loss_ptr + rows, finish_rows(soft_loss(m, se, t, acc), ignored, bad), mask=rmask)
 
     if EPS:  # a gradient with k != 1 (k == 1 needs only lse and t: rowmath.soft_fj)
-        # Pass 2: S_neg and the online (m_pos, s_pos) of k log eps over the positive classes;
+        # Pass 2: online (max, sum) of k log|eps| over the negative and the positive classes;
         # the dominant class (if any) apart, from the logsumexp and the q of the others.
         t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # qh = q / t; t == 0 gives f = t F = 0
         star = soft_star(t, qmin, qmax)
+        m_neg = tl.full([ROWS], float("-inf"), ACC)
         s_neg = tl.zeros([ROWS], ACC)
         m_pos = tl.full([ROWS], float("-inf"), ACC)
         s_pos = tl.zeros([ROWS], ACC)
@@ -134,12 +135,12 @@ def soft_fwd_kernel(
             other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
             le, neg = log_abs_eps(log_p, q * t_inv[:, None])
             kl = k * le
-            s_neg += tl.sum(tl.where(neg & other, tl.exp(kl), 0.0), 1)
+            m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
             m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
             m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
             q_rest += tl.sum(tl.where(other, q, 0.0), 1)
         le_star, neg_star = star_log_abs_eps(m_rest, s_rest, q_rest, t, lse)
-        c_pos, f_star = soft_finalize(s_neg, m_pos, s_pos, t, star, k * le_star, neg_star)
+        c_pos, f_star = soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, k * le_star, neg_star)
         store_stats(stats_ptr, rows, rmask, lse, lse_lo, tl.where(valid, t, 0.0),
                     tl.where(valid, c_pos, 0.0), tl.where(valid, f_star, 0.0),
                     tl.where(valid & star, 1.0, 0.0))

@@ -261,19 +261,25 @@ def star_log_abs_eps(m_rest, s_rest, q_rest, t, lse):
 
 
 @triton.jit
-def soft_finalize(s_neg, m_pos, s_pos, t, star, kl_star, neg_star):
-    """row_math.h's soft_finalize: (c_pos, f_star) with f_j = -t |eps_j|^k on the negative
-    classes, sign(t) exp(k log eps_j + c_pos) on the others (c_pos = log|t S_neg / s_pos| -
-    m_pos, -inf when no class has eps > 0, also when s_pos is NaN: the loss carries the NaN),
-    f_star on the dominant class. The dominant class (``star``) joins the sums here."""
-    s_neg = s_neg + tl.where(star & neg_star, tl.exp(kl_star), 0.0)
-    kl_pos = tl.where(star & (~neg_star), kl_star, float("-inf"))  # lse_push of one value
-    m_new = tl.maximum(m_pos, kl_pos)
+def _lse_push1(m, s, x):
+    """row_math.h's lse_push of one value per row (-inf adds nothing)."""
+    m_new = tl.maximum(m, x)
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    s_pos = s_pos * tl.exp(m_pos - m_ref) + tl.exp(kl_pos - m_ref)
-    m_pos = m_new
+    return m_new, s * tl.exp(m - m_ref) + tl.exp(x - m_ref)
+
+
+@triton.jit
+def soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, kl_star, neg_star):
+    """row_math.h's soft_finalize: (c_pos, f_star) with f_j = -t |eps_j|^k on the negative
+    classes, sign(t) exp(k log eps_j + c_pos) on the others (c_pos = log|t| + log S_neg -
+    log s_pos - m_pos, -inf when no class has eps > 0, also when s_pos is NaN: the loss carries
+    the NaN), f_star on the dominant class. S_neg = exp(m_neg) s_neg and S_pos are online
+    (max, sum) pairs: a large k underflows neither. The dominant class (``star``) joins here."""
+    m_neg, s_neg = _lse_push1(m_neg, s_neg, tl.where(star & neg_star, kl_star, float("-inf")))
+    m_pos, s_pos = _lse_push1(m_pos, s_pos, tl.where(star & (~neg_star), kl_star, float("-inf")))
     has_pos = s_pos > 0.0
-    c_pos = tl.where(has_pos, tl.log(tl.abs(t * s_neg)) - tl.log(tl.where(has_pos, s_pos, 1.0)) - m_pos,
+    log_s_neg = tl.where(m_neg == float("-inf"), float("-inf"), m_neg + tl.log(s_neg))
+    c_pos = tl.where(has_pos, tl.log(tl.abs(t)) + log_s_neg - tl.log(tl.where(has_pos, s_pos, 1.0)) - m_pos,
                      float("-inf"))
     f_star = tl.where(star, soft_f1(kl_star, neg_star, t, c_pos), 0.0)
     return c_pos, f_star

@@ -139,14 +139,19 @@ HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restri
                                 float* __restrict refs) {
   const float inf = __builtin_inff();
   float v[kEpsBlock];
-  SoftEpsChunk r{0.0f, -inf, 0.0f, 0.0, 0.0f};
+  SoftEpsChunk r{-inf, 0.0f, -inf, 0.0f, 0.0, 0.0f};
+  auto merge = [](float& m_acc, float& s_acc, float mb, float sb) {  // row_math.h lse_merge
+    if (mb == -__builtin_inff()) return;
+    if (mb > m_acc) s_acc = s_acc * exp_of(m_acc - mb) + sb, m_acc = mb;
+    else s_acc += sb * exp_of(mb - m_acc);
+  };
   for (int64_t a = 0; a < n; a += kEpsBlock) {
     const int64_t b = n - a < kEpsBlock ? n - a : kEpsBlock;
     const float* xa = x + a;
     const float* qa = q + a;
     float* wa = w + a;
-    float mb = -inf, p_rest = 0.0f, q_rest = 0.0f;
-#pragma omp simd reduction(max : mb) reduction(+ : p_rest, q_rest)
+    float mp = -inf, mn = -inf, p_rest = 0.0f, q_rest = 0.0f;
+#pragma omp simd reduction(max : mp, mn) reduction(+ : p_rest, q_rest)
     for (int64_t i = 0; i < b; ++i) {
       const float log_p = (xa[i] - m) - log_s;
       const float p = exp_of(log_p), qh = qa[i] / t_div;  // as row_math.h: q / t, not q * (1 / t)
@@ -154,44 +159,47 @@ HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restri
       const bool neg = qh != 0.0f && e < 0.0f;
       const bool star = 2.0f * qa[i] > star_t;
       v[i] = star ? -inf : k * (qh == 0.0f ? log_p : log_of(neg ? -e : e));
-      const float pos = neg ? -inf : v[i];  // k log eps of the positives
-      mb = pos > mb ? pos : mb;
+      const float pos = neg ? -inf : v[i], ng = neg ? v[i] : -inf;
+      mp = pos > mp ? pos : mp;
+      mn = ng > mn ? ng : mn;
       p_rest += star ? 0.0f : p;
       q_rest += star ? 0.0f : qa[i];
       wa[i] = star ? inf : (neg ? -1.0f : 1.0f);  // the dominant class, or the sign
     }
-    const float ref = mb == -inf ? 0.0f : mb;
-    refs[a / kEpsBlock] = mb;
+    const float ref_p = mp == -inf ? 0.0f : mp, ref_n = mn == -inf ? 0.0f : mn;
+    refs[2 * (a / kEpsBlock)] = mp;
+    refs[2 * (a / kEpsBlock) + 1] = mn;
     float s_neg = 0.0f, s_pos = 0.0f;
 #pragma omp simd reduction(+ : s_neg, s_pos)
     for (int64_t i = 0; i < b; ++i) {
       const bool neg = wa[i] < 0.0f;
-      const float ev = exp_of(v[i] - (neg ? 0.0f : ref));
+      const float ev = exp_of(v[i] - (neg ? ref_n : ref_p));
       s_neg += neg ? ev : 0.0f;
       s_pos += neg ? 0.0f : ev;
       wa[i] = wa[i] == inf ? inf : wa[i] * ev;
     }
-    r.s_neg += s_neg;
-    if (mb != -inf) {
-      if (mb > r.m_pos) r.s_pos = r.s_pos * exp_of(r.m_pos - mb) + s_pos, r.m_pos = mb;
-      else r.s_pos += s_pos * exp_of(mb - r.m_pos);
-    }
+    merge(r.m_neg, r.s_neg, mn, s_neg);
+    merge(r.m_pos, r.s_pos, mp, s_pos);
     r.p_rest += p_rest;
     r.q_rest += q_rest;  // kEpsBlock terms in float, the blocks in double
   }
   return r;
 }
 
-HL_CLONES void soft_scale(const float* __restrict w, const float* __restrict refs, int64_t n, float g_t,
-                          float g_sign, float c_pos, float g_f_star, float* __restrict out) {
+HL_CLONES void soft_scale(const float* __restrict w, const float* __restrict refs, int64_t n, float g_sign,
+                          float c_neg, float c_pos, float g_f_star, float* __restrict out) {
   const float inf = __builtin_inff();
   for (int64_t a = 0; a < n; a += kEpsBlock) {
     const int64_t b = n - a < kEpsBlock ? n - a : kEpsBlock;
-    // sign(t) exp(k log eps + c_pos) = w exp(ref + c_pos); no positive in the block: 0
-    const float f_pos = refs[a / kEpsBlock] == -inf ? 0.0f : g_sign * std::exp(refs[a / kEpsBlock] + c_pos);
+    // f_j = sign(t) exp(k log eps_j + c_pos) = sign(t) w_j exp(ref + c_pos) on the positives,
+    // -t |eps_j|^k = sign(t) w_j exp(ref + log|t|) on the negatives (w_j < 0); 0 for a block
+    // without any.
+    const float ref_p = refs[2 * (a / kEpsBlock)], ref_n = refs[2 * (a / kEpsBlock) + 1];
+    const float f_pos = ref_p == -inf ? 0.0f : g_sign * std::exp(ref_p + c_pos);
+    const float f_neg = ref_n == -inf ? 0.0f : g_sign * std::exp(ref_n + c_neg);
     const float* wa = w + a;
     float* oa = out + a;
-    for (int64_t i = 0; i < b; ++i) oa[i] = wa[i] == inf ? g_f_star : (wa[i] < 0.0f ? g_t : f_pos) * wa[i];
+    for (int64_t i = 0; i < b; ++i) oa[i] = wa[i] == inf ? g_f_star : (wa[i] < 0.0f ? f_neg : f_pos) * wa[i];
   }
 }
 

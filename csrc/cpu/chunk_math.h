@@ -45,14 +45,17 @@ SoftTerms soft_terms(const float* x, const float* q, int64_t n, float m);
 
 // The backward of a soft row at k != 1 (row_math.h soft_eps_class and soft_f, vectorised), in
 // two passes over the row. Pass 1, soft_eps over a chunk: log p_j = (x_j - m) - log_s,
-// qh_j = q_j / t_div; returns the chunk's SoftEpsStats (s_neg = sum |eps_j|^k over eps_j < 0;
-// the positives' k log eps as an online max m_pos and sum s_pos) and writes
-//   w_j = -|eps_j|^k (eps_j < 0),  exp(k log eps_j - refs[b]) (eps_j >= 0),  +inf (dominant)
-// with refs[b] the max of k log eps over the positives of block b (kEpsBlock classes; -inf
-// when none). The dominant class, 2 q_j > star_t (star_t = +inf: none), is left out of the
-// statistics; its own eps needs the others' sum of q (in double) and of p.
+// qh_j = q_j / t_div; returns the chunk's SoftEpsStats (k log|eps_j| as online max and sum,
+// over the negative and over the positive classes apart) and writes
+//   w_j = -exp(k log|eps_j| - refs[2b + 1]) (eps_j < 0),  exp(k log eps_j - refs[2b]) (eps_j >= 0),
+//   +inf (dominant)
+// with refs[2b] / refs[2b + 1] the max of k log|eps| over the positives / negatives of block b
+// (kEpsBlock classes; -inf when none): relative to the block's max, no |eps|^k underflows that
+// matters to the sums. The dominant class, 2 q_j > star_t (star_t = +inf: none), is left out of
+// the statistics; its own eps needs the others' sum of q (in double) and of p.
 constexpr int64_t kEpsBlock = 256;
 struct SoftEpsChunk {
+  float m_neg;
   float s_neg;
   float m_pos;
   float s_pos;
@@ -63,8 +66,8 @@ SoftEpsChunk soft_eps(const float* x, const float* q, int64_t n, float m, float 
                       float star_t, float k, float* w, float* refs);
 
 // Pass 2, soft_scale: out_j = g f_j from w once the row's c_pos and f_star are known:
-// g_t = g t (times w < 0), g_sign = g sign(t), g_f_star = g f_star.
-void soft_scale(const float* w, const float* refs, int64_t n, float g_t, float g_sign, float c_pos,
+// g_sign = g sign(t), c_neg = log|t| (f_j = -t |eps_j|^k), g_f_star = g f_star.
+void soft_scale(const float* w, const float* refs, int64_t n, float g_sign, float c_neg, float c_pos,
                 float g_f_star, float* out);
 
 // g f_j of a soft row at k == 1 over a chunk: g (t p_j - q_j), log p_j = (x_j - lse) - lse_lo

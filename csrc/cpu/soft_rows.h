@@ -74,7 +74,7 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
   const float m = stats[kColMax], log_s = stats[kColLogS];  // log p = (z - m) - log s (put_soft_stats)
   const float t_div = t != 0.0f ? t : 1.0f, star_t = star ? t : hl_inf<float>();
   s.w.resize(C);
-  s.refs.resize((C + kEpsBlock - 1) / kEpsBlock);
+  s.refs.resize(2 * ((C + kEpsBlock - 1) / kEpsBlock));
   SoftEpsStats<float> es = soft_eps_init<float>();
   StarRest<float> rest = star_rest_init<float>();
   float p_rest = 0.0f;  // sum p_i over the classes other than the dominant one
@@ -82,8 +82,8 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
     const int64_t n = std::min(kChunk, C - a);
     const float* x = load(row, a, n, s.x);
     const SoftEpsChunk e = soft_eps(x, q.fill(a, n, s.q), n, m, log_s, t_div, star_t, k, s.w.data() + a,
-                                    s.refs.data() + a / kEpsBlock);
-    es = soft_eps_merge(es, SoftEpsStats<float>{e.s_neg, e.m_pos, e.s_pos});
+                                    s.refs.data() + 2 * (a / kEpsBlock));
+    es = soft_eps_merge(es, SoftEpsStats<float>{e.m_neg, e.s_neg, e.m_pos, e.s_pos});
     csum_add(rest.q, static_cast<float>(e.q_rest));
     p_rest += e.p_rest;
   }
@@ -105,11 +105,11 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
     }
   }
   const SoftRow<float> r = soft_row_finalize(es, rest, t, star, k, lse);
-  const float g_sign = t < 0.0f ? -g : g;
+  const float g_sign = t < 0.0f ? -g : g, c_neg = std::log(std::abs(t));
   for (int64_t a = 0; a < C; a += kChunk) {
     const int64_t n = std::min(kChunk, C - a);
-    put(a, n, [&](float* o) { soft_scale(s.w.data() + a, s.refs.data() + a / kEpsBlock, n, g * t, g_sign,
-                                         r.c_pos, g * r.f_star, o); });
+    put(a, n, [&](float* o) { soft_scale(s.w.data() + a, s.refs.data() + 2 * (a / kEpsBlock), n, g_sign,
+                                         c_neg, r.c_pos, g * r.f_star, o); });
   }
 }
 

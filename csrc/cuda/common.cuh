@@ -256,7 +256,7 @@ __device__ __forceinline__ LseStats<T> shfl_xor(LseStats<T> v, int off) {
 }
 template <typename T>
 __device__ __forceinline__ SoftEpsStats<T> shfl_xor(SoftEpsStats<T> v, int off) {
-  return {shfl_xor(v.s_neg, off), shfl_xor(v.m_pos, off), shfl_xor(v.s_pos, off)};
+  return {shfl_xor(v.m_neg, off), shfl_xor(v.s_neg, off), shfl_xor(v.m_pos, off), shfl_xor(v.s_pos, off)};
 }
 
 // Scratch for one block-wide reduction: one partial per warp (at most 32 warps), each at most
