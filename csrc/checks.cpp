@@ -1,5 +1,7 @@
 #include "checks.h"
 
+#include <limits>
+
 #include <c10/util/Exception.h>
 
 namespace hl {
@@ -67,6 +69,20 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
   TORCH_CHECK(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kStatsCols && stats.scalar_type() == acc,
               "hardloss_cuda: stats: expected ", acc, " of shape (", N, ", ", kStatsCols, "), got ",
               stats.scalar_type(), " ", stats.sizes());
+}
+
+void check_softcap(double softcap) {
+  TORCH_CHECK(softcap == 0.0 || (softcap > 0.0 && softcap < std::numeric_limits<double>::infinity()),
+              "hardloss_cuda: softcap must be 0 (off) or a positive finite number, got ", softcap);
+}
+
+void check_grad_lse(const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits) {
+  if (!grad_lse.has_value() || !grad_lse->defined()) return;
+  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
+  check_same_device(*grad_lse, logits, "grad_lse");
+  TORCH_CHECK(grad_lse->dim() == 1 && grad_lse->size(0) == logits.size(0) && grad_lse->scalar_type() == acc,
+              "hardloss_cuda: grad_lse: expected ", acc, " of shape (", logits.size(0), "), got ",
+              grad_lse->scalar_type(), " ", grad_lse->sizes());
 }
 
 }  // namespace hl

@@ -28,4 +28,8 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                     const at::Tensor& stats);
 
+// softcap: 0 (off) or finite > 0; grad_lse: absent, or acc of shape (N,) on the logits' device.
+void check_softcap(double softcap);
+void check_grad_lse(const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits);
+
 }  // namespace hl

@@ -19,12 +19,14 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(hardloss_cuda, m) {
   m.def(
       "fwd(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
-      "int ignore_index, float label_smoothing, float k, bool compute_grad) "
+      "int ignore_index, float label_smoothing, float k, bool compute_grad, float softcap=0.) "
       "-> (Tensor, Tensor)");
   m.def(
       "bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
-      "Tensor stats, int ignore_index, float label_smoothing, float k) -> Tensor");
+      "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
+      "Tensor? grad_lse=None) -> Tensor");
   m.def(
       "bwd_inplace(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
-      "Tensor stats, int ignore_index, float label_smoothing, float k) -> ()");
+      "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
+      "Tensor? grad_lse=None) -> ()");
 }

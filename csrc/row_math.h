@@ -37,6 +37,8 @@ HL_HOST_DEVICE inline float hl_log(float x) { return ::logf(x); }
 HL_HOST_DEVICE inline double hl_log(double x) { return ::log(x); }
 HL_HOST_DEVICE inline float hl_log1p(float x) { return ::log1pf(x); }
 HL_HOST_DEVICE inline double hl_log1p(double x) { return ::log1p(x); }
+HL_HOST_DEVICE inline float hl_tanh(float x) { return ::tanhf(x); }
+HL_HOST_DEVICE inline double hl_tanh(double x) { return ::tanh(x); }
 HL_HOST_DEVICE inline float hl_abs(float x) { return ::fabsf(x); }
 HL_HOST_DEVICE inline double hl_abs(double x) { return ::fabs(x); }
 
@@ -520,5 +522,27 @@ HL_HOST_DEVICE inline T soft_fj(const SoftRow<T>& r, T z_j, T lse, T lse_lo, T q
 // gradient with k != 1 (soft_fj).
 template <typename T>
 HL_HOST_DEVICE inline bool soft_needs_eps(bool compute_grad, T k) { return compute_grad && k != T(1); }
+
+// ---------------------------------------------------------------------------------------
+// Logit soft-capping and the gradient of the row's logsumexp (docs/ROW_MATH.md section 6).
+// With softcap c > 0 every logit is read as c tanh(z / c) and everything above is of the capped
+// logits; the gradient is then multiplied by d(c tanh(z / c))/dz = 1 - (z_c / c)^2. A row whose
+// logsumexp has an incoming gradient g_lse (z-loss, return_lse) gets g_lse p_j added first.
+// ---------------------------------------------------------------------------------------
+template <typename T>
+HL_HOST_DEVICE inline T softcap_value(T z, T c) { return c != T(0) ? c * hl_tanh(z / c) : z; }
+
+template <typename T>
+HL_HOST_DEVICE inline T softcap_slope(T z_capped, T c) {
+  const T r = c != T(0) ? z_capped / c : T(0);
+  return T(1) - r * r;
+}
+
+// g_j of a row: (g f_j + g_lse p_j) times the softcap's slope; p_j = exp((z_j - lse) - lse_lo).
+template <typename T>
+HL_HOST_DEVICE inline T finish_grad(T gf_j, T z_capped, T g_lse, T lse, T lse_lo, T c) {
+  const T g = g_lse != T(0) ? gf_j + g_lse * hl_exp((z_capped - lse) - lse_lo) : gf_j;
+  return c != T(0) ? g * softcap_slope(z_capped, c) : g;
+}
 
 }  // namespace hl

@@ -14,16 +14,17 @@ import torch
 
 from . import reference
 from ._ops import OPS, bwd_inplace_op, fwd_op
-from ._schema import STATS_COLS, acc_dtype
+from ._schema import LSE_COL, STATS_COLS, acc_dtype
 
 
-def _fake_fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):
+def _fake_fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
     N = logits.shape[0]
     acc = acc_dtype(logits.dtype)
     return logits.new_empty(N, dtype=acc), logits.new_empty((N, STATS_COLS), dtype=acc)
 
 
-def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k):
+def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
+              grad_lse=None):
     return torch.empty_like(logits)
 
 
@@ -36,12 +37,22 @@ def _no_double_backward():
 
 
 def _setup_context(ctx, inputs, output):
-    logits, target, weight, mixture, ignore_index, label_smoothing, k, _compute_grad = inputs
+    logits, target, weight, mixture, ignore_index, label_smoothing, k, _compute_grad, *rest = inputs
     ctx.ignore_index, ctx.label_smoothing, ctx.k = ignore_index, label_smoothing, k
+    ctx.softcap = rest[0] if rest else 0.0
     ctx.save_for_backward(logits, target, weight, mixture, output[1])
 
 
-def _differentiable_backward(ctx, grad_loss, logits, target, weight, mixture):
+def _grad_lse(grad_stats):
+    """The incoming gradient of the row's logsumexp, or None when nothing used it. Only the
+    LSE_COL column is differentiable (d lse / dz = softmax): LSE_LO_COL is its rounding
+    correction, with derivative 0, and the other columns are the backward's own numbers."""
+    if grad_stats is None:
+        return None
+    return grad_stats[:, LSE_COL].contiguous()
+
+
+def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, mixture):
     """create_graph=True at k = 1: the gradient g (t softmax(z) - q) of cross-entropy in torch
     ops (q = reference.target_rows, t = sum q), which autograd differentiates again
     (Hessian-vector products, gradient penalties). The same on every backend; the kernels'
@@ -53,31 +64,42 @@ def _differentiable_backward(ctx, grad_loss, logits, target, weight, mixture):
                            "supported (only through the logits, at k = 1)")
     acc = acc_dtype(logits.dtype)
     q = reference.target_rows(logits.shape[1], target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
-    grad = q.sum(1, keepdim=True) * torch.softmax(logits.to(acc), 1) - q
-    return (grad_loss.to(acc)[:, None] * grad).to(logits.dtype), None, None, None, None, None, None, None
+    z = logits.to(acc)
+    if ctx.softcap != 0:
+        z = ctx.softcap * torch.tanh(z / ctx.softcap)  # differentiated by autograd (chain rule)
+    p = torch.softmax(z, 1)
+    grad = grad_loss.to(acc)[:, None] * (q.sum(1, keepdim=True) * p - q)
+    if grad_lse is not None:
+        grad = grad + grad_lse.to(acc)[:, None] * p
+    if ctx.softcap != 0:  # the chain rule through c tanh(x / c), itself differentiable
+        grad = grad * (1 - torch.square(z / ctx.softcap))
+    return (grad.to(logits.dtype),) + (None,) * 8
 
 
 def _autograd_for(bwd_name: str):
-    def backward(ctx, grad_loss, _grad_stats):
+    def backward(ctx, grad_loss, grad_stats):
         logits, target, weight, mixture, stats = ctx.saved_tensors
+        grad_lse = _grad_lse(grad_stats)
         if torch.is_grad_enabled():  # create_graph=True
-            return _differentiable_backward(ctx, grad_loss, logits, target, weight, mixture)
+            return _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, mixture)
         grad_loss = grad_loss.to(stats.dtype)
         d_logits = None
         if ctx.needs_input_grad[0]:
             d_logits = getattr(torch.ops.hardloss_cuda, bwd_name)(
-                grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing, ctx.k
+                grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing, ctx.k,
+                ctx.softcap, grad_lse,
             )
         d_target, d_mixture = reference.target_grads(
             grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing,
-            need_target=ctx.needs_input_grad[1], need_mixture=ctx.needs_input_grad[3],
+            need_target=ctx.needs_input_grad[1], need_mixture=ctx.needs_input_grad[3], softcap=ctx.softcap,
         )
-        return d_logits, d_target, None, d_mixture, None, None, None, None
+        return d_logits, d_target, None, d_mixture, None, None, None, None, None
 
     return backward
 
 
-def _fake_bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k):
+def _fake_bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k,
+                      softcap=0.0, grad_lse=None):
     return None
 
 
@@ -101,18 +123,19 @@ class InplaceFwd(torch.autograd.Function):
     gradient as if it were the logits."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, mixture, ignore_index, label_smoothing, k, backend):
-        loss, stats = fwd_op(backend)(logits, target, weight, mixture, ignore_index, label_smoothing, k, True)
-        ctx.args = (ignore_index, label_smoothing, k)
+    def forward(ctx, logits, target, weight, mixture, ignore_index, label_smoothing, k, softcap, backend):
+        loss, stats = fwd_op(backend)(logits, target, weight, mixture, ignore_index, label_smoothing, k, True,
+                                      softcap)
+        ctx.args = (ignore_index, label_smoothing, k, softcap)
         ctx.backend = backend
         ctx.save_for_backward(logits, target, weight, mixture, stats)
-        return loss
+        return loss, stats
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, grad_stats):
         _no_double_backward()
         logits, target, weight, mixture, stats = ctx.saved_tensors
         bwd_inplace_op(ctx.backend)(grad_loss.to(stats.dtype).contiguous(), logits, target, weight, mixture,
-                                    stats, *ctx.args)
+                                    stats, *ctx.args, _grad_lse(grad_stats))
         torch.autograd.graph.increment_version(logits)
-        return logits.detach(), None, None, None, None, None, None, None
+        return (logits.detach(),) + (None,) * 8

@@ -12,8 +12,12 @@ no (N, C) buffer held between the passes, no host synchronisation). Producing th
 in the forward pass instead costs a fourth pass in backward, to scale it by the incoming
 gradient, and holds an (N, C) buffer from forward to backward.
 
-``fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad)``
+``fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap)``
 for ``logits`` (N, C):
+
+- ``softcap``: 0, or c > 0: every logit z is read as ``c tanh(z / c)`` (Gemma-2's logit
+  soft-capping), and everything below is of the capped logits; the backward multiplies the
+  gradient by ``1 - tanh^2``. No capped copy of the logits is ever stored.
 
 - ``target``: int64 (N,) class indices, or (N, C) class probabilities in logits' dtype.
 - ``weight``: None or (C,) per-class weights; ``mixture``: None or (C, C) target matrix
@@ -28,11 +32,13 @@ for ``logits`` (N, C):
 - a label outside [0, C) is never used as an index (no out-of-bounds read); the Python API
   raises on it before calling the op.
 
-``bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k)``
-returns the pseudo-gradient (docs/ROW_MATH.md section 3) times ``grad_loss[:, None]`` (grad_loss (N,)
-acc), in logits' dtype: 0 for ignored rows, NaN for bad labels. A row with ``grad_loss == 0``
-and a finite logsumexp and scale gets a zero gradient without its logits being read (trimmed
-rows cost no bandwidth). ``bwd_inplace`` writes the same into ``logits`` and returns nothing.
+``bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k,
+softcap, grad_lse)`` returns the pseudo-gradient (docs/ROW_MATH.md section 3) times
+``grad_loss[:, None]`` (grad_loss (N,) acc), plus ``grad_lse[:, None] * softmax`` when
+``grad_lse`` (N,) acc is given (the gradient of the row's logsumexp: z-loss, ``return_lse``),
+times the softcap's ``1 - tanh^2``, in logits' dtype: 0 for ignored rows, NaN for bad labels.
+A row with ``grad_loss == 0`` (and ``grad_lse == 0``) and a finite logsumexp and scale gets a
+zero gradient without its logits being read (trimmed rows cost no bandwidth). ``bwd_inplace`` writes the same into ``logits`` and returns nothing.
 """
 
 import torch
@@ -46,16 +52,18 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 FWD_ARGS = (
     "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
-    "int ignore_index, float label_smoothing, float k, bool compute_grad) "
+    "int ignore_index, float label_smoothing, float k, bool compute_grad, float softcap=0.) "
     "-> (Tensor, Tensor)"
 )
 BWD_ARGS = (
     "(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
-    "Tensor stats, int ignore_index, float label_smoothing, float k) -> Tensor"
+    "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
+    "Tensor? grad_lse=None) -> Tensor"
 )
 BWD_INPLACE_ARGS = (
     "(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
-    "Tensor stats, int ignore_index, float label_smoothing, float k) -> ()"
+    "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
+    "Tensor? grad_lse=None) -> ()"
 )
 
 # Columns of ``stats`` (csrc/row_math.h "What a row keeps" has the same layout for C++ and

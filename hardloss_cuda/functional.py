@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from . import _autograd, _ops, backends
-from ._schema import acc_dtype
+from ._schema import LSE_COL, LSE_LO_COL, acc_dtype
 from .trimming import keep_mask
-from .validation import check_fraction, check_inputs, check_k, scalar_arg
+from .validation import check_fraction, check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
 
 __all__ = ["cross_entropy"]
 
@@ -47,6 +47,29 @@ def row_weights(tgt: Tensor, w: Tensor | None, ignore_index: int, N: int, acc: t
     return valid, valid.to(acc) if w is None else torch.where(valid, w[torch.where(valid, tgt, 0)], 0)
 
 
+def row_lse(stats: Tensor, valid: Tensor) -> Tensor:
+    """The rows' logsumexp (of the soft-capped logits) from the forward's stats, differentiable
+    (its gradient is softmax, added by the backward op); 0 on rows that do not count."""
+    return torch.where(valid, stats[:, LSE_COL] + stats[:, LSE_LO_COL], 0)
+
+
+def reduce_rows(loss: Tensor, lse: Tensor | None, valid: Tensor, row_w: Tensor, z_loss: float, reduction: str):
+    """The reduction of the per-row losses, plus the z-loss ``z_loss lse^2`` of the counted rows
+    (unweighted: in ``mean`` divided by the number of counted rows, as Liger and PaLM do)."""
+    zl = z_loss * torch.square(lse) if z_loss != 0 else None
+    if reduction == "none":
+        return loss if zl is None else loss + zl
+    total = loss.sum()
+    if reduction == "sum":
+        return total if zl is None else total + zl.sum()
+    # Divided as PyTorch divides (row weights summing to 0 give inf or NaN), except that a batch
+    # in which no row counts (empty, all ignored) gives 0 rather than NaN (docs/ROW_MATH.md 5).
+    mean = total / row_w.sum()
+    if zl is not None:
+        mean = mean + zl.sum() / valid.sum().clamp_min(1)
+    return torch.where(valid.any(), mean, 0)
+
+
 def _trim_fraction(trim) -> float | None:
     if trim is None:
         return None
@@ -64,9 +87,12 @@ def cross_entropy(
     k: float = 1.0,
     mixture: Tensor | None = None,
     trim=None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    return_lse: bool = False,
     inplace_backward: bool = False,
     backend: str = "auto",
-) -> Tensor:
+):
     """Cross-entropy whose backward is the normalised ``|eps|^k`` pseudo-gradient.
 
     The value is the (weighted) cross-entropy ``-sum_j q_j log p_j`` exactly as
@@ -78,6 +104,13 @@ def cross_entropy(
             target. Its gradient is computed when it requires grad.
         trim: kept fraction in (0, 1] of the non-ignored rows with the highest loss (Fassold),
             or an object with a ``fraction`` attribute such as ``MiniBatchTrimming``.
+        softcap: None, or c > 0: the logits are read as ``c tanh(z / c)`` (Gemma 2's logit
+            soft-capping) inside the kernels, gradient included; no capped copy is stored.
+        z_loss: adds ``z_loss * lse**2`` per counted row (PaLM's z-loss; in ``mean`` divided by
+            the number of counted rows, unweighted), its gradient ``2 z_loss lse softmax``.
+        return_lse: also return the per-row logsumexp of the (capped) logits, shaped as the
+            ``reduction="none"`` loss, in float32 (float64 for float64 input), 0 on ignored
+            rows; differentiable (its gradient is the softmax).
         inplace_backward: write the gradient into ``input``'s storage during the backward pass
             (saves an (N, C) buffer; ``input`` is overwritten and must not be used afterwards).
         backend: "auto", "cuda", "triton", "cpu" or "reference" (``HARDLOSS_BACKEND``
@@ -87,6 +120,8 @@ def cross_entropy(
     label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
     check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward)
     k = check_k(k)
+    cap = check_softcap(softcap)
+    z_loss = check_z_loss(z_loss)
     frac = _trim_fraction(trim)
     which = backends.resolve(backend, input.device)
 
@@ -97,23 +132,19 @@ def cross_entropy(
     smoothing = float(label_smoothing)
 
     if inplace_backward and torch.is_grad_enabled() and logits.requires_grad:
-        loss = _autograd.InplaceFwd.apply(logits, tgt, w, mix, ignore_index, smoothing, k, which)
+        loss, stats = _autograd.InplaceFwd.apply(logits, tgt, w, mix, ignore_index, smoothing, k, cap, which)
     else:
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
-        loss, _stats = _ops.fwd_op(which)(logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad)
+        loss, stats = _ops.fwd_op(which)(logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad, cap)
 
     valid, row_w = row_weights(tgt, w, ignore_index, logits.shape[0], acc)
+    lse = row_lse(stats, valid) if (return_lse or z_loss != 0) else None
     if frac is not None:
         kept = keep_mask(loss, valid, frac)
         loss = torch.where(kept, loss, 0)
         row_w = torch.where(kept, row_w, 0)
         valid = valid & kept
 
-    if reduction == "none":
-        return loss.to(input.dtype).reshape(out_shape)
-    total = loss.sum()
-    if reduction == "sum":
-        return total.to(input.dtype)
-    # Divided as PyTorch divides (row weights summing to 0 give inf or NaN), except that a batch
-    # in which no row counts (empty, all ignored) gives 0 rather than NaN (docs/ROW_MATH.md 5).
-    return torch.where(valid.any(), total / row_w.sum(), 0).to(input.dtype)
+    out = reduce_rows(loss, None if lse is None else torch.where(valid, lse, 0), valid, row_w, z_loss, reduction)
+    out = out.to(input.dtype).reshape(out_shape) if reduction == "none" else out.to(input.dtype)
+    return (out, lse.reshape(out_shape)) if return_lse else out

@@ -13,6 +13,10 @@ accumulators for half inputs). Peak extra memory is one chunk of logits plus O(N
   the kept row statistics (a fourth matmul) and scales row by row.
 - ``trim``: the losses of every row first (matmul + forward op), then the kept rows only get
   the gradient matmuls: at fraction 0.2 that part costs about a fifth.
+- ``softcap`` is applied inside the backend's ops; ``z_loss`` adds its gradient
+  ``2 z_loss lse softmax`` through the ops' logsumexp gradient, in the same matmuls. The lse
+  of ``return_lse`` is differentiable: when a later term uses it, the backward recomputes the
+  chunks' logits once more for its gradient (``softmax`` per row).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from torch import Tensor
 
 from . import _ops, backends
 from ._schema import STATS_COLS, acc_dtype
-from .functional import _trim_fraction, op_inputs, row_weights
+from .functional import _trim_fraction, op_inputs, reduce_rows, row_lse, row_weights
 from .trimming import keep_mask
-from .validation import check_inputs, check_k, scalar_arg
+from .validation import check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
 
 __all__ = ["linear_cross_entropy"]
 
@@ -42,9 +46,10 @@ def _chunk_rows(chunk_size, N: int, C: int) -> int:
 class _Head:
     """What every chunk needs: the classifier, the targets and the op's options."""
 
-    def __init__(self, W, b, tgt, w, mix, ignore_index, smoothing, k, backend, rows):
+    def __init__(self, W, b, tgt, w, mix, ignore_index, smoothing, k, softcap, backend, rows):
         self.W, self.b, self.tgt, self.w, self.mix = W, b, tgt, w, mix
         self.args = (ignore_index, smoothing, k)
+        self.softcap = softcap
         self.backend, self.rows = backend, rows
         self.buf = None
 
@@ -69,18 +74,22 @@ class _Head:
     def forward(self, h: Tensor, idx, compute_grad: bool):
         """Losses, stats and logits (in the shared buffer) of rows idx (a slice or an index tensor)."""
         z = self.logits(h[idx])
-        loss, stats = _ops.fwd_op(self.backend)(z, self.tgt[idx], self.w, self.mix, *self.args, compute_grad)
+        loss, stats = _ops.fwd_op(self.backend)(z, self.tgt[idx], self.w, self.mix, *self.args, compute_grad,
+                                                self.softcap)
         return loss, stats, z
 
-    def add_grads(self, h: Tensor, idx, g: Tensor, stats: Tensor, grads, z: Tensor | None = None) -> None:
+    def add_grads(self, h: Tensor, idx, g: Tensor, stats: Tensor, grads, z: Tensor | None = None,
+                  g_lse: Tensor | None = None) -> None:
         """The rows' logits z (recomputed when not given) turned into g * their (pseudo-)gradient
-        in place, and their share of grad_input (written), grad_weight and grad_bias (added)."""
+        (+ g_lse * softmax) in place, and their share of grad_input (added), grad_weight and
+        grad_bias (added)."""
         hc = h[idx]
         G = self.logits(hc) if z is None else z
-        _ops.bwd_inplace_op(self.backend)(g, G, self.tgt[idx], self.w, self.mix, stats, *self.args)
+        _ops.bwd_inplace_op(self.backend)(g, G, self.tgt[idx], self.w, self.mix, stats, *self.args, self.softcap,
+                                          g_lse)
         gh, gW, gb = grads
         if gh is not None:
-            gh[idx] = (G @ self.W).to(gh.dtype)
+            gh[idx] += (G @ self.W).to(gh.dtype)
         if gW is not None and gW.dtype == G.dtype:
             gW.addmm_(G.T, hc)  # no (C, D) temporary per chunk
         elif gW is not None:  # half inputs: the chunk's product rounded once, summed in fp32
@@ -99,83 +108,93 @@ def _grad_buffers(h, W, b, need):
     return gh, gW, gb
 
 
+def _z_grad(z_loss: float, lse: Tensor, rows: Tensor, scale) -> Tensor | None:
+    """The logsumexp gradient of the z-loss, 2 z_loss lse scale, on ``rows`` (0 elsewhere)."""
+    if z_loss == 0:
+        return None
+    return torch.where(rows, 2 * z_loss * lse * scale, 0).contiguous()
+
+
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, W, b, head: _Head, reduction, frac, valid, row_w):
+    def forward(ctx, h, W, b, head: _Head, reduction, frac, valid, row_w, z_loss):
+        ctx.set_materialize_grads(False)  # an unused lse output gives None, not zeros
         N = h.shape[0]
         acc = acc_dtype(h.dtype)
         need = ctx.needs_input_grad[:3]
         grad = any(need)
         loss = torch.empty(N, dtype=acc, device=h.device)
-        stats = None
-        if grad:
-            stats = torch.empty((N, STATS_COLS), dtype=acc, device=h.device)
+        stats = torch.empty((N, STATS_COLS), dtype=acc, device=h.device)
         direct = grad and reduction != "none" and frac is None  # the scale is known before the losses
-        den = row_w.sum() if reduction == "mean" else None
         if direct:
             grads = _grad_buffers(h, W, b, need)
-            scale = 1 / den if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
+            scale = 1 / row_w.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
+            z_scale = 1 / valid.sum().clamp_min(1).to(acc) if reduction == "mean" else 1.0
         for idx in head.chunks(N):
             loss[idx], st, z = head.forward(h, idx, grad)
-            if grad:
-                stats[idx] = st
+            stats[idx] = st
             if direct:  # the chunk's logits are still in the buffer: no second matmul
-                head.add_grads(h, idx, scale.expand(idx.stop - idx.start).to(acc).contiguous(), st, grads, z)
+                g_lse = _z_grad(z_loss, row_lse(st, valid[idx]), valid[idx], z_scale)
+                head.add_grads(h, idx, scale.expand(idx.stop - idx.start).to(acc).contiguous(), st, grads, z, g_lse)
+        lse = row_lse(stats, valid)
 
         kept = valid
         if frac is not None:
             kept = keep_mask(loss, valid, frac)
             loss = torch.where(kept, loss, 0)
             row_w = torch.where(kept, row_w, 0)
-        if reduction == "none":
-            out = loss
-        else:
-            total = loss.sum()
-            out = total if reduction == "sum" else torch.where(kept.any(), total / row_w.sum(), 0)
+        out = reduce_rows(loss, torch.where(kept, lse, 0), kept, row_w, z_loss, reduction)
 
-        ctx.head, ctx.need = head, need
+        ctx.head, ctx.need, ctx.z_loss = head, need, z_loss
         if grad and reduction != "none" and frac is not None:
             # Trimming: the gradient matmuls on the kept rows only, in chunks.
             grads = _grad_buffers(h, W, b, need)
             scale = 1 / row_w.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
+            z_scale = 1 / kept.sum().clamp_min(1).to(acc) if reduction == "mean" else 1.0
             rows = kept.nonzero().squeeze(1)
             for a in range(0, rows.numel(), head.rows):
                 idx = rows[a:a + head.rows]
-                head.add_grads(h, idx, scale.expand(idx.numel()).to(acc).contiguous(), stats[idx], grads)
+                g_lse = _z_grad(z_loss, lse[idx], kept[idx], z_scale)
+                head.add_grads(h, idx, scale.expand(idx.numel()).to(acc).contiguous(), stats[idx], grads,
+                               g_lse=g_lse)
             direct = True
         head.release()
         ctx.direct = direct
         if direct:
             ctx.grads = grads  # computed here: backward only scales them
-        elif grad:  # saved, so that an in-place change of h, W or b before backward raises
+        if grad:  # saved, so that an in-place change of h, W or b before backward raises
             ctx.save_for_backward(h, W, b)
-            ctx.stats, ctx.kept = stats, kept
-        return out
+            ctx.stats, ctx.kept, ctx.valid, ctx.lse = stats, kept, valid, lse
+        return out, lse
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_lse):
         if torch.is_grad_enabled():
             raise RuntimeError("hardloss_cuda.linear_cross_entropy: double backward is not supported")
         head = ctx.head
-        if ctx.direct:
-            grads = ctx.grads
-            g = grad_out.to(torch.float64 if grad_out.dtype == torch.float64 else torch.float32)
+        h, _W, _b = ctx.saved_tensors  # the version check; head holds the same tensors
+        acc = ctx.stats.dtype
+        if ctx.direct and grad_out is not None:  # computed in forward: scaled by the scalar
+            grads = tuple(None if t is None else t * grad_out.to(t.dtype) for t in ctx.grads)
         else:
-            h, _W, _b = ctx.saved_tensors  # the version check; head holds the same tensors
             grads = _grad_buffers(h, head.W, head.b, ctx.need)
-            g_rows = torch.where(ctx.kept, grad_out, 0).to(ctx.stats.dtype)  # trimmed rows: no gradient
+        g_rows = None
+        if not ctx.direct and grad_out is not None:
+            g_rows = torch.where(ctx.kept, grad_out.to(acc), 0)  # trimmed rows: no gradient
+        g_lse = None if grad_lse is None else torch.where(ctx.valid, grad_lse.to(acc), 0)
+        if g_rows is not None and ctx.z_loss != 0:
+            g_z = 2 * ctx.z_loss * ctx.lse * g_rows
+            g_lse = g_z if g_lse is None else g_lse + g_z
+        if g_rows is not None or g_lse is not None:
+            # the chunks' logits recomputed (a matmul each) for the per-row or lse gradient
+            zero = torch.zeros(h.shape[0], dtype=acc, device=h.device)
             for idx in head.chunks(h.shape[0]):
-                head.add_grads(h, idx, g_rows[idx].contiguous(), ctx.stats[idx], grads)
+                head.add_grads(h, idx, (zero if g_rows is None else g_rows)[idx].contiguous(), ctx.stats[idx],
+                               grads, g_lse=None if g_lse is None else g_lse[idx].contiguous())
             head.release()
-            g = None
         gh, gW, gb = grads
-        out = []
-        for t, like in ((gh, head.W), (gW, head.W), (gb, head.b)):
-            if t is not None:
-                t = t * g.to(t.dtype) if g is not None else t
-                t = t.to(like.dtype) if t is not gh else t
-            out.append(t)
-        return (*out, None, None, None, None, None)
+        out = [gh, None if gW is None else gW.to(head.W.dtype), None if gb is None else gb.to(head.b.dtype)]
+        return (*out, None, None, None, None, None, None)
 
 
 def linear_cross_entropy(
@@ -203,11 +222,10 @@ def linear_cross_entropy(
     ``input`` is (N, D) or (B, T, D) (flattened to rows, as ``F.linear_cross_entropy``),
     ``linear_weight`` (C, D), ``linear_bias`` (C,); ``target`` class indices of ``input``'s
     leading shape, or probabilities with C last. The other arguments are those of
-    ``cross_entropy``; ``chunk_size`` is the rows per chunk ("auto": 2^23 logits).
-    ``softcap``, ``z_loss`` and ``return_lse`` are not implemented yet (they raise).
+    ``cross_entropy`` (``softcap``, ``z_loss`` and ``return_lse`` included: with ``return_lse``
+    the result is ``(loss, lse)``, lse per row of ``input``'s leading shape in float32, float64
+    for float64 input); ``chunk_size`` is the rows per chunk ("auto": 2^23 logits).
     """
-    if softcap is not None or z_loss != 0.0 or return_lse:
-        raise NotImplementedError("linear_cross_entropy: softcap, z_loss and return_lse are not implemented yet")
     if not isinstance(input, Tensor) or input.dim() < 1:
         raise ValueError("input must be a tensor (N, D) or (B, T, D)")
     if not isinstance(linear_weight, Tensor) or linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
@@ -233,12 +251,16 @@ def linear_cross_entropy(
     logits_like = h.new_empty(()).expand(N, C)  # validated as cross_entropy's input, never allocated
     check_inputs(logits_like, tgt, weight, ignore_index, reduction, label_smoothing, mixture, False)
     k = check_k(k)
+    cap = check_softcap(softcap)
+    z_loss = check_z_loss(z_loss)
     frac = _trim_fraction(trim)
     which = backends.resolve(backend, input.device)
 
     tgt, w, mix, acc = op_inputs(tgt, weight, mixture, h.dtype)
     valid, row_w = row_weights(tgt, w, ignore_index, N, acc)
-    head = _Head(linear_weight, linear_bias, tgt, w, mix, ignore_index, float(label_smoothing), k, which,
+    head = _Head(linear_weight, linear_bias, tgt, w, mix, ignore_index, float(label_smoothing), k, cap, which,
                  _chunk_rows(chunk_size, N, C))
-    out = _LinearCE.apply(h.contiguous(), linear_weight, linear_bias, head, reduction, frac, valid, row_w)
-    return out.to(input.dtype).reshape(lead) if reduction == "none" else out.to(input.dtype)
+    out, lse = _LinearCE.apply(h.contiguous(), linear_weight, linear_bias, head, reduction, frac, valid, row_w,
+                               z_loss)
+    out = out.to(input.dtype).reshape(lead) if reduction == "none" else out.to(input.dtype)
+    return (out, lse.reshape(lead)) if return_lse else out

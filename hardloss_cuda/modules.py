@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .functional import cross_entropy
 from .linear import linear_cross_entropy
-from .validation import check_k
+from .validation import check_k, check_softcap, check_z_loss
 
 __all__ = ["HardCrossEntropyLoss", "HardLinearCrossEntropyLoss"]
 
@@ -21,7 +21,8 @@ class HardCrossEntropyLoss(nn.Module):
 
     def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, *, k: float = 1.0, mixture: Tensor | None = None,
-                 trim=None, inplace_backward: bool = False, backend: str = "auto"):
+                 trim=None, softcap: float | None = None, z_loss: float = 0.0, return_lse: bool = False,
+                 inplace_backward: bool = False, backend: str = "auto"):
         super().__init__()
         self.register_buffer("weight", weight)
         if isinstance(mixture, nn.Parameter):
@@ -30,11 +31,14 @@ class HardCrossEntropyLoss(nn.Module):
             self.register_buffer("mixture", mixture)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.k, self.trim = check_k(k), trim
+        check_softcap(softcap)
+        self.softcap, self.z_loss, self.return_lse = softcap, check_z_loss(z_loss), return_lse
         self.inplace_backward, self.backend = inplace_backward, backend
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
-                             k=self.k, mixture=self.mixture, trim=self.trim,
+                             k=self.k, mixture=self.mixture, trim=self.trim, softcap=self.softcap,
+                             z_loss=self.z_loss, return_lse=self.return_lse,
                              inplace_backward=self.inplace_backward, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -48,18 +52,22 @@ class HardLinearCrossEntropyLoss(nn.Module):
 
     def __init__(self, weight: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, *, k: float = 1.0, mixture: Tensor | None = None,
-                 trim=None, chunk_size="auto", backend: str = "auto"):
+                 trim=None, softcap: float | None = None, z_loss: float = 0.0, return_lse: bool = False,
+                 chunk_size="auto", backend: str = "auto"):
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("mixture", mixture)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.k, self.trim, self.chunk_size, self.backend = check_k(k), trim, chunk_size, backend
+        check_softcap(softcap)
+        self.softcap, self.z_loss, self.return_lse = softcap, check_z_loss(z_loss), return_lse
 
-    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None) -> Tensor:
+    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None):
         return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                     ignore_index=self.ignore_index, reduction=self.reduction,
                                     label_smoothing=self.label_smoothing, k=self.k, mixture=self.mixture,
-                                    trim=self.trim, chunk_size=self.chunk_size, backend=self.backend)
+                                    trim=self.trim, softcap=self.softcap, z_loss=self.z_loss,
+                                    return_lse=self.return_lse, chunk_size=self.chunk_size, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, reduction={self.reduction!r}, chunk_size={self.chunk_size!r}, backend={self.backend!r}"

@@ -167,8 +167,14 @@ def _rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, com
 # everything in backward: it is the oracle, not a fast path.
 
 
-def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad):
-    loss, _grad, (m, L) = _rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, False)
+def softcap_logits(z: Tensor, softcap: float) -> Tensor:
+    """c tanh(z / c) for softcap c > 0, z itself for 0 (ROW_MATH.md section 6)."""
+    return z if softcap == 0 else softcap * torch.tanh(z / softcap)
+
+
+def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
+    z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
+    loss, _grad, (m, L) = _rows(z, target, weight, mixture, ignore_index, label_smoothing, k, False)
     stats = torch.zeros(logits.shape[0], STATS_COLS, dtype=loss.dtype, device=loss.device)
     # The logsumexp as hi = m + L rounded and lo = (m - hi) + L, what the rounding lost (0 where
     # hi is not finite): -log p_j = (hi - z_j) + lo is exact for huge logits.
@@ -177,35 +183,40 @@ def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compu
     return loss, stats
 
 
-def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k):
+def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
+        grad_lse=None):
     # rows on the logits in the accumulation dtype: the gradient comes back unrounded and is
     # rounded to the logits' dtype once, after the scaling.
-    z = logits.to(acc_dtype(logits.dtype))
-    _loss, grad, _lse = rows(z, target, weight, mixture, ignore_index, label_smoothing, k)
+    z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
+    _loss, grad, lse = rows(z, target, weight, mixture, ignore_index, label_smoothing, k)
     out = grad_loss[:, None] * grad
+    if grad_lse is not None:  # d lse / d z = softmax(z)
+        out = out + grad_lse[:, None] * torch.exp(z - lse[:, None])
     if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss is
         out = torch.where((target == ignore_index)[:, None], 0, out)
+    if softcap != 0:  # d (c tanh(x / c)) / dx = 1 - tanh^2
+        out = out * (1 - torch.square(z / softcap))
     return out.to(logits.dtype)
 
 
-def _true_rows_grad(grad_loss, logits, stats, weight, scale):
+def _true_rows_grad(grad_loss, logits, stats, weight, scale, softcap):
     """d loss_i / d q_ij = -w_j log p_ij, times the incoming gradient and `scale`;
     -log p_ij = (lse_i - z_ij) + lse_lo_i, exact for huge logits."""
     lse, lse_lo = stats[:, LSE_COL, None], stats[:, LSE_LO_COL, None]
-    g = grad_loss[:, None] * ((lse - logits.to(lse.dtype)) + lse_lo) * scale
+    g = grad_loss[:, None] * ((lse - softcap_logits(logits.to(lse.dtype), softcap)) + lse_lo) * scale
     return g if weight is None else g * weight
 
 
 def target_grads(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, *,
-                 need_target: bool, need_mixture: bool):
+                 need_target: bool, need_mixture: bool, softcap: float = 0.0):
     """The true gradients of probability targets and of a mixture matrix (ROW_MATH.md section
     5), each when asked for, else None; ``stats`` is the forward's."""
     d_target = d_mixture = None
     if need_target and target.is_floating_point():
-        d_target = _true_rows_grad(grad_loss, logits, stats, weight, 1 - label_smoothing).to(target.dtype)
+        d_target = _true_rows_grad(grad_loss, logits, stats, weight, 1 - label_smoothing, softcap).to(target.dtype)
     if mixture is not None and need_mixture:
         valid = (target != ignore_index) & (target >= 0) & (target < mixture.shape[0])
-        rows_grad = _true_rows_grad(grad_loss * valid, logits, stats, weight, 1.0)
+        rows_grad = _true_rows_grad(grad_loss * valid, logits, stats, weight, 1.0, softcap)
         # Sum over the rows labelled y; index_add_ is deterministic on the CPU. On CUDA a
         # one-hot matmul keeps it deterministic (no atomics).
         y = torch.where(valid, target, 0)

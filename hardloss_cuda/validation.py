@@ -35,6 +35,25 @@ def check_k(k) -> float:
     return float(k)
 
 
+def check_softcap(softcap) -> float:
+    """None (off) or a positive finite number; returned as the ops take it (0.0: off)."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, Tensor):
+        softcap = softcap.item()
+    if not isinstance(softcap, Real) or isinstance(softcap, bool) or not (0 < softcap < math.inf):
+        raise ValueError(f"softcap must be None or a positive finite number, got {softcap!r}")
+    return float(softcap)
+
+
+def check_z_loss(z_loss) -> float:
+    if isinstance(z_loss, Tensor):
+        z_loss = z_loss.item()
+    if not isinstance(z_loss, Real) or isinstance(z_loss, bool) or not (0 <= z_loss < math.inf):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    return float(z_loss)
+
+
 def scalar_arg(value, name: str, kind: type):
     """ignore_index / label_smoothing given as a 0-dim tensor, as PyTorch accepts: the number."""
     if isinstance(value, Tensor):

@@ -32,6 +32,10 @@ OPTIONS = [
     {"trim": 0.5}, {"trim": 0.5, "reduction": "sum"}, {"reduction": "sum"}, {"reduction": "none"},
     {"reduction": "none", "trim": 0.5}, {"probs": True}, {"probs": True, "k": 0.5}, {"mixture": True},
     {"mixture": True, "k": 0.5, "weight": True},
+    {"softcap": 3.0}, {"softcap": 3.0, "k": 0.5, "label_smoothing": 0.1}, {"z_loss": 0.01},
+    {"z_loss": 0.01, "ignore_index": 2, "weight": True}, {"z_loss": 0.01, "trim": 0.5},
+    {"z_loss": 0.01, "reduction": "sum", "softcap": 2.0}, {"z_loss": 0.01, "reduction": "none"},
+    {"z_loss": 0.01, "reduction": "none", "trim": 0.5, "k": 2.0},
 ]
 
 
@@ -126,8 +130,36 @@ def test_bad_arguments(backend, device):
         H.linear_cross_entropy(h, W, y, chunk_size=0, backend=backend)
     with pytest.raises(ValueError, match="target"):
         H.linear_cross_entropy(h, W, torch.tensor([0, 1, 7, 2], device=device), backend=backend)
-    with pytest.raises(NotImplementedError, match="softcap"):
-        H.linear_cross_entropy(h, W, y, softcap=30.0, backend=backend)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="softcap"):
+            H.linear_cross_entropy(h, W, y, softcap=bad, backend=backend)
+    for bad in (-1e-3, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="z_loss"):
+            H.linear_cross_entropy(h, W, y, z_loss=bad, backend=backend)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_return_lse_is_differentiable(backend, device, reduction):
+    """(loss, lse) with a later term on lse: the gradients equal the materialised head's, whose
+    lse gradient (softmax) comes from the backward op; ignored rows have lse 0 and no gradient."""
+    N, D, C = 17, 6, 9
+    h, W, b, y, kw = _case({"z_loss": 1e-2, "softcap": 4.0, "reduction": reduction}, N, D, C, torch.float64, device)
+    out = []
+    for fused in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in (h, W, b)]
+        if fused:
+            loss, lse = H.linear_cross_entropy(leaves[0], leaves[1], y, linear_bias=leaves[2], chunk_size=5,
+                                               return_lse=True, backend=backend, **kw)
+        else:
+            loss, lse = H.cross_entropy(F.linear(*leaves), y, return_lse=True, backend=backend, **kw)
+        total = loss.sum() + 0.3 * (lse * torch.arange(N, device=device)).sum()
+        out.append((loss.detach(), lse.detach(), torch.autograd.grad(total, leaves)))
+    (l1, s1, g1), (l2, s2, g2) = out
+    torch.testing.assert_close(l1, l2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(s1, s2, rtol=1e-10, atol=1e-12)
+    assert (s1[y == -100] == 0).all() and (s1[y != -100] != 0).all()
+    for name, a, c in zip(("input", "linear_weight", "linear_bias"), g1, g2):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_in_place_change_before_backward_raises(backend, device):

@@ -27,7 +27,7 @@ import triton.language as tl
 from .rowmath import (
     finish_rows,
     load_labels,
-    load_tile,
+    load_logits,
     lse_split,
     log_abs_eps,
     onehot_finalize,
@@ -40,6 +40,7 @@ from .rowmath import (
     soft_labels,
     soft_loss,
     soft_star,
+    softcap,
     star_log_abs_eps,
     store_stats,
 )
@@ -48,15 +49,18 @@ from .rowmath import (
 @triton.jit
 def onehot_fwd_kernel(
     z_ptr, y_ptr, w_ptr, loss_ptr, stats_ptr,
-    N, C, ignore_index, k: tl.float64,
-    HAS_W: tl.constexpr, GRAD: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    N, C, ignore_index, k: tl.float64, cap: tl.float64,
+    HAS_W: tl.constexpr, GRAD: tl.constexpr, HAS_CAP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     ACC: tl.constexpr = loss_ptr.dtype.element_ty  # float32, or float64 for float64 logits
     k = tl.full([], k, ACC)  # passed as fp64 so that float64 logits keep k exact
     rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
     yc, ignored, bad = load_labels(y_ptr, rows, rmask, C, ignore_index)
     valid = (~ignored) & (~bad)
+    cap = tl.full([], cap, ACC)
     z_y = tl.load(z_ptr + row_off + yc, mask=rmask, other=0.0).to(ACC)
+    if HAS_CAP:
+        z_y = softcap(z_y, cap)
     if HAS_W:
         w_y = tl.load(w_ptr + yc, mask=rmask, other=0.0).to(ACC)
     else:
@@ -70,7 +74,7 @@ def onehot_fwd_kernel(
     sk = tl.zeros([ROWS], ACC)
     for start in range(0, C, BLOCK):
         cols = start + cols0
-        z, mask = load_tile(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC)
+        z, mask = load_logits(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC, cap, HAS_CAP)
         z = tl.where(cols[None, :] == yc[:, None], float("-inf"), z)
         m, s1, sk = online_lse2(m, s1, sk, z, k, GRAD)
 
@@ -87,13 +91,14 @@ def onehot_fwd_kernel(
 @triton.jit
 def soft_fwd_kernel(
     z_ptr, t_ptr, w_ptr, mix_ptr, loss_ptr, stats_ptr,
-    N, C, ignore_index, s: tl.float64, k: tl.float64,
-    MODE: tl.constexpr, HAS_W: tl.constexpr, GRAD: tl.constexpr, EPS: tl.constexpr,
+    N, C, ignore_index, s: tl.float64, k: tl.float64, cap: tl.float64,
+    MODE: tl.constexpr, HAS_W: tl.constexpr, GRAD: tl.constexpr, EPS: tl.constexpr, HAS_CAP: tl.constexpr,
     ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     ACC: tl.constexpr = loss_ptr.dtype.element_ty  # float32, or float64 for float64 logits
     s = tl.full([], s, ACC)  # passed as fp64 so that float64 logits keep s and k exact
     k = tl.full([], k, ACC)
+    cap = tl.full([], cap, ACC)
     rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
     yc, ignored, bad = soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE, ROWS)
     valid = (~ignored) & (~bad)
@@ -107,7 +112,7 @@ def soft_fwd_kernel(
     qmax = tl.full([ROWS], float("-inf"), ACC)
     for start in range(0, C, BLOCK):
         cols = start + cols0
-        z, mask = load_tile(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC)
+        z, mask = load_logits(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC, cap, HAS_CAP)
         q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s, MODE, HAS_W, ACC)
         m, se, t, acc, qmin, qmax = online_lse_loss(m, se, t, acc, qmin, qmax, z, q, mask)
     log_s = tl.log(se)
@@ -128,7 +133,7 @@ def soft_fwd_kernel(
         q_rest = tl.zeros([ROWS], ACC)
         for start in range(0, C, BLOCK):
             cols = start + cols0
-            z, mask = load_tile(z_ptr, row_off, rmask & valid, cols, C, 0.0, ACC)
+            z, mask = load_logits(z_ptr, row_off, rmask & valid, cols, C, 0.0, ACC, cap, HAS_CAP)
             q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s,
                        MODE, HAS_W, ACC)
             log_p = (z - m[:, None]) - log_s[:, None]

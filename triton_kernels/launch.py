@@ -75,12 +75,21 @@ def _check(logits, target, weight, mixture) -> None:
             raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
 
 
-def _check_bwd(grad_loss, logits, stats, out) -> None:
-    """bwd's own arguments, after _check: grad_loss (N,) and stats (N, STATS_COLS) in the
-    accumulation dtype on the logits' device; ``out`` like logits and contiguous."""
+def _check_softcap(softcap) -> None:
+    if not (softcap == 0.0 or 0.0 < softcap < float("inf")):
+        raise ValueError(f"softcap must be 0 (off) or a positive finite number, got {softcap!r}")
+
+
+def _check_bwd(grad_loss, logits, stats, out, grad_lse=None) -> None:
+    """bwd's own arguments, after _check: grad_loss (N,), stats (N, STATS_COLS) and grad_lse
+    (N,) when given, in the accumulation dtype on the logits' device; ``out`` like logits and
+    contiguous."""
     N = logits.shape[0]
     acc = acc_dtype(logits.dtype)
-    for name, t, shape in (("grad_loss", grad_loss, (N,)), ("stats", stats, (N, STATS_COLS))):
+    checked = [("grad_loss", grad_loss, (N,)), ("stats", stats, (N, STATS_COLS))]
+    if grad_lse is not None:
+        checked.append(("grad_lse", grad_lse, (N,)))
+    for name, t, shape in checked:
         if not isinstance(t, Tensor) or t.shape != shape or t.dtype != acc:
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{name}: expected {acc} of shape {shape}, got {got}")
@@ -116,6 +125,7 @@ def fwd(
     label_smoothing: float,
     k: float,
     compute_grad: bool,
+    softcap: float = 0.0,
     *,
     block_cap: int | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -127,6 +137,7 @@ def fwd(
     ``block_cap`` (keyword only, not part of the op) lowers the column block; tests use it.
     """
     _check(logits, target, weight, mixture)
+    _check_softcap(softcap)
     logits = logits.contiguous()
     N, C = logits.shape
     acc = acc_dtype(logits.dtype)
@@ -139,16 +150,16 @@ def fwd(
     grid = (triton.cdiv(N, rows),)
     # Unused pointer slots get a harmless tensor; the constexpr flags keep them unread.
     w = weight.contiguous() if weight is not None else loss
-    common = dict(HAS_W=weight is not None, GRAD=bool(compute_grad), ROWS=rows, BLOCK=block,
-                  num_warps=num_warps)
+    common = dict(HAS_W=weight is not None, GRAD=bool(compute_grad), HAS_CAP=float(softcap) != 0.0, ROWS=rows,
+                  BLOCK=block, num_warps=num_warps)
     mode = _mode(target, mixture, label_smoothing)
     if mode is None:
         onehot_fwd_kernel[grid](logits, target, w, loss, stats, N, C, int(ignore_index), float(k),
-                                **common)
+                                float(softcap), **common)
     else:
         mix = mixture.contiguous() if mixture is not None else loss
         soft_fwd_kernel[grid](logits, target, w, mix, loss, stats, N, C, int(ignore_index),
-                              float(label_smoothing), float(k), MODE=mode,
+                              float(label_smoothing), float(k), float(softcap), MODE=mode,
                               EPS=bool(compute_grad) and float(k) != 1.0, **common)
     return loss, stats
 
@@ -163,6 +174,8 @@ def bwd(
     ignore_index: int,
     label_smoothing: float,
     k: float,
+    softcap: float = 0.0,
+    grad_lse: Tensor | None = None,
     *,
     out: Tensor | None = None,
     block_cap: int | None = None,
@@ -177,7 +190,8 @@ def bwd(
     allocates. Returns ``out``.
     """
     _check(logits, target, weight, mixture)
-    _check_bwd(grad_loss, logits, stats, out)
+    _check_softcap(softcap)
+    _check_bwd(grad_loss, logits, stats, out, grad_lse)
     if out is None:
         logits = logits.contiguous()
         out = torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -195,19 +209,23 @@ def bwd(
     block, rows, num_warps = plan(N, C, block_cap)
     grid = (triton.cdiv(N, rows),)
     w = weight.contiguous() if weight is not None else stats
-    common = dict(HAS_W=weight is not None, ROWS=rows, BLOCK=block, num_warps=num_warps)
+    glse = grad_lse.contiguous() if grad_lse is not None else stats
+    common = dict(HAS_W=weight is not None, HAS_CAP=float(softcap) != 0.0, HAS_GLSE=grad_lse is not None,
+                  ROWS=rows, BLOCK=block, num_warps=num_warps)
     mode = _mode(target, mixture, label_smoothing)
     if mode is None:
-        onehot_bwd_kernel[grid](grad_loss, logits, target, w, stats, out, N, C, int(ignore_index),
-                                float(k), **common)
+        onehot_bwd_kernel[grid](grad_loss, logits, target, w, stats, out, glse, N, C, int(ignore_index),
+                                float(k), float(softcap), **common)
     else:
         mix = mixture.contiguous() if mixture is not None else stats
-        soft_bwd_kernel[grid](grad_loss, logits, target, w, mix, stats, out, N, C,
-                              int(ignore_index), float(label_smoothing), float(k), MODE=mode,
+        soft_bwd_kernel[grid](grad_loss, logits, target, w, mix, stats, out, glse, N, C,
+                              int(ignore_index), float(label_smoothing), float(k), float(softcap), MODE=mode,
                               K_IS_ONE=float(k) == 1.0, **common)
     return out
 
 
-def bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k) -> None:
+def bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
+                grad_lse=None) -> None:
     """``bwd`` written over ``logits`` (the op ``triton_bwd_inplace``)."""
-    bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, out=logits)
+    bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap, grad_lse,
+        out=logits)

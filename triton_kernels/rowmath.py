@@ -58,6 +58,41 @@ def load_tile(ptr, row_off, rmask, cols, C, other, ACC: tl.constexpr):
 
 
 @triton.jit
+def softcap(z, cap):
+    """row_math.h softcap_value: cap tanh(z / cap), with tanh(|u|) = -e / (2 + e) for
+    e = expm1(-2|u|) (Kahan's expm1 from exp and log: accurate for small u, where 1 - 2 / (exp(2u)
+    + 1) cancels; no overflow). -inf gives -cap, as torch.tanh; NaN stays NaN."""
+    u = z / cap
+    x = -2.0 * tl.abs(u)
+    w = tl.exp(x)
+    edge = (w == 1.0) | (w == 0.0)
+    em1 = tl.where(w == 1.0, x, tl.where(w == 0.0, -1.0, (w - 1.0) * (x / tl.log(tl.where(edge, 0.5, w)))))
+    th = -em1 / (2.0 + em1)
+    return cap * tl.where(u < 0.0, -th, th)
+
+
+@triton.jit
+def load_logits(ptr, row_off, rmask, cols, C, other, ACC: tl.constexpr, cap, HAS_CAP: tl.constexpr):
+    """``load_tile`` of the logits, soft-capped when HAS_CAP (masked lanes keep ``other``)."""
+    z, mask = load_tile(ptr, row_off, rmask, cols, C, other, ACC)
+    if HAS_CAP:
+        z = tl.where(mask, softcap(z, cap), other)
+    return z, mask
+
+
+@triton.jit
+def finish_grad(g, z, glse, lse, lse_lo, cap, HAS_GLSE: tl.constexpr, HAS_CAP: tl.constexpr):
+    """row_math.h finish_grad on a tile: g + glse p (the logsumexp's gradient), times the
+    softcap's slope 1 - (z / cap)^2, z the capped logits."""
+    if HAS_GLSE:
+        g = g + glse[:, None] * tl.exp((z - lse[:, None]) - lse_lo[:, None])
+    if HAS_CAP:
+        r = z / cap
+        g = g * (1.0 - r * r)
+    return g
+
+
+@triton.jit
 def store_tile(ptr, row_off, cols, mask, x):
     tl.store(ptr + row_off[:, None] + cols[None, :], x.to(ptr.dtype.element_ty), mask=mask)
 

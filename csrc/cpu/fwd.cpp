@@ -30,25 +30,28 @@ namespace {
 
 template <typename scalar_t>
 void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& weight, const at::Tensor& mixture,
-              int64_t ignore_index, double label_smoothing, double k_, bool compute_grad, at::Tensor& loss,
-              at::Tensor& stats) {
+              int64_t ignore_index, double label_smoothing, double k_, bool compute_grad, double softcap,
+              at::Tensor& loss, at::Tensor& stats) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = z.size(0), C = z.size(1);
   const scalar_t* zp = z.const_data_ptr<scalar_t>();
   const RowTargets<scalar_t, acc_t> rt(target, weight, mixture, C, ignore_index, label_smoothing);
   acc_t* lossp = loss.mutable_data_ptr<acc_t>();
   acc_t* statp = stats.mutable_data_ptr<acc_t>();
-  const acc_t k = static_cast<acc_t>(k_);
+  const acc_t k = static_cast<acc_t>(k_), cap = static_cast<acc_t>(softcap);
 
   at::parallel_for(0, N, grain(C), [&](int64_t begin, int64_t end) {
     auto scratch = std::make_unique<Scratch<acc_t>>();
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* row = zp + i * C;
+    auto visit = [&](int64_t i, const auto* row) {  // row: the logits, or the capped acc_t row
       acc_t* st = statp + i * kStatsCols;
       rt.visit(
           i, [&](bool ignored) { invalid_row(row, C, ignored, *scratch, lossp + i, st); },
           [&](int64_t y, acc_t w_y) { onehot_row(row, C, y, w_y, k, compute_grad, *scratch, lossp + i, st); },
           [&](const auto& q) { soft_fwd_row(row, C, q, compute_grad, *scratch, lossp + i, st); });
+    };
+    for (int64_t i = begin; i < end; ++i) {
+      if (cap != acc_t(0)) visit(i, capped_row(zp + i * C, C, cap, scratch->zc));
+      else visit(i, zp + i * C);
     }
   });
 }
@@ -58,8 +61,9 @@ void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
-                                       double label_smoothing, double k, bool compute_grad) {
+                                       double label_smoothing, double k, bool compute_grad, double softcap) {
   check_fwd_args(logits, target, weight, mixture);
+  check_softcap(softcap);
   const at::Tensor z = logits.contiguous();
   const auto acc = acc_scalar_type(z.scalar_type());
   at::Tensor loss = at::empty({z.size(0)}, z.options().dtype(acc));
@@ -67,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
   const at::Tensor t = target.contiguous();
   const at::Tensor w = contiguous_or_undefined(weight), W = contiguous_or_undefined(mixture);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hardloss_cuda_fwd_cpu", [&] {
-    fwd_rows<scalar_t>(z, t, w, W, ignore_index, label_smoothing, k, compute_grad, loss, stats);
+    fwd_rows<scalar_t>(z, t, w, W, ignore_index, label_smoothing, k, compute_grad, softcap, loss, stats);
   });
   return {loss, stats};
 }

@@ -13,15 +13,17 @@ namespace cpu {
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
-                                       double label_smoothing, double k, bool compute_grad);
+                                       double label_smoothing, double k, bool compute_grad, double softcap);
 
 at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k);
+               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
+               const std::optional<at::Tensor>& grad_lse);
 
 void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k);
+                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
+               const std::optional<at::Tensor>& grad_lse);
 
 }  // namespace cpu
 }  // namespace hl

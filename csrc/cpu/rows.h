@@ -36,7 +36,27 @@ struct Scratch {
   float q[kChunk];       // a soft row's targets (soft_rows.h)
   std::vector<float> w;  // a soft row's |eps|^k at k != 1, and the blocks' references
   std::vector<float> refs;
+  std::vector<acc_t> zc;  // a row's soft-capped logits, and its gradient before the finish
+  std::vector<acc_t> gz;  // (row_math.h section 6; capped_row, finish_row)
 };
+
+// Softcap and the logsumexp's gradient (row_math.h section 6): a row that needs either is read
+// once into s.zc as acc_t (capped), and the usual paths run on that buffer; in backward they
+// write g f into s.gz, and finish_row adds g_lse p, applies the slope and stores. Rows of a
+// call without either take the paths as before, on the logits themselves.
+template <typename scalar_t, typename acc_t>
+inline const acc_t* capped_row(const scalar_t* row, int64_t C, acc_t cap, std::vector<acc_t>& zc) {
+  zc.resize(C);
+  for (int64_t j = 0; j < C; ++j) zc[j] = softcap_value(static_cast<acc_t>(row[j]), cap);
+  return zc.data();
+}
+
+template <typename scalar_t, typename acc_t>
+inline void finish_row(const acc_t* zc, const acc_t* gf, int64_t C, acc_t g_lse, const acc_t* stats, acc_t cap,
+                       scalar_t* out) {
+  const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo];
+  for (int64_t j = 0; j < C; ++j) out[j] = static_cast<scalar_t>(finish_grad(gf[j], zc[j], g_lse, lse, lse_lo, cap));
+}
 
 // Elements [a, a + n) of a row as acc_t: the row itself when no conversion is needed.
 template <typename scalar_t, typename acc_t>

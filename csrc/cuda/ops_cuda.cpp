@@ -10,7 +10,11 @@
 // allocator, one kernel launch on the current stream. No host synchronisation anywhere, so
 // the ops can be captured in a CUDA graph.
 #include <ATen/core/Tensor.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/where.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -58,6 +62,15 @@ Prepared prepare(const at::Tensor& logits, const at::Tensor& target,
   return p;
 }
 
+// Softcap and the logsumexp's gradient (row_math.h section 6) are composed here from ATen ops
+// around the kernels, not fused into them yet: the capped logits c tanh(z / c) in the
+// accumulation dtype, and in backward (g f + g_lse p) (1 - (z_c / c)^2) on an acc buffer. The
+// Triton and CPU kernels fuse both; fusing them here waits for a GPU to measure on.
+at::Tensor capped(const at::Tensor& logits, double softcap) {
+  const at::Tensor z = logits.to(hl::acc_scalar_type(logits.scalar_type()));
+  return at::tanh(z / softcap) * softcap;
+}
+
 TargetParams target_params(const Prepared& in, int64_t ignore_index, double label_smoothing) {
   TargetParams t;
   const bool probs = in.target.is_floating_point();
@@ -73,11 +86,12 @@ TargetParams target_params(const Prepared& in, int64_t ignore_index, double labe
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
-                                       double label_smoothing, double k, bool compute_grad) {
+                                       double label_smoothing, double k, bool compute_grad, double softcap) {
   hl::check_fwd_args(logits, target, weight, mixture);
+  hl::check_softcap(softcap);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor z = logits.contiguous();
+  const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
   const int64_t N = z.size(0);
   const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
   at::Tensor loss = at::empty({N}, acc);
@@ -119,12 +133,40 @@ void launch_bwd_into(const at::Tensor& grad_loss, const at::Tensor& z, const Pre
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The gradient of rows with softcap or a logsumexp gradient, in logits' dtype (see capped).
+at::Tensor bwd_extra(const at::Tensor& grad_loss, const at::Tensor& logits, const Prepared& in,
+                     const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
+                     double softcap, const std::optional<at::Tensor>& grad_lse) {
+  const at::Tensor zc = softcap != 0.0 ? capped(logits, softcap)
+                                       : logits.contiguous().to(hl::acc_scalar_type(logits.scalar_type()));
+  at::Tensor g = at::empty(zc.sizes(), zc.options());
+  launch_bwd_into(grad_loss, zc, in, stats, ignore_index, label_smoothing, k, g);
+  if (grad_lse.has_value() && grad_lse->defined()) {
+    at::Tensor gl = *grad_lse;
+    if (!in.target.is_floating_point()) gl = at::where(in.target == ignore_index, 0, gl);  // ignored rows: 0
+    const at::Tensor st = stats.contiguous();
+    const at::Tensor log_p = (zc - st.select(1, hl::kColLse).unsqueeze(1)) - st.select(1, hl::kColLseLo).unsqueeze(1);
+    g = g + gl.unsqueeze(1) * at::exp(log_p);
+  }
+  if (softcap != 0.0) g = g * (1 - (zc / softcap) * (zc / softcap));
+  return g.to(logits.scalar_type());
+}
+
+bool has_extra(double softcap, const std::optional<at::Tensor>& grad_lse) {
+  return softcap != 0.0 || (grad_lse.has_value() && grad_lse->defined());
+}
+
 at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
+               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
+               const std::optional<at::Tensor>& grad_lse) {
   hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
+  hl::check_softcap(softcap);
+  hl::check_grad_lse(grad_lse, logits);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
+  if (has_extra(softcap, grad_lse))
+    return bwd_extra(grad_loss, logits, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse);
   const at::Tensor z = logits.contiguous();
   at::Tensor out = at::empty(z.sizes(), z.options());
   launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, out);
@@ -135,10 +177,17 @@ at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::
 // thread (csrc/cuda/bwd_kernels.cuh). Non-contiguous logits: through a contiguous copy.
 void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k) {
+                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
+                 const std::optional<at::Tensor>& grad_lse) {
   hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
+  hl::check_softcap(softcap);
+  hl::check_grad_lse(grad_lse, logits);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
+  if (has_extra(softcap, grad_lse)) {
+    logits.copy_(bwd_extra(grad_loss, logits, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse));
+    return;
+  }
   const bool direct = logits.is_contiguous();
   at::Tensor z = direct ? logits : logits.contiguous();
   launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, z);
