@@ -5,7 +5,9 @@ logits and the row statistics kept by the forward, scaled by the incoming per-ro
 the true gradients of a mixture matrix or of probability targets that require them are
 ``reference.target_grads``. ``inplace_backward`` writes the gradient over the logits instead;
 a mutation of an input is not allowed in ``register_autograd``, so it goes through
-``InplaceFwd`` (an ``autograd.Function``).
+``InplaceFwd`` (an ``autograd.Function``). The Python API calls the forward op through
+``RowLoss``, an ``autograd.Function`` with the same backward plus what torch.func needs
+(``setup_context``, a forward-mode ``jvp``, vmap through the ops' rules in ``_vmap.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from . import reference
 from ._ops import OPS, bwd_inplace_op, fwd_op
 from ._schema import LSE_COL, STATS_COLS, acc_dtype
+from .validation import in_functorch
 
 
 def _fake_fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
@@ -28,12 +31,13 @@ def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, l
     return torch.empty_like(logits)
 
 
+_DOUBLE_BACKWARD = ("hardloss_cuda: double backward is supported at k = 1 only (and not with inplace_backward): "
+                    "the |eps|^k pseudo-gradient is not the gradient of a loss (docs/ROW_MATH.md section 3)")
+
+
 def _no_double_backward():
     if torch.is_grad_enabled():
-        raise RuntimeError(
-            "hardloss_cuda: double backward is supported at k = 1 only (and not with inplace_backward): "
-            "the |eps|^k pseudo-gradient is not the gradient of a loss (docs/ROW_MATH.md section 3)"
-        )
+        raise RuntimeError(_DOUBLE_BACKWARD)
 
 
 def _setup_context(ctx, inputs, output):
@@ -68,7 +72,9 @@ def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, m
     if ctx.softcap != 0:
         z = ctx.softcap * torch.tanh(z / ctx.softcap)  # differentiated by autograd (chain rule)
     p = torch.softmax(z, 1)
-    grad = grad_loss.to(acc)[:, None] * (q.sum(1, keepdim=True) * p - q)
+    t = q.sum(1, keepdim=True)
+    # rows without target mass (ignored) have gradient 0 whatever grad_loss is, as in the kernels
+    grad = torch.where(t != 0, grad_loss.to(acc)[:, None], 0) * (t * p - q)
     if grad_lse is not None:
         grad = grad + grad_lse.to(acc)[:, None] * p
     if ctx.softcap != 0:  # the chain rule through c tanh(x / c), itself differentiable
@@ -76,26 +82,132 @@ def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, m
     return (grad.to(logits.dtype),) + (None,) * 8
 
 
-def _autograd_for(bwd_name: str):
-    def backward(ctx, grad_loss, grad_stats):
-        logits, target, weight, mixture, stats = ctx.saved_tensors
-        grad_lse = _grad_lse(grad_stats)
-        if torch.is_grad_enabled():  # create_graph=True
-            return _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, mixture)
-        grad_loss = grad_loss.to(stats.dtype)
-        d_logits = None
-        if ctx.needs_input_grad[0]:
-            d_logits = getattr(torch.ops.hardloss_cuda, bwd_name)(
-                grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing, ctx.k,
-                ctx.softcap, grad_lse,
-            )
-        d_target, d_mixture = reference.target_grads(
-            grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing,
-            need_target=ctx.needs_input_grad[1], need_mixture=ctx.needs_input_grad[3], softcap=ctx.softcap,
-        )
-        return d_logits, d_target, None, d_mixture, None, None, None, None, None
+def _backward(ctx, bwd_name: str, grad_loss, grad_stats):
+    """The gradients of (logits, target, weight, mixture, and the 5 non-tensor arguments)."""
+    logits, target, weight, mixture, stats = ctx.saved_tensors
+    grad_lse = _grad_lse(grad_stats)
+    # create_graph=True: at k = 1 a differentiable backward. torch.func's grad always runs the
+    # backward that way; there, for k != 1, the kernels' backward op is used, whose own autograd
+    # raises if anything differentiates it (hessian, nested grad).
+    functorch = in_functorch(logits) or (grad_loss is not None and in_functorch(grad_loss))
+    if torch.is_grad_enabled() and (ctx.k == 1 or not functorch):
+        return _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, mixture)
+    if grad_loss is None:  # only the logsumexp was used
+        grad_loss = torch.zeros(stats.shape[:-1], dtype=stats.dtype, device=stats.device)
+    grad_loss = grad_loss.to(stats.dtype)
+    d_logits = None
+    if ctx.needs_input_grad[0]:
+        args = (grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing, ctx.k,
+                ctx.softcap, grad_lse)
+        bwd = getattr(torch.ops.hardloss_cuda, bwd_name)
+        d_logits = PseudoGrad.apply(bwd, *args) if functorch else bwd(*args)
+    d_target, d_mixture = reference.target_grads(
+        grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing,
+        need_target=ctx.needs_input_grad[1], need_mixture=ctx.needs_input_grad[3], softcap=ctx.softcap,
+    )
+    return d_logits, d_target, None, d_mixture, None, None, None, None, None
 
-    return backward
+
+def _autograd_for(bwd_name: str):
+    return lambda ctx, grad_loss, grad_stats: _backward(ctx, bwd_name, grad_loss, grad_stats)
+
+
+def _jvp(ctx, t_logits, t_target, t_mixture):
+    """Forward-mode derivative of (loss, stats): the true derivative of the loss for every k
+    (the pseudo-gradient is a backward-only replacement), in torch ops on the saved inputs:
+    d loss_i = sum_j (t_i p_ij - q_ij) dz_c,ij - sum_j dq_ij log p_ij, d lse_i = sum_j p_ij dz_c,ij
+    (z_c the soft-capped logits, dz_c = (1 - (z_c / c)^2) dz); the other stats columns have
+    tangent 0 (they are not differentiable outputs)."""
+    logits, target, weight, mixture, stats = ctx.saved_tensors
+    acc = acc_dtype(logits.dtype)
+    N, C = logits.shape
+    z = logits.to(acc)
+    if ctx.softcap != 0:
+        z = ctx.softcap * torch.tanh(z / ctx.softcap)
+    log_p = torch.log_softmax(z, 1)
+    p = log_p.exp()
+    t_loss = torch.zeros(N, dtype=acc, device=logits.device)
+    t_lse = torch.zeros(N, dtype=acc, device=logits.device)
+    if t_logits is not None:
+        dz = t_logits.to(acc)
+        if ctx.softcap != 0:
+            dz = dz * (1 - torch.square(z / ctx.softcap))
+        q = reference.target_rows(C, target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
+        t_loss = t_loss + ((q.sum(1, keepdim=True) * p - q) * dz).sum(1)
+        t_lse = (p * dz).sum(1)
+    w = 1 if weight is None else weight.to(acc)
+    dq = None
+    if t_target is not None and target.is_floating_point():
+        dq = t_target.to(acc) * (1 - ctx.label_smoothing) * w
+    if t_mixture is not None and mixture is not None:
+        valid = (target != ctx.ignore_index) & (target >= 0) & (target < C)
+        dq = t_mixture.to(acc)[torch.where(valid, target, 0)] * w * valid[:, None]
+    if dq is not None:  # q_ij = 0 where log p_ij = -inf contributes 0, not NaN
+        t_loss = t_loss - torch.where(dq != 0, dq * log_p, 0).sum(1)
+    if not target.is_floating_point():  # ignored rows: loss 0 whatever the logits
+        t_loss = torch.where(target == ctx.ignore_index, 0, t_loss)
+    # out of place (a batched tangent cannot be written into an unbatched zeros under vmap)
+    zeros = torch.zeros_like(stats)
+    t_stats = torch.cat([zeros[:, :LSE_COL], t_lse[:, None], zeros[:, LSE_COL + 1:]], 1)
+    return t_loss, t_stats
+
+
+class PseudoGrad(torch.autograd.Function):
+    """The backward op inside torch.func transforms (which always build a graph): it batches
+    through the op's vmap rule, and differentiating it, in either mode, raises the clear
+    error (the |eps|^k pseudo-gradient has no derivative of its own)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(bwd, *args):
+        return bwd(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+class RowLoss(torch.autograd.Function):
+    """The forward op of a backend as an ``autograd.Function``: what the Python API calls, so
+    that the loss composes with torch.func (``grad``, ``vmap`` through the ops' batching rules
+    in ``_vmap.py``, ``jvp`` / forward AD) as well as with autograd and torch.compile. The
+    backward is the ops' ``register_autograd`` formula, shared (``_backward``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap, backend):
+        return fwd_op(backend)(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad,
+                               softcap)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *op_inputs, backend = inputs
+        _setup_context(ctx, op_inputs, output)
+        ctx.bwd_name = OPS[backend][1]
+        ctx.save_for_forward(*op_inputs[:4], output[1])
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_stats):
+        return (*_backward(ctx, ctx.bwd_name, grad_loss, grad_stats), None)
+
+
+class RowLossJvp(RowLoss):
+    """``RowLoss`` with forward-mode AD: what eager code calls (Dynamo cannot trace a custom
+    ``jvp``; compiled code calls ``RowLoss``)."""
+
+    @staticmethod
+    def jvp(ctx, t_logits, t_target, _t_weight, t_mixture, *_rest):
+        return _jvp(ctx, t_logits, t_target, t_mixture)
 
 
 def _fake_bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k,
@@ -139,3 +251,6 @@ class InplaceFwd(torch.autograd.Function):
                                     stats, *ctx.args, _grad_lse(grad_stats))
         torch.autograd.graph.increment_version(logits)
         return (logits.detach(),) + (None,) * 8
+
+
+from . import _vmap  # noqa: E402,F401  (the ops' batching rules, after the ops' autograd)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _autograd, _ops, backends
+from . import _autograd, backends
 from ._schema import LSE_COL, LSE_LO_COL, acc_dtype
 from .trimming import keep_mask
-from .validation import check_fraction, check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
+from .validation import check_fraction, check_inputs, check_k, check_softcap, check_z_loss, in_functorch, scalar_arg
 
 __all__ = ["cross_entropy"]
 
@@ -64,10 +64,13 @@ def reduce_rows(loss: Tensor, lse: Tensor | None, valid: Tensor, row_w: Tensor, 
         return total if zl is None else total + zl.sum()
     # Divided as PyTorch divides (row weights summing to 0 give inf or NaN), except that a batch
     # in which no row counts (empty, all ignored) gives 0 rather than NaN (docs/ROW_MATH.md 5).
-    mean = total / row_w.sum()
+    # (the denominator of a batch without counted rows is 1, so that no 0 / 0 reaches a
+    # gradient: the where below would multiply its NaN by 0)
+    any_row = valid.any()
+    mean = total / torch.where(any_row, row_w.sum(), 1)
     if zl is not None:
         mean = mean + zl.sum() / valid.sum().clamp_min(1)
-    return torch.where(valid.any(), mean, 0)
+    return torch.where(any_row, mean, 0)
 
 
 def _trim_fraction(trim) -> float | None:
@@ -132,10 +135,16 @@ def cross_entropy(
     smoothing = float(label_smoothing)
 
     if inplace_backward and torch.is_grad_enabled() and logits.requires_grad:
+        if in_functorch(logits):
+            raise RuntimeError("inplace_backward=True cannot be used inside torch.func transforms")
         loss, stats = _autograd.InplaceFwd.apply(logits, tgt, w, mix, ignore_index, smoothing, k, cap, which)
     else:
-        compute_grad = torch.is_grad_enabled() and logits.requires_grad
-        loss, stats = _ops.fwd_op(which)(logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad, cap)
+        # torch.func's grad wraps its inputs: they require grad only as seen from inside
+        compute_grad = torch.is_grad_enabled() and (logits.requires_grad or in_functorch(logits))
+        args = (logits, tgt, w, mix, ignore_index, smoothing, k, compute_grad, cap)
+        # Dynamo cannot trace an autograd.Function with a custom jvp: compiled code takes RowLoss
+        fn = _autograd.RowLoss if torch.compiler.is_compiling() else _autograd.RowLossJvp
+        loss, stats = fn.apply(*args, which)
 
     valid, row_w = row_weights(tgt, w, ignore_index, logits.shape[0], acc)
     lse = row_lse(stats, valid) if (return_lse or z_loss != 0) else None

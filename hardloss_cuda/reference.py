@@ -42,7 +42,9 @@ def target_rows(
     if mixture is not None:
         q = mixture.to(dtype)[y]
     else:
-        q = torch.nn.functional.one_hot(y, C).to(dtype) * (1 - label_smoothing) + label_smoothing / C
+        # (y == arange) rather than F.one_hot, which reads the labels (not under torch.func.vmap)
+        onehot = y[:, None] == torch.arange(C, device=y.device)
+        q = onehot.to(dtype) * (1 - label_smoothing) + label_smoothing / C
     return q * w * valid[:, None]
 
 

@@ -15,8 +15,19 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _data_checks_allowed(t: Tensor) -> bool:
+def in_functorch(t: Tensor) -> bool:
+    """Whether t is a torch.func transform's tensor (vmap, grad, jvp): no .item() there.
+    (Dynamo cannot trace the query; compiled code answers False.)"""
     if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _data_checks_allowed(t: Tensor) -> bool:
+    """The label range check reads the labels (one sync). Not while compiling, capturing a
+    CUDA graph or inside a torch.func transform: there a label outside [0, C) gives a NaN loss
+    (the ops never read out of bounds), as the ops' contract says."""
+    if torch.compiler.is_compiling() or in_functorch(t):
         return False
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
