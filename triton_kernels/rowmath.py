@@ -60,13 +60,15 @@ def load_tile(ptr, row_off, rmask, cols, C, other, ACC: tl.constexpr):
 @triton.jit
 def softcap(z, cap):
     """row_math.h softcap_value: cap tanh(z / cap), with tanh(|u|) = -e / (2 + e) for
-    e = expm1(-2|u|) (Kahan's expm1 from exp and log: accurate for small u, where 1 - 2 / (exp(2u)
-    + 1) cancels; no overflow). -inf gives -cap, as torch.tanh; NaN stays NaN."""
+    e = expm1(-2|u|): Kahan's expm1 from exp and log where -2|u| > -1 (small u, where
+    1 - 2 / (exp(2u) + 1) cancels), plain exp - 1 below (no cancellation there, and no log of
+    a subnormal exp). No overflow; -inf gives -cap, as torch.tanh; NaN stays NaN."""
     u = z / cap
     x = -2.0 * tl.abs(u)
     w = tl.exp(x)
-    edge = (w == 1.0) | (w == 0.0)
-    em1 = tl.where(w == 1.0, x, tl.where(w == 0.0, -1.0, (w - 1.0) * (x / tl.log(tl.where(edge, 0.5, w)))))
+    near = (x > -1.0) & (w != 1.0)
+    kahan = (w - 1.0) * (x / tl.log(tl.where(near, w, 0.5)))
+    em1 = tl.where(w == 1.0, x, tl.where(near, kahan, w - 1.0))
     th = -em1 / (2.0 + em1)
     return cap * tl.where(u < 0.0, -th, th)
 
