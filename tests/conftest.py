@@ -20,9 +20,27 @@ if torch.cuda.is_available():
     BACKEND_DEVICES += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _avail]
 
 
+def api_backends():
+    """BACKEND_DEVICES plus Triton on CPU tensors when it runs interpreted here (the calling
+    module sets TRITON_INTERPRET=1 before triton is imported): the backends of the API tests
+    (test_linear, test_lm_options, test_func), parametrized as `backend, device`."""
+    import importlib.util
+
+    avail = hardloss_cuda.available_backends()  # now: Triton's availability follows TRITON_INTERPRET
+    bds = [(b, "cpu") for b in ("reference", "cpu") if b in avail]
+    if "triton" in avail and os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("numpy"):
+        bds.append(("triton", "cpu"))
+    if torch.cuda.is_available():
+        bds += [(b, "cuda") for b in ("cuda", "triton") if b in avail]
+    return pytest.mark.parametrize("backend,device", bds, ids=[f"{b}-{d}" for b, d in bds])
+
+
 def pytest_generate_tests(metafunc):
-    # A module with its own BACKENDS list (test_contract.py: Triton too) parametrizes itself.
+    # A module with its own BACKENDS list (test_contract.py: Triton too) or an api_backends()
+    # mark parametrizes itself.
     if getattr(metafunc.module, "BACKENDS", None) is not None:
+        return
+    if any("backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")):
         return
     if {"backend", "device"} <= set(metafunc.fixturenames):
         ids = [f"{b}-{d}" for b, d in BACKEND_DEVICES]

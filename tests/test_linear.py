@@ -4,7 +4,6 @@ linear_weight and linear_bias, for every option, with several chunks per batch."
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
@@ -15,15 +14,10 @@ import torch.nn.functional as F
 
 import hardloss_cuda as H
 
-_AVAIL = H.available_backends()
-BACKENDS = [(b, "cpu") for b in ("reference", "cpu") if b in _AVAIL]
-if "triton" in _AVAIL and os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("numpy"):
-    BACKENDS.append(("triton", "cpu"))
-if torch.cuda.is_available():
-    BACKENDS += [(b, "cuda") for b in ("cuda", "triton") if b in _AVAIL]
+from .conftest import api_backends
 
 pytestmark = [
-    pytest.mark.parametrize("backend,device", BACKENDS, ids=[f"{b}-{d}" for b, d in BACKENDS]),
+    api_backends(),
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
 
