@@ -288,3 +288,19 @@ def test_softcap_saturated_and_tiny_logits(backend, device, dtype):
     truth = F.cross_entropy(torch.tanh(x.double()), y, reduction="none")
     rtol = 1e-15 if dtype == torch.float64 else 4e-7
     torch.testing.assert_close(loss.double(), truth, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_capped_logit_is_c_tanh(backend, device, dtype):
+    """With one class the logsumexp is the capped logit itself: c tanh(z / c) within a few ulp
+    of float64's over |z / c| from 1e-6 to 60 (the kernels' own tanh: polynomial below
+    |z / c| = 0.625, exp-based above)."""
+    u = torch.cat([torch.logspace(-6, 1.78, 4001, dtype=torch.float64), torch.tensor([0.0, 0.625, 0.6249999])])
+    u = torch.cat([u, -u])
+    c = 3.0
+    x = (c * u).to(dtype)[:, None].to(device)
+    _, lse = hl.cross_entropy(x, torch.zeros(len(u), dtype=torch.long, device=device), softcap=c,
+                              reduction="none", return_lse=True, backend=backend)
+    truth = c * torch.tanh(x.double()[:, 0] / c)
+    ulp = torch.finfo(dtype).eps * truth.abs().clamp_min(torch.finfo(dtype).tiny)
+    assert ((lse.double() - truth).abs() <= 4 * ulp).all(), ((lse.double() - truth).abs() / ulp).max()

@@ -48,10 +48,10 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
       auto path = [&](auto&& run) {
         if (zero) return fill(acc_t(0));
         if (!extra) return run(row, o);
-        const acc_t* zc = capped_row(row, C, cap, scratch->zc);
+        const acc_t* zc = capped_row(row, C, cap, scratch->zc, scratch->x);
         scratch->gz.resize(C);
         run(zc, scratch->gz.data());
-        finish_row(zc, scratch->gz.data(), C, g_lse, st, cap, o);
+        finish_row(zc, scratch->gz.data(), C, g_lse, st, cap, o, scratch->tmp);
       };
       rt.visit(
           i, [&](bool ignored) { fill(ignored ? acc_t(0) : hl_nan<acc_t>()); },

@@ -29,6 +29,13 @@ ChunkStatsD chunk_stats(const double* x, int64_t n, double k);
 void exp_map(const float* x, int64_t n, float m, float k, float c, float w, float* out);
 void exp_map(const double* x, int64_t n, double m, double k, double c, double w, double* out);
 
+// Logit soft-capping and the finish of a row's gradient (row_math.h section 6), vectorised:
+// softcap_map: out_i = c tanh(x_i / c); finish_map: out_i = (gf_i + g_lse p_i) (1 - (zc_i / c)^2)
+// with p_i = exp((zc_i - lse) - lse_lo) (g_lse == 0: no exp; c == 0: no slope).
+void softcap_map(const float* x, int64_t n, float c, float* out);
+void finish_map(const float* zc, const float* gf, int64_t n, float g_lse, float lse, float lse_lo, float c,
+                float* out);
+
 // The target q of a soft row over a chunk: q_j = w_j (a p_j + b); p or w may be null (0 / 1).
 void fill_q(const float* p, const float* w, int64_t n, float a, float b, float* q);
 

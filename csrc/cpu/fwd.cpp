@@ -50,7 +50,7 @@ void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w
           [&](const auto& q) { soft_fwd_row(row, C, q, compute_grad, *scratch, lossp + i, st); });
     };
     for (int64_t i = begin; i < end; ++i) {
-      if (cap != acc_t(0)) visit(i, capped_row(zp + i * C, C, cap, scratch->zc));
+      if (cap != acc_t(0)) visit(i, capped_row(zp + i * C, C, cap, scratch->zc, scratch->x));
       else visit(i, zp + i * C);
     }
   });

@@ -40,24 +40,6 @@ struct Scratch {
   std::vector<acc_t> gz;  // (row_math.h section 6; capped_row, finish_row)
 };
 
-// Softcap and the logsumexp's gradient (row_math.h section 6): a row that needs either is read
-// once into s.zc as acc_t (capped), and the usual paths run on that buffer; in backward they
-// write g f into s.gz, and finish_row adds g_lse p, applies the slope and stores. Rows of a
-// call without either take the paths as before, on the logits themselves.
-template <typename scalar_t, typename acc_t>
-inline const acc_t* capped_row(const scalar_t* row, int64_t C, acc_t cap, std::vector<acc_t>& zc) {
-  zc.resize(C);
-  for (int64_t j = 0; j < C; ++j) zc[j] = softcap_value(static_cast<acc_t>(row[j]), cap);
-  return zc.data();
-}
-
-template <typename scalar_t, typename acc_t>
-inline void finish_row(const acc_t* zc, const acc_t* gf, int64_t C, acc_t g_lse, const acc_t* stats, acc_t cap,
-                       scalar_t* out) {
-  const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo];
-  for (int64_t j = 0; j < C; ++j) out[j] = static_cast<scalar_t>(finish_grad(gf[j], zc[j], g_lse, lse, lse_lo, cap));
-}
-
 // Elements [a, a + n) of a row as acc_t: the row itself when no conversion is needed.
 template <typename scalar_t, typename acc_t>
 inline const acc_t* load(const scalar_t* row, int64_t a, int64_t n, acc_t* buf) {
@@ -75,6 +57,43 @@ inline void store(scalar_t* row, int64_t a, int64_t n, const acc_t* src) {
     std::memcpy(row + a, src, n * sizeof(acc_t));
   } else {
     for (int64_t i = 0; i < n; ++i) row[a + i] = static_cast<scalar_t>(src[i]);
+  }
+}
+
+// Softcap and the logsumexp's gradient (row_math.h section 6): a row that needs either is read
+// once into s.zc as acc_t (capped), and the usual paths run on that buffer; in backward they
+// write g f into s.gz, and finish_row adds g_lse p, applies the slope and stores. Rows of a
+// call without either take the paths as before, on the logits themselves.
+// float rows take the vectorised chunk_math.h loops, double rows row_math.h's scalar functions.
+template <typename scalar_t, typename acc_t>
+inline const acc_t* capped_row(const scalar_t* row, int64_t C, acc_t cap, std::vector<acc_t>& zc, acc_t* buf) {
+  zc.resize(C);
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (int64_t a = 0; a < C; a += kChunk) {
+      const int64_t n = std::min(kChunk, C - a);
+      const float* x = load(row, a, n, buf);
+      if (cap != 0.0f) softcap_map(x, n, cap, zc.data() + a);
+      else std::memcpy(zc.data() + a, x, n * sizeof(float));
+    }
+  } else {
+    for (int64_t j = 0; j < C; ++j) zc[j] = softcap_value(static_cast<acc_t>(row[j]), cap);
+  }
+  return zc.data();
+}
+
+template <typename scalar_t, typename acc_t>
+inline void finish_row(const acc_t* zc, const acc_t* gf, int64_t C, acc_t g_lse, const acc_t* stats, acc_t cap,
+                       scalar_t* out, acc_t* buf) {
+  const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo];
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (int64_t a = 0; a < C; a += kChunk) {
+      const int64_t n = std::min(kChunk, C - a);
+      finish_map(zc + a, gf + a, n, g_lse, lse, lse_lo, cap, buf);
+      store(out, a, n, buf);
+    }
+  } else {
+    for (int64_t j = 0; j < C; ++j)
+      out[j] = static_cast<scalar_t>(finish_grad(gf[j], zc[j], g_lse, lse, lse_lo, cap));
   }
 }
 
