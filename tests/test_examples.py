@@ -29,7 +29,9 @@ def test_lm_head_example_trains_like_the_materialised_head():
     fused, materialised = out["curves"]["fused"], out["curves"]["materialised"]
     assert max(abs(a - b) for a, b in zip(fused, materialised)) < 1e-3  # k = 1: the same gradients
     assert sum(fused[-5:]) < sum(fused[:5])  # it learns
-    assert all(v >= 0 for v in out["peak_mb"].values())
+    # Linux updates the RSS counters lazily (per-thread caches of up to 64 pages): a step that
+    # allocates next to nothing may read a little below 0 (seen: CI under load)
+    assert all(v > -2 for v in out["peak_mb"].values()), out["peak_mb"]
 
 
 def test_study_quick_runs():
