@@ -56,6 +56,8 @@ class _Head:
     def logits(self, h: Tensor) -> Tensor:
         """h @ W.T (+ b) into one buffer reused by every chunk (a fresh 32 MB block per chunk
         costs its page faults on the CPU)."""
+        if torch.compiler.is_compiling():  # no buffer kept on this object: a side effect to Dynamo
+            return torch.addmm(self.b, h, self.W.T) if self.b is not None else torch.mm(h, self.W.T)
         n = h.shape[0]
         if self.buf is None or self.buf.shape[0] < n:
             self.buf = torch.empty((n, self.W.shape[0]), dtype=h.dtype, device=h.device)
@@ -65,7 +67,8 @@ class _Head:
         return torch.mm(h, self.W.T, out=z)
 
     def release(self) -> None:
-        self.buf = None
+        if not torch.compiler.is_compiling():
+            self.buf = None
 
     def chunks(self, N: int):
         for a in range(0, N, self.rows):
