@@ -139,9 +139,8 @@ def _jvp(ctx, t_logits, t_target, t_mixture):
     dq = None
     if t_target is not None and target.is_floating_point():
         dq = t_target.to(acc) * (1 - ctx.label_smoothing) * w
-    if t_mixture is not None and mixture is not None:
-        valid = (target != ctx.ignore_index) & (target >= 0) & (target < C)
-        dq = t_mixture.to(acc)[torch.where(valid, target, 0)] * w * valid[:, None]
+    if t_mixture is not None and mixture is not None:  # q = w W[y]: linear in W
+        dq = reference.target_rows(C, target, weight, t_mixture, ctx.ignore_index, 0.0, acc)
     if dq is not None:  # q_ij = 0 where log p_ij = -inf contributes 0, not NaN
         t_loss = t_loss - torch.where(dq != 0, dq * log_p, 0).sum(1)
     if not target.is_floating_point():  # ignored rows: loss 0 whatever the logits

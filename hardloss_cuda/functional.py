@@ -55,8 +55,8 @@ def row_lse(stats: Tensor, valid: Tensor) -> Tensor:
 
 def reduce_rows(loss: Tensor, lse: Tensor | None, valid: Tensor, row_w: Tensor, z_loss: float, reduction: str):
     """The reduction of the per-row losses, plus the z-loss ``z_loss lse^2`` of the counted rows
-    (unweighted: in ``mean`` divided by the number of counted rows, as Liger and PaLM do)."""
-    zl = z_loss * torch.square(lse) if z_loss != 0 else None
+    (``valid``; unweighted: in ``mean`` divided by their number, as Liger and PaLM do)."""
+    zl = z_loss * torch.square(torch.where(valid, lse, 0)) if z_loss != 0 else None
     if reduction == "none":
         return loss if zl is None else loss + zl
     total = loss.sum()
@@ -154,6 +154,6 @@ def cross_entropy(
         row_w = torch.where(kept, row_w, 0)
         valid = valid & kept
 
-    out = reduce_rows(loss, None if lse is None else torch.where(valid, lse, 0), valid, row_w, z_loss, reduction)
+    out = reduce_rows(loss, lse, valid, row_w, z_loss, reduction)
     out = out.to(input.dtype).reshape(out_shape) if reduction == "none" else out.to(input.dtype)
     return (out, lse.reshape(out_shape)) if return_lse else out

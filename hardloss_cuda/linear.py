@@ -146,7 +146,7 @@ class _LinearCE(torch.autograd.Function):
             kept = keep_mask(loss, valid, frac)
             loss = torch.where(kept, loss, 0)
             row_w = torch.where(kept, row_w, 0)
-        out = reduce_rows(loss, torch.where(kept, lse, 0), kept, row_w, z_loss, reduction)
+        out = reduce_rows(loss, lse, kept, row_w, z_loss, reduction)
 
         ctx.head, ctx.need, ctx.z_loss = head, need, z_loss
         if grad and reduction != "none" and frac is not None:

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "cpu/vec_math.h"
+#include "row_math.h"
 
 namespace hl {
 namespace cpu {
@@ -175,11 +176,6 @@ HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restri
   const float inf = __builtin_inff();
   float v[kEpsBlock];
   SoftEpsChunk r{-inf, 0.0f, -inf, 0.0f, 0.0, 0.0f};
-  auto merge = [](float& m_acc, float& s_acc, float mb, float sb) {  // row_math.h lse_merge
-    if (mb == -__builtin_inff()) return;
-    if (mb > m_acc) s_acc = s_acc * exp_of(m_acc - mb) + sb, m_acc = mb;
-    else s_acc += sb * exp_of(mb - m_acc);
-  };
   for (int64_t a = 0; a < n; a += kEpsBlock) {
     const int64_t b = n - a < kEpsBlock ? n - a : kEpsBlock;
     const float* xa = x + a;
@@ -213,8 +209,9 @@ HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restri
       s_pos += neg ? 0.0f : ev;
       wa[i] = wa[i] == inf ? inf : wa[i] * ev;
     }
-    merge(r.m_neg, r.s_neg, mn, s_neg);
-    merge(r.m_pos, r.s_pos, mp, s_pos);
+    const LseStats<float> neg = lse_merge(LseStats<float>{r.m_neg, r.s_neg}, LseStats<float>{mn, s_neg});
+    const LseStats<float> pos = lse_merge(LseStats<float>{r.m_pos, r.s_pos}, LseStats<float>{mp, s_pos});
+    r.m_neg = neg.m, r.s_neg = neg.s, r.m_pos = pos.m, r.s_pos = pos.s;
     r.p_rest += p_rest;
     r.q_rest += q_rest;  // kEpsBlock terms in float, the blocks in double
   }
