@@ -1,4 +1,4 @@
-// The op library hardloss_cuda::{fwd, bwd, bwd_inplace}: the schema alone, one for every
+// The op library hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats}: the schema alone, one for every
 // compiled backend (the strings are hardloss_cuda/_schema.py's; tests/test_ops.py checks they
 // agree). The CPU kernels register in csrc/cpu/ops_cpu.cpp, the CUDA kernels in
 // csrc/cuda/ops_cuda.cpp.
@@ -29,4 +29,5 @@ TORCH_LIBRARY(hardloss_cuda, m) {
       "bwd_inplace(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
       "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
       "Tensor? grad_lse=None) -> ()");
+  m.def("shard_stats(Tensor logits, Tensor target, float k, float softcap=0.) -> Tensor");
 }

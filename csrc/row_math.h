@@ -159,6 +159,9 @@ HL_HOST_DEVICE inline OneHotStats<T> onehot_merge(OneHotStats<T> a, OneHotStats<
 // exp(z - m) in columns 3 and 4 instead (csrc/cpu/rows.h put_soft_stats).
 // ---------------------------------------------------------------------------------------
 constexpr int kStatsCols = 6;
+// shard_stats (a vocab-parallel loss's per-shard half of the forward, _schema.py): the raw
+// OneHotStats {m, s1, sk} of a row over the classes j != y (every class when y is not valid).
+constexpr int kShardStatsCols = 3;
 enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2, kColStar = 5 };
 
 // lse = m + L, L = log sum exp(z - m), as a rounded sum hi and its error lo.

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._ops import OPS, bwd_inplace_op, fwd_op
-from ._schema import LSE_COL, STATS_COLS, acc_dtype
+from ._ops import OPS, bwd_inplace_op, fwd_op, shard_stats_op
+from ._schema import LSE_COL, SHARD_STATS_COLS, STATS_COLS, acc_dtype
 from .validation import in_functorch
 
 
@@ -213,6 +213,13 @@ def _fake_bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_
                       softcap=0.0, grad_lse=None):
     return None
 
+
+def _fake_shard_stats(logits, target, k, softcap=0.0):
+    return logits.new_empty((logits.shape[0], SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype))
+
+
+for _name in {shard_stats_op(_backend)._qualified_op_name for _backend in OPS}:
+    torch.library.register_fake(_name)(_fake_shard_stats)
 
 for _fwd_name, _bwd_name, _inplace_name in set(OPS.values()):
     torch.library.register_fake(f"hardloss_cuda::{_fwd_name}")(_fake_fwd)

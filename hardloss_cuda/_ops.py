@@ -1,8 +1,8 @@
 """The ops of every backend under one schema (``_schema.py``), and which backend names which:
 
-- ``hardloss_cuda::fwd`` / ``bwd`` / ``bwd_inplace``: compiled (csrc/), CPU and CUDA kernels;
-- ``hardloss_cuda::reference_{fwd, bwd, bwd_inplace}``: ``reference.fwd`` / ``bwd``, any device;
-- ``hardloss_cuda::triton_{fwd, bwd, bwd_inplace}``: ``triton_kernels.launch`` (imported under a
+- ``hardloss_cuda::fwd`` / ``bwd`` / ``bwd_inplace`` / ``shard_stats``: compiled (csrc/), CPU and CUDA kernels;
+- ``hardloss_cuda::reference_{fwd, bwd, bwd_inplace, shard_stats}``: ``reference.fwd`` / ``bwd``, any device;
+- ``hardloss_cuda::triton_{fwd, bwd, bwd_inplace, shard_stats}``: ``triton_kernels.launch`` (imported under a
   private name, ``_library.triton_launch``).
 
 ``_autograd.py`` gives them all the same fake and the same autograd formula.
@@ -14,7 +14,7 @@ import torch
 
 from . import reference
 from ._library import C_IMPORT_ERROR, triton_launch
-from ._schema import BWD_ARGS, BWD_INPLACE_ARGS, FWD_ARGS
+from ._schema import BWD_ARGS, BWD_INPLACE_ARGS, FWD_ARGS, SHARD_STATS_ARGS
 
 _lib = torch.library.Library("hardloss_cuda", "FRAGMENT")
 
@@ -32,16 +32,17 @@ def _triton(name: str):
 
 def _define(backend: str, impls: dict, key: str) -> None:
     """hardloss_cuda::<backend>_{fwd, bwd, bwd_inplace} with the schema of the compiled ops."""
-    for op, args in (("fwd", FWD_ARGS), ("bwd", BWD_ARGS), ("bwd_inplace", BWD_INPLACE_ARGS)):
+    for op, args in (("fwd", FWD_ARGS), ("bwd", BWD_ARGS), ("bwd_inplace", BWD_INPLACE_ARGS),
+                     ("shard_stats", SHARD_STATS_ARGS)):
         _lib.define(f"{backend}_{op}{args}")
         for k in (key,) if isinstance(key, str) else key:
             _lib.impl(f"{backend}_{op}", impls[op], k)
 
 
-_define("reference", {"fwd": reference.fwd, "bwd": reference.bwd, "bwd_inplace": _reference_bwd_inplace},
-        "CompositeExplicitAutograd")
+_define("reference", {"fwd": reference.fwd, "bwd": reference.bwd, "bwd_inplace": _reference_bwd_inplace,
+                     "shard_stats": reference.shard_stats}, "CompositeExplicitAutograd")
 # Triton on CPU tensors runs only under TRITON_INTERPRET=1.
-_define("triton", {op: _triton(op) for op in ("fwd", "bwd", "bwd_inplace")}, ("CPU", "CUDA"))
+_define("triton", {op: _triton(op) for op in ("fwd", "bwd", "bwd_inplace", "shard_stats")}, ("CPU", "CUDA"))
 
 
 # backend -> (forward, backward, in-place backward) op names under torch.ops.hardloss_cuda
@@ -60,3 +61,9 @@ def bwd_op(backend: str):
 
 def bwd_inplace_op(backend: str):
     return getattr(torch.ops.hardloss_cuda, OPS[backend][2])
+
+
+def shard_stats_op(backend: str):
+    """The backend's ``shard_stats`` (a vocab-parallel loss's per-shard statistics)."""
+    name = "shard_stats" if backend in ("cpu", "cuda") else f"{backend}_shard_stats"
+    return getattr(torch.ops.hardloss_cuda, name)

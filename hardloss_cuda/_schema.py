@@ -39,6 +39,14 @@ softcap, grad_lse)`` returns the pseudo-gradient (docs/ROW_MATH.md section 3) ti
 times the softcap's ``1 - tanh^2``, in logits' dtype: 0 for ignored rows, NaN for bad labels.
 A row with ``grad_loss == 0`` (and ``grad_lse == 0``) and a finite logsumexp and scale gets a
 zero gradient without its logits being read (trimmed rows cost no bandwidth). ``bwd_inplace`` writes the same into ``logits`` and returns nothing.
+
+``shard_stats(logits, target, k, softcap)`` returns, per row, the one-hot path's raw statistics
+over the classes ``j != target[i]`` (every class when ``target[i]`` lies outside [0, C)):
+``(m, s1, sk)`` = (max z_j, sum exp(z_j - m), sum exp(k (z_j - m))), (N, SHARD_STATS_COLS) acc,
+``(-inf, 0, 0)`` when no class is left. It is the forward's first half, before
+the row is finalised: a vocab-parallel loss (``hardloss_cuda.distributed``) computes it on
+each rank's slice of the classes, reduces it over the ranks and finalises it in O(N) torch
+ops, then calls ``bwd`` on the slice with the global stats.
 """
 
 import torch
@@ -60,6 +68,8 @@ BWD_ARGS = (
     "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
     "Tensor? grad_lse=None) -> Tensor"
 )
+SHARD_STATS_ARGS = "(Tensor logits, Tensor target, float k, float softcap=0.) -> Tensor"
+SHARD_STATS_COLS = 3
 BWD_INPLACE_ARGS = (
     "(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
     "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "

@@ -73,7 +73,7 @@ def test_compiled_schema_matches_python_schema():
     def args(schema):
         return [(a.name, str(a.type), a.alias_info is not None and a.alias_info.is_write) for a in schema.arguments]
 
-    for compiled in ("fwd", "bwd", "bwd_inplace"):
+    for compiled in ("fwd", "bwd", "bwd_inplace", "shard_stats"):
         for python in (f"reference_{compiled}", f"triton_{compiled}"):
             c = getattr(torch.ops.hardloss_cuda, compiled).default._schema
             p = getattr(torch.ops.hardloss_cuda, python).default._schema
@@ -82,6 +82,7 @@ def test_compiled_schema_matches_python_schema():
     assert str(torch.ops.hardloss_cuda.fwd.default._schema).endswith(_schema.FWD_ARGS)
     assert str(torch.ops.hardloss_cuda.bwd.default._schema).endswith(_schema.BWD_ARGS)
     assert str(torch.ops.hardloss_cuda.bwd_inplace.default._schema).endswith(_schema.BWD_INPLACE_ARGS)
+    assert str(torch.ops.hardloss_cuda.shard_stats.default._schema).endswith(_schema.SHARD_STATS_ARGS)
 
 
 def test_available_backends_and_build_info():

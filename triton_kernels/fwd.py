@@ -6,6 +6,9 @@ the non-target classes it keeps the running max m, s1 = sum exp(z - m) and (when
 is wanted) sk = sum exp(k (z - m)); with the target logit z_y that gives the loss, the
 logsumexp and stats = (lse, lse_lo, f_y, m, log_c, 0) (rowmath.onehot_finalize).
 
+With ``RAW`` (the op ``shard_stats``) it stores (m, s1, sk) themselves and nothing else; a
+label outside [0, C) then excludes no class.
+
 ``soft_fwd_kernel`` (label smoothing, a mixture row W[y], probability targets, with or without
 class weights; the target row q is recomputed from (target, weight, mixture) wherever it is
 needed, never stored):
@@ -51,6 +54,7 @@ def onehot_fwd_kernel(
     z_ptr, y_ptr, w_ptr, loss_ptr, stats_ptr,
     N, C, ignore_index, k: tl.float64, cap: tl.float64,
     HAS_W: tl.constexpr, GRAD: tl.constexpr, HAS_CAP: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    RAW: tl.constexpr = False,
 ):
     ACC: tl.constexpr = loss_ptr.dtype.element_ty  # float32, or float64 for float64 logits
     k = tl.full([], k, ACC)  # passed as fp64 so that float64 logits keep k exact
@@ -75,9 +79,16 @@ def onehot_fwd_kernel(
     for start in range(0, C, BLOCK):
         cols = start + cols0
         z, mask = load_logits(z_ptr, row_off, rmask, cols, C, float("-inf"), ACC, cap, HAS_CAP)
-        z = tl.where(cols[None, :] == yc[:, None], float("-inf"), z)
+        if RAW:  # shard_stats: an out-of-range label excludes no class
+            z = tl.where((cols[None, :] == yc[:, None]) & valid[:, None], float("-inf"), z)
+        else:
+            z = tl.where(cols[None, :] == yc[:, None], float("-inf"), z)
         m, s1, sk = online_lse2(m, s1, sk, z, k, GRAD)
 
+    if RAW:  # shard_stats: the statistics themselves, unfinalised (a vocab-parallel loss reduces
+        zero = tl.zeros([ROWS], ACC)  # them over the ranks first)
+        store_stats(stats_ptr, rows, rmask, m, s1, sk, zero, zero, zero)
+        return
     lse, lse_lo, nll, f_y, m_out, log_c = onehot_finalize(m, s1, sk, z_y, w_y, k)
     tl.store(loss_ptr + rows, finish_rows(nll, ignored, bad), mask=rmask)
     if GRAD:

@@ -22,14 +22,14 @@ import torch
 import triton
 from torch import Tensor
 
-from hardloss_cuda._schema import STATS_COLS, acc_dtype
+from hardloss_cuda._schema import SHARD_STATS_COLS, STATS_COLS, acc_dtype
 
 from .bwd import onehot_bwd_kernel, soft_bwd_kernel
 from .config import plan
 from .fwd import onehot_fwd_kernel, soft_fwd_kernel
 from .rowmath import MIXTURE, PROBS, SMOOTH
 
-__all__ = ["fwd", "bwd", "bwd_inplace"]
+__all__ = ["fwd", "bwd", "bwd_inplace", "shard_stats"]
 
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -229,3 +229,26 @@ def bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index,
     """``bwd`` written over ``logits`` (the op ``triton_bwd_inplace``)."""
     bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap, grad_lse,
         out=logits)
+
+
+def shard_stats(logits: Tensor, target: Tensor, k: float, softcap: float = 0.0, *,
+                block_cap: int | None = None) -> Tensor:
+    """(m, s1, sk) per row over the classes j != target (every class for a target outside
+    [0, C)), (N, SHARD_STATS_COLS) in the accumulation dtype: the one-hot forward kernel with
+    RAW, which stores its statistics before finalising (the op ``triton_shard_stats``)."""
+    _check(logits, target, None, None)
+    _check_softcap(softcap)
+    if target.is_floating_point():
+        raise ValueError("target: shard_stats takes class indices")
+    logits = logits.contiguous()
+    N, C = logits.shape
+    acc = acc_dtype(logits.dtype)
+    stats = torch.empty((N, STATS_COLS), dtype=acc, device=logits.device)
+    if N > 0:
+        block, rows, num_warps = plan(N, C, block_cap)
+        # ignore_index -1: a negative label is out of range, so it is never "ignored" here
+        onehot_fwd_kernel[(triton.cdiv(N, rows),)](
+            logits, target.contiguous(), stats, stats[:, 0], stats, N, C, -1, float(k), float(softcap),
+            HAS_W=False, GRAD=True, HAS_CAP=float(softcap) != 0.0, ROWS=rows, BLOCK=block, num_warps=num_warps,
+            RAW=True)
+    return stats[:, :SHARD_STATS_COLS].contiguous()

@@ -58,6 +58,37 @@ void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w
 
 }  // namespace
 
+// shard_stats: the one-hot statistics of each row before finalize (row_math.h OneHotStats over
+// j != target[i], or over the whole row when target[i] is outside [0, C)), soft-capped first.
+at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k_, double softcap) {
+  check_fwd_args(logits, target, std::nullopt, std::nullopt);
+  TORCH_CHECK(!target.is_floating_point(), "hardloss_cuda: shard_stats: target must be class indices");
+  check_softcap(softcap);
+  const at::Tensor z = logits.contiguous(), t = target.contiguous();
+  const int64_t N = z.size(0), C = z.size(1);
+  at::Tensor out = at::empty({N, kShardStatsCols}, z.options().dtype(acc_scalar_type(z.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hardloss_cuda_shard_stats_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    const int64_t* yp = t.const_data_ptr<int64_t>();
+    acc_t* op = out.mutable_data_ptr<acc_t>();
+    const acc_t k = static_cast<acc_t>(k_), cap = static_cast<acc_t>(softcap);
+    at::parallel_for(0, N, grain(C), [&](int64_t begin, int64_t end) {
+      auto scratch = std::make_unique<Scratch<acc_t>>();
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t skip = yp[i] >= 0 && yp[i] < C ? yp[i] : -1;
+        const OneHotStats<acc_t> st =
+            cap != acc_t(0) ? row_stats(capped_row(zp + i * C, C, cap, scratch->zc, scratch->x), C, skip, k, *scratch)
+                            : row_stats(zp + i * C, C, skip, k, *scratch);
+        op[i * kShardStatsCols] = st.m;
+        op[i * kShardStatsCols + 1] = st.s1;
+        op[i * kShardStatsCols + 2] = st.sk;
+      }
+    });
+  });
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight,
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,

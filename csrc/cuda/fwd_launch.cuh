@@ -118,6 +118,7 @@ cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
   a.k = static_cast<A>(p.k);
   a.k_is_one = p.k == 1.0;
   a.compute_grad = p.compute_grad;
+  a.raw_stats = p.raw_stats;
   a.aligned = p.C % Pack<S>::kN == 0 && reinterpret_cast<uintptr_t>(p.logits) % 16 == 0;
   return is_soft(p.tg) ? launch_fwd_path<S, true>(a, d, stream) : launch_fwd_path<S, false>(a, d, stream);
 }

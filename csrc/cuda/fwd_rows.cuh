@@ -28,6 +28,7 @@ struct FwdArgs {
   bool aligned;
   bool k_is_one;
   bool compute_grad;
+  bool raw_stats;  // FwdParams::raw_stats (shard_stats)
 };
 
 template <typename A>
@@ -43,6 +44,13 @@ template <typename S>
 __device__ __forceinline__ void finish_onehot_row(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
                                                   OneHotStats<acc_type<S>> st, acc_type<S> z_y) {
   using A = acc_type<S>;
+  if (a.raw_stats) {  // shard_stats: the statistics themselves, for a reduction across ranks
+    A* st_out = a.stats + row * kStatsCols;
+    st_out[0] = st.m;
+    st_out[1] = st.s1;
+    st_out[2] = st.sk;
+    return;
+  }
   if (ri.y >= 0) {
     const A w_y = class_weight(a.tg, ri.y);
     const OneHotRow<A> rr = onehot_finalize(st, z_y, w_y, a.k);

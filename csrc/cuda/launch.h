@@ -45,6 +45,9 @@ struct FwdParams {
   int64_t C;               // 1 <= C <= kMaxClasses when N > 0
   double k;
   bool compute_grad;       // false: the soft rows skip their |eps|^k statistics
+  bool raw_stats;          // shard_stats: one-hot rows write their OneHotStats {m, s1, sk}
+                           // unfinalised into stats columns 0..2 (every class when the label is
+                           // not valid), nothing else
 };
 
 struct BwdParams {

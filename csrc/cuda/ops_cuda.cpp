@@ -1,5 +1,5 @@
-// ops_cuda.cpp: the torch glue of the CUDA kernels: hardloss_cuda::{fwd, bwd, bwd_inplace}
-// for the CUDA dispatch key (the schemas are defined in csrc/ops.cpp, see _schema.py).
+// ops_cuda.cpp: the torch glue of the CUDA kernels: hardloss_cuda::{fwd, bwd, bwd_inplace,
+// shard_stats} for the CUDA dispatch key (the schemas are defined in csrc/ops.cpp, see _schema.py).
 //
 // Compiled by the host C++ compiler inside the CUDA extension (setup.py adds csrc/cuda/*.cpp
 // and -DHL_WITH_CUDA). Lean includes only: ATen/cuda/CUDAContext.h does not build against the
@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -106,9 +107,42 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
   p.C = z.size(1);
   p.k = k;
   p.compute_grad = compute_grad;
+  p.raw_stats = false;
   C10_CUDA_CHECK(launch_fwd(p, dtype_of(z.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {loss, stats};
+}
+
+// shard_stats (_schema.py): the one-hot forward kernels with FwdParams::raw_stats, which write
+// each row's OneHotStats {m, s1, sk} (over j != target, or every class for a target outside
+// [0, C)) into stats columns 0..2 instead of finalising the row.
+at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k, double softcap) {
+  hl::check_fwd_args(logits, target, std::nullopt, std::nullopt);
+  TORCH_CHECK(!target.is_floating_point(), "hardloss_cuda: shard_stats: target must be class indices");
+  hl::check_softcap(softcap);
+  Prepared in = prepare(logits, target, std::nullopt, std::nullopt);
+  c10::cuda::CUDAGuard guard(logits.device());
+  const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
+  const int64_t N = z.size(0);
+  const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
+  at::Tensor stats = at::empty({N, hl::kStatsCols}, acc);
+  if (N > 0) {
+    at::Tensor loss = at::empty({N}, acc);
+    FwdParams p;
+    p.logits = z.data_ptr();
+    // No label is ignored: every row excludes its target when it lies in [0, C), none otherwise.
+    p.tg = target_params(in, std::numeric_limits<int64_t>::min(), 0.0);
+    p.loss = loss.data_ptr();
+    p.stats = stats.data_ptr();
+    p.N = N;
+    p.C = z.size(1);
+    p.k = k;
+    p.compute_grad = true;
+    p.raw_stats = true;
+    C10_CUDA_CHECK(launch_fwd(p, dtype_of(z.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return stats.narrow(1, 0, hl::kShardStatsCols).contiguous();
 }
 
 // grad_loss and stats: checked by hl::check_bwd_args (acc dtype, shapes, device); made
@@ -202,4 +236,5 @@ TORCH_LIBRARY_IMPL(hardloss_cuda, CUDA, m) {
   m.impl("fwd", &hl::cuda::fwd);
   m.impl("bwd", &hl::cuda::bwd);
   m.impl("bwd_inplace", &hl::cuda::bwd_inplace);
+  m.impl("shard_stats", &hl::cuda::shard_stats);
 }
