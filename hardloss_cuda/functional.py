@@ -146,7 +146,14 @@ def cross_entropy(
         fn = _autograd.RowLoss if torch.compiler.is_compiling() else _autograd.RowLossJvp
         loss, stats = fn.apply(*args, which)
 
-    valid, row_w = row_weights(tgt, w, ignore_index, logits.shape[0], acc)
+    return finish_rows(loss, stats, tgt, w, ignore_index, frac, z_loss, reduction, return_lse, out_shape,
+                       input.dtype)
+
+
+def finish_rows(loss, stats, tgt, w, ignore_index, frac, z_loss, reduction, return_lse, out_shape, dtype):
+    """From the op's per-row (loss, stats) to what ``cross_entropy`` returns: trimming, the
+    reduction with the z-loss, the lse when asked for (shared with the vocab-parallel loss)."""
+    valid, row_w = row_weights(tgt, w, ignore_index, loss.shape[0], loss.dtype)
     lse = row_lse(stats, valid) if (return_lse or z_loss != 0) else None
     if frac is not None:
         kept = keep_mask(loss, valid, frac)
@@ -155,5 +162,5 @@ def cross_entropy(
         valid = valid & kept
 
     out = reduce_rows(loss, lse, valid, row_w, z_loss, reduction)
-    out = out.to(input.dtype).reshape(out_shape) if reduction == "none" else out.to(input.dtype)
+    out = out.to(dtype).reshape(out_shape) if reduction == "none" else out.to(dtype)
     return (out, lse.reshape(out_shape)) if return_lse else out

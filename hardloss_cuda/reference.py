@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype
 
-__all__ = ["rows", "fwd", "bwd", "acc_dtype", "target_rows", "target_grads"]
+__all__ = ["rows", "fwd", "bwd", "shard_stats", "acc_dtype", "target_rows", "target_grads"]
 
 
 def target_rows(
@@ -75,15 +75,36 @@ def _onehot_rows(zs: Tensor, y: Tensor, w_y: Tensor, k: float, compute_grad: boo
     return loss, grad, lse
 
 
-def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool):
+class RowReductions:
+    """The reductions over a row's classes that the soft path needs. Here over the whole row;
+    ``hardloss_cuda.distributed`` subclasses it to also reduce over the ranks that each hold a
+    slice of the classes, so that the same ``_soft_rows`` serves both."""
+
+    def sum(self, x: Tensor, keepdim: bool = False) -> Tensor:
+        return x.sum(1, keepdim=keepdim)
+
+    def logsumexp(self, x: Tensor, keepdim: bool = False) -> Tensor:
+        return torch.logsumexp(x, 1, keepdim=keepdim)
+
+    def all(self, x: Tensor) -> Tensor:
+        return x.all(1, keepdim=True)
+
+
+ROW = RowReductions()
+
+
+def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReductions = ROW):
     """Soft targets on max-shifted rows: f = t F_k(p - q / t) (ROW_MATH.md section 3), log
-    domain throughout. Returns (loss, gradient or None, lse of zs)."""
-    lse = torch.logsumexp(zs, dim=1)
+    domain throughout. Returns (loss, gradient or None, lse of zs); ``red`` reduces over the
+    classes."""
+    lse = red.logsumexp(zs)
     log_p = zs - lse[:, None]
-    loss = -torch.where(q != 0, q * log_p, 0).sum(1)  # q = 0 skipped: -inf logits add 0
+    loss = -red.sum(torch.where(q != 0, q * log_p, 0))  # q = 0 skipped: -inf logits add 0
     if not compute_grad:
         return loss, None, lse
-    t = q.sum(1)
+    t = red.sum(q)
+    if k == 1:  # F_1(eps) = eps (S_neg = S_pos): the true gradient t p - q, no |eps| statistics
+        return loss, t[:, None] * log_p.exp() - q, lse
     qh = q / torch.where(t != 0, t, 1)[:, None]
     # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
     # so that a small k does not lose classes whose probability underflows.
@@ -92,17 +113,17 @@ def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool):
     # The dominant class (qh > 1/2, at most one when q >= 0): eps = (1 - qh) - (1 - p) with
     # both sums taken over the other classes, 1 - p in the log domain (p - qh cancels when
     # both are near 1).
-    star = (qh > 0.5) & (t > 0)[:, None] & (q >= 0).all(1, keepdim=True)
-    log_p_rest = torch.logsumexp(log_p.masked_fill(star, float("-inf")), 1, keepdim=True)
-    q_rest = torch.where(star, 0, qh).sum(1, keepdim=True)
+    star = (qh > 0.5) & (t > 0)[:, None] & red.all(q >= 0)
+    log_p_rest = red.logsumexp(log_p.masked_fill(star, float("-inf")), keepdim=True)
+    q_rest = red.sum(torch.where(star, 0, qh), keepdim=True)
     eps_star = q_rest - log_p_rest.exp()
     log_abs_eps = torch.where(star, torch.where(q_rest == 0, log_p_rest, eps_star.abs().log()), log_abs_eps)
     neg = torch.where(star, (eps_star < 0) | ((q_rest == 0) & (log_p_rest > float("-inf"))), neg)
     k_log = k * log_abs_eps
     # log S_neg and log S_pos in the log domain: |eps|^k of a large k underflows, their ratio not
-    lse_neg = torch.logsumexp(torch.where(neg, k_log, float("-inf")), dim=1)
+    lse_neg = red.logsumexp(torch.where(neg, k_log, float("-inf")))
     k_log_pos = torch.where(neg, float("-inf"), k_log)
-    lse_pos = torch.logsumexp(k_log_pos, dim=1)
+    lse_pos = red.logsumexp(k_log_pos)
     f_pos = torch.exp(lse_neg[:, None] + k_log_pos - lse_pos[:, None])
     f_pos = torch.where(torch.isfinite(lse_pos)[:, None], f_pos, 0)
     f = torch.where(neg, -k_log.exp(), f_pos)
@@ -199,6 +220,20 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
     if softcap != 0:  # d (c tanh(x / c)) / dx = 1 - tanh^2
         out = out * (1 - torch.square(z / softcap))
     return out.to(logits.dtype)
+
+
+def shard_stats(logits, target, k, softcap=0.0):
+    """(m, s1, sk) per row over the classes j != target (every class for a target outside
+    [0, C)): the one-hot statistics of ROW_MATH.md section 3 before they are finalised."""
+    z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
+    C = z.shape[1]
+    own = (target >= 0) & (target < C)
+    z = z.masked_fill(own[:, None] & (target[:, None] == torch.arange(C, device=z.device)), float("-inf"))
+    m = z.amax(1) if C > 0 else z.new_full(z.shape[:1], float("-inf"))
+    shift = torch.where(m == float("-inf"), 0, m)[:, None]  # no 0 * inf from an empty row
+    s1 = torch.exp(z - shift).sum(1)
+    sk = torch.exp(k * (z - shift)).sum(1)
+    return torch.stack([m, s1, sk], 1)
 
 
 def _true_rows_grad(grad_loss, logits, stats, weight, scale, softcap):

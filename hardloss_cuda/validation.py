@@ -93,15 +93,17 @@ def check_mixing_weight(eps, name: str = "eps") -> None:
         raise ValueError(f"{name} (mixing weight) must lie in [0, 0.5), got {eps!r}")
 
 
-def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward):
-    """Shape, dtype and range checks; returns the number of classes C."""
+def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
+                 num_classes: int | None = None):
+    """Shape, dtype and range checks; returns the number of classes C (``num_classes`` when
+    ``input`` holds only a slice of them: a vocab-parallel shard)."""
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
     if input.dtype not in FLOAT_DTYPES:
         raise ValueError(f"input: unsupported dtype {input.dtype}; expected one of {FLOAT_DTYPES}")
     if input.dim() == 0:
         raise ValueError("input must have at least one dimension (the classes)")
-    C = input.shape[0] if input.dim() == 1 else input.shape[1]
+    C = num_classes if num_classes is not None else (input.shape[0] if input.dim() == 1 else input.shape[1])
     if C < 1:
         raise ValueError("input must have at least one class (C >= 1)")
     if not isinstance(target, Tensor):

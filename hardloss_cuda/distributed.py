@@ -1,0 +1,365 @@
+"""Vocab-parallel cross-entropy over ``torch.distributed``: each rank of a group holds a slice of
+the classes, ``(N, C_local)`` logits, and the full ``target``; the result is what
+``hardloss_cuda.cross_entropy`` gives on the concatenated logits, value and (pseudo-)gradient,
+with no rank ever holding more than its slice (docs/DISTRIBUTED.md).
+
+One-hot rows (class indices without smoothing or mixture), every k: each rank's kernel
+computes its slice's statistics over the non-target classes (the op ``shard_stats``: max m,
+``s1 = sum exp(z - m)``, ``sk = sum exp(k (z - m))``); one all-reduce MAX of m and one
+all-reduce SUM of ``(s1, sk, z_y)`` rescaled to the global max (the rank that owns the label
+contributes z_y) give the row's global statistics; they are finalised as row_math.h's
+``onehot_finalize`` does, in O(N) torch ops, and the backward is each rank's ``bwd`` op on its
+slice with these global stats: no communication at all. Forward: 2 collectives of 4 N values.
+
+Label smoothing and mixtures (soft rows) go through the reference's soft-row math
+(``reference._soft_rows``) with every reduction over the classes followed by an all-reduce over
+the ranks; the gradient is computed in the forward and kept (an (N, C_local) buffer in the
+accumulation dtype). About 13 collectives of N values. Probability targets are not accepted
+(they would be sharded like the logits; not needed by the models this is for).
+
+Collectives are torch's functional collectives (traceable by torch.compile); nothing else
+synchronises with the host, except the layout exchange when ``class_start`` / ``num_classes``
+are not given and the label range check of eager mode (as ``cross_entropy``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed import _functional_collectives as funcol
+
+from . import backends, reference
+from ._autograd import _DOUBLE_BACKWARD, _grad_lse
+from ._ops import bwd_inplace_op, bwd_op, shard_stats_op
+from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype
+from .functional import _trim_fraction, finish_rows, op_inputs
+from .validation import check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
+
+__all__ = ["vocab_parallel_cross_entropy", "shard_layout"]
+
+_INF = float("inf")
+
+
+def _all_reduce(x: Tensor, op: str, group) -> Tensor:
+    return funcol.all_reduce(x, op, group)
+
+
+def shard_layout(num_local_classes: int, class_start: int | None = None, group=None) -> tuple[int, int]:
+    """(class_start, num_classes) of this rank's slice, from every rank's (class_start, size)
+    (one ``all_gather_object``): ``class_start`` given on every rank (any order of the slices)
+    or on none (slices in rank order). The slices must tile [0, num_classes) exactly."""
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    got = [None] * world
+    dist.all_gather_object(got, (class_start, int(num_local_classes)), group=group)
+    given = [s is not None for s, _ in got]
+    if any(given) and not all(given):
+        raise ValueError("class_start must be given on every rank of the group or on none")
+    if not any(given):
+        starts = [sum(n for _, n in got[:r]) for r in range(world)]
+        got = [(s, n) for s, (_, n) in zip(starts, got)]
+    end = 0
+    for s, n in sorted(got):
+        if s != end:
+            raise ValueError(f"class_start: the ranks' slices (start, size) {got} do not tile the classes "
+                             f"(a gap or an overlap at class {end})")
+        end = s + n
+    return got[rank][0], end
+
+
+def _from_dtensor(x, target):
+    """A DTensor sharded on its class (last) dimension: (local tensor, target, group, class_start,
+    num_classes); anything else passes through (with Nones)."""
+    try:
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+    except ImportError:  # pragma: no cover (torch without DTensor)
+        return x, target, None, None, None
+    if isinstance(target, DTensor):
+        target = target.full_tensor()
+    if not isinstance(x, DTensor):
+        return x, target, None, None, None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    sharded = [i for i, p in enumerate(x.placements) if isinstance(p, Shard) and p.dim % x.ndim == x.ndim - 1]
+    others_ok = all(isinstance(p, Replicate) for i, p in enumerate(x.placements) if i not in sharded)
+    if len(sharded) != 1 or not others_ok:
+        raise ValueError(f"local_logits: a DTensor must be Shard(-1) on one mesh dimension and Replicate on the "
+                         f"others, got {x.placements}")
+    _, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+    group = x.device_mesh.get_group(sharded[0])
+    return x.to_local(), target, group, int(offset[-1]), int(x.shape[-1])
+
+
+def _capped(z: Tensor, softcap: float) -> Tensor:
+    return reference.softcap_logits(z, softcap)
+
+
+def _split(base: Tensor, L: Tensor):
+    """lse = base + L as hi and lo (row_math.h lse_split)."""
+    hi = base + L
+    return hi, torch.where(torch.isfinite(hi), (base - hi) + L, 0)
+
+
+def _onehot_finalize(M, S1, Sk, z_y, k):
+    """row_math.h ``onehot_finalize`` on the all-reduced statistics (unweighted: the class weight
+    is applied to the loss and to the incoming gradient): (loss, lse hi, lo, f_y, m, log_c)."""
+    L1 = torch.log(S1)  # -inf when no other class
+    d = torch.where(z_y == _INF, torch.nan, (M - z_y) + L1)
+    tail = torch.log1p(torch.exp(-d.abs()))
+    sp, sp_neg = d.clamp_min(0) + tail, (-d).clamp_min(0) + tail
+    hi_a, lo_a = _split(M, L1 + sp_neg)
+    hi_b, lo_b = _split(z_y, sp)
+    hi, lo = torch.where(d > 0, hi_a, hi_b), torch.where(d > 0, lo_a, lo_b)
+    a = -sp_neg
+    f_y = 0 - torch.exp(k * a)
+    none = M == -_INF  # no non-target class with p > 0: all f_j = 0 (NaN for a NaN row)
+    m = torch.where(none, 0, M)
+    log_c = torch.where(none, torch.where(d == d, -_INF, d), k * a - (L1 if k == 1 else torch.log(Sk)))
+    return sp, hi, lo, f_y, m, log_c
+
+
+def _labels(tgt: Tensor, ignore_index: int, start: int, C: int, CL: int):
+    """(ignored, valid, owned, local label) of the global labels on this rank's slice."""
+    ignored = tgt == ignore_index
+    valid = ~ignored & (tgt >= 0) & (tgt < C)
+    y = tgt - start
+    owned = valid & (y >= 0) & (y < CL)
+    return ignored, valid, owned, y
+
+
+class _OneHotShard(torch.autograd.Function):
+    """One-hot rows: the slice's statistics from the backend's ``shard_stats`` kernel, two
+    all-reduces, the bwd kernel on the slice with the global stats."""
+
+    @staticmethod
+    def forward(ctx, local, tgt, w, ignore_index, k, softcap, layout, group, backend, inplace):
+        (start, C), (N, CL) = layout, local.shape
+        acc = acc_dtype(local.dtype)
+        ignored, valid, owned, y = _labels(tgt, ignore_index, start, C, CL)
+        if CL > 0:
+            st = shard_stats_op(backend)(local, torch.where(owned, y, -1), k, softcap)
+            z_y = _capped(local.gather(1, torch.where(owned, y, 0)[:, None])[:, 0].to(acc), softcap)
+            z_0 = _capped(local[:, 0].to(acc), softcap)
+        else:  # an empty slice: nothing to add
+            st = torch.tensor([-_INF, 0.0, 0.0], dtype=acc, device=local.device).expand(N, 3)
+            z_y = z_0 = torch.zeros(N, dtype=acc, device=local.device)
+        m = st[:, 0]
+        M = _all_reduce(m, "max", group)
+        shift = torch.where(M == -_INF, 0, M)
+        part = torch.stack([st[:, 1] * torch.exp(m - shift), st[:, 2] * torch.exp(k * (m - shift)),
+                            torch.where(owned, z_y, 0)], 1)
+        S1, Sk, z_y = _all_reduce(part, "sum", group).unbind(1)
+        sp, hi, lo, f_y, m_out, log_c = _onehot_finalize(M, S1, Sk, z_y, k)
+
+        w_y = torch.ones_like(sp) if w is None else w[torch.where(valid, tgt, 0)]
+        loss = torch.where(ignored, 0, w_y * sp).masked_fill(~ignored & ~valid, torch.nan)
+        # The bwd kernel writes the scale column at the label: f_y where this rank owns it; else
+        # column 0 (a stand-in label) with its own non-target value, so that no fix-up pass is needed.
+        scale = torch.where(owned, f_y, torch.exp(k * (z_0 - m_out) + log_c))
+        cols = [torch.where(valid, c, 0) for c in (scale, m_out, log_c)]
+        stats = torch.stack([hi, lo, *cols, torch.zeros_like(hi)], 1)
+        # local label for bwd: owned -> y; other valid rows -> 0; ignored -> -1 (ignore_index of
+        # the bwd call); out-of-range -> CL (a NaN row, as the single-device op)
+        ctx.tgt = torch.where(owned, y, torch.where(valid, 0, torch.where(ignored, -1, CL)))
+        ctx.w_y = w_y
+        ctx.args = (k, softcap, backend, inplace)
+        ctx.save_for_backward(local, stats)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_stats):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        local, stats = ctx.saved_tensors
+        k, softcap, backend, inplace = ctx.args
+        if local.shape[1] == 0:
+            return (torch.zeros_like(local),) + (None,) * 9
+        g = torch.zeros_like(ctx.w_y) if grad_loss is None else grad_loss.to(stats.dtype) * ctx.w_y
+        g_lse = _grad_lse(grad_stats)
+        args = (g.contiguous(), local, ctx.tgt, None, None, stats, -1, 0.0, k, softcap, g_lse)
+        if backend == "reference":  # reference.bwd recomputes from the logits, not from stats
+            grad = _onehot_grad_from_stats(*args)
+        elif inplace:
+            bwd_inplace_op(backend)(*args)
+            torch.autograd.graph.increment_version(local)
+            grad = local.detach()
+        else:
+            grad = bwd_op(backend)(*args)
+        return (grad,) + (None,) * 9
+
+
+def _onehot_grad_from_stats(g, local, tgt, _w, _mix, stats, _ignore, _s, k, softcap, g_lse):
+    """What the bwd kernels compute for one-hot rows from the stats (row_math.h ``onehot_fj``,
+    ``finish_grad``), in torch ops: the reference backend's vocab-parallel backward."""
+    z = _capped(local.to(stats.dtype), softcap)
+    CL = z.shape[1]
+    hi, lo, scale, m, log_c = (stats[:, i, None] for i in range(5))
+    grad = g[:, None] * torch.exp(k * (z - m) + log_c)
+    grad = torch.where(tgt[:, None] == torch.arange(CL, device=z.device), g[:, None] * scale, grad)
+    if g_lse is not None:
+        grad = grad + g_lse[:, None] * torch.exp((z - hi) - lo)
+    grad = torch.where((tgt == -1)[:, None], 0, grad).masked_fill((tgt >= CL)[:, None], torch.nan)
+    if softcap != 0:
+        grad = grad * (1 - torch.square(z / softcap))
+    return grad.to(local.dtype)
+
+
+class _GroupRows(reference.RowReductions):
+    """Reductions over the classes of a row whose classes are split over the ranks of a group:
+    the local reduction, then an all-reduce."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def sum(self, x, keepdim=False):
+        return _all_reduce(x.sum(1, keepdim=keepdim), "sum", self.group)
+
+    def logsumexp(self, x, keepdim=False):
+        local = torch.logsumexp(x, 1, keepdim=keepdim)  # -inf for an empty slice
+        M = _all_reduce(local, "max", self.group)
+        shift = torch.where(torch.isfinite(M), M, 0)
+        return shift + torch.log(_all_reduce(torch.exp(local - shift), "sum", self.group))
+
+    def all(self, x):
+        return _all_reduce(x.all(1, keepdim=True).to(torch.int32), "min", self.group).bool()
+
+
+class _SoftShard(torch.autograd.Function):
+    """Smoothed or mixture rows: the reference's soft-row math with group-wide reductions; the
+    (pseudo-)gradient is computed here and kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, local, tgt, w, mix, ignore_index, smoothing, k, softcap, layout, group, compute_grad, inplace):
+        (start, C), (N, CL) = layout, local.shape
+        acc = acc_dtype(local.dtype)
+        ignored, valid, _owned, _y = _labels(tgt, ignore_index, start, C, CL)
+        z = _capped(local.to(acc), softcap)
+        local_max = z.amax(1) if CL > 0 else z.new_full((N,), -_INF)
+        M = _all_reduce(local_max, "max", group)
+        bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, or nothing but -inf (reference._max_shift)
+        shift = torch.where(torch.isfinite(M), M, 0)
+        yv = torch.where(valid, tgt, 0)
+        classes = torch.arange(start, start + CL, device=local.device)
+        if mix is not None:
+            q = mix[:, start:start + CL][yv]  # (N, C_local): the slice's columns of W[y]
+        else:
+            q = (yv[:, None] == classes).to(acc) * (1 - smoothing) + smoothing / C
+        q = q * valid[:, None] if w is None else q * w[start:start + CL] * valid[:, None]
+        loss, f, lse = reference._soft_rows(z - shift[:, None], q, k, compute_grad, _GroupRows(group))
+        bad = ~ignored & ~valid
+        loss = torch.where(ignored, 0, loss.masked_fill(bad_row, torch.nan)).masked_fill(bad, torch.nan)
+        hi, lo = _split(shift, lse)
+        stats = torch.zeros(N, STATS_COLS, dtype=acc, device=local.device)
+        stats[:, LSE_COL], stats[:, LSE_LO_COL] = hi, lo
+        if compute_grad:
+            f = torch.where(ignored[:, None], 0, f.masked_fill(bad_row[:, None], torch.nan))
+            f = f.masked_fill(bad[:, None], torch.nan)
+            stats[:, SCALE_COL] = torch.where(valid, 1, 0)
+            ctx.save_for_backward(local, f, stats)
+            ctx.args = (softcap, inplace, ignored)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_stats):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        local, f, stats = ctx.saved_tensors
+        softcap, inplace, ignored = ctx.args
+        grad = f * (0 if grad_loss is None else grad_loss.to(f.dtype)[:, None])
+        g_lse = _grad_lse(grad_stats)
+        z = _capped(local.to(f.dtype), softcap)
+        if g_lse is not None:
+            p = torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
+            grad = grad + torch.where(ignored[:, None], 0, g_lse[:, None] * p)
+        if softcap != 0:
+            grad = grad * (1 - torch.square(z / softcap))
+        if inplace:
+            local.copy_(grad)
+            torch.autograd.graph.increment_version(local)
+            return (local.detach(),) + (None,) * 11
+        return (grad.to(local.dtype),) + (None,) * 11
+
+
+def vocab_parallel_cross_entropy(
+    local_logits: Tensor,
+    target: Tensor,
+    *,
+    group=None,
+    class_start: int | None = None,
+    num_classes: int | None = None,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    k: float = 1.0,
+    mixture: Tensor | None = None,
+    trim=None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    return_lse: bool = False,
+    inplace_backward: bool = False,
+    backend: str = "auto",
+):
+    """``hardloss_cuda.cross_entropy`` of logits whose classes are split over the ranks of
+    ``group`` (tensor / vocab parallelism); called on every rank of the group.
+
+    Args:
+        local_logits: this rank's slice ``(N, C_local)`` (or ``(C_local,)``) of the logits, or a
+            DTensor sharded on its last dimension (``Shard(-1)``), whose mesh gives the group.
+        target: the full ``(N,)`` class indices, the same on every rank.
+        group: the process group (default: the world).
+        class_start: the first class of this rank's slice; without it the slices follow the
+            rank order. Given with ``num_classes`` (the total), no host exchange is needed (what
+            torch.compile and CUDA graphs want); otherwise one ``all_gather_object`` finds the
+            layout, and checks that the slices tile the classes (uneven slices are fine).
+        weight, ignore_index, reduction, label_smoothing, k, mixture, trim, softcap, z_loss,
+        return_lse, inplace_backward, backend: as ``cross_entropy``; ``weight`` and ``mixture``
+            are the full ``(C,)`` and ``(C, C)`` tensors on every rank (the gradient of a mixture
+            is not computed here). Every rank gets the same loss; trimming keeps the same rows on
+            every rank.
+    """
+    local_logits, target, mesh_group, mesh_start, mesh_C = _from_dtensor(local_logits, target)
+    if mesh_group is not None:
+        group, class_start, num_classes = mesh_group, mesh_start, mesh_C
+    if group is None:
+        group = dist.group.WORLD
+    if not isinstance(local_logits, Tensor) or local_logits.dim() not in (1, 2):
+        raise ValueError(f"local_logits must be (N, C_local) or (C_local,), got "
+                         f"{tuple(getattr(local_logits, 'shape', ()))}")
+    if isinstance(target, Tensor) and target.is_floating_point():
+        raise ValueError("target: the vocab-parallel loss takes class indices (probability targets are not "
+                         "supported; label_smoothing and mixture are)")
+    if class_start is None or num_classes is None:
+        start, C = shard_layout(local_logits.shape[-1], class_start, group)
+        if num_classes is not None and num_classes != C:
+            raise ValueError(f"num_classes={num_classes}, but the ranks' slices add up to {C} classes")
+    else:
+        start, C = int(class_start), int(num_classes)
+        if not (0 <= start and start + local_logits.shape[-1] <= C):
+            raise ValueError(f"class_start={start}: the slice of {local_logits.shape[-1]} classes lies outside "
+                             f"[0, num_classes={C})")
+    ignore_index = scalar_arg(ignore_index, "ignore_index", int)
+    label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
+    check_inputs(local_logits, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
+                 num_classes=C)
+    if mixture is not None and mixture.requires_grad and torch.is_grad_enabled():
+        raise ValueError("mixture: its gradient is not computed by the vocab-parallel loss")
+    k, cap, z_loss = check_k(k), check_softcap(softcap), check_z_loss(z_loss)
+    frac = _trim_fraction(trim)
+    which = backends.resolve(backend, local_logits.device)
+
+    out_shape = () if local_logits.dim() == 1 else local_logits.shape[:1]
+    logits = local_logits[None] if local_logits.dim() == 1 else local_logits
+    logits = logits.contiguous()
+    tgt, w, mix, _acc = op_inputs(target.reshape(-1), weight, mixture, logits.dtype)
+    layout = (start, C)
+    inplace = bool(inplace_backward) and torch.is_grad_enabled() and logits.requires_grad
+    if mix is not None or label_smoothing > 0:
+        compute_grad = torch.is_grad_enabled() and logits.requires_grad
+        loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, float(label_smoothing), k, cap, layout,
+                                       group, compute_grad, inplace)
+    else:
+        loss, stats = _OneHotShard.apply(logits, tgt, w, ignore_index, k, cap, layout, group, which, inplace)
+    return finish_rows(loss, stats, tgt, w, ignore_index, frac, z_loss, reduction, return_lse, out_shape,
+                       logits.dtype)

@@ -1,0 +1,220 @@
+"""The vocab-parallel loss (hardloss_cuda.distributed) in real multi-process groups: gloo on the
+CPU, 2 and 3 ranks, uneven slices (one of them empty, one layout out of rank order). Every rank
+computes the single-process ``cross_entropy`` of the whole logits with the same backend and
+checks its own slice of the gradient and the loss against it: 1e-12 in float64, 1e-6 in
+float32, for k = 1, 0.5, 2, with weights, ignore_index, smoothing, mixtures, trimming, softcap,
+z-loss and lse, every reduction, in place, through a DTensor and under torch.compile. The shard statistics op itself
+is checked against the reference on every backend."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import hardloss_cuda as hl
+from hardloss_cuda._ops import shard_stats_op
+from hardloss_cuda.distributed import vocab_parallel_cross_entropy
+
+from .conftest import api_backends
+
+N, C = 13, 37
+# (class_start, size) per rank; "given" layouts pass class_start, the others let the ranks find it.
+LAYOUTS = {
+    2: [("even", [(0, 17), (17, 20)], False), ("reversed", [(20, 17), (0, 20)], True)],
+    3: [("uneven", [(0, 5), (5, 15), (20, 17)], False), ("empty", [(0, 20), (20, 0), (20, 17)], True)],
+}
+OPTIONS = [
+    {},
+    {"weight": True, "ignore": True},
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.2, "weight": True, "ignore": True},
+    {"trim": 0.5, "weight": True},
+    {"softcap": 3.0, "z_loss": 1e-2, "return_lse": True, "ignore": True},
+    {"mixture": True},
+    {"trim": 0.4, "label_smoothing": 0.1, "z_loss": 1e-3},
+]
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _data(seed: int, dtype: torch.dtype, opts: dict):
+    """Full logits with ties, a large row and -inf classes, labels, weight, mixture; the same on
+    every rank."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(N, C, generator=g, dtype=torch.float64) * 2
+    z[0] = 0.5  # ties
+    z[1] *= 15  # confident
+    target = torch.randint(0, C, (N,), generator=g)
+    z[2, (torch.arange(C) != target[2]) & (torch.arange(C) % 3 == 0)] = float("-inf")
+    if opts.get("ignore"):
+        target[3] = target[7] = -100
+    weight = torch.rand(C, generator=g, dtype=torch.float64) + 0.5 if opts.get("weight") else None
+    mixture = None
+    if opts.get("mixture"):
+        mixture = torch.softmax(torch.randn(C, C, generator=g, dtype=torch.float64) * 3, 1)
+    grad_out = torch.randn(N, generator=g, dtype=torch.float64)
+    return z.to(dtype), target, weight, mixture, grad_out
+
+
+def _kwargs(opts, weight, mixture, k, reduction):
+    kw = dict(weight=weight, mixture=mixture, k=k, reduction=reduction)
+    for name in ("label_smoothing", "trim", "softcap", "z_loss", "return_lse"):
+        if name in opts:
+            kw[name] = opts[name]
+    return kw
+
+
+def _tol(dtype):
+    return {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 2e-2)
+
+
+def _check(name, got, want, dtype):
+    tol = _tol(dtype)
+    scale = want.detach().abs().nan_to_num(posinf=0).max().item() if want.numel() else 1.0
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(scale, 1.0), equal_nan=True,
+                               msg=lambda m: f"{name}: {m}")
+
+
+def _backward(out, grad_out, reduction):
+    loss = out[0] if isinstance(out, tuple) else out
+    lse_term = out[1].sum() * 0.25 if isinstance(out, tuple) else 0
+    (loss * grad_out.to(loss.dtype) if reduction == "none" else loss).sum().add(lse_term).backward()
+
+
+def _run_case(rank, world, layout, given, backend, dtype, opts, k, reduction, seed, inplace=False):
+    start, size = layout[rank]
+    z, target, weight, mixture, grad_out = _data(seed, dtype, opts)
+    kw = _kwargs(opts, weight, mixture, k, reduction)
+    full = z.clone().requires_grad_()
+    want = hl.cross_entropy(full, target, backend=backend, ignore_index=-100, **kw)
+    _backward(want, grad_out, reduction)
+
+    leaf = z[:, start:start + size].clone().requires_grad_()
+    local = leaf * 1 if inplace else leaf  # in place needs a non-leaf
+    if inplace:
+        local.retain_grad()
+    got = vocab_parallel_cross_entropy(local, target, class_start=start if given else None, backend=backend,
+                                       inplace_backward=inplace, **kw)
+    _backward(got, grad_out, reduction)
+    case = f"rank {rank}/{world} {backend} {dtype} k={k} {reduction} {opts} slice {start}:{start + size}"
+    for a, b, what in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,),
+                          ("loss", "lse")):
+        _check(f"{case} {what}", a, b, dtype)
+    _check(f"{case} grad", leaf.grad, full.grad[:, start:start + size], dtype)
+
+
+def _backends():
+    avail = hl.available_backends()
+    out = [b for b in ("reference", "cpu") if b in avail]
+    if "triton" in avail and os.environ.get("TRITON_INTERPRET") == "1":
+        out.append("triton")
+    return out
+
+
+def _dtensor_case(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    z, target, weight, _mix, _g = _data(7, torch.float64, {"weight": True})
+    for k in (1.0, 0.5):
+        full = z.clone().requires_grad_()
+        hl.cross_entropy(full, target, weight=weight, k=k, backend="cpu").backward()
+        dz = distribute_tensor(z.clone(), mesh, [Shard(1)]).requires_grad_()
+        loss = vocab_parallel_cross_entropy(dz, target, weight=weight, k=k, backend="cpu")
+        loss.backward()
+        _check(f"dtensor rank {rank} k={k} loss", loss, hl.cross_entropy(z, target, weight=weight, k=k), torch.float64)
+        _check(f"dtensor rank {rank} k={k} grad", dz.grad.full_tensor(), full.grad, torch.float64)
+
+
+def _compile_case(rank, world, layout):
+    """torch.compile(fullgraph=True) with the layout given (no host exchange): the functional
+    collectives trace. (aot_eager keeps CI fast; inductor gives the same result.)"""
+    start, size = layout[rank]
+    z, target, weight, _mix, _g = _data(11, torch.float64, {"weight": True})
+    for kw in ({"k": 0.5, "weight": weight}, {"label_smoothing": 0.1}, {"softcap": 4.0, "z_loss": 1e-2}):
+        full = z.clone().requires_grad_()
+        want = hl.cross_entropy(full, target, backend="cpu", **kw)
+        want.backward()
+        local = z[:, start:start + size].clone().requires_grad_()
+        fn = torch.compile(lambda a, t: vocab_parallel_cross_entropy(a, t, class_start=start, num_classes=C,
+                                                                     backend="cpu", **kw),
+                           fullgraph=True, backend="aot_eager")
+        got = fn(local, target)
+        got.backward()
+        _check(f"compiled rank {rank} {kw.keys()} loss", got, want, torch.float64)
+        _check(f"compiled rank {rank} {kw.keys()} grad", local.grad, full.grad[:, start:start + size], torch.float64)
+
+
+def _errors(rank, world, layout):
+    start, size = layout[rank]
+    z, target, *_ = _data(3, torch.float64, {})
+    local = z[:, start:start + size]
+    with pytest.raises(ValueError, match="do not tile"):
+        vocab_parallel_cross_entropy(local, target, class_start=0)  # every rank claims class 0
+    bad = target.clone()
+    bad[4] = C
+    with pytest.raises(ValueError, match="outside"):
+        vocab_parallel_cross_entropy(local, bad)
+    with pytest.raises(ValueError, match="probability"):
+        vocab_parallel_cross_entropy(local, torch.softmax(z, 1))
+
+
+def _worker(rank, world, port, quick):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        seed = 0
+        for li, (_name, layout, given) in enumerate(LAYOUTS[world]):
+            for backend in _backends():
+                for dtype in (torch.float64, torch.float32):
+                    for oi, opts in enumerate(OPTIONS):
+                        for k in (1.0, 0.5, 2.0):
+                            seed += 1
+                            if quick and backend == "triton" and (seed % 3):
+                                continue  # the interpreter is slow: a third of the cases
+                            reduction = REDUCTIONS[(oi + li + int(k * 2)) % 3]
+                            _run_case(rank, world, layout, given, backend, dtype, opts, k, reduction, seed)
+            for opts in ({}, {"label_smoothing": 0.1, "weight": True}):
+                _run_case(rank, world, layout, given, "cpu", torch.float64, opts, 0.5, "mean", 99, inplace=True)
+            _run_case(rank, world, layout, given, "cpu", torch.bfloat16, {"weight": True}, 0.5, "mean", 5)
+        _dtensor_case(rank, world)
+        _compile_case(rank, world, LAYOUTS[world][0][1])
+        _errors(rank, world, LAYOUTS[world][0][1])
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_vocab_parallel_matches_single_process(world):
+    mp.spawn(_worker, args=(world, _free_port(), True), nprocs=world, join=True)
+
+
+@api_backends()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 2, 3, 1000])
+def test_shard_stats_op(backend, device, dtype, C):
+    """(m, s1, sk) over the classes but the target (every class for a target outside [0, C))
+    against the reference, with -inf classes, softcap and k != 1."""
+    g = torch.Generator().manual_seed(C)
+    z = (torch.randn(11, C, generator=g) * 4).to(device, dtype)
+    z[0] = float("-inf")
+    z[1, ::2] = float("-inf")
+    y = torch.randint(-2, C + 2, (11,), generator=g).to(device)
+    for k, cap in ((1.0, 0.0), (0.5, 0.0), (3.0, 5.0)):
+        want = shard_stats_op("reference")(z.cpu(), y.cpu(), k, cap)
+        got = shard_stats_op(backend)(z, y, k, cap).cpu()
+        assert got.shape == (11, 3) and got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=1e-12 if dtype == torch.float64 else 2e-6, atol=0)
