@@ -42,6 +42,7 @@ CASES = [  # (label, options)
     ("k=1", {}),
     ("k=0.5", {"k": 0.5}),
     ("k=1 smoothing=0.1", {"label_smoothing": 0.1}),
+    ("k=0.5 smoothing=0.1", {"k": 0.5, "label_smoothing": 0.1}),
 ]
 
 

@@ -11,11 +11,13 @@ contributes z_y) give the row's global statistics; they are finalised as row_mat
 ``onehot_finalize`` does, in O(N) torch ops, and the backward is each rank's ``bwd`` op on its
 slice with these global stats: no communication at all. Forward: 2 collectives of 4 N values.
 
-Label smoothing and mixtures (soft rows) go through the reference's soft-row math
-(``reference._soft_rows``) with every reduction over the classes followed by an all-reduce over
-the ranks; the gradient is computed in the forward and kept (an (N, C_local) buffer in the
-accumulation dtype). About 13 collectives of N values. Probability targets are not accepted
-(they would be sharded like the logits; not needed by the models this is for).
+Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_SmoothShard``):
+3 all-reduces of O(N) values forward, none backward. Other soft rows (mixtures, smoothing at
+k != 1) go through the reference's soft-row math (``reference._soft_rows``) with every
+reduction over the classes followed by an all-reduce over the ranks, in float64 and in chunks
+of rows (5 collectives a chunk at k = 1, 13 otherwise); their gradient is computed in the
+forward and kept (an (N, C_local) buffer in the accumulation dtype). Probability targets are
+not accepted (they would be sharded like the logits; not needed by the models this is for).
 
 Collectives are torch's functional collectives (traceable by torch.compile); nothing else
 synchronises with the host, except the layout exchange when ``class_start`` / ``num_classes``
@@ -31,7 +33,7 @@ from torch.distributed import _functional_collectives as funcol
 
 from . import backends, reference
 from ._autograd import _DOUBLE_BACKWARD, _grad_lse
-from ._ops import bwd_inplace_op, bwd_op, shard_stats_op
+from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
 from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype
 from .functional import _trim_fraction, finish_rows, op_inputs
 from .validation import check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
@@ -205,6 +207,101 @@ def _onehot_grad_from_stats(g, local, tgt, _w, _mix, stats, _ignore, _s, k, soft
     return grad.to(local.dtype)
 
 
+class _SmoothShard(torch.autograd.Function):
+    """Label smoothing at k = 1 through the backend's soft-row kernels. The kernels take s / C of
+    their own slice; with s' = s C_l / (s C_l + (1 - s) C) and the class weights scaled by
+    a = (1 - s) + s C_l / C, their target q' equals the global q = w ((1 - s) onehot + s / C) on
+    rows whose label this rank owns. Other rows pass class 0 as a stand-in label, and column 0's
+    q' - q is taken out of the loss and the gradient (O(N)). The slice's loss relative to its own
+    logsumexp lse_r and its t_r = sum q then combine as loss = sum_r loss_r + t_r (lse - lse_r):
+    three all-reduces of O(N) values. The backward is the bwd kernel with the global lse and t
+    (k = 1: t p - q needs nothing else): no communication."""
+
+    @staticmethod
+    def forward(ctx, local, tgt, w, ignore_index, s, softcap, layout, group, backend, inplace):
+        (start, C), (N, CL) = layout, local.shape
+        acc = acc_dtype(local.dtype)
+        ignored, valid, owned, y = _labels(tgt, ignore_index, start, C, CL)
+        w_loc = torch.ones(CL, dtype=acc, device=local.device) if w is None else w[start:start + CL]
+        alpha = (1 - s) + s * CL / C
+        s_loc = s * CL / (s * CL + (1 - s) * C)
+        lbl = torch.where(owned, y, torch.where(valid, 0, torch.where(ignored, -1, CL)))
+        stand_in = valid & ~owned
+        if CL > 0:
+            loss, st = fwd_op(backend)(local, lbl, (w_loc * alpha).contiguous(), None, -1, s_loc, 1.0, True,
+                                       softcap)
+            hi_r, lo_r = st[:, LSE_COL], st[:, LSE_LO_COL]
+            # column 0 of the stand-in rows: q' (what the kernel used) - q (the global target)
+            dq = torch.where(stand_in, w_loc[0] * (alpha * ((1 - s_loc) + s_loc / CL) - s / C), 0)
+            z0 = _capped(local[:, 0].to(acc), softcap)
+            corr = dq * ((hi_r - z0) + lo_r)  # a -inf class 0: the loss is inf with or without it
+            loss = torch.where(torch.isfinite(corr), loss - corr, loss)
+            # t_r = sum of the slice's q: s / C of its weights, plus (1 - s) w_y where it owns the label
+            w_y = torch.ones_like(hi_r) if w is None else w[torch.where(valid, tgt, 0)]
+            t_r = torch.where(valid, s / C * w_loc.sum() + torch.where(owned, (1 - s) * w_y, 0), 0)
+        else:
+            hi_r = torch.full((N,), -_INF, dtype=acc, device=local.device)
+            lo_r = loss = t_r = dq = torch.zeros(N, dtype=acc, device=local.device)
+        M = _all_reduce(hi_r, "max", group)
+        shift = torch.where(torch.isfinite(M), M, 0)
+        L = torch.log(_all_reduce(torch.exp((hi_r - shift) + lo_r), "sum", group))
+        hi, lo = _split(shift, L)
+        # loss_r + t_r (lse - lse_r); an empty slice (t_r = 0, lse_r = -inf) adds nothing
+        part = torch.stack([loss + torch.where(t_r != 0, t_r * ((hi - hi_r) + (lo - lo_r)), 0), t_r], 1)
+        loss, t = _all_reduce(part, "sum", group).unbind(1)
+        loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
+        stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
+        ctx.save_for_backward(local, stats)
+        ctx.lbl, ctx.dq, ctx.stand_in = lbl, dq, stand_in
+        ctx.args = (w_loc * alpha, s_loc, softcap, backend, inplace)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_stats):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        local, stats = ctx.saved_tensors
+        w_loc, s_loc, softcap, backend, inplace = ctx.args
+        if local.shape[1] == 0:
+            return (torch.zeros_like(local),) + (None,) * 9
+        g = torch.zeros_like(ctx.dq) if grad_loss is None else grad_loss.to(stats.dtype)
+        args = (g.contiguous(), local, ctx.lbl, w_loc.contiguous(), None, stats, -1, s_loc, 1.0, softcap,
+                _grad_lse(grad_stats))
+        if backend == "reference":  # reference.bwd recomputes from the logits, not from stats
+            grad = _soft_k1_grad_from_stats(*args)
+        elif inplace:
+            bwd_inplace_op(backend)(*args)
+            grad = local
+        else:
+            grad = bwd_op(backend)(*args)
+        # the stand-in label's column: the kernel subtracted g q'_0, the target is g q_0
+        fix = g * ctx.dq
+        if softcap != 0:
+            fix = fix * (1 - torch.square(_capped(local[:, 0].to(stats.dtype), softcap) / softcap))
+        with torch.no_grad():
+            grad[:, 0] += torch.where(ctx.stand_in, fix, 0).to(grad.dtype)
+        if inplace:
+            torch.autograd.graph.increment_version(local)
+            grad = local.detach()
+        return (grad,) + (None,) * 9
+
+
+def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, softcap, g_lse):
+    """What the bwd kernels compute for smoothed rows at k = 1 from the stats (g (t p - q), plus
+    g_lse p, times the softcap's slope), in torch ops: the reference backend's backward."""
+    z = _capped(local.to(stats.dtype), softcap)
+    CL = z.shape[1]
+    p = torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
+    q = reference.target_rows(CL, tgt, w, None, -1, s, stats.dtype)
+    grad = g[:, None] * (stats[:, SCALE_COL, None] * p - q)
+    if g_lse is not None:
+        grad = grad + g_lse[:, None] * p
+    grad = torch.where((tgt == -1)[:, None], 0, grad).masked_fill((tgt >= CL)[:, None], torch.nan)
+    if softcap != 0:
+        grad = grad * (1 - torch.square(z / softcap))
+    return grad.to(local.dtype)
+
+
 class _GroupRows(reference.RowReductions):
     """Reductions over the classes of a row whose classes are split over the ranks of a group:
     the local reduction, then an all-reduce."""
@@ -225,40 +322,61 @@ class _GroupRows(reference.RowReductions):
         return _all_reduce(x.all(1, keepdim=True).to(torch.int32), "min", self.group).bool()
 
 
+# Rows per chunk of the composed soft path, from the total class count (the same on every rank:
+# all ranks must walk the same chunks, each with its own collectives): float64 temporaries of
+# about 2^21 elements stay in cache instead of faulting in fresh pages for every op.
+_CHUNK_ELEMS = 1 << 21
+
+
 class _SoftShard(torch.autograd.Function):
-    """Smoothed or mixture rows: the reference's soft-row math with group-wide reductions; the
-    (pseudo-)gradient is computed here and kept for the backward."""
+    """Mixture rows, and smoothed rows at k != 1: the reference's soft-row math with group-wide
+    reductions, in float64 and in chunks of rows; the (pseudo-)gradient is computed here and
+    kept for the backward, in the accumulation dtype."""
 
     @staticmethod
     def forward(ctx, local, tgt, w, mix, ignore_index, smoothing, k, softcap, layout, group, compute_grad, inplace):
         (start, C), (N, CL) = layout, local.shape
         acc = acc_dtype(local.dtype)
         ignored, valid, _owned, _y = _labels(tgt, ignore_index, start, C, CL)
-        z = _capped(local.to(acc), softcap)
-        local_max = z.amax(1) if CL > 0 else z.new_full((N,), -_INF)
-        M = _all_reduce(local_max, "max", group)
-        bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, or nothing but -inf (reference._max_shift)
-        shift = torch.where(torch.isfinite(M), M, 0)
+        w = None if w is None else w.double()[start:start + CL]
+        mix = None if mix is None else mix.double()[:, start:start + CL]  # the slice's columns of W
         yv = torch.where(valid, tgt, 0)
         classes = torch.arange(start, start + CL, device=local.device)
-        if mix is not None:
-            q = mix[:, start:start + CL][yv]  # (N, C_local): the slice's columns of W[y]
-        else:
-            q = (yv[:, None] == classes).to(acc) * (1 - smoothing) + smoothing / C
-        q = q * valid[:, None] if w is None else q * w[start:start + CL] * valid[:, None]
-        loss, f, lse = reference._soft_rows(z - shift[:, None], q, k, compute_grad, _GroupRows(group))
+        red = _GroupRows(group)
+        loss = torch.empty(N, dtype=torch.float64, device=local.device)
+        lse = torch.empty(N, 2, dtype=torch.float64, device=local.device)
+        f = torch.empty(N, CL, dtype=acc, device=local.device) if compute_grad else None
+        step = max(1, _CHUNK_ELEMS // C)
+        for a in range(0, N, step):
+            rows = slice(a, min(a + step, N))
+            # in float64: composed from torch ops, this path rounds more often than a kernel, and
+            # in float32 it would differ from the single-device kernel by more than either's error
+            z = _capped(local[rows].to(torch.float64), softcap)
+            M = _all_reduce(z.amax(1) if CL > 0 else z.new_full(z.shape[:1], -_INF), "max", group)
+            bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, nothing but -inf (reference._max_shift)
+            shift = torch.where(torch.isfinite(M), M, 0)
+            if mix is not None:
+                q = mix[yv[rows]]
+            else:
+                q = (yv[rows, None] == classes).to(torch.float64) * (1 - smoothing) + smoothing / C
+            q = q * valid[rows, None] if w is None else q * w * valid[rows, None]
+            l_c, f_c, lse_c = reference._soft_rows(z - shift[:, None], q, k, compute_grad, red)
+            loss[rows] = l_c.masked_fill(bad_row, torch.nan)
+            lse[rows] = torch.stack(_split(shift, lse_c), 1)
+            if compute_grad:
+                f[rows] = f_c.masked_fill(bad_row[:, None], torch.nan)
         bad = ~ignored & ~valid
-        loss = torch.where(ignored, 0, loss.masked_fill(bad_row, torch.nan)).masked_fill(bad, torch.nan)
-        hi, lo = _split(shift, lse)
+        loss = torch.where(ignored, 0, loss).masked_fill(bad, torch.nan)
+        hi, lo = lse.unbind(1)
         stats = torch.zeros(N, STATS_COLS, dtype=acc, device=local.device)
-        stats[:, LSE_COL], stats[:, LSE_LO_COL] = hi, lo
+        stats[:, LSE_COL] = hi.to(acc)  # hi + lo re-split at the accumulation dtype
+        stats[:, LSE_LO_COL] = torch.where(torch.isfinite(hi), (hi - stats[:, LSE_COL].double()) + lo, 0).to(acc)
         if compute_grad:
-            f = torch.where(ignored[:, None], 0, f.masked_fill(bad_row[:, None], torch.nan))
-            f = f.masked_fill(bad[:, None], torch.nan)
+            f = torch.where(ignored[:, None], 0, f).masked_fill(bad[:, None], torch.nan)
             stats[:, SCALE_COL] = torch.where(valid, 1, 0)
             ctx.save_for_backward(local, f, stats)
             ctx.args = (softcap, inplace, ignored)
-        return loss, stats
+        return loss.to(acc), stats
 
     @staticmethod
     def backward(ctx, grad_loss, grad_stats):
@@ -355,7 +473,10 @@ def vocab_parallel_cross_entropy(
     tgt, w, mix, _acc = op_inputs(target.reshape(-1), weight, mixture, logits.dtype)
     layout = (start, C)
     inplace = bool(inplace_backward) and torch.is_grad_enabled() and logits.requires_grad
-    if mix is not None or label_smoothing > 0:
+    if mix is None and label_smoothing > 0 and k == 1:
+        loss, stats = _SmoothShard.apply(logits, tgt, w, ignore_index, float(label_smoothing), cap, layout, group,
+                                         which, inplace)
+    elif mix is not None or label_smoothing > 0:
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
         loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, float(label_smoothing), k, cap, layout,
                                        group, compute_grad, inplace)

@@ -35,7 +35,7 @@ OPTIONS = [
     {},
     {"weight": True, "ignore": True},
     {"label_smoothing": 0.1},
-    {"label_smoothing": 0.2, "weight": True, "ignore": True},
+    {"label_smoothing": 0.2, "weight": True, "ignore": True, "softcap": 5.0},
     {"trim": 0.5, "weight": True},
     {"softcap": 3.0, "z_loss": 1e-2, "return_lse": True, "ignore": True},
     {"mixture": True},
@@ -202,6 +202,37 @@ def test_vocab_parallel_matches_single_process(world):
     mp.spawn(_worker, args=(world, _free_port(), True), nprocs=world, join=True)
 
 
+def _gpu_worker(rank, world, port):
+    """One GPU: an NCCL group of one rank, the cuda and Triton backends on CUDA tensors (the
+    same code path as gloo apart from the process group's backend)."""
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.cuda.set_device(rank)
+    try:
+        for backend in [b for b in ("cuda", "triton") if b in hl.available_backends()]:
+            for dtype in (torch.float32, torch.bfloat16):
+                for opts, k in (({"weight": True, "ignore": True}, 0.5), ({"label_smoothing": 0.1}, 1.0),
+                                ({"softcap": 3.0, "z_loss": 1e-2, "return_lse": True}, 2.0)):
+                    z, target, weight, mixture, grad_out = _data(21, dtype, opts)
+                    z, target = z.cuda(), target.cuda()
+                    kw = _kwargs(opts, None if weight is None else weight.cuda(), None, k, "none")
+                    full = z.clone().requires_grad_()
+                    want = hl.cross_entropy(full, target, backend=backend, **kw)
+                    _backward(want, grad_out.cuda(), "none")
+                    local = z.clone().requires_grad_()
+                    got = vocab_parallel_cross_entropy(local, target, backend=backend, **kw)
+                    _backward(got, grad_out.cuda(), "none")
+                    for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                        _check(f"nccl {backend} {dtype} {opts}", a, b, dtype)
+                    _check(f"nccl {backend} {dtype} {opts} grad", local.grad, full.grad, dtype)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="needs a GPU and NCCL")
+def test_vocab_parallel_nccl_one_gpu():
+    mp.spawn(_gpu_worker, args=(1, _free_port()), nprocs=1, join=True)
+
+
 @api_backends()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("C", [1, 2, 3, 1000])
@@ -218,3 +249,22 @@ def test_shard_stats_op(backend, device, dtype, C):
         got = shard_stats_op(backend)(z, y, k, cap).cpu()
         assert got.shape == (11, 3) and got.dtype == want.dtype
         torch.testing.assert_close(got, want, rtol=1e-12 if dtype == torch.float64 else 2e-6, atol=0)
+
+
+
+def test_benchmark_counts_the_bytes(tmp_path):
+    """benchmarks/vocab_parallel.py on a small problem: the one-hot and k = 1 smoothing rows hand
+    16 bytes a row to the collectives, gathering hands over the whole logits."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    n, c, out = 64, 300, tmp_path / "r.txt"
+    script = Path(__file__).parents[1] / "benchmarks" / "vocab_parallel.py"
+    subprocess.run([sys.executable, str(script), "--n", str(n), "--c", str(c), "--repeat", "1", "--threads", "2",
+                    "--out", str(out)], check=True, timeout=300, capture_output=True)
+    rows = {(line[:20].strip(), line[21:37].strip()): line[37:].split() for line in out.read_text().splitlines()[5:]}
+    for case in ("k=1", "k=0.5", "k=1 smoothing=0.1"):
+        _ms, _x, calls, payload, per_row = rows[(case, "vocab-parallel")]
+        assert int(calls) in (2, 3) and int(payload) == 16 * n and float(per_row) == 16.0, (case, rows[(case, "vocab-parallel")])
+        assert int(rows[(case, "all-gather")][3]) == n * c * 4
