@@ -180,15 +180,29 @@ class _OneHotShard(torch.autograd.Function):
         g = torch.zeros_like(ctx.w_y) if grad_loss is None else grad_loss.to(stats.dtype) * ctx.w_y
         g_lse = _grad_lse(grad_stats)
         args = (g.contiguous(), local, ctx.tgt, None, None, stats, -1, 0.0, k, softcap, g_lse)
-        if backend == "reference":  # reference.bwd recomputes from the logits, not from stats
-            grad = _onehot_grad_from_stats(*args)
-        elif inplace:
-            bwd_inplace_op(backend)(*args)
-            torch.autograd.graph.increment_version(local)
-            grad = local.detach()
-        else:
-            grad = bwd_op(backend)(*args)
-        return (grad,) + (None,) * 9
+        grad = _slice_bwd(args, backend, inplace, _onehot_grad_from_stats)
+        return (_marked(grad, local, inplace),) + (None,) * 9
+
+
+def _slice_bwd(args, backend, inplace, from_stats):
+    """The bwd op on the slice with the global stats (``args`` as the op takes them). The
+    reference backend's bwd recomputes from the logits, not from stats: ``from_stats`` is its
+    stats-based twin in torch ops. In place, the logits' buffer is returned, not yet marked."""
+    if backend == "reference":
+        return from_stats(*args)
+    if inplace:
+        bwd_inplace_op(backend)(*args)
+        return args[1]
+    return bwd_op(backend)(*args)
+
+
+def _marked(grad, local, inplace):
+    """The gradient to return; written into the logits, they are marked as modified so that
+    autograd refuses any later use of their old value (an empty slice holds nothing to refuse)."""
+    if not inplace or local.numel() == 0:
+        return grad
+    torch.autograd.graph.increment_version(local)
+    return local.detach()
 
 
 def _onehot_grad_from_stats(g, local, tgt, _w, _mix, stats, _ignore, _s, k, softcap, g_lse):
@@ -267,23 +281,14 @@ class _SmoothShard(torch.autograd.Function):
         g = torch.zeros_like(ctx.dq) if grad_loss is None else grad_loss.to(stats.dtype)
         args = (g.contiguous(), local, ctx.lbl, w_loc.contiguous(), None, stats, -1, s_loc, 1.0, softcap,
                 _grad_lse(grad_stats))
-        if backend == "reference":  # reference.bwd recomputes from the logits, not from stats
-            grad = _soft_k1_grad_from_stats(*args)
-        elif inplace:
-            bwd_inplace_op(backend)(*args)
-            grad = local
-        else:
-            grad = bwd_op(backend)(*args)
+        grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
         # the stand-in label's column: the kernel subtracted g q'_0, the target is g q_0
         fix = g * ctx.dq
         if softcap != 0:
             fix = fix * (1 - torch.square(_capped(local[:, 0].to(stats.dtype), softcap) / softcap))
         with torch.no_grad():
             grad[:, 0] += torch.where(ctx.stand_in, fix, 0).to(grad.dtype)
-        if inplace:
-            torch.autograd.graph.increment_version(local)
-            grad = local.detach()
-        return (grad,) + (None,) * 9
+        return (_marked(grad, local, inplace),) + (None,) * 9
 
 
 def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, softcap, g_lse):
@@ -392,11 +397,9 @@ class _SoftShard(torch.autograd.Function):
             grad = grad + torch.where(ignored[:, None], 0, g_lse[:, None] * p)
         if softcap != 0:
             grad = grad * (1 - torch.square(z / softcap))
-        if inplace:
-            local.copy_(grad)
-            torch.autograd.graph.increment_version(local)
-            return (local.detach(),) + (None,) * 11
-        return (grad.to(local.dtype),) + (None,) * 11
+        if inplace and local.numel():
+            grad = local.copy_(grad)
+        return (_marked(grad.to(local.dtype), local, inplace),) + (None,) * 11
 
 
 def vocab_parallel_cross_entropy(

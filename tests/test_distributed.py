@@ -13,6 +13,9 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
 
 import socket
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +113,43 @@ def _run_case(rank, world, layout, given, backend, dtype, opts, k, reduction, se
     _check(f"{case} grad", leaf.grad, full.grad[:, start:start + size], dtype)
 
 
+def _inplace_needs_logits_raises(rank, layout, opts, k):
+    """In place, when autograd still needs the logits after our backward (a node created
+    before ours reads them later): autograd's in-place error, never a wrong gradient. An
+    empty slice writes nothing."""
+    start, size = layout[rank]
+    z, target, weight, _mixture, _grad_out = _data(7, torch.float64, opts)
+    leaf = z[:, start:start + size].clone().requires_grad_()
+    local = leaf * 2
+    loss = (local**2).mean() + vocab_parallel_cross_entropy(
+        local, target, class_start=start, weight=weight, label_smoothing=opts.get("label_smoothing", 0.0), k=k,
+        inplace_backward=True, backend="cpu")
+    if size == 0:  # nothing is written: the backward runs
+        loss.backward()
+        return
+    try:
+        loss.backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e), str(e)
+    else:
+        raise AssertionError(f"rank {rank} {opts} k={k}: in place over logits autograd needs did not raise")
+
+
+def _spawn(fn, world, *args):
+    """mp.spawn of ``world`` ranks. The children unpickle ``fn`` by its module name,
+    tests.test_distributed, from the parent's sys.path. Under --import-mode=importlib from
+    outside the tree (the wheel check) no directory on it holds tests/, and the tree's root
+    cannot be added without shadowing the installed hardloss_cuda: a directory holding only a
+    link to tests/ goes first while they start."""
+    with tempfile.TemporaryDirectory() as d:
+        os.symlink(Path(__file__).resolve().parent, Path(d) / "tests")
+        sys.path.insert(0, d)
+        try:
+            mp.spawn(fn, args=(world, *args), nprocs=world, join=True)
+        finally:
+            sys.path.remove(d)
+
+
 def _backends():
     avail = hl.available_backends()
     out = [b for b in ("reference", "cpu") if b in avail]
@@ -182,7 +222,9 @@ def _worker(rank, world, port, quick):
                             reduction = REDUCTIONS[(oi + li + int(k * 2)) % 3]
                             _run_case(rank, world, layout, given, backend, dtype, opts, k, reduction, seed)
             for opts in ({}, {"label_smoothing": 0.1, "weight": True}):
-                _run_case(rank, world, layout, given, "cpu", torch.float64, opts, 0.5, "mean", 99, inplace=True)
+                for k in (1.0, 0.5):  # one-hot; smoothing fused (k = 1) and composed
+                    _run_case(rank, world, layout, given, "cpu", torch.float64, opts, k, "mean", 99, inplace=True)
+                    _inplace_needs_logits_raises(rank, layout, opts, k)
             _run_case(rank, world, layout, given, "cpu", torch.bfloat16, {"weight": True}, 0.5, "mean", 5)
         _dtensor_case(rank, world)
         _compile_case(rank, world, LAYOUTS[world][0][1])
@@ -199,7 +241,7 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_vocab_parallel_matches_single_process(world):
-    mp.spawn(_worker, args=(world, _free_port(), True), nprocs=world, join=True)
+    _spawn(_worker, world, _free_port(), True)
 
 
 def _gpu_worker(rank, world, port):
@@ -230,7 +272,7 @@ def _gpu_worker(rank, world, port):
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()), reason="needs a GPU and NCCL")
 def test_vocab_parallel_nccl_one_gpu():
-    mp.spawn(_gpu_worker, args=(1, _free_port()), nprocs=1, join=True)
+    _spawn(_gpu_worker, 1, _free_port())
 
 
 @api_backends()
@@ -256,8 +298,6 @@ def test_benchmark_counts_the_bytes(tmp_path):
     """benchmarks/vocab_parallel.py on a small problem: the one-hot and k = 1 smoothing rows hand
     16 bytes a row to the collectives, gathering hands over the whole logits."""
     import subprocess
-    import sys
-    from pathlib import Path
 
     n, c, out = 64, 300, tmp_path / "r.txt"
     script = Path(__file__).parents[1] / "benchmarks" / "vocab_parallel.py"
