@@ -122,12 +122,20 @@ def _onehot_finalize(M, S1, Sk, z_y, k):
 
 
 def _labels(tgt: Tensor, ignore_index: int, start: int, C: int, CL: int):
-    """(ignored, valid, owned, local label) of the global labels on this rank's slice."""
+    """(ignored, valid, owned, local label) of the global labels on this rank's slice. The local
+    label is what the slice's kernels take: the label where this rank owns it; 0, a stand-in,
+    on the other valid rows; -1 (their ignore_index) on ignored rows; CL (out of range: a NaN
+    row, as the single-device op) on bad labels."""
     ignored = tgt == ignore_index
     valid = ~ignored & (tgt >= 0) & (tgt < C)
     y = tgt - start
     owned = valid & (y >= 0) & (y < CL)
-    return ignored, valid, owned, y
+    return ignored, valid, owned, torch.where(owned, y, torch.where(valid, 0, torch.where(ignored, -1, CL)))
+
+
+def _no_double_backward():
+    if torch.is_grad_enabled():
+        raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
 
 
 class _OneHotShard(torch.autograd.Function):
@@ -138,10 +146,10 @@ class _OneHotShard(torch.autograd.Function):
     def forward(ctx, local, tgt, w, ignore_index, k, softcap, layout, group, backend, inplace):
         (start, C), (N, CL) = layout, local.shape
         acc = acc_dtype(local.dtype)
-        ignored, valid, owned, y = _labels(tgt, ignore_index, start, C, CL)
+        ignored, valid, owned, lbl = _labels(tgt, ignore_index, start, C, CL)
         if CL > 0:
-            st = shard_stats_op(backend)(local, torch.where(owned, y, -1), k, softcap)
-            z_y = _capped(local.gather(1, torch.where(owned, y, 0)[:, None])[:, 0].to(acc), softcap)
+            st = shard_stats_op(backend)(local, torch.where(owned, lbl, -1), k, softcap)
+            z_y = _capped(local.gather(1, torch.where(owned, lbl, 0)[:, None])[:, 0].to(acc), softcap)
             z_0 = _capped(local[:, 0].to(acc), softcap)
         else:  # an empty slice: nothing to add
             st = torch.tensor([-_INF, 0.0, 0.0], dtype=acc, device=local.device).expand(N, 3)
@@ -161,9 +169,7 @@ class _OneHotShard(torch.autograd.Function):
         scale = torch.where(owned, f_y, torch.exp(k * (z_0 - m_out) + log_c))
         cols = [torch.where(valid, c, 0) for c in (scale, m_out, log_c)]
         stats = torch.stack([hi, lo, *cols, torch.zeros_like(hi)], 1)
-        # local label for bwd: owned -> y; other valid rows -> 0; ignored -> -1 (ignore_index of
-        # the bwd call); out-of-range -> CL (a NaN row, as the single-device op)
-        ctx.tgt = torch.where(owned, y, torch.where(valid, 0, torch.where(ignored, -1, CL)))
+        ctx.tgt = lbl
         ctx.w_y = w_y
         ctx.args = (k, softcap, backend, inplace)
         ctx.save_for_backward(local, stats)
@@ -171,8 +177,7 @@ class _OneHotShard(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_stats):
-        if torch.is_grad_enabled():
-            raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        _no_double_backward()
         local, stats = ctx.saved_tensors
         k, softcap, backend, inplace = ctx.args
         if local.shape[1] == 0:
@@ -215,10 +220,17 @@ def _onehot_grad_from_stats(g, local, tgt, _w, _mix, stats, _ignore, _s, k, soft
     grad = torch.where(tgt[:, None] == torch.arange(CL, device=z.device), g[:, None] * scale, grad)
     if g_lse is not None:
         grad = grad + g_lse[:, None] * torch.exp((z - hi) - lo)
+    return _finish_slice_grad(grad, z, tgt, softcap, local.dtype)
+
+
+def _finish_slice_grad(grad, z, tgt, softcap, dtype):
+    """The end of the bwd kernels' row (row_math.h ``finish_grad``) for the stats-based twins:
+    0 on ignored rows (local label -1), NaN on bad labels (CL), times the softcap's slope."""
+    CL = z.shape[1]
     grad = torch.where((tgt == -1)[:, None], 0, grad).masked_fill((tgt >= CL)[:, None], torch.nan)
     if softcap != 0:
         grad = grad * (1 - torch.square(z / softcap))
-    return grad.to(local.dtype)
+    return grad.to(dtype)
 
 
 class _SmoothShard(torch.autograd.Function):
@@ -235,15 +247,14 @@ class _SmoothShard(torch.autograd.Function):
     def forward(ctx, local, tgt, w, ignore_index, s, softcap, layout, group, backend, inplace):
         (start, C), (N, CL) = layout, local.shape
         acc = acc_dtype(local.dtype)
-        ignored, valid, owned, y = _labels(tgt, ignore_index, start, C, CL)
+        ignored, valid, owned, lbl = _labels(tgt, ignore_index, start, C, CL)
         w_loc = torch.ones(CL, dtype=acc, device=local.device) if w is None else w[start:start + CL]
         alpha = (1 - s) + s * CL / C
         s_loc = s * CL / (s * CL + (1 - s) * C)
-        lbl = torch.where(owned, y, torch.where(valid, 0, torch.where(ignored, -1, CL)))
+        w_kernel = (w_loc * alpha).contiguous()  # the class weights the slice's kernels take
         stand_in = valid & ~owned
         if CL > 0:
-            loss, st = fwd_op(backend)(local, lbl, (w_loc * alpha).contiguous(), None, -1, s_loc, 1.0, True,
-                                       softcap)
+            loss, st = fwd_op(backend)(local, lbl, w_kernel, None, -1, s_loc, 1.0, True, softcap)
             hi_r, lo_r = st[:, LSE_COL], st[:, LSE_LO_COL]
             # column 0 of the stand-in rows: q' (what the kernel used) - q (the global target)
             dq = torch.where(stand_in, w_loc[0] * (alpha * ((1 - s_loc) + s_loc / CL) - s / C), 0)
@@ -267,19 +278,18 @@ class _SmoothShard(torch.autograd.Function):
         stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
         ctx.save_for_backward(local, stats)
         ctx.lbl, ctx.dq, ctx.stand_in = lbl, dq, stand_in
-        ctx.args = (w_loc * alpha, s_loc, softcap, backend, inplace)
+        ctx.args = (w_kernel, s_loc, softcap, backend, inplace)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, grad_stats):
-        if torch.is_grad_enabled():
-            raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        _no_double_backward()
         local, stats = ctx.saved_tensors
-        w_loc, s_loc, softcap, backend, inplace = ctx.args
+        w_kernel, s_loc, softcap, backend, inplace = ctx.args
         if local.shape[1] == 0:
             return (torch.zeros_like(local),) + (None,) * 9
         g = torch.zeros_like(ctx.dq) if grad_loss is None else grad_loss.to(stats.dtype)
-        args = (g.contiguous(), local, ctx.lbl, w_loc.contiguous(), None, stats, -1, s_loc, 1.0, softcap,
+        args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap,
                 _grad_lse(grad_stats))
         grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
         # the stand-in label's column: the kernel subtracted g q'_0, the target is g q_0
@@ -301,10 +311,7 @@ def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, soft
     grad = g[:, None] * (stats[:, SCALE_COL, None] * p - q)
     if g_lse is not None:
         grad = grad + g_lse[:, None] * p
-    grad = torch.where((tgt == -1)[:, None], 0, grad).masked_fill((tgt >= CL)[:, None], torch.nan)
-    if softcap != 0:
-        grad = grad * (1 - torch.square(z / softcap))
-    return grad.to(local.dtype)
+    return _finish_slice_grad(grad, z, tgt, softcap, local.dtype)
 
 
 class _GroupRows(reference.RowReductions):
@@ -342,7 +349,7 @@ class _SoftShard(torch.autograd.Function):
     def forward(ctx, local, tgt, w, mix, ignore_index, smoothing, k, softcap, layout, group, compute_grad, inplace):
         (start, C), (N, CL) = layout, local.shape
         acc = acc_dtype(local.dtype)
-        ignored, valid, _owned, _y = _labels(tgt, ignore_index, start, C, CL)
+        ignored, valid, _owned, _lbl = _labels(tgt, ignore_index, start, C, CL)
         w = None if w is None else w.double()[start:start + CL]
         mix = None if mix is None else mix.double()[:, start:start + CL]  # the slice's columns of W
         yv = torch.where(valid, tgt, 0)
@@ -385,8 +392,7 @@ class _SoftShard(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_stats):
-        if torch.is_grad_enabled():
-            raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        _no_double_backward()
         local, f, stats = ctx.saved_tensors
         softcap, inplace, ignored = ctx.args
         grad = f * (0 if grad_loss is None else grad_loss.to(f.dtype)[:, None])
