@@ -229,6 +229,7 @@ def _worker(rank, world, port, quick):
         _dtensor_case(rank, world)
         _compile_case(rank, world, LAYOUTS[world][0][1])
         _errors(rank, world, LAYOUTS[world][0][1])
+        dist.barrier()  # no rank tears its group down while a peer's last transfer is in flight
     finally:
         dist.destroy_process_group()
 
@@ -266,6 +267,7 @@ def _gpu_worker(rank, world, port):
                     for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
                         _check(f"nccl {backend} {dtype} {opts}", a, b, dtype)
                     _check(f"nccl {backend} {dtype} {opts} grad", local.grad, full.grad, dtype)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
