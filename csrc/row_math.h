@@ -348,13 +348,24 @@ HL_HOST_DEVICE inline T soft_loss_value(T acc, T t, T m, T log_s) {
 // cancels when both are near 1 (a confident row), so for it eps is taken as
 // (1 - qh) - (1 - p), both sums over the other classes, 1 - p in the log domain (as the
 // one-hot path's a = log(1 - p_y)). `star` says whether the row has one; is_star(q_j) which.
-template <typename T>
-HL_HOST_DEVICE inline bool soft_star(QMass<T> qm, T t) {
-  return t > T(0) && qm.qmin >= T(0) && T(2) * qm.qmax > t;
-}
-
+//
+// At k == 1 (f = t p - q, no |eps|^k) the dominant class's f* = t p* - q* is taken from the
+// other classes only when q* >= 15/16 t (is_star_k1, star_f1): there p* and q* / t are near 1,
+// t p* - q* cancels (rounding ~2 u t) and the others' terms are small (~u t (P + A),
+// A = 1 - q* / t <= 1/16); with less target mass on q* their sums round as much as t p* - q*.
 template <typename T>
 HL_HOST_DEVICE inline bool is_star(bool star, T q_j, T t) { return star && T(2) * q_j > t; }
+
+template <typename T>
+HL_HOST_DEVICE inline bool is_star_k1(bool star, T q_j, T t) { return star && T(16) * (t - q_j) <= t; }
+
+// Whether a row has a dominant class whose f is f_star: is_star's for k != 1, is_star_k1's at
+// k == 1 (qmax is the dominant class's q).
+template <typename T>
+HL_HOST_DEVICE inline bool soft_star(QMass<T> qm, T t, T k) {
+  const bool star = t > T(0) && qm.qmin >= T(0) && T(2) * qm.qmax > t;
+  return k == T(1) ? is_star_k1(star, qm.qmax, t) : star;
+}
 
 // log |eps_j| of a non-dominant class from log p_j, and whether eps_j < 0. Classes without
 // target mass are positive with eps = p, kept in the log domain (small k must not lose
@@ -480,9 +491,16 @@ HL_HOST_DEVICE inline SoftRow<T> soft_finalize(SoftEpsStats<T> st, T t, bool sta
   return r;
 }
 
+// A class's share of `rest` for the k == 1 dominant class (nothing for that class itself, nor
+// in a row without a dominant class). m is the row max, log_s = log sum exp(z - m), t = sum q.
+template <typename T>
+HL_HOST_DEVICE inline void star_k1_rest_class(StarRest<T>& rest, T z_j, T q_j, T m, T log_s, T t, bool star) {
+  if (star && !is_star_k1(star, q_j, t)) star_rest_push(rest, (z_j - m) - log_s, q_j);
+}
+
 // The soft row's pass 2, one class: the |eps|^k statistics of a non-dominant class (and, in a
 // row with a dominant class, its share of `rest`); nothing for the dominant class itself.
-// m is the row max, log_s = log sum exp(z - m), t = sum q (t_div: t, or 1 when t == 0).
+// t_div: t, or 1 when t == 0.
 template <typename T>
 HL_HOST_DEVICE inline void soft_eps_class(SoftEpsStats<T>& es, StarRest<T>& rest, T z_j, T q_j, T m, T log_s,
                                           T t, T t_div, bool star, T k) {
@@ -507,13 +525,41 @@ HL_HOST_DEVICE inline SoftRow<T> soft_row_finalize(SoftEpsStats<T> es, StarRest<
   return soft_finalize(es, t, star, k * la_star, neg_star);
 }
 
+// The k == 1 dominant class's gradient from the other classes (is_star_k1): f* = t p* - q* =
+// q_rest - t P, q_rest = sum_{i != *} q_i, P = sum_{i != *} p_i (p* = 1 - P, q* = t - q_rest).
+// Taken directly, float64 z = (-11.5, 18.7) with q = (0, 1) gave f* 1.3e-3 off relative
+// (PyTorch's p - q the same). A row without a finite lse is NaN (soft_row_finalize).
+template <typename T>
+HL_HOST_DEVICE inline T star_f1(T q_rest, T t, T P, T lse) {
+  return hl_abs(lse) < hl_inf<T>() ? q_rest - t * P : hl_nan<T>();
+}
+
+// The same from the other classes' sum of f_i = t p_i - q_i (f sums to 0 over the row), for
+// kernels that gather it while they write the others (the CPU and Triton backward).
+template <typename T>
+HL_HOST_DEVICE inline T star_f1_from_rest(T rest_f, T lse) {
+  return hl_abs(lse) < hl_inf<T>() ? -rest_f : hl_nan<T>();
+}
+
+// The SoftRow of a row at k == 1: t, and f* of the dominant class (rest: the other classes,
+// star_k1_rest_class). c_pos is not used at k == 1.
+template <typename T>
+HL_HOST_DEVICE inline SoftRow<T> soft_row_k1(StarRest<T> rest, T t, bool star, T lse) {
+  const T f_star = star ? star_f1(csum_value(rest.q), t, hl_exp(lse_value(rest.p)), lse) : T(0);
+  return {t, T(0), f_star, star ? T(1) : T(0)};
+}
+
 // f_j of a soft row in the backward pass, from its stats: log p_j = (z_j - lse) - lse_lo.
 // k == 1 is the true gradient t p_j - q_j (F_1(eps) = eps): one exp per class, and it needs
-// only lse and t from the forward, whose |eps| pass may then be skipped (soft_needs_eps).
+// only lse and t from the forward, whose |eps| pass may then be skipped (soft_needs_eps), and
+// f_star for a dominant class with q* >= 15/16 t (soft_row_k1).
 template <typename T>
 HL_HOST_DEVICE inline T soft_fj(const SoftRow<T>& r, T z_j, T lse, T lse_lo, T q_j, T k) {
   const T log_p = (z_j - lse) - lse_lo;
-  if (k == T(1)) return r.t != T(0) ? r.t * hl_exp(log_p) - q_j : T(0);  // t == 0: f = 0
+  if (k == T(1)) {
+    if (is_star_k1(r.star != T(0), q_j, r.t)) return r.f_star;
+    return r.t != T(0) ? r.t * hl_exp(log_p) - q_j : T(0);  // t == 0: f = 0
+  }
   if (is_star(r.star != T(0), q_j, r.t)) return r.f_star;
   const T t_div = r.t != T(0) ? r.t : T(1);
   bool neg;

@@ -15,7 +15,7 @@ Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_Sm
 3 all-reduces of O(N) values forward, none backward. Other soft rows (mixtures, smoothing at
 k != 1) go through the reference's soft-row math (``reference._soft_rows``) with every
 reduction over the classes followed by an all-reduce over the ranks, in float64 and in chunks
-of rows (5 collectives a chunk at k = 1, 13 otherwise); their gradient is computed in the
+of rows (9 collectives a chunk at k = 1, 13 otherwise); their gradient is computed in the
 forward and kept (an (N, C_local) buffer in the accumulation dtype). Probability targets are
 not accepted (they would be sharded like the logits; not needed by the models this is for).
 

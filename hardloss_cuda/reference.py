@@ -104,7 +104,15 @@ def _soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowRedu
         return loss, None, lse
     t = red.sum(q)
     if k == 1:  # F_1(eps) = eps (S_neg = S_pos): the true gradient t p - q, no |eps| statistics
-        return loss, t[:, None] * log_p.exp() - q, lse
+        f = t[:, None] * log_p.exp() - q
+        # A dominant class with q* >= 15/16 t: t p* - q* cancels, f* = q_rest - t P is taken from
+        # the other classes (ROW_MATH.md section 3; row_math.h is_star_k1, star_f1). Computed for
+        # every row: no data-dependent branch (under ``red`` each rank must reduce alike).
+        tc = t[:, None]
+        star = (tc > 0) & red.all(q >= 0) & (16 * (tc - q) <= tc)
+        log_p_rest = red.logsumexp(log_p.masked_fill(star, float("-inf")), keepdim=True)
+        q_rest = red.sum(torch.where(star, 0, q), keepdim=True)
+        return loss, torch.where(star, q_rest - tc * log_p_rest.exp(), f), lse
     qh = q / torch.where(t != 0, t, 1)[:, None]
     # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
     # so that a small k does not lose classes whose probability underflows.

@@ -3,9 +3,10 @@
 wrong result, so a sanitizer run checks the values too.
 
 Paths: forward warp-per-row (small C), row in registers (medium C), streaming (long rows), the
-soft path (smoothing, mixture, probabilities) with and without compute_grad; backward tiles
-(sub-warp, warp, several tiles per row), bwd_inplace; odd and unaligned C, bad and ignored
-labels, rows with a zero incoming gradient.
+soft path (smoothing, mixture, probabilities; at k = 1 rows whose dominant class takes f* from
+the others) with and without compute_grad; backward tiles (sub-warp, warp, several tiles per
+row), bwd_inplace; odd and unaligned C, bad and ignored labels, rows with a zero incoming
+gradient.
 """
 
 import torch
@@ -52,6 +53,9 @@ def main():
             y_ok = y.clone()
             y_ok[1] = 0
             check(x, y_ok, s=0.1)
+            # k = 1 with q* >= 15/16 t: the dominant class's f* from the others (fwd pass B)
+            check(x, y_ok, s=0.01, k=1.0)
+            check(x, torch.nn.functional.one_hot(y_ok.clamp_min(0), C).to(dtype), k=1.0)
             if C <= 1001:
                 W = torch.softmax(torch.randn(C, C, device="cuda", dtype=reference.acc_dtype(dtype)), 1)
                 check(x, y, W=W)

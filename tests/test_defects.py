@@ -25,7 +25,7 @@ import hardloss_cuda as hl
 from hardloss_cuda import mcel
 
 from .conftest import BACKEND_DEVICES
-from .fuzz_oracle import _load_interpreted, check_against_truth
+from .fuzz_oracle import _load_interpreted, check_against_truth, mp_row
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -275,6 +275,71 @@ def test_confident_row_soft_targets_small_k(bd, dtype):
         x = torch.tensor([[0.0, 40.0]], dtype=dtype, device=dev, requires_grad=True)
         ce(x, t, mixture=W, k=1 / 16, backend=b).backward()
         torch.testing.assert_close(x.grad.double().cpu(), expect, rtol=rtol, atol=0, msg=f"{name}: gradient differs")
+
+
+def _k1_star_rows(kind, dtype):
+    """24 confident rows (p* from 1 - 1e-3 to 1 - 1e-13) whose target is nearly all on one
+    class (q* >= 15/16 t): logits, the API's target / weight / mixture / smoothing, and q."""
+    g = torch.Generator().manual_seed(11)
+    N, C = 24, 7
+    y = torch.randint(C, (N,), generator=g)
+    if kind == "zero-weights":
+        y.zero_()
+    z = torch.randn(N, C, generator=g, dtype=torch.float64) * 2
+    z[torch.arange(N), y] += torch.linspace(7, 30, N, dtype=torch.float64)
+    z = z.to(dtype).double()  # the values the kernels see
+    onehot = F.one_hot(y, C).double()
+    weight = mixture = None
+    s = 0.0
+    if kind == "probs-onehot":
+        target, q = onehot.to(dtype), onehot
+    elif kind == "zero-weights":  # the fuzz's case: smoothing mass only where the weight is not 0
+        w = torch.zeros(C, dtype=torch.float64)
+        w[0], w[1], s = 1.7, 0.3, 0.1
+        target, weight, q = y, w.to(dtype), w * ((1 - s) * onehot + s / C)
+    elif kind == "smooth-0.01":
+        s = 0.01
+        target, q = y, (1 - s) * onehot + s / C
+    else:  # mixture rows W[y] = 0.98 eye + 0.02 A
+        A = torch.rand(C, C, generator=g, dtype=torch.float64).fill_diagonal_(0)
+        W = (0.98 * torch.eye(C, dtype=torch.float64) + 0.02 * A / A.sum(1, keepdim=True)).to(dtype)
+        target, mixture, q = y, W, W.double()[y]
+    return z, target, weight, mixture, s, q, y
+
+
+@BACKENDS
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["probs-onehot", "zero-weights", "smooth-0.01", "mixture"])
+def test_k1_dominant_class_from_the_others(bd, dtype, kind):
+    """k = 1, soft targets nearly all on one class, confident logits: t p* - q* cancels (the
+    fuzz's float64 z = (-11.5, 18.7), q = (0, 1) gave f* 1.3e-3 off relative on reference and
+    cpu; PyTorch's p - q errs as much, and was lucky on that row). f* is now minus the other
+    classes' sum (docs/ROW_MATH.md section 3), so its error is that of their small terms:
+    u (t p_j (1 + |z_j - lse|) + q_j) each. PyTorch's t p* - q* misses that bound on these
+    rows (checked below: the bound separates the two formulas)."""
+    b, dev = bd
+    z, target, weight, mixture, s, q, y = _k1_star_rows(kind, dtype)
+    u = torch.finfo(dtype).eps / 2
+    x = z.to(dtype).to(dev, copy=True).requires_grad_(True)
+    kw = dict(weight=None if weight is None else weight.to(dev), mixture=None if mixture is None else mixture.to(dev),
+              label_smoothing=s, reduction="sum")
+    ce(x, target.to(dev), backend=b, **kw).backward()
+    ours = x.grad.double().cpu()
+    xt = z.to(dtype, copy=True).requires_grad_(True)  # PyTorch's own t p - q, in the same dtype
+    (-(q.to(dtype) * torch.log_softmax(xt, 1)).sum()).backward()
+    worst_ours = worst_torch = 0.0
+    for i in range(z.shape[0]):
+        _loss, f = mp_row(z[i].numpy(), q[i].numpy(), 1.0)
+        star = int(torch.argmax(q[i]))
+        t = float(q[i].sum())
+        lse = float(torch.logsumexp(z[i], 0))
+        others = [j for j in range(z.shape[1]) if j != star]
+        bound = 8 * u * sum(t * math.exp(z[i, j] - lse) * (1 + abs(z[i, j] - lse)) + float(q[i, j]) for j in others)
+        bound += u * abs(f[star]) + 4 * torch.finfo(dtype).tiny
+        worst_ours = max(worst_ours, abs(float(ours[i, star]) - f[star]) / bound)
+        worst_torch = max(worst_torch, abs(float(xt.grad[i, star]) - f[star]) / bound)
+    assert worst_ours <= 1, f"{b}: the dominant class's gradient is {worst_ours:.3g}x the bound"
+    assert worst_torch > 2, f"the bound does not separate t p* - q* ({worst_torch:.3g}x): the test is void"
 
 
 @BACKENDS

@@ -1,11 +1,13 @@
 """The backward kernels: grad_loss times the pseudo-gradient, one read of each row and one
 write, elementwise from the stats the forward kept (docs/ROW_MATH.md, pass 3). Nothing crosses
-a column block, so any C is a plain loop over blocks and the gradient may overwrite the logits
-(each element is read before it is written, by the same program). Rows with a zero incoming
-gradient and a finite lse and scale (trimmed away) are not read (rowmath.skip_rows).
+a column block but the k = 1 dominant class's sum (below), so any C is a plain loop over blocks
+and the gradient may overwrite the logits (each element is read before it is written, by the
+same program). Rows with a zero incoming gradient and a finite lse and scale (trimmed away)
+are not read (rowmath.skip_rows).
 
 ``onehot_bwd_kernel``: g_j = gl w_y exp(k (z_j - m) + log_c) for j != y, gl f_y at the label.
-``soft_bwd_kernel``: g_j = gl soft_fj(z_j, q_j, stats), q_j recomputed.
+``soft_bwd_kernel``: g_j = gl soft_fj(z_j, q_j, stats), q_j recomputed; at k = 1 a dominant
+class with q* >= 15/16 t takes minus the others' sum instead (rowmath.is_star_k1), stored last.
 Both then add the logsumexp's gradient glse p_j and apply the softcap's slope when asked
 (rowmath.finish_grad; the logits are read soft-capped, rowmath.load_logits).
 """
@@ -16,6 +18,8 @@ import triton.language as tl
 from .rowmath import (
     finish_grad,
     finish_tile,
+    finite,
+    is_star_k1,
     load_labels,
     load_logits,
     load_stats,
@@ -88,11 +92,31 @@ def soft_bwd_kernel(
     glse = _load_glse(glse_ptr, rows, rmask, ACC, HAS_GLSE)
     # Rows that read their logits (and target row): valid, and not a zero-gradient row.
     live = rmask & (~ignored) & (~bad) & (~(skip_rows(gl, lse, t) & (glse == 0.0)))
+    # k == 1 and a dominant class with q* >= 15/16 t (rowmath.is_star_k1; stats column 5 from
+    # the forward): its f* is minus the other classes' sum of f (the row sums to 0), written
+    # after the loop, which skips it (so each element is still stored once).
+    # Per-lane partials, reduced once after the loop (no cross-lane reduction per tile).
+    rest = tl.zeros([ROWS, BLOCK], ACC)
+    z_star = tl.zeros([ROWS, BLOCK], ACC)
+    col_star = tl.full([ROWS, BLOCK], -1, tl.int32)
     for start in range(0, C, BLOCK):
         cols = start + cols0
         z, mask = load_logits(z_ptr, row_off, live, cols, C, 0.0, ACC, cap, HAS_CAP)
         q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, live, cols, mask, C, s, MODE, HAS_W, ACC)
-        g = gl[:, None] * soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE)
-        g = finish_grad(g, z, glse, lse, lse_lo, cap, HAS_GLSE, HAS_CAP)
+        f = soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE)
+        g = finish_grad(gl[:, None] * f, z, glse, lse, lse_lo, cap, HAS_GLSE, HAS_CAP)
         g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
-        store_tile(out_ptr, row_off, cols, rmask[:, None] & (cols < C)[None, :], g)
+        store_mask = rmask[:, None] & (cols < C)[None, :]
+        if K_IS_ONE:
+            at_star = mask & is_star_k1(star[:, None] != 0.0, q, t[:, None])
+            rest += tl.where(mask & ~at_star, f, 0.0)
+            z_star += tl.where(at_star, z, 0.0)
+            col_star = tl.maximum(col_star, tl.where(at_star, cols[None, :], -1))
+            store_mask = store_mask & ~at_star
+        store_tile(out_ptr, row_off, cols, store_mask, g)
+    if K_IS_ONE:
+        f1 = tl.where(finite(lse), -tl.sum(rest, 1), float("nan"))  # row_math.h star_f1_from_rest
+        z1 = tl.sum(z_star, 1)
+        g = finish_grad((gl * f1)[:, None], z1[:, None], glse, lse, lse_lo, cap, HAS_GLSE, HAS_CAP)
+        col = tl.max(col_star, 1)
+        tl.store(out_ptr + row_off + col, tl.sum(g, 1).to(out_ptr.dtype.element_ty), mask=rmask & (col >= 0))

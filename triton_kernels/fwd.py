@@ -29,6 +29,7 @@ import triton.language as tl
 
 from .rowmath import (
     finish_rows,
+    is_star_k1,
     load_labels,
     load_logits,
     lse_split,
@@ -162,8 +163,10 @@ def soft_fwd_kernel(
                     tl.where(valid & star, 1.0, 0.0))
     else:
         zero = tl.zeros([ROWS], ACC)
-        if GRAD:
+        if GRAD:  # k == 1: t, and whether the dominant class takes f* from the others (bwd.py)
             t_kept = tl.where(valid, t, 0.0)
+            star_k1 = tl.where(valid & is_star_k1(soft_star(t, qmin, qmax), qmax, t), 1.0, 0.0)
         else:
             t_kept = zero
-        store_stats(stats_ptr, rows, rmask, lse, lse_lo, t_kept, zero, zero, zero)
+            star_k1 = zero
+        store_stats(stats_ptr, rows, rmask, lse, lse_lo, t_kept, zero, zero, star_k1)

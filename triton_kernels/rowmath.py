@@ -124,7 +124,8 @@ def load_stats(ptr, rows, rmask, ACC: tl.constexpr):
 
 
 @triton.jit
-def _finite(x):
+def finite(x):
+    """Neither NaN nor +-inf."""
     return (x == x) & (tl.abs(x) != float("inf"))
 
 
@@ -134,7 +135,7 @@ def skip_rows(gl, lse, scale):
     finite logsumexp and scale (so no NaN / inf logit or infinite class weight that would make
     0 * f NaN). Trimmed-away rows of a trimmed mean are such rows; the backward pass does not
     read them."""
-    return (gl == 0.0) & _finite(lse) & _finite(scale)
+    return (gl == 0.0) & finite(lse) & finite(scale)
 
 
 @triton.jit
@@ -142,7 +143,7 @@ def lse_split(m, L):
     """lse = m + L as a rounded hi and what the rounding lost, lo (0 where hi is not finite):
     log p_j = (z_j - hi) - lo stays exact when |m| is huge."""
     hi = m + L
-    lo = tl.where(_finite(hi), (m - hi) + L, 0.0)
+    lo = tl.where(finite(hi), (m - hi) + L, 0.0)
     return hi, lo
 
 
@@ -283,6 +284,13 @@ def soft_star(t, qmin, qmax):
 
 
 @triton.jit
+def is_star_k1(star, q, t):
+    """row_math.h's is_star_k1: at k = 1 the dominant class takes f* from the other classes when
+    q* >= 15/16 t (t p* - q* cancels there). ``star``: the row's soft_star."""
+    return star & (16.0 * (t - q) <= t)
+
+
+@triton.jit
 def star_log_abs_eps(m_rest, s_rest, q_rest, t, lse):
     """row_math.h's star_log_abs_eps: eps* = A - P, A = sum_{i != *} q_i / t, log P the
     logsumexp (m_rest, s_rest) of the other classes' log p: no p* - qh* cancellation. A row
@@ -294,7 +302,7 @@ def star_log_abs_eps(m_rest, s_rest, q_rest, t, lse):
     e = A - tl.exp(log_P)
     le = tl.where(A == 0.0, log_P, tl.log(tl.abs(e)))
     neg = tl.where(A == 0.0, log_P > float("-inf"), e < 0.0)
-    return tl.where(_finite(lse), le, float("nan")), neg
+    return tl.where(finite(lse), le, float("nan")), neg
 
 
 @triton.jit

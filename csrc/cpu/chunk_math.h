@@ -78,9 +78,16 @@ void soft_scale(const float* w, const float* refs, int64_t n, float g_sign, floa
                 float g_f_star, float* out);
 
 // g f_j of a soft row at k == 1 over a chunk: g (t p_j - q_j), log p_j = (x_j - lse) - lse_lo
-// (the caller handles t == 0).
-void soft_grad_k1(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float g,
-                  float* out);
+// (the caller handles t == 0). In a row whose dominant class takes f_star at k == 1
+// (star_t = t; +inf: none) it also returns the other classes' sum of f_j = t p_j - q_j and the
+// dominant class's index in the chunk (-1: not here; row_math.h is_star_k1), whose entry the
+// caller rewrites as minus that sum (the row's f sums to 0; row_math.h star_f1).
+struct K1Rest {
+  double rest;
+  int64_t star;
+};
+K1Rest soft_grad_k1(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float g,
+                    float star_t, float* out);
 
 }  // namespace cpu
 }  // namespace hl

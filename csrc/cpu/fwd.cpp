@@ -47,7 +47,7 @@ void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w
       rt.visit(
           i, [&](bool ignored) { invalid_row(row, C, ignored, *scratch, lossp + i, st); },
           [&](int64_t y, acc_t w_y) { onehot_row(row, C, y, w_y, k, compute_grad, *scratch, lossp + i, st); },
-          [&](const auto& q) { soft_fwd_row(row, C, q, compute_grad, *scratch, lossp + i, st); });
+          [&](const auto& q) { soft_fwd_row(row, C, q, k, compute_grad, *scratch, lossp + i, st); });
     };
     for (int64_t i = begin; i < end; ++i) {
       if (cap != acc_t(0)) visit(i, capped_row(zp + i * C, C, cap, scratch->zc, scratch->x));

@@ -186,7 +186,7 @@ inline void onehot_row(const scalar_t* row, int64_t C, int64_t y, acc_t w_y, acc
 // to m (row_math.h soft_loss_push, compensated sums). The |eps|^k statistics are left to the
 // backward (soft_eps_row): only it needs them, and only at k != 1.
 template <typename scalar_t, typename acc_t, typename Q>
-inline void soft_row(const scalar_t* row, int64_t C, const Q& q, bool compute_grad, Scratch<acc_t>& s,
+inline void soft_row(const scalar_t* row, int64_t C, const Q& q, acc_t k, bool compute_grad, Scratch<acc_t>& s,
                      acc_t* loss, acc_t* stats) {
   const OneHotStats<acc_t> st = row_stats(row, C, -1, acc_t(1), s);
   const acc_t m = st.m, log_s = hl_log(st.s1);
@@ -199,7 +199,7 @@ inline void soft_row(const scalar_t* row, int64_t C, const Q& q, bool compute_gr
   }
   const acc_t t = csum_value(qm.t);
   *loss = soft_loss_value(csum_value(acc), t, m, log_s);
-  put_soft_stats(stats, m, log_s, t, soft_star(qm, t), compute_grad);
+  put_soft_stats(stats, m, log_s, t, soft_star(qm, t, k), compute_grad);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -246,12 +246,27 @@ inline SoftRow<acc_t> soft_eps_row(const scalar_t* row, int64_t C, acc_t k, cons
   return soft_row_finalize(e.es, e.rest, t, star, k, stats[kColLse]);
 }
 
+// The SoftRow of a soft row at k == 1: t, and for a row with a dominant class its f* from the
+// other classes (one more pass over the row, for those rows only).
+template <typename scalar_t, typename acc_t, typename Q>
+inline SoftRow<acc_t> soft_k1_row(const scalar_t* row, int64_t C, const Q& q, const acc_t* stats) {
+  const acc_t m = stats[kColMax], log_s = stats[kColLogS], t = stats[kColScale];
+  const bool star = stats[kColStar] != acc_t(0);
+  StarRest<acc_t> rest = star_rest_init<acc_t>();
+  auto push = [&](StarRest<acc_t>& st, int64_t j) {
+    star_k1_rest_class(st, static_cast<acc_t>(row[j]), q(j), m, log_s, t, star);
+  };
+  auto merge = [](StarRest<acc_t> a, StarRest<acc_t> b) { return star_rest_merge(a, b); };
+  if (star) rest = blocked_reduce(C, rest, push, merge);
+  return soft_row_k1(rest, t, star, stats[kColLse]);
+}
+
 template <typename scalar_t, typename acc_t, typename Q>
 inline void soft_grad_row(const scalar_t* row, scalar_t* out, int64_t C, acc_t k, const Q& q, acc_t g,
                           const acc_t* stats) {
   const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo], t = stats[kColScale];
   if (k == acc_t(1)) {
-    const SoftRow<acc_t> r{t, acc_t(0), acc_t(0), acc_t(0)};
+    const SoftRow<acc_t> r = soft_k1_row(row, C, q, stats);
     for (int64_t j = 0; j < C; ++j)
       out[j] = static_cast<scalar_t>(g * soft_fj(r, static_cast<acc_t>(row[j]), lse, lse_lo, q(j), k));
     return;

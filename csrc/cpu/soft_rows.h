@@ -19,7 +19,7 @@ namespace cpu {
 // moves to a new reference R' by adding t (R' - R), in double. The |eps|^k statistics are
 // the backward's (soft_grad_row_vec).
 template <typename scalar_t, typename Q>
-inline void soft_row_vec(const scalar_t* row, int64_t C, const Q& q, bool compute_grad, Scratch<float>& s,
+inline void soft_row_vec(const scalar_t* row, int64_t C, const Q& q, float k, bool compute_grad, Scratch<float>& s,
                          float* loss, float* stats) {
   LseStats<float> lse_st = lse_init<float>();
   double t = 0.0, d = 0.0, ref = 0.0;  // d = sum_j q_j (ref - z_j)
@@ -43,10 +43,12 @@ inline void soft_row_vec(const scalar_t* row, int64_t C, const Q& q, bool comput
   if (m > -hl_inf<float>() && m < hl_inf<float>()) d += t * (m - ref);  // relative to the row max
   const float tf = static_cast<float>(t);
   *loss = soft_loss_value(static_cast<float>(d), tf, m, log_s);
-  put_soft_stats(stats, m, log_s, tf, soft_star(QMass<float>{{tf, 0.0f}, qmin, qmax}, tf), compute_grad);
+  put_soft_stats(stats, m, log_s, tf, soft_star(QMass<float>{{tf, 0.0f}, qmin, qmax}, tf, k), compute_grad);
 }
 
-// Backward. k == 1: g (t p_j - q_j) chunk by chunk. k != 1: pass 1 (chunk_math.h soft_eps)
+// Backward. k == 1: g (t p_j - q_j) chunk by chunk; a dominant class that takes f_star
+// (row_math.h is_star_k1) is rewritten at the end as minus the others' sum, gathered in the
+// same pass (the row may be the output). k != 1: pass 1 (chunk_math.h soft_eps)
 // gathers the |eps|^k statistics and leaves each class's |eps|^k in s.w, pass 2 scales them by
 // the row's constants (soft_scale); both passes read the row (and q) once.
 template <typename scalar_t, typename Q>
@@ -62,12 +64,20 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
   };
   if (k == 1.0f) {
     if (t == 0.0f) return std::fill(out, out + C, static_cast<scalar_t>(0));  // soft_fj
+    const float star_t = stats[kColStar] != 0.0f ? t : hl_inf<float>();
+    double rest = 0.0;
+    int64_t star = -1;
     for (int64_t a = 0; a < C; a += kChunk) {
       const int64_t n = std::min(kChunk, C - a);
       const float* x = load(row, a, n, s.x);
       const float* qc = q.fill(a, n, s.q);
-      put(a, n, [&](float* o) { soft_grad_k1(x, qc, n, lse, lse_lo, t, g, o); });
+      put(a, n, [&](float* o) {
+        const K1Rest r = soft_grad_k1(x, qc, n, lse, lse_lo, t, g, star_t, o);
+        rest += r.rest;
+        if (r.star >= 0) star = a + r.star;
+      });
     }
+    if (star >= 0) out[star] = static_cast<scalar_t>(g * static_cast<float>(star_f1_from_rest<double>(rest, lse)));
     return;
   }
   const bool star = stats[kColStar] != 0.0f;
@@ -115,12 +125,12 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
 
 // The soft rows of either accumulation type.
 template <typename scalar_t, typename acc_t, typename Q>
-inline void soft_fwd_row(const scalar_t* row, int64_t C, const Q& q, bool compute_grad, Scratch<acc_t>& s,
+inline void soft_fwd_row(const scalar_t* row, int64_t C, const Q& q, acc_t k, bool compute_grad, Scratch<acc_t>& s,
                          acc_t* loss, acc_t* stats) {
   if constexpr (std::is_same_v<acc_t, float>) {
-    soft_row_vec(row, C, q, compute_grad, s, loss, stats);
+    soft_row_vec(row, C, q, k, compute_grad, s, loss, stats);
   } else {
-    soft_row(row, C, q, compute_grad, s, loss, stats);
+    soft_row(row, C, q, k, compute_grad, s, loss, stats);
   }
 }
 

@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
           if (j < C) qmass_push(pa, soft_q(a.tg, r, ri, j));
         }
       }
-      const SoftRowCtx<A> ctx = soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, red);
+      const SoftRowCtx<A> ctx = soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, k, red);
       // Pass B: loss and, for the backward, the |eps|^k statistics.
       SoftPassB<A> pb = soft_pass_b_init<A>();
 #pragma unroll
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
           }
         }
       }
-      const SoftRowCtx<A> ctx = soft_pass_a_reduce<BLOCK>(ls, pa, red);
+      const SoftRowCtx<A> ctx = soft_pass_a_reduce<BLOCK>(ls, pa, k, red);
       // Pass B: loss and, for the backward, the |eps|^k statistics.
       SoftPassB<A> pb = soft_pass_b_init<A>();
       for (int vb = 0; vb < nvec; vb += STEP) {

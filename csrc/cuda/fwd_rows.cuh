@@ -139,7 +139,8 @@ struct SoftRowCtx {
 // The thread-local pass A (lse stats and row_math.h's QMass of its classes) combined over
 // the group.
 template <int TPR, typename A>
-__device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, QMass<A> qm, ReduceSmem<A>& red) {
+__device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, QMass<A> qm, A k,
+                                                              ReduceSmem<A>& red) {
   ls = group_reduce<TPR>(ls, LseMergeOp{}, red);
   SoftRowCtx<A> c;
   c.t = group_reduce<TPR>(csum_value(qm.t), SumOp{}, red);
@@ -149,7 +150,7 @@ __device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, QMas
   c.log_s = hl_log(ls.s);
   c.lse = lse_split(ls);
   c.t_div = c.t != A(0) ? c.t : A(1);  // t == 0: q = 0, f = 0 (as the reference)
-  c.star = soft_star(qm, c.t);
+  c.star = soft_star(qm, c.t, k);
   return c;
 }
 
@@ -169,7 +170,11 @@ template <typename A>
 __device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowCtx<A>& c, A z, A q, A k,
                                                  bool grad) {
   soft_loss_push(b.loss, q, z, c.m);
-  if (soft_needs_eps(grad, k)) soft_eps_class(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.t_div, c.star, k);
+  if (soft_needs_eps(grad, k)) {
+    soft_eps_class(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.t_div, c.star, k);
+  } else if (grad) {
+    star_k1_rest_class(b.rest, z, q, c.m, c.log_s, c.t, c.star);  // k == 1: the dominant class's f*
+  }
 }
 
 // Loss and SoftRow of the group's row (the same in every thread of the group).
@@ -177,13 +182,14 @@ template <int TPR, typename A>
 __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx<A>& c, A k, bool grad,
                                                 ReduceSmem<A>& red, SoftRow<A>* sr) {
   const A loss = soft_loss_value(group_reduce<TPR>(csum_value(b.loss), SumOp{}, red), c.t, c.m, c.log_s);
-  *sr = {c.t, A(0), A(0), A(0)};  // k == 1 needs only t (row_math.h soft_fj)
-  if (soft_needs_eps(grad, k)) {
-    b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
-    b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
-    b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
-    *sr = soft_row_finalize(b.es, b.rest, c.t, c.star, k, c.lse.hi);
-  }
+  *sr = {c.t, A(0), A(0), A(0)};
+  if (!grad) return loss;
+  // Every thread of the group reduces (star differs between the rows of a warp's groups).
+  if (soft_needs_eps(grad, k)) b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
+  b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
+  b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
+  *sr = soft_needs_eps(grad, k) ? soft_row_finalize(b.es, b.rest, c.t, c.star, k, c.lse.hi)
+                                : soft_row_k1(b.rest, c.t, c.star, c.lse.hi);
   return loss;
 }
 

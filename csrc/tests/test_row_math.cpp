@@ -93,12 +93,18 @@ static void lib_soft(const std::vector<double>& zd, const std::vector<double>& q
   for (size_t j = 0; j < C; ++j) hl::qmass_push(qm, q[j]), hl::soft_loss_push(acc, q[j], z[j], ls.m);
   const T t = hl::csum_value(qm.t);
   *loss = hl::soft_loss_value(hl::csum_value(acc), t, ls.m, log_s);
-  const bool star = hl::soft_star(qm, t);
+  const bool star = hl::soft_star(qm, t, k);
   hl::SoftEpsStats<T> es = hl::soft_eps_init<T>();
   hl::StarRest<T> rest = hl::star_rest_init<T>();
-  for (size_t j = 0; j < C; ++j) hl::soft_eps_class(es, rest, z[j], q[j], ls.m, log_s, t, t, star, k);
   const hl::LseSplit<T> lse = hl::lse_split(ls);
-  const hl::SoftRow<T> r = hl::soft_row_finalize(es, rest, t, star, k, lse.hi);
+  hl::SoftRow<T> r;
+  if (k == T(1)) {  // f = t p - q, the dominant class (q* >= 15/16 t) from the others
+    for (size_t j = 0; j < C; ++j) hl::star_k1_rest_class(rest, z[j], q[j], ls.m, log_s, t, star);
+    r = hl::soft_row_k1(rest, t, star, lse.hi);
+  } else {
+    for (size_t j = 0; j < C; ++j) hl::soft_eps_class(es, rest, z[j], q[j], ls.m, log_s, t, t, star, k);
+    r = hl::soft_row_finalize(es, rest, t, star, k, lse.hi);
+  }
   f->assign(C, T(0));
   for (size_t j = 0; j < C; ++j) (*f)[j] = hl::soft_fj(r, z[j], lse.hi, lse.lo, q[j], k);
 }
@@ -147,6 +153,8 @@ int main() {
     for (double& v : q) v /= qs;
     for (double k : ks) check_soft(z, q, k);
     q[y] += 2.0;  // a dominant class (qh > 1/2), and t != 1
+    for (double k : ks) check_soft(z, q, k);
+    q[y] += 36.0;  // q* >= 15/16 t: at k = 1 too, f* is taken from the other classes
     for (double k : ks) check_soft(z, q, k);
   }
   // C = 1: loss 0 and f = 0, for every k.
@@ -205,6 +213,16 @@ int main() {
     const ld want = std::exp(-40.0L / 16) / std::pow(1 + std::exp(-40.0L), 1.0L / 16);
     expect_close("confident soft f_0", f[0], want, 1e-12, 0);
     expect_close("confident soft f_1", f[1], -want, 1e-12, 0);
+  }
+  // k = 1, a confident row with q = (0, 1) (the fuzz's float64 case): t p_1 - q_1 cancels
+  // (it gave f_1 1.3e-3 off relative); f_1 = -f_0 from the other class is exact.
+  {
+    double loss;
+    std::vector<double> f;
+    lib_soft<double>({-11.461092231976014, 18.727763768553416}, {0.0, 1.0}, 1.0, &loss, &f);
+    const ld e = std::exp(-11.461092231976014L - 18.727763768553416L), p0 = e / (1 + e);
+    expect_close("confident soft k=1 f_0", f[0], p0, 1e-14, 0);
+    expect_close("confident soft k=1 f_1", f[1], -p0, 1e-14, 0);
   }
   // Every class at -inf: NaN throughout, as PyTorch.
   {
