@@ -558,7 +558,7 @@ HL_HOST_DEVICE inline T soft_fj(const SoftRow<T>& r, T z_j, T lse, T lse_lo, T q
   const T log_p = (z_j - lse) - lse_lo;
   if (k == T(1)) {
     if (is_star_k1(r.star != T(0), q_j, r.t)) return r.f_star;
-    return r.t != T(0) ? r.t * hl_exp(log_p) - q_j : T(0);  // t == 0: f = 0
+    return r.t * hl_exp(log_p) - q_j;  // t == 0: 0, NaN in a row without a finite lse (as PyTorch)
   }
   if (is_star(r.star != T(0), q_j, r.t)) return r.f_star;
   const T t_div = r.t != T(0) ? r.t : T(1);

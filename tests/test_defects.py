@@ -600,6 +600,25 @@ def test_nan_logits_give_a_nan_row(bd, kind, C, bad):
 
 
 @BACKENDS
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nan_logits_with_no_target_mass_give_a_nan_row(bd, dtype, bad):
+    """A soft row whose target has no mass (t = 0: class weights 0 where the target is) and a
+    NaN or +inf logit: NaN gradient, as PyTorch (0 * NaN). At k = 1 the cpu gave 0 (a t == 0
+    fast path; found by the long fuzz: float64, C = 1, zero weights)."""
+    b, dev = bd
+    x = torch.randn(3, 4, dtype=dtype, device=dev)
+    x[1, 2] = bad
+    P = torch.softmax(torch.randn(3, 4, device=dev), 1).to(dtype)
+    w = torch.zeros(4, dtype=dtype, device=dev)
+    for k in (1.0, 0.5):
+        _lo, go = _ours(x, P, b, weight=w, k=k, reduction="sum")
+        _lt, gt = _torch_pattern(x, P, weight=w, reduction="sum")
+        assert torch.isnan(go[1]).all() and (go[[0, 2]] == 0).all(), (k, go)
+        assert torch.equal(go.isnan(), gt.isnan()), (k, gt)
+
+
+@BACKENDS
 @pytest.mark.parametrize("kind", ["onehot", "weight-ignore", "smoothing", "probs", "mixture"])
 def test_double_backward_at_k1_is_the_true_second_derivative(bd, kind):
     """At k = 1 the op is cross-entropy: gradgradcheck in float64 against finite differences,

@@ -344,7 +344,7 @@ def soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE: tl.constexpr
     true gradient t p - q, which needs only lse and t (one exp per class)."""
     log_p = (z - lse[:, None]) - lse_lo[:, None]
     if K_IS_ONE:
-        f = tl.where(t[:, None] != 0.0, t[:, None] * tl.exp(log_p) - q, 0.0)  # t == 0: f = 0
+        f = t[:, None] * tl.exp(log_p) - q  # t == 0: 0, NaN in a row of NaN / +inf logits
     else:
         t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)
         le, neg = log_abs_eps(log_p, q * t_inv[:, None])
