@@ -277,6 +277,23 @@ def test_confident_row_soft_targets_small_k(bd, dtype):
         torch.testing.assert_close(x.grad.double().cpu(), expect, rtol=rtol, atol=0, msg=f"{name}: gradient differs")
 
 
+@BACKENDS
+def test_confident_soft_row_loss_fp64(bd):
+    """float64, label smoothing 0.001, a row whose other classes have p ~ 1e-15 (s' = 2e-14):
+    summed onto the max's 1, each lost up to half an ulp of 1, and the cpu's loss was 80 ulp
+    off (2.8e-16 at 0.0329; PyTorch 7e-17; found by the fuzz). The cpu's fp64 soft rows now
+    take log s = log1p of the other classes' compensated sum."""
+    b, dev = bd
+    z = torch.tensor([[-1.5987066755777917, 0.5387236141347654, -0.10819154342940512, -1.866502231818352,
+                       0.7184126162490473, 0.614200263462733, -0.20634042377001016, 34.58307805220958,
+                       1.2002158419358384, 0.3934107077640224, -0.6414338406586578, -1.864892901817321,
+                       -0.26157508300515253, -2.232016868420175, -0.8052968734582492, 0.16802019295309412,
+                       0.8935577693660017, 0.7605108688435235]], dtype=torch.float64, device=dev)
+    y = torch.tensor([7], device=dev)
+    for k in (1.0, 1 / 16):
+        check_against_truth(z, y, None, None, -100, "none", 0.001, k, None, backend=b, strict=True)
+
+
 def _k1_star_rows(kind, dtype):
     """24 confident rows (p* from 1 - 1e-3 to 1 - 1e-13) whose target is nearly all on one
     class (q* >= 15/16 t): logits, the API's target / weight / mixture / smoothing, and q."""
