@@ -525,19 +525,14 @@ HL_HOST_DEVICE inline SoftRow<T> soft_row_finalize(SoftEpsStats<T> es, StarRest<
   return soft_finalize(es, t, star, k * la_star, neg_star);
 }
 
-// The k == 1 dominant class's gradient from the other classes (is_star_k1): f* = t p* - q* =
-// q_rest - t P, q_rest = sum_{i != *} q_i, P = sum_{i != *} p_i (p* = 1 - P, q* = t - q_rest).
-// Taken directly, float64 z = (-11.5, 18.7) with q = (0, 1) gave f* 1.3e-3 off relative
-// (PyTorch's p - q the same). A row without a finite lse is NaN (soft_row_finalize).
+// The k == 1 dominant class's gradient from the other classes (is_star_k1): f sums to 0 over
+// the row, so f* = t p* - q* = -rest_f with rest_f = sum_{i != *} (t p_i - q_i) = t P - q_rest
+// (P = 1 - p*, q_rest = t - q*). Taken directly, float64 z = (-11.5, 18.7) with q = (0, 1) gave
+// f* 1.3e-3 off relative (PyTorch's p - q the same). A row without a finite lse is NaN
+// (soft_row_finalize). rest_f is gathered from the others' sums (soft_row_k1), or while the
+// CPU and Triton backward write the others' f.
 template <typename T>
-HL_HOST_DEVICE inline T star_f1(T q_rest, T t, T P, T lse) {
-  return hl_abs(lse) < hl_inf<T>() ? q_rest - t * P : hl_nan<T>();
-}
-
-// The same from the other classes' sum of f_i = t p_i - q_i (f sums to 0 over the row), for
-// kernels that gather it while they write the others (the CPU and Triton backward).
-template <typename T>
-HL_HOST_DEVICE inline T star_f1_from_rest(T rest_f, T lse) {
+HL_HOST_DEVICE inline T star_f1(T rest_f, T lse) {
   return hl_abs(lse) < hl_inf<T>() ? -rest_f : hl_nan<T>();
 }
 
@@ -545,7 +540,7 @@ HL_HOST_DEVICE inline T star_f1_from_rest(T rest_f, T lse) {
 // star_k1_rest_class). c_pos is not used at k == 1.
 template <typename T>
 HL_HOST_DEVICE inline SoftRow<T> soft_row_k1(StarRest<T> rest, T t, bool star, T lse) {
-  const T f_star = star ? star_f1(csum_value(rest.q), t, hl_exp(lse_value(rest.p)), lse) : T(0);
+  const T f_star = star ? star_f1(t * hl_exp(lse_value(rest.p)) - csum_value(rest.q), lse) : T(0);
   return {t, T(0), f_star, star ? T(1) : T(0)};
 }
 

@@ -115,7 +115,7 @@ def soft_bwd_kernel(
             store_mask = store_mask & ~at_star
         store_tile(out_ptr, row_off, cols, store_mask, g)
     if K_IS_ONE:
-        f1 = tl.where(finite(lse), -tl.sum(rest, 1), float("nan"))  # row_math.h star_f1_from_rest
+        f1 = tl.where(finite(lse), -tl.sum(rest, 1), float("nan"))  # row_math.h star_f1
         z1 = tl.sum(z_star, 1)
         g = finish_grad((gl * f1)[:, None], z1[:, None], glse, lse, lse_lo, cap, HAS_GLSE, HAS_CAP)
         col = tl.max(col_star, 1)

@@ -79,7 +79,7 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
         if (r.star >= 0) star = a + r.star;
       });
     }
-    if (star >= 0) out[star] = static_cast<scalar_t>(g * static_cast<float>(star_f1_from_rest<double>(rest, lse)));
+    if (star >= 0) out[star] = static_cast<scalar_t>(g * static_cast<float>(star_f1<double>(rest, lse)));
     return;
   }
   const bool star = stats[kColStar] != 0.0f;
