@@ -71,9 +71,14 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
               stats.scalar_type(), " ", stats.sizes());
 }
 
-void check_softcap(double softcap) {
-  TORCH_CHECK(softcap == 0.0 || (softcap > 0.0 && softcap < std::numeric_limits<double>::infinity()),
-              "hardloss_cuda: softcap must be 0 (off) or a positive finite number, got ", softcap);
+void check_softcap(double softcap, at::ScalarType logits_dtype) {
+  if (softcap == 0.0) return;
+  const bool dbl = acc_scalar_type(logits_dtype) == at::kDouble;
+  const double lo = dbl ? std::numeric_limits<double>::min() : double(std::numeric_limits<float>::min());
+  const double hi = dbl ? std::numeric_limits<double>::max() : double(std::numeric_limits<float>::max());
+  TORCH_CHECK(softcap >= lo && softcap <= hi, "hardloss_cuda: softcap must be 0 (off) or a number in [", lo, ", ", hi,
+              "] for ", logits_dtype, " logits (the kernels compute in ", acc_scalar_type(logits_dtype), "), got ",
+              softcap);
 }
 
 void check_grad_lse(const std::optional<at::Tensor>& grad_lse, const at::Tensor& logits) {

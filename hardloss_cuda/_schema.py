@@ -58,6 +58,22 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def softcap_range(dtype: torch.dtype) -> tuple[float, float]:
+    """The caps the ops take for logits of ``dtype`` (besides 0, "off"): the normal positive
+    numbers of its accumulation dtype. A float32 cap below 2**-126 rounds to 0 ("off") or a
+    denormal there, one above float32's max to inf (inf * tanh(0) is NaN)."""
+    fi = torch.finfo(acc_dtype(dtype))
+    return float(fi.smallest_normal), float(fi.max)
+
+
+def check_op_softcap(softcap: float, dtype: torch.dtype) -> None:
+    """The ops' own check of ``softcap`` (csrc/checks.cpp check_softcap says the same)."""
+    lo, hi = softcap_range(dtype)
+    if not (softcap == 0.0 or lo <= softcap <= hi):
+        raise ValueError(f"softcap must be 0 (off) or a number in [{lo:.4g}, {hi:.4g}] for {dtype} logits (the "
+                         f"kernels compute in {acc_dtype(dtype)}), got {softcap!r}")
+
+
 FWD_ARGS = (
     "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, "
     "int ignore_index, float label_smoothing, float k, bool compute_grad, float softcap=0.) "

@@ -472,7 +472,7 @@ def vocab_parallel_cross_entropy(
                  num_classes=C)
     if mixture is not None and mixture.requires_grad and torch.is_grad_enabled():
         raise ValueError("mixture: its gradient is not computed by the vocab-parallel loss")
-    k, cap, z_loss = check_k(k), check_softcap(softcap), check_z_loss(z_loss)
+    k, cap, z_loss = check_k(k), check_softcap(softcap, local_logits.dtype), check_z_loss(z_loss)
     frac = _trim_fraction(trim)
     which = backends.resolve(backend, local_logits.device)
 

@@ -123,7 +123,7 @@ def cross_entropy(
     label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
     check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward)
     k = check_k(k)
-    cap = check_softcap(softcap)
+    cap = check_softcap(softcap, input.dtype)
     z_loss = check_z_loss(z_loss)
     frac = _trim_fraction(trim)
     which = backends.resolve(backend, input.device)

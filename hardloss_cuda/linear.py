@@ -254,7 +254,7 @@ def linear_cross_entropy(
     logits_like = h.new_empty(()).expand(N, C)  # validated as cross_entropy's input, never allocated
     check_inputs(logits_like, tgt, weight, ignore_index, reduction, label_smoothing, mixture, False)
     k = check_k(k)
-    cap = check_softcap(softcap)
+    cap = check_softcap(softcap, input.dtype)
     z_loss = check_z_loss(z_loss)
     frac = _trim_fraction(trim)
     which = backends.resolve(backend, input.device)

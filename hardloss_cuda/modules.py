@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .functional import cross_entropy
@@ -31,7 +32,7 @@ class HardCrossEntropyLoss(nn.Module):
             self.register_buffer("mixture", mixture)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.k, self.trim = check_k(k), trim
-        check_softcap(softcap)
+        check_softcap(softcap, torch.float64)  # the range of every dtype; the call checks its own
         self.softcap, self.z_loss, self.return_lse = softcap, check_z_loss(z_loss), return_lse
         self.inplace_backward, self.backend = inplace_backward, backend
 
@@ -59,7 +60,7 @@ class HardLinearCrossEntropyLoss(nn.Module):
         self.register_buffer("mixture", mixture)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.k, self.trim, self.chunk_size, self.backend = check_k(k), trim, chunk_size, backend
-        check_softcap(softcap)
+        check_softcap(softcap, torch.float64)  # the range of every dtype; the call checks its own
         self.softcap, self.z_loss, self.return_lse = softcap, check_z_loss(z_loss), return_lse
 
     def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype
+from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype, check_op_softcap
 
 __all__ = ["rows", "fwd", "bwd", "shard_stats", "acc_dtype", "target_rows", "target_grads"]
 
@@ -213,6 +213,7 @@ def softcap_logits(z: Tensor, softcap: float) -> Tensor:
 
 
 def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
+    check_op_softcap(softcap, logits.dtype)
     z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
     loss, _grad, (m, L) = _rows(z, target, weight, mixture, ignore_index, label_smoothing, k, False)
     stats = torch.zeros(logits.shape[0], STATS_COLS, dtype=loss.dtype, device=loss.device)
@@ -225,6 +226,7 @@ def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compu
 
 def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
         grad_lse=None):
+    check_op_softcap(softcap, logits.dtype)
     # rows on the logits in the accumulation dtype: the gradient comes back unrounded and is
     # rounded to the logits' dtype once, after the scaling.
     z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
@@ -242,6 +244,7 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
 def shard_stats(logits, target, k, softcap=0.0):
     """(m, s1, sk) per row over the classes j != target (every class for a target outside
     [0, C)): the one-hot statistics of ROW_MATH.md section 3 before they are finalised."""
+    check_op_softcap(softcap, logits.dtype)
     z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
     C = z.shape[1]
     own = (target >= 0) & (target < C)

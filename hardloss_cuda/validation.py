@@ -11,6 +11,8 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from ._schema import acc_dtype, softcap_range
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -38,29 +40,42 @@ _K_MIN = 2.0**-126
 _K_MAX = float(torch.finfo(torch.float32).max)
 
 
+def _number(value, name: str):
+    """A number given as a Python number or a one-element tensor (its value); anything else
+    raises a ValueError naming the argument."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        value = value.item()
+    if not isinstance(value, Real) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return value
+
+
 def check_k(k) -> float:
-    if isinstance(k, Tensor):
-        k = k.item()
-    if not isinstance(k, Real) or isinstance(k, bool) or not math.isfinite(k) or not (_K_MIN <= k <= _K_MAX):
+    k = _number(k, "k")
+    if not math.isfinite(k) or not (_K_MIN <= k <= _K_MAX):
         raise ValueError(f"k must be a number in [2**-126, {_K_MAX:.3g}] (a positive normal float32), got {k!r}")
     return float(k)
 
 
-def check_softcap(softcap) -> float:
-    """None (off) or a positive finite number; returned as the ops take it (0.0: off)."""
+def check_softcap(softcap, dtype: torch.dtype) -> float:
+    """None (off) or a number the kernels can hold for ``dtype`` logits (_schema.softcap_range);
+    returned as the ops take it (0.0: off)."""
     if softcap is None:
         return 0.0
-    if isinstance(softcap, Tensor):
-        softcap = softcap.item()
-    if not isinstance(softcap, Real) or isinstance(softcap, bool) or not (0 < softcap < math.inf):
-        raise ValueError(f"softcap must be None or a positive finite number, got {softcap!r}")
+    softcap = _number(softcap, "softcap")
+    lo, hi = softcap_range(dtype)
+    if not (lo <= softcap <= hi):
+        raise ValueError(f"softcap must be None or a number in [{lo:.4g}, {hi:.4g}] for {dtype} input (the kernels "
+                         f"compute in {acc_dtype(dtype)}), got {softcap!r}")
     return float(softcap)
 
 
 def check_z_loss(z_loss) -> float:
-    if isinstance(z_loss, Tensor):
-        z_loss = z_loss.item()
-    if not isinstance(z_loss, Real) or isinstance(z_loss, bool) or not (0 <= z_loss < math.inf):
+    z_loss = _number(z_loss, "z_loss")
+    if not (0 <= z_loss < math.inf):
         raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
     return float(z_loss)
 

@@ -22,7 +22,7 @@ import torch
 import triton
 from torch import Tensor
 
-from hardloss_cuda._schema import SHARD_STATS_COLS, STATS_COLS, acc_dtype
+from hardloss_cuda._schema import SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_softcap
 
 from .bwd import onehot_bwd_kernel, soft_bwd_kernel
 from .config import plan
@@ -73,11 +73,6 @@ def _check(logits, target, weight, mixture) -> None:
     for name, t in (("target", target), ("weight", weight), ("mixture", mixture)):
         if t is not None and t.device != logits.device:
             raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
-
-
-def _check_softcap(softcap) -> None:
-    if not (softcap == 0.0 or 0.0 < softcap < float("inf")):
-        raise ValueError(f"softcap must be 0 (off) or a positive finite number, got {softcap!r}")
 
 
 def _check_bwd(grad_loss, logits, stats, out, grad_lse=None) -> None:
@@ -137,7 +132,7 @@ def fwd(
     ``block_cap`` (keyword only, not part of the op) lowers the column block; tests use it.
     """
     _check(logits, target, weight, mixture)
-    _check_softcap(softcap)
+    check_op_softcap(softcap, logits.dtype)
     logits = logits.contiguous()
     N, C = logits.shape
     acc = acc_dtype(logits.dtype)
@@ -190,7 +185,7 @@ def bwd(
     allocates. Returns ``out``.
     """
     _check(logits, target, weight, mixture)
-    _check_softcap(softcap)
+    check_op_softcap(softcap, logits.dtype)
     _check_bwd(grad_loss, logits, stats, out, grad_lse)
     if out is None:
         logits = logits.contiguous()
@@ -237,7 +232,7 @@ def shard_stats(logits: Tensor, target: Tensor, k: float, softcap: float = 0.0, 
     [0, C)), (N, SHARD_STATS_COLS) in the accumulation dtype: the one-hot forward kernel with
     RAW, which stores its statistics before finalising (the op ``triton_shard_stats``)."""
     _check(logits, target, None, None)
-    _check_softcap(softcap)
+    check_op_softcap(softcap, logits.dtype)
     if target.is_floating_point():
         raise ValueError("target: shard_stats takes class indices")
     logits = logits.contiguous()

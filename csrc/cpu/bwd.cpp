@@ -82,7 +82,7 @@ at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::
                const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
                const std::optional<at::Tensor>& grad_lse) {
   check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-  check_softcap(softcap);
+  check_softcap(softcap, logits.scalar_type());
   check_grad_lse(grad_lse, logits);
   const at::Tensor z = logits.contiguous();
   at::Tensor out = at::empty_like(z);
@@ -95,7 +95,7 @@ void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tens
                  const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
                  const std::optional<at::Tensor>& grad_lse) {
   check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-  check_softcap(softcap);
+  check_softcap(softcap, logits.scalar_type());
   check_grad_lse(grad_lse, logits);
   if (logits.is_contiguous()) return run(grad_loss, logits, target, weight, mixture, stats, ignore_index,
                                          label_smoothing, k, softcap, grad_lse, logits);

@@ -63,7 +63,7 @@ void fwd_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor& w
 at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k_, double softcap) {
   check_fwd_args(logits, target, std::nullopt, std::nullopt);
   TORCH_CHECK(!target.is_floating_point(), "hardloss_cuda: shard_stats: target must be class indices");
-  check_softcap(softcap);
+  check_softcap(softcap, logits.scalar_type());
   const at::Tensor z = logits.contiguous(), t = target.contiguous();
   const int64_t N = z.size(0), C = z.size(1);
   at::Tensor out = at::empty({N, kShardStatsCols}, z.options().dtype(acc_scalar_type(z.scalar_type())));
@@ -94,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
                                        double label_smoothing, double k, bool compute_grad, double softcap) {
   check_fwd_args(logits, target, weight, mixture);
-  check_softcap(softcap);
+  check_softcap(softcap, logits.scalar_type());
   const at::Tensor z = logits.contiguous();
   const auto acc = acc_scalar_type(z.scalar_type());
   at::Tensor loss = at::empty({z.size(0)}, z.options().dtype(acc));

@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
                                        const std::optional<at::Tensor>& mixture, int64_t ignore_index,
                                        double label_smoothing, double k, bool compute_grad, double softcap) {
   hl::check_fwd_args(logits, target, weight, mixture);
-  hl::check_softcap(softcap);
+  hl::check_softcap(softcap, logits.scalar_type());
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
@@ -119,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tenso
 at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k, double softcap) {
   hl::check_fwd_args(logits, target, std::nullopt, std::nullopt);
   TORCH_CHECK(!target.is_floating_point(), "hardloss_cuda: shard_stats: target must be class indices");
-  hl::check_softcap(softcap);
+  hl::check_softcap(softcap, logits.scalar_type());
   Prepared in = prepare(logits, target, std::nullopt, std::nullopt);
   c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
@@ -195,7 +195,7 @@ at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::
                const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
                const std::optional<at::Tensor>& grad_lse) {
   hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-  hl::check_softcap(softcap);
+  hl::check_softcap(softcap, logits.scalar_type());
   hl::check_grad_lse(grad_lse, logits);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
@@ -214,7 +214,7 @@ void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tens
                  const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
                  const std::optional<at::Tensor>& grad_lse) {
   hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-  hl::check_softcap(softcap);
+  hl::check_softcap(softcap, logits.scalar_type());
   hl::check_grad_lse(grad_lse, logits);
   Prepared in = prepare(logits, target, weight, mixture);
   c10::cuda::CUDAGuard guard(logits.device());
