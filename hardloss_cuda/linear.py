@@ -21,6 +21,8 @@ accumulators for half inputs). Peak extra memory is one chunk of logits plus O(N
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -157,9 +159,12 @@ class _LinearCE(torch.autograd.Function):
             rows = kept.nonzero().squeeze(1)
             for a in range(0, rows.numel(), head.rows):
                 idx = rows[a:a + head.rows]
+                # The kept rows' logits come from a matmul of another shape than the forward's
+                # chunks, which rounds differently: their statistics are taken again from these
+                # logits (with the forward's, exp(z - m) of a confident row's top class is not 1).
+                _, st, z = head.forward(h, idx, True)
                 g_lse = _z_grad(z_loss, lse[idx], kept[idx], z_scale)
-                head.add_grads(h, idx, scale.expand(idx.numel()).to(acc).contiguous(), stats[idx], grads,
-                               g_lse=g_lse)
+                head.add_grads(h, idx, scale.expand(idx.numel()).to(acc).contiguous(), st, grads, z, g_lse)
             direct = True
         head.release()
         ctx.direct = direct
@@ -229,28 +234,39 @@ def linear_cross_entropy(
     the result is ``(loss, lse)``, lse per row of ``input``'s leading shape in float32, float64
     for float64 input); ``chunk_size`` is the rows per chunk ("auto": 2^23 logits).
     """
-    if not isinstance(input, Tensor) or input.dim() < 1:
-        raise ValueError("input must be a tensor (N, D) or (B, T, D)")
-    if not isinstance(linear_weight, Tensor) or linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
+    for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if linear_bias is not None and not isinstance(linear_bias, Tensor):
+        raise TypeError(f"linear_bias must be a Tensor or None, got {type(linear_bias).__name__}")
+    if input.dim() < 1:
+        raise ValueError("input must be a tensor (N, D) or (B, T, D), got a 0-dim tensor")
+    if linear_weight.dim() != 2 or linear_weight.shape[1] != input.shape[-1]:
         raise ValueError(f"linear_weight must be (C, D) with D = input.shape[-1] = {input.shape[-1]}, "
-                         f"got {tuple(getattr(linear_weight, 'shape', ()))}")
+                         f"got {tuple(linear_weight.shape)}")
     C, D = linear_weight.shape
-    if linear_bias is not None and (not isinstance(linear_bias, Tensor) or tuple(linear_bias.shape) != (C,)):
-        raise ValueError(f"linear_bias must have shape ({C},), got {tuple(getattr(linear_bias, 'shape', ()))}")
+    if linear_bias is not None and tuple(linear_bias.shape) != (C,):
+        raise ValueError(f"linear_bias must have shape ({C},), got {tuple(linear_bias.shape)}")
     for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
         if t is not None and (t.dtype != input.dtype or t.device != input.device):
             raise ValueError(f"{name} must have input's dtype and device ({input.dtype}, {input.device})")
+    # The target of the logits F.linear would give, (*lead, C): class indices of shape lead, or
+    # probabilities of shape (*lead, C). Checked, not reshaped: a (T, B) target for (B, T, D)
+    # input has the right number of elements and would pair labels with the wrong rows.
+    lead = input.shape[:-1]
+    want = tuple(lead) + ((C,) if target.is_floating_point() else ())
+    if tuple(target.shape) != want:
+        what = "probabilities" if target.is_floating_point() else "class indices"
+        raise ValueError(f"target ({what}) must have shape {want} for input {tuple(input.shape)} and "
+                         f"linear_weight {tuple(linear_weight.shape)}, got {tuple(target.shape)}")
     if (mixture is not None and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):
         raise ValueError("linear_cross_entropy: gradients w.r.t. mixture or target are not supported; use "
                          "cross_entropy on materialised logits")
     ignore_index = scalar_arg(ignore_index, "ignore_index", int)
     label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
-    lead = input.shape[:-1]
-    h = input.reshape(-1, D)
-    N = h.shape[0]
-    tgt = target.reshape(N, C) if target.is_floating_point() else target.reshape(-1)
-    if tgt.shape[0] != N:
-        raise ValueError(f"target must have input's leading shape {tuple(lead)}, got {tuple(target.shape)}")
+    N = math.prod(lead)
+    h = input.reshape(N, D)  # (-1, D) is ambiguous for D = 0
+    tgt = target.reshape(N, C) if target.is_floating_point() else target.reshape(N)
     logits_like = h.new_empty(()).expand(N, C)  # validated as cross_entropy's input, never allocated
     check_inputs(logits_like, tgt, weight, ignore_index, reduction, label_smoothing, mixture, False)
     k = check_k(k)
