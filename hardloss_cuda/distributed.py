@@ -194,7 +194,8 @@ def _slice_bwd(args, backend, inplace, from_stats):
     reference backend's bwd recomputes from the logits, not from stats: ``from_stats`` is its
     stats-based twin in torch ops. In place, the logits' buffer is returned, not yet marked."""
     if backend == "reference":
-        return from_stats(*args)
+        grad = from_stats(*args)
+        return args[1].copy_(grad) if inplace else grad
     if inplace:
         bwd_inplace_op(backend)(*args)
         return args[1]
@@ -237,11 +238,14 @@ class _SmoothShard(torch.autograd.Function):
     """Label smoothing at k = 1 through the backend's soft-row kernels. The kernels take s / C of
     their own slice; with s' = s C_l / (s C_l + (1 - s) C) and the class weights scaled by
     a = (1 - s) + s C_l / C, their target q' equals the global q = w ((1 - s) onehot + s / C) on
-    rows whose label this rank owns. Other rows pass class 0 as a stand-in label, and column 0's
-    q' - q is taken out of the loss and the gradient (O(N)). The slice's loss relative to its own
-    logsumexp lse_r and its t_r = sum q then combine as loss = sum_r loss_r + t_r (lse - lse_r):
-    three all-reduces of O(N) values. The backward is the bwd kernel with the global lse and t
-    (k = 1: t p - q needs nothing else): no communication."""
+    rows whose label this rank owns. Other rows pass a stand-in label a, the slice's largest
+    logit, whose q'_a exceeds q_a by dq = w_a (1 - s): taken out of the loss as dq log s_r
+    (s_r = sum exp(z - z_a): no cancellation against a large term, z_a being the max), and
+    column a of the gradient is written again from the stats (g (t p_a - q_a), no cancellation of
+    t p_a - q'_a + dq either). The slice's loss relative to its own logsumexp lse_r and its
+    t_r = sum q then combine as loss = sum_r loss_r + t_r (lse - lse_r): three all-reduces of O(N)
+    values. The backward is the bwd kernel with the global lse and t (k = 1: t p - q needs
+    nothing else): no communication."""
 
     @staticmethod
     def forward(ctx, local, tgt, w, ignore_index, s, softcap, layout, group, backend, inplace):
@@ -254,19 +258,22 @@ class _SmoothShard(torch.autograd.Function):
         w_kernel = (w_loc * alpha).contiguous()  # the class weights the slice's kernels take
         stand_in = valid & ~owned
         if CL > 0:
+            top = local.argmax(1)  # the cap is monotone: also the capped logits' argmax
+            lbl = torch.where(stand_in, top, lbl)
             loss, st = fwd_op(backend)(local, lbl, w_kernel, None, -1, s_loc, 1.0, True, softcap)
             hi_r, lo_r = st[:, LSE_COL], st[:, LSE_LO_COL]
-            # column 0 of the stand-in rows: q' (what the kernel used) - q (the global target)
-            dq = torch.where(stand_in, w_loc[0] * (alpha * ((1 - s_loc) + s_loc / CL) - s / C), 0)
-            z0 = _capped(local[:, 0].to(acc), softcap)
-            corr = dq * ((hi_r - z0) + lo_r)  # a -inf class 0: the loss is inf with or without it
+            # q'_a - q_a = w_a (alpha ((1 - s') + s' / C_l) - s / C) = w_a (1 - s), exactly
+            dq = torch.where(stand_in, w_loc[top] * (1 - s), 0)
+            z_a = _capped(local.gather(1, top[:, None])[:, 0].to(acc), softcap)
+            corr = dq * ((hi_r - z_a) + lo_r)  # dq log s_r; non-finite for NaN / all -inf rows
             loss = torch.where(torch.isfinite(corr), loss - corr, loss)
             # t_r = sum of the slice's q: s / C of its weights, plus (1 - s) w_y where it owns the label
             w_y = torch.ones_like(hi_r) if w is None else w[torch.where(valid, tgt, 0)]
             t_r = torch.where(valid, s / C * w_loc.sum() + torch.where(owned, (1 - s) * w_y, 0), 0)
+            q_a = torch.where(stand_in, w_loc[top] * (s / C), 0)  # the global target at a
         else:
             hi_r = torch.full((N,), -_INF, dtype=acc, device=local.device)
-            lo_r = loss = t_r = dq = torch.zeros(N, dtype=acc, device=local.device)
+            lo_r = loss = t_r = q_a = z_a = torch.zeros(N, dtype=acc, device=local.device)
         M = _all_reduce(hi_r, "max", group)
         shift = torch.where(torch.isfinite(M), M, 0)
         L = torch.log(_all_reduce(torch.exp((hi_r - shift) + lo_r), "sum", group))
@@ -277,7 +284,7 @@ class _SmoothShard(torch.autograd.Function):
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
         stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
         ctx.save_for_backward(local, stats)
-        ctx.lbl, ctx.dq, ctx.stand_in = lbl, dq, stand_in
+        ctx.lbl, ctx.stand_in, ctx.z_a, ctx.q_a = lbl, stand_in, z_a, q_a  # z_a: in place overwrites the logits
         ctx.args = (w_kernel, s_loc, softcap, backend, inplace)
         return loss, stats
 
@@ -288,16 +295,22 @@ class _SmoothShard(torch.autograd.Function):
         w_kernel, s_loc, softcap, backend, inplace = ctx.args
         if local.shape[1] == 0:
             return (torch.zeros_like(local),) + (None,) * 9
-        g = torch.zeros_like(ctx.dq) if grad_loss is None else grad_loss.to(stats.dtype)
-        args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap,
-                _grad_lse(grad_stats))
+        g = torch.zeros_like(ctx.q_a) if grad_loss is None else grad_loss.to(stats.dtype)
+        g_lse = _grad_lse(grad_stats)
+        args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap, g_lse)
         grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
-        # the stand-in label's column: the kernel subtracted g q'_0, the target is g q_0
-        fix = g * ctx.dq
+        # The stand-in label's column, from the stats: g (t p_a - q_a) (+ g_lse p_a), times the slope
+        z_a = ctx.z_a
+        p_a = torch.exp((z_a - stats[:, LSE_COL]) - stats[:, LSE_LO_COL])
+        col = g * (stats[:, SCALE_COL] * p_a - ctx.q_a)
+        if g_lse is not None:
+            col = col + g_lse * p_a
         if softcap != 0:
-            fix = fix * (1 - torch.square(_capped(local[:, 0].to(stats.dtype), softcap) / softcap))
+            col = col * (1 - torch.square(z_a / softcap))
+        a = ctx.lbl.clamp(0, local.shape[1] - 1)[:, None]
         with torch.no_grad():
-            grad[:, 0] += torch.where(ctx.stand_in, fix, 0).to(grad.dtype)
+            col = torch.where(ctx.stand_in, col.to(grad.dtype), grad.gather(1, a)[:, 0])
+            grad.scatter_(1, a, col[:, None])
         return (_marked(grad, local, inplace),) + (None,) * 9
 
 
