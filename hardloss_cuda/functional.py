@@ -49,14 +49,20 @@ def row_weights(tgt: Tensor, w: Tensor | None, ignore_index: int, N: int, acc: t
 
 def row_lse(stats: Tensor, valid: Tensor) -> Tensor:
     """The rows' logsumexp (of the soft-capped logits) from the forward's stats, differentiable
-    (its gradient is softmax, added by the backward op); 0 on rows that do not count."""
-    return torch.where(valid, stats[:, LSE_COL] + stats[:, LSE_LO_COL], 0)
+    (its gradient is softmax, added by the backward op); 0 on rows that do not count. A bad row
+    (a NaN or +inf logit, or -inf only: the only rows whose lse is not finite) gets NaN, as its
+    loss, whatever the backend's kernel left there (docs/ROW_MATH.md section 4)."""
+    lse = stats[:, LSE_COL] + stats[:, LSE_LO_COL]
+    return torch.where(valid, torch.where(torch.isfinite(lse), lse, torch.nan), 0)
 
 
 def reduce_rows(loss: Tensor, lse: Tensor | None, valid: Tensor, row_w: Tensor, z_loss: float, reduction: str):
     """The reduction of the per-row losses, plus the z-loss ``z_loss lse^2`` of the counted rows
     (``valid``; unweighted: in ``mean`` divided by their number, as Liger and PaLM do)."""
-    zl = z_loss * torch.square(torch.where(valid, lse, 0)) if z_loss != 0 else None
+    zl = None
+    if z_loss != 0:  # (z_loss lse) lse: no intermediate lse^2 overflow (fp32 lse > 1.8e19) where the result fits
+        lse_v = torch.where(valid, lse, 0)
+        zl = (z_loss * lse_v) * lse_v
     if reduction == "none":
         return loss if zl is None else loss + zl
     total = loss.sum()
