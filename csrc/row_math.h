@@ -570,23 +570,33 @@ HL_HOST_DEVICE inline bool soft_needs_eps(bool compute_grad, T k) { return compu
 // ---------------------------------------------------------------------------------------
 // Logit soft-capping and the gradient of the row's logsumexp (docs/ROW_MATH.md section 6).
 // With softcap c > 0 every logit is read as c tanh(z / c) and everything above is of the capped
-// logits; the gradient is then multiplied by d(c tanh(z / c))/dz = 1 - (z_c / c)^2. A row whose
-// logsumexp has an incoming gradient g_lse (z-loss, return_lse) gets g_lse p_j added first.
+// logits; the gradient is then multiplied by d(c tanh(z / c))/dz = 1 - tanh^2(z / c). A row
+// whose logsumexp has an incoming gradient g_lse (z-loss, return_lse) gets g_lse p_j added first.
 // ---------------------------------------------------------------------------------------
 template <typename T>
 HL_HOST_DEVICE inline T softcap_value(T z, T c) { return c != T(0) ? c * hl_tanh(z / c) : z; }
 
+// The slope 1 - tanh^2(z / c) from the raw logit z, as 4 / (E + 2 + 1 / E), E = exp(2 |z / c|):
+// every term positive, so it keeps its relative precision where tanh saturates. (1 - (z_c / c)^2
+// of the rounded capped value has an absolute error of a few ulp: all of the slope once
+// |z / c| > ~9 in float, 2-10x PyTorch's own error before that.) E = inf gives 0, NaN stays NaN.
 template <typename T>
-HL_HOST_DEVICE inline T softcap_slope(T z_capped, T c) {
-  const T r = c != T(0) ? z_capped / c : T(0);
-  return T(1) - r * r;
+HL_HOST_DEVICE inline T softcap_slope(T z, T c) {
+  const T E = hl_exp(T(2) * hl_abs(z / c));
+  return T(4) / (E + T(2) + T(1) / E);
 }
 
-// g_j of a row: (g f_j + g_lse p_j) times the softcap's slope; p_j = exp((z_j - lse) - lse_lo).
+// g f_j + g_lse p_j, p_j = exp((z_j - lse) - lse_lo), z_j capped: a row's gradient before the slope.
 template <typename T>
-HL_HOST_DEVICE inline T finish_grad(T gf_j, T z_capped, T g_lse, T lse, T lse_lo, T c) {
-  const T g = g_lse != T(0) ? gf_j + g_lse * hl_exp((z_capped - lse) - lse_lo) : gf_j;
-  return c != T(0) ? g * softcap_slope(z_capped, c) : g;
+HL_HOST_DEVICE inline T add_lse_grad(T gf_j, T z_capped, T g_lse, T lse, T lse_lo) {
+  return g_lse != T(0) ? gf_j + g_lse * hl_exp((z_capped - lse) - lse_lo) : gf_j;
+}
+
+// g_j of a row: add_lse_grad times the softcap's slope at the raw logit (c = 0: no cap).
+template <typename T>
+HL_HOST_DEVICE inline T finish_grad(T gf_j, T z_raw, T z_capped, T g_lse, T lse, T lse_lo, T c) {
+  const T g = add_lse_grad(gf_j, z_capped, g_lse, lse, lse_lo);
+  return c != T(0) ? g * softcap_slope(z_raw, c) : g;
 }
 
 }  // namespace hl

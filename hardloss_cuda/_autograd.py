@@ -68,17 +68,17 @@ def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, m
                            "supported (only through the logits, at k = 1)")
     acc = acc_dtype(logits.dtype)
     q = reference.target_rows(logits.shape[1], target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
-    z = logits.to(acc)
-    if ctx.softcap != 0:
-        z = ctx.softcap * torch.tanh(z / ctx.softcap)  # differentiated by autograd (chain rule)
+    x = logits.to(acc)
+    z = reference.softcap_logits(x, ctx.softcap)  # differentiated by autograd (chain rule)
     p = torch.softmax(z, 1)
     t = q.sum(1, keepdim=True)
-    # rows without target mass (ignored) have gradient 0 whatever grad_loss is, as in the kernels
-    grad = torch.where(t != 0, grad_loss.to(acc)[:, None], 0) * (t * p - q)
+    grad = grad_loss.to(acc)[:, None] * (t * p - q)
     if grad_lse is not None:
         grad = grad + grad_lse.to(acc)[:, None] * p
     if ctx.softcap != 0:  # the chain rule through c tanh(x / c), itself differentiable
-        grad = grad * (1 - torch.square(z / ctx.softcap))
+        grad = grad * reference.softcap_slope(x, ctx.softcap)
+    if not target.is_floating_point():  # ignored rows: 0 whatever their logits, as in the kernels
+        grad = torch.where((target == ctx.ignore_index)[:, None], 0, grad)
     return (grad.to(logits.dtype),) + (None,) * 8
 
 
@@ -121,9 +121,8 @@ def _jvp(ctx, t_logits, t_target, t_mixture):
     logits, target, weight, mixture, stats = ctx.saved_tensors
     acc = acc_dtype(logits.dtype)
     N, C = logits.shape
-    z = logits.to(acc)
-    if ctx.softcap != 0:
-        z = ctx.softcap * torch.tanh(z / ctx.softcap)
+    x = logits.to(acc)
+    z = reference.softcap_logits(x, ctx.softcap)
     log_p = torch.log_softmax(z, 1)
     p = log_p.exp()
     t_loss = torch.zeros(N, dtype=acc, device=logits.device)
@@ -131,7 +130,7 @@ def _jvp(ctx, t_logits, t_target, t_mixture):
     if t_logits is not None:
         dz = t_logits.to(acc)
         if ctx.softcap != 0:
-            dz = dz * (1 - torch.square(z / ctx.softcap))
+            dz = dz * reference.softcap_slope(x, ctx.softcap)
         q = reference.target_rows(C, target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
         t_loss = t_loss + ((q.sum(1, keepdim=True) * p - q) * dz).sum(1)
         t_lse = (p * dz).sum(1)

@@ -97,6 +97,11 @@ def _capped(z: Tensor, softcap: float) -> Tensor:
     return reference.softcap_logits(z, softcap)
 
 
+def _slope(x: Tensor, softcap: float) -> Tensor:
+    """The cap's slope at the raw logits x (reference.softcap_slope), 1 without a cap."""
+    return reference.softcap_slope(x, softcap) if softcap != 0 else torch.ones_like(x)
+
+
 def _split(base: Tensor, L: Tensor):
     """lse = base + L as hi and lo (row_math.h lse_split)."""
     hi = base + L
@@ -214,24 +219,23 @@ def _marked(grad, local, inplace):
 def _onehot_grad_from_stats(g, local, tgt, _w, _mix, stats, _ignore, _s, k, softcap, g_lse):
     """What the bwd kernels compute for one-hot rows from the stats (row_math.h ``onehot_fj``,
     ``finish_grad``), in torch ops: the reference backend's vocab-parallel backward."""
-    z = _capped(local.to(stats.dtype), softcap)
+    x = local.to(stats.dtype)
+    z = _capped(x, softcap)
     CL = z.shape[1]
     hi, lo, scale, m, log_c = (stats[:, i, None] for i in range(5))
     grad = g[:, None] * torch.exp(k * (z - m) + log_c)
     grad = torch.where(tgt[:, None] == torch.arange(CL, device=z.device), g[:, None] * scale, grad)
     if g_lse is not None:
         grad = grad + g_lse[:, None] * torch.exp((z - hi) - lo)
-    return _finish_slice_grad(grad, z, tgt, softcap, local.dtype)
+    return _finish_slice_grad(grad, x, tgt, softcap, local.dtype)
 
 
-def _finish_slice_grad(grad, z, tgt, softcap, dtype):
+def _finish_slice_grad(grad, x, tgt, softcap, dtype):
     """The end of the bwd kernels' row (row_math.h ``finish_grad``) for the stats-based twins:
     0 on ignored rows (local label -1), NaN on bad labels (CL), times the softcap's slope."""
-    CL = z.shape[1]
-    grad = torch.where((tgt == -1)[:, None], 0, grad).masked_fill((tgt >= CL)[:, None], torch.nan)
-    if softcap != 0:
-        grad = grad * (1 - torch.square(z / softcap))
-    return grad.to(dtype)
+    CL = x.shape[1]
+    grad = grad * _slope(x, softcap)  # before the masks: an ignored row is 0 whatever its logits
+    return torch.where((tgt == -1)[:, None], 0, grad).masked_fill((tgt >= CL)[:, None], torch.nan).to(dtype)
 
 
 class _SmoothShard(torch.autograd.Function):
@@ -264,7 +268,8 @@ class _SmoothShard(torch.autograd.Function):
             hi_r, lo_r = st[:, LSE_COL], st[:, LSE_LO_COL]
             # q'_a - q_a = w_a (alpha ((1 - s') + s' / C_l) - s / C) = w_a (1 - s), exactly
             dq = torch.where(stand_in, w_loc[top] * (1 - s), 0)
-            z_a = _capped(local.gather(1, top[:, None])[:, 0].to(acc), softcap)
+            x_a = local.gather(1, top[:, None])[:, 0].to(acc)
+            z_a = _capped(x_a, softcap)
             corr = dq * ((hi_r - z_a) + lo_r)  # dq log s_r; non-finite for NaN / all -inf rows
             loss = torch.where(torch.isfinite(corr), loss - corr, loss)
             # t_r = sum of the slice's q: s / C of its weights, plus (1 - s) w_y where it owns the label
@@ -273,7 +278,7 @@ class _SmoothShard(torch.autograd.Function):
             q_a = torch.where(stand_in, w_loc[top] * (s / C), 0)  # the global target at a
         else:
             hi_r = torch.full((N,), -_INF, dtype=acc, device=local.device)
-            lo_r = loss = t_r = q_a = z_a = torch.zeros(N, dtype=acc, device=local.device)
+            lo_r = loss = t_r = q_a = z_a = x_a = torch.zeros(N, dtype=acc, device=local.device)
         M = _all_reduce(hi_r, "max", group)
         shift = torch.where(torch.isfinite(M), M, 0)
         L = torch.log(_all_reduce(torch.exp((hi_r - shift) + lo_r), "sum", group))
@@ -284,7 +289,7 @@ class _SmoothShard(torch.autograd.Function):
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
         stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
         ctx.save_for_backward(local, stats)
-        ctx.lbl, ctx.stand_in, ctx.z_a, ctx.q_a = lbl, stand_in, z_a, q_a  # z_a: in place overwrites the logits
+        ctx.lbl, ctx.stand_in, ctx.x_a, ctx.q_a = lbl, stand_in, x_a, q_a  # x_a: in place overwrites the logits
         ctx.args = (w_kernel, s_loc, softcap, backend, inplace)
         return loss, stats
 
@@ -300,13 +305,12 @@ class _SmoothShard(torch.autograd.Function):
         args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap, g_lse)
         grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
         # The stand-in label's column, from the stats: g (t p_a - q_a) (+ g_lse p_a), times the slope
-        z_a = ctx.z_a
-        p_a = torch.exp((z_a - stats[:, LSE_COL]) - stats[:, LSE_LO_COL])
+        x_a = ctx.x_a
+        p_a = torch.exp((_capped(x_a, softcap) - stats[:, LSE_COL]) - stats[:, LSE_LO_COL])
         col = g * (stats[:, SCALE_COL] * p_a - ctx.q_a)
         if g_lse is not None:
             col = col + g_lse * p_a
-        if softcap != 0:
-            col = col * (1 - torch.square(z_a / softcap))
+        col = col * _slope(x_a, softcap)
         a = ctx.lbl.clamp(0, local.shape[1] - 1)[:, None]
         with torch.no_grad():
             col = torch.where(ctx.stand_in, col.to(grad.dtype), grad.gather(1, a)[:, 0])
@@ -317,14 +321,15 @@ class _SmoothShard(torch.autograd.Function):
 def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, softcap, g_lse):
     """What the bwd kernels compute for smoothed rows at k = 1 from the stats (g (t p - q), plus
     g_lse p, times the softcap's slope), in torch ops: the reference backend's backward."""
-    z = _capped(local.to(stats.dtype), softcap)
+    x = local.to(stats.dtype)
+    z = _capped(x, softcap)
     CL = z.shape[1]
     p = torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
     q = reference.target_rows(CL, tgt, w, None, -1, s, stats.dtype)
     grad = g[:, None] * (stats[:, SCALE_COL, None] * p - q)
     if g_lse is not None:
         grad = grad + g_lse[:, None] * p
-    return _finish_slice_grad(grad, z, tgt, softcap, local.dtype)
+    return _finish_slice_grad(grad, x, tgt, softcap, local.dtype)
 
 
 class _GroupRows(reference.RowReductions):
@@ -410,12 +415,11 @@ class _SoftShard(torch.autograd.Function):
         softcap, inplace, ignored = ctx.args
         grad = f * (0 if grad_loss is None else grad_loss.to(f.dtype)[:, None])
         g_lse = _grad_lse(grad_stats)
-        z = _capped(local.to(f.dtype), softcap)
+        x = local.to(f.dtype)
+        z = _capped(x, softcap)
         if g_lse is not None:
-            p = torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
-            grad = grad + torch.where(ignored[:, None], 0, g_lse[:, None] * p)
-        if softcap != 0:
-            grad = grad * (1 - torch.square(z / softcap))
+            grad = grad + g_lse[:, None] * torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
+        grad = torch.where(ignored[:, None], 0, grad * _slope(x, softcap))  # 0 whatever the ignored rows' logits
         if inplace and local.numel():
             grad = local.copy_(grad)
         return (_marked(grad.to(local.dtype), local, inplace),) + (None,) * 11

@@ -212,6 +212,13 @@ def softcap_logits(z: Tensor, softcap: float) -> Tensor:
     return z if softcap == 0 else softcap * torch.tanh(z / softcap)
 
 
+def softcap_slope(z: Tensor, softcap: float) -> Tensor:
+    """d (c tanh(z / c)) / dz = 1 - tanh^2 at the raw logits z, as 4 w / (1 + w)^2 with
+    w = exp(-2 |z / c|): no cancellation where tanh saturates (row_math.h softcap_slope)."""
+    w = torch.exp(-2 * (z / softcap).abs())
+    return 4 * w / torch.square(1 + w)
+
+
 def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
     check_op_softcap(softcap, logits.dtype)
     z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
@@ -229,15 +236,16 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
     check_op_softcap(softcap, logits.dtype)
     # rows on the logits in the accumulation dtype: the gradient comes back unrounded and is
     # rounded to the logits' dtype once, after the scaling.
-    z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
-    _loss, grad, lse = rows(z, target, weight, mixture, ignore_index, label_smoothing, k)
+    x = logits.to(acc_dtype(logits.dtype))
+    z = softcap_logits(x, softcap)
+    _loss, grad, (m, L) = _rows(z, target, weight, mixture, ignore_index, label_smoothing, k, True)
     out = grad_loss[:, None] * grad
-    if grad_lse is not None:  # d lse / d z = softmax(z)
-        out = out + grad_lse[:, None] * torch.exp(z - lse[:, None])
-    if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss is
+    if grad_lse is not None:  # d lse / d z = softmax(z), relative to the max (exact for huge logits)
+        out = out + grad_lse[:, None] * torch.exp((z - m[:, None]) - L[:, None])
+    if softcap != 0:
+        out = out * softcap_slope(x, softcap)
+    if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss and their logits
         out = torch.where((target == ignore_index)[:, None], 0, out)
-    if softcap != 0:  # d (c tanh(x / c)) / dx = 1 - tanh^2
-        out = out * (1 - torch.square(z / softcap))
     return out.to(logits.dtype)
 
 

@@ -9,7 +9,7 @@ are not read (rowmath.skip_rows).
 ``soft_bwd_kernel``: g_j = gl soft_fj(z_j, q_j, stats), q_j recomputed; at k = 1 a dominant
 class with q* >= 15/16 t takes minus the others' sum instead (rowmath.is_star_k1), stored last.
 Both then add the logsumexp's gradient glse p_j and apply the softcap's slope when asked
-(rowmath.finish_grad; the logits are read soft-capped, rowmath.load_logits).
+(rowmath.finish_grad; the logits are read soft-capped with the cap's slope, rowmath.load_logits_slope).
 """
 
 import triton
@@ -21,7 +21,7 @@ from .rowmath import (
     finite,
     is_star_k1,
     load_labels,
-    load_logits,
+    load_logits_slope,
     load_stats,
     onehot_fj,
     q_tile,
@@ -66,10 +66,10 @@ def onehot_bwd_kernel(
     gf_y = gl * f_y
     for start in range(0, C, BLOCK):
         cols = start + cols0
-        z, _ = load_logits(z_ptr, row_off, live, cols, C, 0.0, ACC, cap, HAS_CAP)
+        z, _, slope = load_logits_slope(z_ptr, row_off, live, cols, C, 0.0, ACC, cap, HAS_CAP)
         g = onehot_fj(z, m, log_c, gw, k)
         g = tl.where(cols[None, :] == yc[:, None], gf_y[:, None], g)
-        g = finish_grad(g, z, glse, lse, lse_lo, cap, HAS_GLSE, HAS_CAP)
+        g = finish_grad(g, z, glse, lse, lse_lo, slope, HAS_GLSE, HAS_CAP)
         g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
         store_tile(out_ptr, row_off, cols, rmask[:, None] & (cols < C)[None, :], g)
 
@@ -98,25 +98,27 @@ def soft_bwd_kernel(
     # Per-lane partials, reduced once after the loop (no cross-lane reduction per tile).
     rest = tl.zeros([ROWS, BLOCK], ACC)
     z_star = tl.zeros([ROWS, BLOCK], ACC)
+    slope_star = tl.zeros([ROWS, BLOCK], ACC)
     col_star = tl.full([ROWS, BLOCK], -1, tl.int32)
     for start in range(0, C, BLOCK):
         cols = start + cols0
-        z, mask = load_logits(z_ptr, row_off, live, cols, C, 0.0, ACC, cap, HAS_CAP)
+        z, mask, slope = load_logits_slope(z_ptr, row_off, live, cols, C, 0.0, ACC, cap, HAS_CAP)
         q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, live, cols, mask, C, s, MODE, HAS_W, ACC)
         f = soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE)
-        g = finish_grad(gl[:, None] * f, z, glse, lse, lse_lo, cap, HAS_GLSE, HAS_CAP)
+        g = finish_grad(gl[:, None] * f, z, glse, lse, lse_lo, slope, HAS_GLSE, HAS_CAP)
         g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
         store_mask = rmask[:, None] & (cols < C)[None, :]
         if K_IS_ONE:
             at_star = mask & is_star_k1(star[:, None] != 0.0, q, t[:, None])
             rest += tl.where(mask & ~at_star, f, 0.0)
             z_star += tl.where(at_star, z, 0.0)
+            slope_star += tl.where(at_star, slope, 0.0)
             col_star = tl.maximum(col_star, tl.where(at_star, cols[None, :], -1))
             store_mask = store_mask & ~at_star
         store_tile(out_ptr, row_off, cols, store_mask, g)
     if K_IS_ONE:
         f1 = tl.where(finite(lse), -tl.sum(rest, 1), float("nan"))  # row_math.h star_f1
-        z1 = tl.sum(z_star, 1)
-        g = finish_grad((gl * f1)[:, None], z1[:, None], glse, lse, lse_lo, cap, HAS_GLSE, HAS_CAP)
+        z1, slope1 = tl.sum(z_star, 1), tl.sum(slope_star, 1)
+        g = finish_grad((gl * f1)[:, None], z1[:, None], glse, lse, lse_lo, slope1[:, None], HAS_GLSE, HAS_CAP)
         col = tl.max(col_star, 1)
         tl.store(out_ptr + row_off + col, tl.sum(g, 1).to(out_ptr.dtype.element_ty), mask=rmask & (col >= 0))

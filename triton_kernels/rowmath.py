@@ -83,14 +83,31 @@ def load_logits(ptr, row_off, rmask, cols, C, other, ACC: tl.constexpr, cap, HAS
 
 
 @triton.jit
-def finish_grad(g, z, glse, lse, lse_lo, cap, HAS_GLSE: tl.constexpr, HAS_CAP: tl.constexpr):
-    """row_math.h finish_grad on a tile: g + glse p (the logsumexp's gradient), times the
-    softcap's slope 1 - (z / cap)^2, z the capped logits."""
+def softcap_slope(z, cap):
+    """row_math.h softcap_slope: 1 - tanh^2(z / cap) = 4 w / (1 + w)^2, w = exp(-2 |z / cap|), from
+    the raw logit z: every term positive, so no cancellation where tanh saturates (1 - (z_c / c)^2
+    of the rounded capped value loses it all there). +-inf give 0; NaN stays NaN."""
+    w = tl.exp(-2.0 * tl.abs(z / cap))
+    return 4.0 * w / ((1.0 + w) * (1.0 + w))
+
+
+@triton.jit
+def load_logits_slope(ptr, row_off, rmask, cols, C, other, ACC: tl.constexpr, cap, HAS_CAP: tl.constexpr):
+    """``load_logits``, plus the softcap's slope at each logit (1 without a cap)."""
+    z, mask = load_tile(ptr, row_off, rmask, cols, C, other, ACC)
+    if HAS_CAP:
+        return tl.where(mask, softcap(z, cap), other), mask, softcap_slope(z, cap)
+    return z, mask, tl.full(z.shape, 1.0, ACC)
+
+
+@triton.jit
+def finish_grad(g, z, glse, lse, lse_lo, slope, HAS_GLSE: tl.constexpr, HAS_CAP: tl.constexpr):
+    """row_math.h finish_grad on a tile: g + glse p (the logsumexp's gradient, z the capped
+    logits), times the softcap's slope (``load_logits_slope``)."""
     if HAS_GLSE:
         g = g + glse[:, None] * tl.exp((z - lse[:, None]) - lse_lo[:, None])
     if HAS_CAP:
-        r = z / cap
-        g = g * (1.0 - r * r)
+        g = g * slope
     return g
 
 

@@ -48,10 +48,11 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
       auto path = [&](auto&& run) {
         if (zero) return fill(acc_t(0));
         if (!extra) return run(row, o);
-        const acc_t* zc = capped_row(row, C, cap, scratch->zc, scratch->x);
+        const acc_t* zc = capped_row(row, C, cap, scratch->zc, scratch->x, &scratch->slope);
         scratch->gz.resize(C);
         run(zc, scratch->gz.data());
-        finish_row(zc, scratch->gz.data(), C, g_lse, st, cap, o, scratch->tmp);
+        finish_row(zc, cap != acc_t(0) ? scratch->slope.data() : nullptr, scratch->gz.data(), C, g_lse, st, o,
+                   scratch->tmp);
       };
       rt.visit(
           i, [&](bool ignored) { fill(ignored ? acc_t(0) : hl_nan<acc_t>()); },

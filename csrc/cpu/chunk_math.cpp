@@ -125,13 +125,24 @@ HL_CLONES void softcap_map(const float* __restrict x, int64_t n, float c, float*
   for (int64_t i = 0; i < n; ++i) out[i] = c * tanh_of(x[i] * inv);
 }
 
-HL_CLONES void finish_map(const float* __restrict zc, const float* __restrict gf, int64_t n, float g_lse,
-                          float lse, float lse_lo, float c, float* __restrict out) {
-  const float inv = c != 0.0f ? 1.0f / c : 0.0f;
+// The slope 1 - tanh^2 as row_math.h softcap_slope: 4 / (E + 2 + 1 / E) from the same exp as
+// tanh_of where tanh saturates, 1 - t^2 below |u| = 0.625 (t < 0.56: no cancellation).
+HL_CLONES void softcap_slope_map(const float* __restrict x, int64_t n, float c, float* __restrict out,
+                                 float* __restrict slope) {
+  const float inv = 1.0f / c;
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = x[i] * inv, a = u < 0.0f ? -u : u;
+    const float t = tanh_of(u), E = exp_of(2.0f * a);
+    out[i] = c * t;
+    slope[i] = a < 0.625f ? 1.0f - t * t : 4.0f / (E + 2.0f + 1.0f / E);
+  }
+}
+
+HL_CLONES void finish_map(const float* __restrict zc, const float* __restrict slope, const float* __restrict gf,
+                          int64_t n, float g_lse, float lse, float lse_lo, float* __restrict out) {
   for (int64_t i = 0; i < n; ++i) {
     const float g = g_lse != 0.0f ? gf[i] + g_lse * exp_of((zc[i] - lse) - lse_lo) : gf[i];
-    const float r = zc[i] * inv;
-    out[i] = c != 0.0f ? g * (1.0f - r * r) : g;
+    out[i] = slope != nullptr ? g * slope[i] : g;
   }
 }
 

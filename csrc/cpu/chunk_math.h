@@ -30,10 +30,12 @@ void exp_map(const float* x, int64_t n, float m, float k, float c, float w, floa
 void exp_map(const double* x, int64_t n, double m, double k, double c, double w, double* out);
 
 // Logit soft-capping and the finish of a row's gradient (row_math.h section 6), vectorised:
-// softcap_map: out_i = c tanh(x_i / c); finish_map: out_i = (gf_i + g_lse p_i) (1 - (zc_i / c)^2)
-// with p_i = exp((zc_i - lse) - lse_lo) (g_lse == 0: no exp; c == 0: no slope).
+// softcap_map: out_i = c tanh(x_i / c); softcap_slope_map also slope_i = 1 - tanh^2(x_i / c)
+// (row_math.h softcap_slope); finish_map: out_i = (gf_i + g_lse p_i) slope_i with
+// p_i = exp((zc_i - lse) - lse_lo) (g_lse == 0: no exp; slope == nullptr: no cap).
 void softcap_map(const float* x, int64_t n, float c, float* out);
-void finish_map(const float* zc, const float* gf, int64_t n, float g_lse, float lse, float lse_lo, float c,
+void softcap_slope_map(const float* x, int64_t n, float c, float* out, float* slope);
+void finish_map(const float* zc, const float* slope, const float* gf, int64_t n, float g_lse, float lse, float lse_lo,
                 float* out);
 
 // The target q of a soft row over a chunk: q_j = w_j (a p_j + b); p or w may be null (0 / 1).

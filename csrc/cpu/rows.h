@@ -36,8 +36,9 @@ struct Scratch {
   float q[kChunk];       // a soft row's targets (soft_rows.h)
   std::vector<float> w;  // a soft row's |eps|^k at k != 1, and the blocks' references
   std::vector<float> refs;
-  std::vector<acc_t> zc;  // a row's soft-capped logits, and its gradient before the finish
-  std::vector<acc_t> gz;  // (row_math.h section 6; capped_row, finish_row)
+  std::vector<acc_t> zc;     // a row's soft-capped logits, the cap's slope at each, and its
+  std::vector<acc_t> slope;  // gradient before the finish (row_math.h section 6; capped_row,
+  std::vector<acc_t> gz;     // finish_row)
 };
 
 // Elements [a, a + n) of a row as acc_t: the row itself when no conversion is needed.
@@ -61,39 +62,51 @@ inline void store(scalar_t* row, int64_t a, int64_t n, const acc_t* src) {
 }
 
 // Softcap and the logsumexp's gradient (row_math.h section 6): a row that needs either is read
-// once into s.zc as acc_t (capped), and the usual paths run on that buffer; in backward they
-// write g f into s.gz, and finish_row adds g_lse p, applies the slope and stores. Rows of a
-// call without either take the paths as before, on the logits themselves.
+// once into s.zc as acc_t (capped), and the usual paths run on that buffer; in backward the cap's
+// slope goes into s.slope on the same read, the paths write g f into s.gz, and finish_row adds
+// g_lse p, applies the slope and stores. Rows of a call without either take the paths as
+// before, on the logits themselves.
 // float rows take the vectorised chunk_math.h loops, double rows row_math.h's scalar functions.
 template <typename scalar_t, typename acc_t>
-inline const acc_t* capped_row(const scalar_t* row, int64_t C, acc_t cap, std::vector<acc_t>& zc, acc_t* buf) {
+inline const acc_t* capped_row(const scalar_t* row, int64_t C, acc_t cap, std::vector<acc_t>& zc, acc_t* buf,
+                               std::vector<acc_t>* slope = nullptr) {
   zc.resize(C);
+  const bool with_slope = slope != nullptr && cap != acc_t(0);
+  if (with_slope) slope->resize(C);
   if constexpr (std::is_same_v<acc_t, float>) {
     for (int64_t a = 0; a < C; a += kChunk) {
       const int64_t n = std::min(kChunk, C - a);
       const float* x = load(row, a, n, buf);
-      if (cap != 0.0f) softcap_map(x, n, cap, zc.data() + a);
+      if (with_slope) softcap_slope_map(x, n, cap, zc.data() + a, slope->data() + a);
+      else if (cap != 0.0f) softcap_map(x, n, cap, zc.data() + a);
       else std::memcpy(zc.data() + a, x, n * sizeof(float));
     }
   } else {
-    for (int64_t j = 0; j < C; ++j) zc[j] = softcap_value(static_cast<acc_t>(row[j]), cap);
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t z = static_cast<acc_t>(row[j]);
+      zc[j] = softcap_value(z, cap);
+      if (with_slope) (*slope)[j] = softcap_slope(z, cap);
+    }
   }
   return zc.data();
 }
 
+// slope: the cap's, from capped_row, or nullptr without a cap.
 template <typename scalar_t, typename acc_t>
-inline void finish_row(const acc_t* zc, const acc_t* gf, int64_t C, acc_t g_lse, const acc_t* stats, acc_t cap,
-                       scalar_t* out, acc_t* buf) {
+inline void finish_row(const acc_t* zc, const acc_t* slope, const acc_t* gf, int64_t C, acc_t g_lse,
+                       const acc_t* stats, scalar_t* out, acc_t* buf) {
   const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo];
   if constexpr (std::is_same_v<acc_t, float>) {
     for (int64_t a = 0; a < C; a += kChunk) {
       const int64_t n = std::min(kChunk, C - a);
-      finish_map(zc + a, gf + a, n, g_lse, lse, lse_lo, cap, buf);
+      finish_map(zc + a, slope != nullptr ? slope + a : nullptr, gf + a, n, g_lse, lse, lse_lo, buf);
       store(out, a, n, buf);
     }
   } else {
-    for (int64_t j = 0; j < C; ++j)
-      out[j] = static_cast<scalar_t>(finish_grad(gf[j], zc[j], g_lse, lse, lse_lo, cap));
+    for (int64_t j = 0; j < C; ++j) {
+      const acc_t g = add_lse_grad(gf[j], zc[j], g_lse, lse, lse_lo);
+      out[j] = static_cast<scalar_t>(slope != nullptr ? g * slope[j] : g);
+    }
   }
 }
 

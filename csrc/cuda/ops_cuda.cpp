@@ -182,7 +182,10 @@ at::Tensor bwd_extra(const at::Tensor& grad_loss, const at::Tensor& logits, cons
     const at::Tensor log_p = (zc - st.select(1, hl::kColLse).unsqueeze(1)) - st.select(1, hl::kColLseLo).unsqueeze(1);
     g = g + gl.unsqueeze(1) * at::exp(log_p);
   }
-  if (softcap != 0.0) g = g * (1 - (zc / softcap) * (zc / softcap));
+  if (softcap != 0.0) {  // row_math.h softcap_slope: 4 w / (1 + w)^2, w = exp(-2 |z / c|), from the raw logits
+    const at::Tensor w = at::exp(-2 * (logits.to(zc.scalar_type()) / softcap).abs());
+    g = g * (4 * w / ((1 + w) * (1 + w)));
+  }
   return g.to(logits.scalar_type());
 }
 
