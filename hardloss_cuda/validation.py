@@ -6,7 +6,7 @@ out-of-range label gives a NaN row and is never read."""
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -81,13 +81,16 @@ def check_z_loss(z_loss) -> float:
 
 
 def scalar_arg(value, name: str, kind: type):
-    """ignore_index / label_smoothing given as a 0-dim tensor, as PyTorch accepts: the number."""
+    """ignore_index / label_smoothing given as a 0-dim tensor or a NumPy integer, as PyTorch
+    accepts: the number."""
     if isinstance(value, Tensor):
         if value.dim() != 0:
             raise ValueError(f"{name} must be a number or a 0-dim tensor, got shape {tuple(value.shape)}")
         if kind is int and value.is_floating_point():
             raise ValueError(f"{name} must be an int, got a {value.dtype} tensor")
         return kind(value.item())
+    if kind is int and isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)
     return value
 
 
@@ -127,8 +130,9 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         raise ValueError(f"target is on {target.device} but input is on {input.device}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    # int64, as the ops take it (a larger one overflowed in the comparison with the labels)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must be an int (int64), got {ignore_index!r}")
     if not isinstance(label_smoothing, Real) or not (0.0 <= label_smoothing <= 1.0):
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
 

@@ -108,6 +108,7 @@ CROSS_ENTROPY = [
     ("ignore_index (1,) tensor", lambda b: ce(b, ignore_index=torch.tensor([1])), V, "ignore_index"),
     ("ignore_index bool", lambda b: ce(b, ignore_index=True), V, "ignore_index"),
     ("ignore_index None", lambda b: ce(b, ignore_index=None), V, "ignore_index"),
+    ("ignore_index beyond int64", lambda b: ce(b, ignore_index=2**70), V, "ignore_index"),
     ("label_smoothing -0.1", lambda b: ce(b, label_smoothing=-0.1), V, "label_smoothing"),
     ("label_smoothing 1.1", lambda b: ce(b, label_smoothing=1.1), V, "label_smoothing"),
     ("label_smoothing NaN", lambda b: ce(b, label_smoothing=float("nan")), V, "label_smoothing"),
@@ -215,6 +216,7 @@ LINEAR = [
     ("weight requires grad", lambda b: lce(b, weight=torch.ones(C, requires_grad=True)), V, "weight"),
     ("weight (C + 1,)", lambda b: lce(b, weight=torch.ones(C + 1)), V, "weight"),
     ("ignore_index 1.5", lambda b: lce(b, ignore_index=1.5), V, "ignore_index"),
+    ("ignore_index beyond int64", lambda b: lce(b, ignore_index=-(2**64)), V, "ignore_index"),
     ("label_smoothing 1.5", lambda b: lce(b, label_smoothing=1.5), V, "label_smoothing"),
     ("k 0", lambda b: lce(b, k=0), V, r"\bk\b"),
     ("softcap -1", lambda b: lce(b, softcap=-1), V, "softcap"),
@@ -296,11 +298,11 @@ def _failure(call, exc, name) -> str | None:
     return f"returned {out!r}: the bad input was accepted"
 
 
-def _cases(table):
-    return [pytest.param(r, b, id=f"{r[0]}-{b}") for r in table for b in BACKENDS]
+def _cases(**tables):
+    return [pytest.param(r, b, id=f"{t}: {r[0]}-{b}") for t, rows in tables.items() for r in rows for b in BACKENDS]
 
 
-@pytest.mark.parametrize("row,backend", _cases(CROSS_ENTROPY + LINEAR + MODULES))
+@pytest.mark.parametrize("row,backend", _cases(cross_entropy=CROSS_ENTROPY, linear=LINEAR, modules=MODULES))
 def test_bad_input(row, backend):
     _id, call, exc, name = row
     failure = _failure(lambda: call(backend), exc, name)
@@ -326,6 +328,8 @@ ACCEPTED = [
      lambda: _ref(_X, _y(), label_smoothing=0.2)),
     ("ignore_index 0-dim int tensor", lambda b: ce(b, x=_X, ignore_index=torch.tensor(1)),
      lambda: _ref(_X, _y(), ignore_index=1)),
+    ("ignore_index NumPy int64", lambda b: ce(b, x=_X, ignore_index=np.int64(1)),
+     lambda: _ref(_X, _y(), ignore_index=1)),
     ("uint8 target (F takes Byte)", lambda b: ce(b, x=_X, y=_y().to(torch.uint8)), lambda: _ref(_X, _y())),
     # permissive where F raises: converted, the value F gives for the converted target / weight
     ("int32 target", lambda b: ce(b, x=_X, y=_y().int()), lambda: _ref(_X, _y())),
@@ -335,7 +339,7 @@ ACCEPTED = [
 ]
 
 
-@pytest.mark.parametrize("row,backend", _cases(ACCEPTED))
+@pytest.mark.parametrize("row,backend", _cases(accepted=ACCEPTED))
 def test_accepted(row, backend):
     _id, call, want = row
     torch.testing.assert_close(call(backend), want(), rtol=1e-5, atol=1e-6)
@@ -406,6 +410,7 @@ VOCAB_PARALLEL = [  # (id, bad call given (rank, backend), exception, regex)
      lambda r, b: vp(r, b, z=torch.randn(N, _SLICES[r][1], requires_grad=True), inplace_backward=True), V,
      "inplace_backward"),
     ("ignore_index 1.5", lambda r, b: vp(r, b, ignore_index=1.5), V, "ignore_index"),
+    ("ignore_index beyond int64", lambda r, b: vp(r, b, ignore_index=2**63), V, "ignore_index"),
     ("label_smoothing NaN", lambda r, b: vp(r, b, label_smoothing=float("nan")), V, "label_smoothing"),
     ("k 0", lambda r, b: vp(r, b, k=0), V, r"\bk\b"),
     ("softcap 0", lambda r, b: vp(r, b, softcap=0), V, "softcap"),
