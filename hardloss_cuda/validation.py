@@ -40,17 +40,26 @@ _K_MIN = 2.0**-126
 _K_MAX = float(torch.finfo(torch.float32).max)
 
 
-def _number(value, name: str):
-    """A number given as a Python number or a one-element tensor (its value); anything else
-    raises a ValueError naming the argument."""
+def _item(t: Tensor, name: str):
+    if t.is_meta:  # Tensor.item() raises a RuntimeError that names nothing
+        raise ValueError(f"{name} must be a number, got a tensor on the meta device (it has no value)")
+    return t.item()
+
+
+def _number(value, name: str) -> float:
+    """A number given as a Python number or a one-element tensor (its value, as a float); anything
+    else raises a ValueError naming the argument."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor of shape "
                              f"{tuple(value.shape)}")
-        value = value.item()
+        value = _item(value, name)
     if not isinstance(value, Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    return value
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float64: infinite, which every range check refuses
+        return math.inf if value > 0 else -math.inf
 
 
 def check_k(k) -> float:
@@ -88,7 +97,7 @@ def scalar_arg(value, name: str, kind: type):
             raise ValueError(f"{name} must be a number or a 0-dim tensor, got shape {tuple(value.shape)}")
         if kind is int and value.is_floating_point():
             raise ValueError(f"{name} must be an int, got a {value.dtype} tensor")
-        return kind(value.item())
+        return kind(_item(value, name))
     if kind is int and isinstance(value, Integral) and not isinstance(value, bool):
         return int(value)
     return value
