@@ -111,6 +111,8 @@ def check_fraction(value, name: str) -> float:
 
 def check_mixing_weight(eps, name: str = "eps") -> None:
     """A mixing weight (scalar or per-class tensor) must lie in [0, 0.5)."""
+    if not isinstance(eps, (Real, Tensor)):  # torch.as_tensor would raise, naming nothing
+        raise ValueError(f"{name} must be a number or a float tensor, got {eps!r}")
     t = torch.as_tensor(eps)
     if t.requires_grad:  # a learned weight is kept in range by the penalty, not checked
         return
