@@ -123,22 +123,23 @@ def check_mixing_weight(eps, name: str = "eps") -> None:
 
 
 def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, input_name: str = "input"):
     """Shape, dtype and range checks; returns the number of classes C (``num_classes`` when
-    ``input`` holds only a slice of them: a vocab-parallel shard)."""
+    ``input`` holds only a slice of them: a vocab-parallel shard, named ``input_name``)."""
+    name = input_name
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        raise TypeError(f"{name} must be a Tensor, got {type(input).__name__}")
     if input.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"input: unsupported dtype {input.dtype}; expected one of {FLOAT_DTYPES}")
+        raise ValueError(f"{name}: unsupported dtype {input.dtype}; expected one of {FLOAT_DTYPES}")
     if input.dim() == 0:
-        raise ValueError("input must have at least one dimension (the classes)")
+        raise ValueError(f"{name} must have at least one dimension (the classes)")
     C = num_classes if num_classes is not None else (input.shape[0] if input.dim() == 1 else input.shape[1])
     if C < 1:
-        raise ValueError("input must have at least one class (C >= 1)")
+        raise ValueError(f"{name} must have at least one class (C >= 1)")
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a Tensor, got {type(target).__name__}")
     if target.device != input.device:
-        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+        raise ValueError(f"target is on {target.device} but {name} is on {input.device}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     # int64, as the ops take it (a larger one overflowed in the comparison with the labels)
@@ -150,7 +151,8 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
     class_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
     if target.is_floating_point():
         if target.shape != input.shape:
-            raise ValueError(f"target (probabilities) must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+            raise ValueError(f"target (probabilities) must have {name}'s shape {tuple(input.shape)}, "
+                             f"got {tuple(target.shape)}")
         if mixture is not None:
             raise ValueError("mixture needs class-index targets, not probabilities")
         if ignore_index != -100:
@@ -171,7 +173,7 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         if not isinstance(weight, Tensor) or not weight.is_floating_point() or tuple(weight.shape) != (C,):
             raise ValueError(f"weight must be a float tensor of shape ({C},), got {getattr(weight, 'shape', weight)!r}")
         if weight.device != input.device:
-            raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+            raise ValueError(f"weight is on {weight.device} but {name} is on {input.device}")
         if weight.requires_grad and torch.is_grad_enabled():
             raise ValueError("weight: the gradient w.r.t. class weights is not supported (as in PyTorch)")
     if mixture is not None:
@@ -180,7 +182,7 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         if tuple(mixture.shape) != (C, C):
             raise ValueError(f"mixture must be C x C = ({C}, {C}), got {tuple(mixture.shape)}")
         if mixture.device != input.device:
-            raise ValueError(f"mixture is on {mixture.device} but input is on {input.device}")
+            raise ValueError(f"mixture is on {mixture.device} but {name} is on {input.device}")
         if label_smoothing > 0:
             raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
     if inplace_backward and input.requires_grad:
@@ -189,7 +191,7 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         base = input if input._base is None else input._base
         if input.is_leaf or (base.is_leaf and base.requires_grad):
             raise ValueError(
-                "inplace_backward=True overwrites input with its gradient; input must not be a leaf that "
+                f"inplace_backward=True overwrites {name} with its gradient; {name} must not be a leaf that "
                 "requires grad, nor a view of one"
             )
         if (mixture is not None and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):

@@ -401,6 +401,9 @@ def _shard0():
 
 
 VOCAB_PARALLEL = [  # (id, bad call given (rank, backend), exception, regex)
+    ("local_logits list", lambda r, b: vp(r, b, z=torch.randn(N, _SLICES[r][1]).tolist()), T, "local_logits"),
+    ("local_logits int64", lambda r, b: vp(r, b, z=torch.ones(N, _SLICES[r][1], dtype=torch.long)), V,
+     "local_logits"),
     ("local_logits 3-D", lambda r, b: vp(r, b, z=torch.randn(N, _SLICES[r][1], 1)), V, "local_logits"),
     ("local_logits 0-dim", lambda r, b: vp(r, b, z=torch.tensor(1.0), y=torch.tensor(0)), V, "local_logits"),
     ("local_logits a Replicate DTensor", lambda r, b: vp(r, b, z=_replicate()), V, "local_logits"),
@@ -415,6 +418,14 @@ VOCAB_PARALLEL = [  # (id, bad call given (rank, backend), exception, regex)
     ("class_start overlapping", lambda r, b: vp(r, b, class_start=0), V, "class_start"),
     ("class_start with a gap", lambda r, b: vp(r, b, class_start=(0, 5)[r]), V, "class_start"),
     ("class_start on one rank only", lambda r, b: vp(r, b, class_start=(0, None)[r]), V, "class_start"),
+    ("class_start float", lambda r, b: vp(r, b, class_start=float(_SLICES[r][0])), V, "class_start"),
+    ("class_start 0.5 with num_classes", lambda r, b: vp(r, b, class_start=_SLICES[r][0] + 0.5, num_classes=DC), V,
+     "class_start"),
+    ("class_start str with num_classes", lambda r, b: vp(r, b, class_start=str(_SLICES[r][0]), num_classes=DC), V,
+     "class_start"),
+    ("num_classes 9.5 with class_start", lambda r, b: vp(r, b, class_start=_SLICES[r][0], num_classes=DC + 0.5), V,
+     "num_classes"),
+    ("num_classes True", lambda r, b: vp(r, b, num_classes=True), V, "num_classes"),
     ("class_start -1 with num_classes", lambda r, b: vp(r, b, class_start=-1, num_classes=DC), V, "class_start"),
     ("class_start past the end with num_classes", lambda r, b: vp(r, b, class_start=(6, 5)[r], num_classes=DC),
      V, "class_start"),
@@ -430,7 +441,7 @@ VOCAB_PARALLEL = [  # (id, bad call given (rank, backend), exception, regex)
     ("mixture list", lambda r, b: vp(r, b, mixture=[[0.0] * DC] * DC), V, "mixture"),
     ("inplace_backward on a leaf",
      lambda r, b: vp(r, b, z=torch.randn(N, _SLICES[r][1], requires_grad=True), inplace_backward=True), V,
-     "inplace_backward"),
+     "inplace_backward.*local_logits"),
     ("ignore_index 1.5", lambda r, b: vp(r, b, ignore_index=1.5), V, "ignore_index"),
     ("ignore_index beyond int64", lambda r, b: vp(r, b, ignore_index=2**63), V, "ignore_index"),
     ("label_smoothing NaN", lambda r, b: vp(r, b, label_smoothing=float("nan")), V, "label_smoothing"),
@@ -440,6 +451,9 @@ VOCAB_PARALLEL = [  # (id, bad call given (rank, backend), exception, regex)
     ("trim 0", lambda r, b: vp(r, b, trim=0), V, "trim"),
     ("reduction 'avg'", lambda r, b: vp(r, b, reduction="avg"), V, "reduction"),
     ("backend 'tpu'", lambda r, b: vp(r, b, backend="tpu"), V, "backend"),
+    ("group a str", lambda r, b: vp(r, b, group="world"), T, "group"),
+    ("group a str with the layout given",
+     lambda r, b: vp(r, b, group="world", class_start=_SLICES[r][0], num_classes=DC), T, "group"),
 ]
 
 
