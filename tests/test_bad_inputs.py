@@ -25,6 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import hardloss_cuda as hl
+from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
+from hardloss_cuda._schema import STATS_COLS
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
 
 from .test_distributed import _free_port, _spawn
@@ -309,6 +311,94 @@ MODULES = [
 ]
 
 
+# ---------------------------------------------------------------------------- raw ops
+# What the ops' memory safety depends on (shapes, dtypes, devices of what they index and read):
+# the compiled ops check it with TORCH_CHECK (RuntimeError), the reference and Triton in Python.
+# (The ops leave k, label_smoothing and label values to validation.py: docs/CONTRACT.md section 5.)
+
+
+def _fwd(b, z=None, y=None, w=None, mix=None, ignore_index=-100, softcap=0.0):
+    return fwd_op(b)(_x() if z is None else z, _y() if y is None else y, w, mix, ignore_index, 0.0, 1.0, True,
+                     softcap)
+
+
+def _bwd(b, g=None, z=None, y=None, w=None, mix=None, stats=None, g_lse=None, inplace=False):
+    op = bwd_inplace_op(b) if inplace else bwd_op(b)
+    return op(torch.ones(N) if g is None else g, _x() if z is None else z, _y() if y is None else y, w, mix,
+              torch.zeros(N, STATS_COLS) if stats is None else stats, -100, 0.0, 1.0, 0.0, g_lse)
+
+
+def _shard(b, z=None, y=None, softcap=0.0):
+    return shard_stats_op(b)(_x() if z is None else z, _y() if y is None else y, 1.0, softcap)
+
+
+_long = torch.long
+OPS = [
+    ("fwd: logits 1-D", lambda b: _fwd(b, z=_x(C), y=torch.tensor(0)), V, "logits"),
+    ("fwd: logits 3-D", lambda b: _fwd(b, z=_x(N, C, 2), y=torch.zeros(N, 2, dtype=_long)), V, "logits"),
+    ("fwd: logits int64", lambda b: _fwd(b, z=torch.ones(N, C, dtype=_long)), T, "logits"),
+    ("fwd: logits C = 0", lambda b: _fwd(b, z=_x(N, 0)), V, "logits"),
+    ("fwd: logits list (the schema)", lambda b: _fwd(b, z=_x().tolist()), RuntimeError, "logits"),
+    ("fwd: ignore_index 1.5 (the schema)", lambda b: _fwd(b, ignore_index=1.5), RuntimeError, "ignore_index"),
+    ("fwd: softcap -1", lambda b: _fwd(b, softcap=-1.0), V, "softcap"),
+    ("fwd: target int32", lambda b: _fwd(b, y=_y().int()), V, "target"),
+    ("fwd: target bool", lambda b: _fwd(b, y=torch.ones(N, dtype=torch.bool)), V, "target"),
+    ("fwd: target (N + 1,)", lambda b: _fwd(b, y=torch.zeros(N + 1, dtype=_long)), V, "target"),
+    ("fwd: target (N, 1)", lambda b: _fwd(b, y=_y()[:, None]), V, "target"),
+    ("fwd: target (1,)", lambda b: _fwd(b, y=torch.tensor([1])), V, "target"),
+    ("fwd: target on meta", lambda b: _fwd(b, y=_meta(_y())), V, "target"),
+    ("fwd: probabilities (N, C + 1)", lambda b: _fwd(b, y=torch.rand(N, C + 1)), V, "target"),
+    ("fwd: probabilities (1, C)", lambda b: _fwd(b, y=torch.rand(1, C)), V, "target"),
+    ("fwd: probabilities float64 for float32 logits", lambda b: _fwd(b, y=torch.rand(N, C, dtype=torch.float64)),
+     V, "target"),
+    ("fwd: mixture with probabilities", lambda b: _fwd(b, y=torch.rand(N, C), mix=torch.rand(C, C)), V, "mixture"),
+    ("fwd: weight (C + 1,)", lambda b: _fwd(b, w=torch.ones(C + 1)), V, "weight"),
+    ("fwd: weight (1,)", lambda b: _fwd(b, w=torch.ones(1)), V, "weight"),
+    ("fwd: weight (C, 1)", lambda b: _fwd(b, w=torch.ones(C, 1)), V, "weight"),
+    ("fwd: weight float64 for float32 logits", lambda b: _fwd(b, w=torch.ones(C, dtype=torch.float64)), V, "weight"),
+    ("fwd: weight int64", lambda b: _fwd(b, w=torch.ones(C, dtype=_long)), V, "weight"),
+    ("fwd: weight on meta", lambda b: _fwd(b, w=_meta(torch.ones(C))), V, "weight"),
+    ("fwd: mixture (C, C + 1)", lambda b: _fwd(b, mix=torch.rand(C, C + 1)), V, "mixture"),
+    ("fwd: mixture (1, C)", lambda b: _fwd(b, mix=torch.rand(1, C)), V, "mixture"),
+    ("fwd: mixture float64 for float32 logits", lambda b: _fwd(b, mix=torch.rand(C, C, dtype=torch.float64)), V,
+     "mixture"),
+    ("fwd: mixture on meta", lambda b: _fwd(b, mix=_meta(torch.rand(C, C))), V, "mixture"),
+    ("bwd: grad_loss (N + 1,)", lambda b: _bwd(b, g=torch.ones(N + 1)), V, "grad_loss"),
+    ("bwd: grad_loss (1,)", lambda b: _bwd(b, g=torch.ones(1)), V, "grad_loss"),
+    ("bwd: grad_loss 0-dim", lambda b: _bwd(b, g=torch.tensor(1.0)), V, "grad_loss"),
+    ("bwd: grad_loss (N, 1)", lambda b: _bwd(b, g=torch.ones(N, 1)), V, "grad_loss"),
+    ("bwd: grad_loss float64 for float32 logits", lambda b: _bwd(b, g=torch.ones(N, dtype=torch.float64)), V,
+     "grad_loss"),
+    ("bwd: grad_loss on meta", lambda b: _bwd(b, g=_meta(torch.ones(N))), V, "grad_loss"),
+    ("bwd: stats (N, STATS_COLS - 1)", lambda b: _bwd(b, stats=torch.zeros(N, STATS_COLS - 1)), V, "stats"),
+    ("bwd: stats (1, STATS_COLS)", lambda b: _bwd(b, stats=torch.zeros(1, STATS_COLS)), V, "stats"),
+    ("bwd: stats float64", lambda b: _bwd(b, stats=torch.zeros(N, STATS_COLS, dtype=torch.float64)), V, "stats"),
+    ("bwd: stats on meta", lambda b: _bwd(b, stats=_meta(torch.zeros(N, STATS_COLS))), V, "stats"),
+    ("bwd: grad_lse (1,)", lambda b: _bwd(b, g_lse=torch.ones(1)), V, "grad_lse"),
+    ("bwd: grad_lse float64", lambda b: _bwd(b, g_lse=torch.ones(N, dtype=torch.float64)), V, "grad_lse"),
+    ("bwd: grad_lse on meta", lambda b: _bwd(b, g_lse=_meta(torch.ones(N))), V, "grad_lse"),
+    ("bwd: logits int64", lambda b: _bwd(b, z=torch.ones(N, C, dtype=_long)), T, "logits"),
+    ("bwd: target int32", lambda b: _bwd(b, y=_y().int()), V, "target"),
+    ("bwd: weight (C + 1,)", lambda b: _bwd(b, w=torch.ones(C + 1)), V, "weight"),
+    ("bwd: mixture (C, C + 1)", lambda b: _bwd(b, mix=torch.rand(C, C + 1)), V, "mixture"),
+    ("bwd_inplace: grad_loss (1,)", lambda b: _bwd(b, g=torch.ones(1), inplace=True), V, "grad_loss"),
+    ("bwd_inplace: stats (N, STATS_COLS - 1)",
+     lambda b: _bwd(b, stats=torch.zeros(N, STATS_COLS - 1), inplace=True), V, "stats"),
+    ("bwd_inplace: grad_lse float64", lambda b: _bwd(b, g_lse=torch.ones(N, dtype=torch.float64), inplace=True), V,
+     "grad_lse"),
+    ("bwd_inplace: target int32", lambda b: _bwd(b, y=_y().int(), inplace=True), V, "target"),
+    ("bwd_inplace: logits on meta", lambda b: _bwd(b, z=_meta(_x()), inplace=True), V, "logits"),
+    ("shard_stats: logits 1-D", lambda b: _shard(b, z=_x(C), y=torch.tensor(0)), V, "logits"),
+    ("shard_stats: logits int64", lambda b: _shard(b, z=torch.ones(N, C, dtype=_long)), T, "logits"),
+    ("shard_stats: target float (N,)", lambda b: _shard(b, y=_y().float()), V, "target"),
+    ("shard_stats: target probabilities", lambda b: _shard(b, y=torch.rand(N, C)), V, "target"),
+    ("shard_stats: target int32", lambda b: _shard(b, y=_y().int()), V, "target"),
+    ("shard_stats: target (1,)", lambda b: _shard(b, y=torch.tensor([1])), V, "target"),
+    ("shard_stats: target on meta", lambda b: _shard(b, y=_meta(_y())), V, "target"),
+    ("shard_stats: softcap -1", lambda b: _shard(b, softcap=-1.0), V, "softcap"),
+]
+
+
 def _failure(call, exc, name) -> str | None:
     """None when ``call()`` raises ``exc`` with a message matching ``name``; else what went wrong."""
     try:
@@ -329,6 +419,26 @@ def test_bad_input(row, backend):
     _id, call, exc, name = row
     failure = _failure(lambda: call(backend), exc, name)
     assert failure is None, failure
+
+
+@pytest.mark.parametrize("row,backend", _cases(ops=OPS))
+def test_bad_op_input(row, backend):
+    _id, call, exc, name = row
+    if backend in ("cpu", "cuda"):  # TORCH_CHECK
+        exc = (RuntimeError, exc)
+    failure = _failure(lambda: call(backend), exc, name)
+    assert failure is None, failure
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_op_bwd_inplace_on_strided_logits(backend):
+    """A strided view of the logits takes the gradient in place as bwd returns it, on every
+    backend (the compiled op writes it back through a contiguous buffer)."""
+    z, y, g = _x(C, N).T, _y(), torch.rand(N)
+    _, stats = fwd_op(backend)(z, y, None, None, -100, 0.0, 0.5, True, 0.0)
+    want = bwd_op(backend)(g, z, y, None, None, stats, -100, 0.0, 0.5)
+    bwd_inplace_op(backend)(g, z, y, None, None, stats, -100, 0.0, 0.5)
+    torch.testing.assert_close(z, want, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------- accepted
