@@ -445,6 +445,8 @@ def test_op_bwd_inplace_on_strided_logits(backend):
 
 
 _X = torch.linspace(-3, 3, N * C).reshape(N, C)
+_Q = torch.linspace(0, 1, N * C).reshape(N, C)
+_W = torch.arange(1.0, C + 1)
 
 
 def _ref(x, y, **kw):
@@ -463,10 +465,17 @@ ACCEPTED = [
     ("ignore_index NumPy int64", lambda b: ce(b, x=_X, ignore_index=np.int64(1)),
      lambda: _ref(_X, _y(), ignore_index=1)),
     ("uint8 target (F takes Byte)", lambda b: ce(b, x=_X, y=_y().to(torch.uint8)), lambda: _ref(_X, _y())),
+    ("probabilities not summing to 1", lambda b: ce(b, x=_X, y=_Q * 3), lambda: _ref(_X, _Q.double() * 3)),
+    ("negative probabilities", lambda b: ce(b, x=_X, y=-_Q, label_smoothing=0.2),
+     lambda: _ref(_X, -_Q.double(), label_smoothing=0.2)),
+    ("class weights of the rows summing to 0 (-inf)", lambda b: ce(b, x=_X, weight=_W - 2.5),
+     lambda: _ref(_X, _y(), weight=_W.double() - 2.5)),
+    ("a label C that is ignore_index", lambda b: ce(b, x=_X, y=torch.tensor([0, C, 2, C]), ignore_index=C),
+     lambda: _ref(_X, torch.tensor([0, C, 2, C]), ignore_index=C)),
     # permissive where F raises: converted, the value F gives for the converted target / weight
     ("int32 target", lambda b: ce(b, x=_X, y=_y().int()), lambda: _ref(_X, _y())),
-    ("float16 weight for float32 input", lambda b: ce(b, x=_X, weight=torch.arange(1.0, C + 1).half()),
-     lambda: _ref(_X, _y(), weight=torch.arange(1.0, C + 1).double())),
+    ("float16 weight for float32 input", lambda b: ce(b, x=_X, weight=_W.half()),
+     lambda: _ref(_X, _y(), weight=_W.double())),
     ("(C,) input, 0-dim target", lambda b: ce(b, x=_X[0], y=torch.tensor(3)), lambda: _ref(_X[0], torch.tensor(3))),
 ]
 
