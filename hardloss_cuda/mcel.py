@@ -130,6 +130,8 @@ class MixedCrossEntropyLoss(nn.Module):
                  p: float = 2.0, c: float | Tensor = 0.5, reduction: str = "mean", **ce_kwargs):
         super().__init__()
         C = _check_similarity(similarity)
+        if not similarity.is_floating_point():  # its dtype is the learned weights' and c's (0.5 became 0)
+            raise ValueError(f"similarity must be a float tensor, got {similarity.dtype}")
         if mode not in ("fixed", "per_class", "full"):
             raise ValueError(f"mode must be 'fixed', 'per_class' or 'full', got {mode!r}")
         check_mixing_weight(eps)

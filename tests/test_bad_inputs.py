@@ -34,6 +34,7 @@ from .test_distributed import _free_port, _spawn
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Triton interpreter's NaN rows
 
 V, T = ValueError, TypeError
+_long = torch.long
 N, C, D = 4, 5, 3
 BACKENDS = [b for b in ("reference", "cpu", "triton") if b in hl.available_backends()]
 
@@ -275,6 +276,10 @@ MODULES = [
     ("MixedCrossEntropyLoss(similarity list)", lambda b: hl.MixedCrossEntropyLoss(_A.tolist(), backend=b), T,
      "similarity"),
     ("mcel.simple_mixture(list, eps)", lambda b: hl.mcel.simple_mixture(_A.tolist(), 0.1), T, "similarity"),
+    ("MixedCrossEntropyLoss(similarity int64, mode='full')",
+     lambda b: hl.MixedCrossEntropyLoss(torch.eye(C, dtype=_long), mode="full", backend=b), V, "similarity"),
+    ("MixedCrossEntropyLoss(similarity int64, mode='per_class')",
+     lambda b: hl.MixedCrossEntropyLoss(torch.eye(C, dtype=_long), mode="per_class", backend=b), V, "similarity"),
     ("MixedCrossEntropyLoss(mode='learned')", lambda b: hl.MixedCrossEntropyLoss(_A, mode="learned", backend=b), V,
      "mode"),
     ("MixedCrossEntropyLoss(eps=0.5)", lambda b: hl.MixedCrossEntropyLoss(_A, eps=0.5, backend=b), V, "eps"),
@@ -332,7 +337,6 @@ def _shard(b, z=None, y=None, softcap=0.0):
     return shard_stats_op(b)(_x() if z is None else z, _y() if y is None else y, 1.0, softcap)
 
 
-_long = torch.long
 OPS = [
     ("fwd: logits 1-D", lambda b: _fwd(b, z=_x(C), y=torch.tensor(0)), V, "logits"),
     ("fwd: logits 3-D", lambda b: _fwd(b, z=_x(N, C, 2), y=torch.zeros(N, 2, dtype=_long)), V, "logits"),
