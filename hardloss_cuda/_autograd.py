@@ -16,11 +16,15 @@ import torch
 
 from . import reference
 from ._ops import OPS, bwd_inplace_op, fwd_op, shard_stats_op
-from ._schema import LSE_COL, SHARD_STATS_COLS, STATS_COLS, acc_dtype
+from ._schema import (LSE_COL, SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
+                      check_op_shard_stats_args)
 from .validation import in_functorch
 
 
+# The fakes check what the ops check: they also serve every call with a meta tensor among its
+# arguments (the Meta dispatch key wins over CPU), where the kernels' own checks never run.
 def _fake_fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
+    check_op_args(logits, target, weight, mixture)
     N = logits.shape[0]
     acc = acc_dtype(logits.dtype)
     return logits.new_empty(N, dtype=acc), logits.new_empty((N, STATS_COLS), dtype=acc)
@@ -28,6 +32,8 @@ def _fake_fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k,
 
 def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
               grad_lse=None):
+    check_op_args(logits, target, weight, mixture)
+    check_op_bwd_args(grad_loss, logits, stats, grad_lse)
     return torch.empty_like(logits)
 
 
@@ -210,10 +216,12 @@ class RowLossJvp(RowLoss):
 
 def _fake_bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k,
                       softcap=0.0, grad_lse=None):
+    _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap, grad_lse)
     return None
 
 
 def _fake_shard_stats(logits, target, k, softcap=0.0):
+    check_op_shard_stats_args(logits, target)
     return logits.new_empty((logits.shape[0], SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype))
 
 

@@ -66,6 +66,61 @@ def softcap_range(dtype: torch.dtype) -> tuple[float, float]:
     return float(fi.smallest_normal), float(fi.max)
 
 
+LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_op_args(logits, target, weight, mixture) -> None:
+    """The ops' own checks of what they index and read with: shapes, dtypes and devices (cheap, no
+    device sync; csrc/checks.cpp check_fwd_args says the same). Run by the Python backends
+    (reference, Triton) and by the fakes, which serve any call with a meta tensor among its
+    arguments. The user-facing checks (k, label_smoothing, label values, ...) are
+    validation.py's, run before any op; a label out of range gives a NaN row."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(f"logits: unsupported dtype {logits.dtype} (float32/16, bfloat16, float64)")
+    N, C = logits.shape
+    if C == 0:
+        raise ValueError("logits: need at least one class (C >= 1)")
+    acc = acc_dtype(logits.dtype)
+    if target.is_floating_point():
+        if target.shape != logits.shape or target.dtype != logits.dtype:
+            raise ValueError(f"target: probabilities must be {logits.dtype} of shape {(N, C)}, got {target.dtype} "
+                             f"{tuple(target.shape)}")
+        if mixture is not None:
+            raise ValueError("mixture: only allowed with class-index targets")
+    elif target.dtype != torch.int64 or target.shape != (N,):
+        raise ValueError(f"target: expected int64 of shape ({N},), got {target.dtype} {tuple(target.shape)}")
+    if weight is not None and (weight.shape != (C,) or weight.dtype != acc):
+        raise ValueError(f"weight: expected {acc} of shape ({C},), got {weight.dtype} {tuple(weight.shape)}")
+    if mixture is not None and (mixture.shape != (C, C) or mixture.dtype != acc):
+        raise ValueError(f"mixture: expected {acc} of shape ({C}, {C}), got {mixture.dtype} {tuple(mixture.shape)}")
+    for name, t in (("target", target), ("weight", weight), ("mixture", mixture)):
+        if t is not None and t.device != logits.device:
+            raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
+
+
+def check_op_bwd_args(grad_loss, logits, stats, grad_lse) -> None:
+    """bwd's own arguments, after check_op_args: grad_loss (N,), stats (N, STATS_COLS) and grad_lse
+    (N,) when given, in the accumulation dtype on the logits' device (check_bwd_args in C++)."""
+    N = logits.shape[0]
+    acc = acc_dtype(logits.dtype)
+    checked = [("grad_loss", grad_loss, (N,)), ("stats", stats, (N, STATS_COLS))]
+    if grad_lse is not None:
+        checked.append(("grad_lse", grad_lse, (N,)))
+    for name, t, shape in checked:
+        if t.shape != shape or t.dtype != acc:
+            raise ValueError(f"{name}: expected {acc} of shape {shape}, got {t.dtype} {tuple(t.shape)}")
+        if t.device != logits.device:
+            raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
+
+
+def check_op_shard_stats_args(logits, target) -> None:
+    check_op_args(logits, target, None, None)
+    if target.is_floating_point():
+        raise ValueError("target: shard_stats takes class indices")
+
+
 def check_op_softcap(softcap: float, dtype: torch.dtype) -> None:
     """The ops' own check of ``softcap`` (csrc/checks.cpp check_softcap says the same)."""
     lo, hi = softcap_range(dtype)

@@ -26,6 +26,8 @@ are not given and the label range check of eager mode (as ``cross_entropy``).
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -58,6 +60,9 @@ def shard_layout(num_local_classes: int, class_start: int | None = None, group=N
     given = [s is not None for s, _ in got]
     if any(given) and not all(given):
         raise ValueError("class_start must be given on every rank of the group or on none")
+    for s, _ in got:  # every rank's, so that every rank raises
+        if s is not None:
+            _int_arg(s, "class_start")
     if not any(given):
         starts = [sum(n for _, n in got[:r]) for r in range(world)]
         got = [(s, n) for s, (_, n) in zip(starts, got)]
@@ -68,6 +73,13 @@ def shard_layout(num_local_classes: int, class_start: int | None = None, group=N
                              f"(a gap or an overlap at class {end})")
         end = s + n
     return got[rank][0], end
+
+
+def _int_arg(value, name: str) -> int:
+    """class_start / num_classes: an int (a float or a str was truncated or parsed by int())."""
+    if isinstance(value, bool) or not isinstance(value, (Integral, torch.SymInt)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)
 
 
 def _from_dtensor(x, target):
@@ -466,27 +478,30 @@ def vocab_parallel_cross_entropy(
     local_logits, target, mesh_group, mesh_start, mesh_C = _from_dtensor(local_logits, target)
     if mesh_group is not None:
         group, class_start, num_classes = mesh_group, mesh_start, mesh_C
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be a torch.distributed ProcessGroup or None, got {group!r}")
     if group is None:
         group = dist.group.WORLD
-    if not isinstance(local_logits, Tensor) or local_logits.dim() not in (1, 2):
-        raise ValueError(f"local_logits must be (N, C_local) or (C_local,), got "
-                         f"{tuple(getattr(local_logits, 'shape', ()))}")
+    if not isinstance(local_logits, Tensor):
+        raise TypeError(f"local_logits must be a Tensor or a DTensor, got {type(local_logits).__name__}")
+    if local_logits.dim() not in (1, 2):
+        raise ValueError(f"local_logits must be (N, C_local) or (C_local,), got {tuple(local_logits.shape)}")
     if isinstance(target, Tensor) and target.is_floating_point():
         raise ValueError("target: the vocab-parallel loss takes class indices (probability targets are not "
                          "supported; label_smoothing and mixture are)")
     if class_start is None or num_classes is None:
         start, C = shard_layout(local_logits.shape[-1], class_start, group)
-        if num_classes is not None and num_classes != C:
+        if num_classes is not None and _int_arg(num_classes, "num_classes") != C:
             raise ValueError(f"num_classes={num_classes}, but the ranks' slices add up to {C} classes")
     else:
-        start, C = int(class_start), int(num_classes)
+        start, C = _int_arg(class_start, "class_start"), _int_arg(num_classes, "num_classes")
         if not (0 <= start and start + local_logits.shape[-1] <= C):
             raise ValueError(f"class_start={start}: the slice of {local_logits.shape[-1]} classes lies outside "
                              f"[0, num_classes={C})")
     ignore_index = scalar_arg(ignore_index, "ignore_index", int)
     label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
     check_inputs(local_logits, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
-                 num_classes=C)
+                 num_classes=C, input_name="local_logits")
     if mixture is not None and mixture.requires_grad and torch.is_grad_enabled():
         raise ValueError("mixture: its gradient is not computed by the vocab-parallel loss")
     k, cap, z_loss = check_k(k), check_softcap(softcap, local_logits.dtype), check_z_loss(z_loss)

@@ -245,6 +245,8 @@ def linear_cross_entropy(
         raise ValueError(f"linear_weight must be (C, D) with D = input.shape[-1] = {input.shape[-1]}, "
                          f"got {tuple(linear_weight.shape)}")
     C, D = linear_weight.shape
+    if C == 0:  # cross_entropy's check would name its input, the logits
+        raise ValueError(f"linear_weight must have at least one row (C >= 1), got {tuple(linear_weight.shape)}")
     if linear_bias is not None and tuple(linear_bias.shape) != (C,):
         raise ValueError(f"linear_bias must have shape ({C},), got {tuple(linear_bias.shape)}")
     for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
@@ -259,7 +261,7 @@ def linear_cross_entropy(
         what = "probabilities" if target.is_floating_point() else "class indices"
         raise ValueError(f"target ({what}) must have shape {want} for input {tuple(input.shape)} and "
                          f"linear_weight {tuple(linear_weight.shape)}, got {tuple(target.shape)}")
-    if (mixture is not None and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):
+    if (isinstance(mixture, Tensor) and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):
         raise ValueError("linear_cross_entropy: gradients w.r.t. mixture or target are not supported; use "
                          "cross_entropy on materialised logits")
     ignore_index = scalar_arg(ignore_index, "ignore_index", int)

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import Tensor, nn
 
 from .functional import cross_entropy
-from .validation import check_mixing_weight
+from .validation import _number, check_mixing_weight
 
 __all__ = ["lda_similarity", "lda_fit", "simple_mixture", "per_class_mixture", "MixedCrossEntropyLoss"]
 
@@ -76,6 +78,8 @@ def lda_similarity(features: Tensor, labels: Tensor, n_components: int | None = 
 
 
 def _check_similarity(A: Tensor) -> int:
+    if not isinstance(A, Tensor):
+        raise TypeError(f"A (similarity) must be a C x C tensor, got {type(A).__name__}")
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A (similarity) must be a C x C matrix, got shape {tuple(A.shape)}")
     return A.shape[0]
@@ -91,8 +95,9 @@ def simple_mixture(A: Tensor, eps: float) -> Tensor:
 def per_class_mixture(A: Tensor, eps: Tensor) -> Tensor:
     """SG-MCEL: row c is ``e_c A[c]`` off the diagonal and ``1 - e_c`` on it."""
     C = _check_similarity(A)
-    if eps.shape != (C,):
-        raise ValueError(f"eps must have shape ({C},), got {tuple(eps.shape)}")
+    if not isinstance(eps, Tensor) or eps.shape != (C,):
+        got = tuple(eps.shape) if isinstance(eps, Tensor) else eps
+        raise ValueError(f"eps must be a tensor of shape ({C},), got {got!r}")
     check_mixing_weight(eps)
     off = eps[:, None] * A * (1 - torch.eye(C, dtype=A.dtype, device=A.device))
     return off + torch.diag(1 - eps)
@@ -125,9 +130,15 @@ class MixedCrossEntropyLoss(nn.Module):
                  p: float = 2.0, c: float | Tensor = 0.5, reduction: str = "mean", **ce_kwargs):
         super().__init__()
         C = _check_similarity(similarity)
+        if not similarity.is_floating_point():  # its dtype is the learned weights' and c's (0.5 became 0)
+            raise ValueError(f"similarity must be a float tensor, got {similarity.dtype}")
         if mode not in ("fixed", "per_class", "full"):
             raise ValueError(f"mode must be 'fixed', 'per_class' or 'full', got {mode!r}")
         check_mixing_weight(eps)
+        for name, value in dict(alpha=alpha, beta=beta, gamma=gamma, eta=eta, p=p).items():
+            _number(value, name)  # else the penalty fails later, naming nothing
+        if isinstance(c, bool) or not isinstance(c, (Real, Tensor)) or torch.as_tensor(c).shape not in ((), (C,)):
+            raise ValueError(f"c must be a number or a tensor of shape ({C},), got {c!r}")
         self.mode, self.reduction, self.ce_kwargs = mode, reduction, ce_kwargs
         self.alpha, self.beta, self.gamma, self.eta, self.p = alpha, beta, gamma, eta, p
         self.register_buffer("similarity", similarity.detach().clone())

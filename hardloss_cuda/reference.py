@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype, check_op_softcap
+from ._schema import (LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
+                      check_op_shard_stats_args, check_op_softcap)
 
 __all__ = ["rows", "fwd", "bwd", "shard_stats", "acc_dtype", "target_rows", "target_grads"]
 
@@ -220,6 +221,8 @@ def softcap_slope(z: Tensor, softcap: float) -> Tensor:
 
 
 def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
+    # the compiled ops' checks: torch ops would broadcast a (1,) target or grad_loss silently
+    check_op_args(logits, target, weight, mixture)
     check_op_softcap(softcap, logits.dtype)
     z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
     loss, _grad, (m, L) = _rows(z, target, weight, mixture, ignore_index, label_smoothing, k, False)
@@ -233,6 +236,8 @@ def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compu
 
 def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
         grad_lse=None):
+    check_op_args(logits, target, weight, mixture)
+    check_op_bwd_args(grad_loss, logits, stats, grad_lse)
     check_op_softcap(softcap, logits.dtype)
     # rows on the logits in the accumulation dtype: the gradient comes back unrounded and is
     # rounded to the logits' dtype once, after the scaling.
@@ -252,6 +257,7 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
 def shard_stats(logits, target, k, softcap=0.0):
     """(m, s1, sk) per row over the classes j != target (every class for a target outside
     [0, C)): the one-hot statistics of ROW_MATH.md section 3 before they are finalised."""
+    check_op_shard_stats_args(logits, target)
     check_op_softcap(softcap, logits.dtype)
     z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
     C = z.shape[1]

@@ -8,6 +8,8 @@ and the kept set a mask built from a sort, never from ``.item()``.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import Tensor
 
@@ -18,8 +20,8 @@ __all__ = ["fraction", "keep_mask", "MiniBatchTrimming"]
 
 def fraction(epoch: int, num_epochs: int, start: float = 1.0, end: float = 0.2) -> float:
     """``f(e) = start + (end - start) * e / (E - 1)`` for e = 0 .. E-1; ``start`` when E == 1."""
-    if num_epochs < 1:
-        raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, Integral) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
     if not 0 <= epoch < num_epochs:
         raise ValueError(f"epoch must be in [0, {num_epochs}), got {epoch}")
     check_fraction(start, "start")

@@ -6,7 +6,7 @@ out-of-range label gives a NaN row and is never read."""
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -40,17 +40,26 @@ _K_MIN = 2.0**-126
 _K_MAX = float(torch.finfo(torch.float32).max)
 
 
-def _number(value, name: str):
-    """A number given as a Python number or a one-element tensor (its value); anything else
-    raises a ValueError naming the argument."""
+def _item(t: Tensor, name: str):
+    if t.is_meta:  # Tensor.item() raises a RuntimeError that names nothing
+        raise ValueError(f"{name} must be a number, got a tensor on the meta device (it has no value)")
+    return t.item()
+
+
+def _number(value, name: str) -> float:
+    """A number given as a Python number or a one-element tensor (its value, as a float); anything
+    else raises a ValueError naming the argument."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor of shape "
                              f"{tuple(value.shape)}")
-        value = value.item()
+        value = _item(value, name)
     if not isinstance(value, Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    return value
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float64: infinite, which every range check refuses
+        return math.inf if value > 0 else -math.inf
 
 
 def check_k(k) -> float:
@@ -81,13 +90,16 @@ def check_z_loss(z_loss) -> float:
 
 
 def scalar_arg(value, name: str, kind: type):
-    """ignore_index / label_smoothing given as a 0-dim tensor, as PyTorch accepts: the number."""
+    """ignore_index / label_smoothing given as a 0-dim tensor or a NumPy integer, as PyTorch
+    accepts: the number."""
     if isinstance(value, Tensor):
         if value.dim() != 0:
             raise ValueError(f"{name} must be a number or a 0-dim tensor, got shape {tuple(value.shape)}")
         if kind is int and value.is_floating_point():
             raise ValueError(f"{name} must be an int, got a {value.dtype} tensor")
-        return kind(value.item())
+        return kind(_item(value, name))
+    if kind is int and isinstance(value, Integral) and not isinstance(value, bool):
+        return int(value)
     return value
 
 
@@ -99,6 +111,8 @@ def check_fraction(value, name: str) -> float:
 
 def check_mixing_weight(eps, name: str = "eps") -> None:
     """A mixing weight (scalar or per-class tensor) must lie in [0, 0.5)."""
+    if not isinstance(eps, (Real, Tensor)):  # torch.as_tensor would raise, naming nothing
+        raise ValueError(f"{name} must be a number or a float tensor, got {eps!r}")
     t = torch.as_tensor(eps)
     if t.requires_grad:  # a learned weight is kept in range by the penalty, not checked
         return
@@ -109,33 +123,36 @@ def check_mixing_weight(eps, name: str = "eps") -> None:
 
 
 def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, input_name: str = "input"):
     """Shape, dtype and range checks; returns the number of classes C (``num_classes`` when
-    ``input`` holds only a slice of them: a vocab-parallel shard)."""
+    ``input`` holds only a slice of them: a vocab-parallel shard, named ``input_name``)."""
+    name = input_name
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        raise TypeError(f"{name} must be a Tensor, got {type(input).__name__}")
     if input.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"input: unsupported dtype {input.dtype}; expected one of {FLOAT_DTYPES}")
+        raise ValueError(f"{name}: unsupported dtype {input.dtype}; expected one of {FLOAT_DTYPES}")
     if input.dim() == 0:
-        raise ValueError("input must have at least one dimension (the classes)")
+        raise ValueError(f"{name} must have at least one dimension (the classes)")
     C = num_classes if num_classes is not None else (input.shape[0] if input.dim() == 1 else input.shape[1])
     if C < 1:
-        raise ValueError("input must have at least one class (C >= 1)")
+        raise ValueError(f"{name} must have at least one class (C >= 1)")
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a Tensor, got {type(target).__name__}")
     if target.device != input.device:
-        raise ValueError(f"target is on {target.device} but input is on {input.device}")
+        raise ValueError(f"target is on {target.device} but {name} is on {input.device}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    # int64, as the ops take it (a larger one overflowed in the comparison with the labels)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must be an int (int64), got {ignore_index!r}")
     if not isinstance(label_smoothing, Real) or not (0.0 <= label_smoothing <= 1.0):
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
 
     class_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
     if target.is_floating_point():
         if target.shape != input.shape:
-            raise ValueError(f"target (probabilities) must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+            raise ValueError(f"target (probabilities) must have {name}'s shape {tuple(input.shape)}, "
+                             f"got {tuple(target.shape)}")
         if mixture is not None:
             raise ValueError("mixture needs class-index targets, not probabilities")
         if ignore_index != -100:
@@ -156,7 +173,7 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         if not isinstance(weight, Tensor) or not weight.is_floating_point() or tuple(weight.shape) != (C,):
             raise ValueError(f"weight must be a float tensor of shape ({C},), got {getattr(weight, 'shape', weight)!r}")
         if weight.device != input.device:
-            raise ValueError(f"weight is on {weight.device} but input is on {input.device}")
+            raise ValueError(f"weight is on {weight.device} but {name} is on {input.device}")
         if weight.requires_grad and torch.is_grad_enabled():
             raise ValueError("weight: the gradient w.r.t. class weights is not supported (as in PyTorch)")
     if mixture is not None:
@@ -165,7 +182,7 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         if tuple(mixture.shape) != (C, C):
             raise ValueError(f"mixture must be C x C = ({C}, {C}), got {tuple(mixture.shape)}")
         if mixture.device != input.device:
-            raise ValueError(f"mixture is on {mixture.device} but input is on {input.device}")
+            raise ValueError(f"mixture is on {mixture.device} but {name} is on {input.device}")
         if label_smoothing > 0:
             raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
     if inplace_backward and input.requires_grad:
@@ -174,7 +191,7 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         base = input if input._base is None else input._base
         if input.is_leaf or (base.is_leaf and base.requires_grad):
             raise ValueError(
-                "inplace_backward=True overwrites input with its gradient; input must not be a leaf that "
+                f"inplace_backward=True overwrites {name} with its gradient; {name} must not be a leaf that "
                 "requires grad, nor a view of one"
             )
         if (mixture is not None and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):

@@ -22,7 +22,8 @@ import torch
 import triton
 from torch import Tensor
 
-from hardloss_cuda._schema import SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_softcap
+from hardloss_cuda._schema import (SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
+                                   check_op_shard_stats_args, check_op_softcap)
 
 from .bwd import onehot_bwd_kernel, soft_bwd_kernel
 from .config import plan
@@ -31,9 +32,6 @@ from .rowmath import MIXTURE, PROBS, SMOOTH
 
 __all__ = ["fwd", "bwd", "bwd_inplace", "shard_stats"]
 
-_LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
 def _interpreting() -> bool:
     # triton.jit picks the interpreter when the kernel is decorated (module import), so ask
     # the kernel rather than the environment.
@@ -41,55 +39,22 @@ def _interpreting() -> bool:
 
 
 def _check(logits, target, weight, mixture) -> None:
-    """A minimal guard of memory safety: the shapes, dtypes and devices the kernels index and
-    read with (cheap, no device sync). The user-facing checks (k, label_smoothing, label
-    values, ...) are hardloss_cuda/validation.py's, run before any op; out-of-range labels
-    give NaN rows inside the kernels and are never used as an index."""
-    if not isinstance(logits, Tensor) or logits.dim() != 2:
-        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
-    if logits.dtype not in _LOGIT_DTYPES:
-        raise TypeError(f"logits: unsupported dtype {logits.dtype} (float32/16, bfloat16, float64)")
+    """The ops' checks of memory safety (hardloss_cuda/_schema.py check_op_args), then the device."""
+    check_op_args(logits, target, weight, mixture)
+    _check_device(logits)
+
+
+def _check_device(logits) -> None:
     if logits.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             "triton backend: logits must be a CUDA tensor (CPU tensors need TRITON_INTERPRET=1 "
             "set before triton_kernels is imported)"
         )
-    N, C = logits.shape
-    if C == 0:
-        raise ValueError("logits: need at least one class (C >= 1)")
-    acc = acc_dtype(logits.dtype)
-    if target.is_floating_point():
-        if target.shape != logits.shape:
-            raise ValueError(f"target: probabilities must have shape {(N, C)}, got {tuple(target.shape)}")
-        if mixture is not None:
-            raise ValueError("mixture: only allowed with class-index targets")
-    else:
-        if target.dtype != torch.int64 or target.shape != (N,):
-            raise ValueError(f"target: expected int64 of shape ({N},), got {target.dtype} {tuple(target.shape)}")
-    if weight is not None and (weight.shape != (C,) or weight.dtype != acc):
-        raise ValueError(f"weight: expected {acc} of shape ({C},), got {weight.dtype} {tuple(weight.shape)}")
-    if mixture is not None and (mixture.shape != (C, C) or mixture.dtype != acc):
-        raise ValueError(f"mixture: expected {acc} of shape ({C}, {C}), got {mixture.dtype} {tuple(mixture.shape)}")
-    for name, t in (("target", target), ("weight", weight), ("mixture", mixture)):
-        if t is not None and t.device != logits.device:
-            raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
 
 
 def _check_bwd(grad_loss, logits, stats, out, grad_lse=None) -> None:
-    """bwd's own arguments, after _check: grad_loss (N,), stats (N, STATS_COLS) and grad_lse
-    (N,) when given, in the accumulation dtype on the logits' device; ``out`` like logits and
-    contiguous."""
-    N = logits.shape[0]
-    acc = acc_dtype(logits.dtype)
-    checked = [("grad_loss", grad_loss, (N,)), ("stats", stats, (N, STATS_COLS))]
-    if grad_lse is not None:
-        checked.append(("grad_lse", grad_lse, (N,)))
-    for name, t, shape in checked:
-        if not isinstance(t, Tensor) or t.shape != shape or t.dtype != acc:
-            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{name}: expected {acc} of shape {shape}, got {got}")
-        if t.device != logits.device:
-            raise ValueError(f"{name}: on {t.device}, logits on {logits.device}")
+    """bwd's own arguments (check_op_bwd_args), after _check; ``out`` like logits and contiguous."""
+    check_op_bwd_args(grad_loss, logits, stats, grad_lse)
     if out is not None:
         if out.shape != logits.shape or out.dtype != logits.dtype or out.device != logits.device:
             raise ValueError(
@@ -221,9 +186,13 @@ def bwd(
 
 def bwd_inplace(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
                 grad_lse=None) -> None:
-    """``bwd`` written over ``logits`` (the op ``triton_bwd_inplace``)."""
-    bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap, grad_lse,
-        out=logits)
+    """``bwd`` written over ``logits`` (the op ``triton_bwd_inplace``); a strided view through a
+    contiguous buffer, as the compiled op does."""
+    out = logits if logits.is_contiguous() else None
+    grad = bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap,
+               grad_lse, out=out)
+    if out is None:
+        logits.copy_(grad)
 
 
 def shard_stats(logits: Tensor, target: Tensor, k: float, softcap: float = 0.0, *,
@@ -231,10 +200,9 @@ def shard_stats(logits: Tensor, target: Tensor, k: float, softcap: float = 0.0, 
     """(m, s1, sk) per row over the classes j != target (every class for a target outside
     [0, C)), (N, SHARD_STATS_COLS) in the accumulation dtype: the one-hot forward kernel with
     RAW, which stores its statistics before finalising (the op ``triton_shard_stats``)."""
-    _check(logits, target, None, None)
+    check_op_shard_stats_args(logits, target)
+    _check_device(logits)
     check_op_softcap(softcap, logits.dtype)
-    if target.is_floating_point():
-        raise ValueError("target: shard_stats takes class indices")
     logits = logits.contiguous()
     N, C = logits.shape
     acc = acc_dtype(logits.dtype)
