@@ -288,6 +288,9 @@ class _SmoothShard(torch.autograd.Function):
             w_y = torch.ones_like(hi_r) if w is None else w[torch.where(valid, tgt, 0)]
             t_r = torch.where(valid, s / C * w_loc.sum() + torch.where(owned, (1 - s) * w_y, 0), 0)
             q_a = torch.where(stand_in, w_loc[top] * (s / C), 0)  # the global target at a
+            # A slice whose row is all -inf is a bad row to the kernel (NaN); in the whole row its
+            # classes only have probability 0: their targets (t_r) make the loss infinite, as PyTorch
+            loss = torch.where(hi_r == -_INF, torch.where(t_r != 0, _INF, 0), loss)
         else:
             hi_r = torch.full((N,), -_INF, dtype=acc, device=local.device)
             lo_r = loss = t_r = q_a = z_a = x_a = torch.zeros(N, dtype=acc, device=local.device)
@@ -298,6 +301,7 @@ class _SmoothShard(torch.autograd.Function):
         # loss_r + t_r (lse - lse_r); an empty slice (t_r = 0, lse_r = -inf) adds nothing
         part = torch.stack([loss + torch.where(t_r != 0, t_r * ((hi - hi_r) + (lo - lo_r)), 0), t_r], 1)
         loss, t = _all_reduce(part, "sum", group).unbind(1)
+        loss = loss.masked_fill(M == -_INF, torch.nan)  # -inf on every rank: a bad row
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
         stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
         ctx.save_for_backward(local, stats)

@@ -223,11 +223,38 @@ def _inplace_every_backend(rank, world):
             _run_case(rank, world, layout, False, backend, torch.float64, opts, k, "sum", 31, inplace=True)
 
 
+def _masked_slice(rank, world):
+    """Fused label smoothing (k = 1) where one rank's slice of a row is all -inf: the slice's
+    kernel sees a bad row (NaN), but in the whole row those classes only have probability 0, so
+    their smoothing targets make the loss inf, as in one process (the vocab-parallel loss gave
+    NaN). A row of -inf on every rank stays NaN, an ignored one 0; the gradients match."""
+    C, half = 8, 4
+    z = torch.randn(5, C, generator=torch.Generator().manual_seed(3), dtype=torch.float64)  # the same on every rank
+    z[0, half:] = float("-inf")  # rank 1's slice of row 0
+    z[1, :half] = float("-inf")  # rank 0's slice of row 1
+    z[2] = float("-inf")  # everywhere: a bad row
+    z[3] = float("-inf")  # ignored
+    y = torch.tensor([1, 6, 2, -100, 5])
+    for backend in _backends():
+        full = z.clone().requires_grad_()
+        want = hl.cross_entropy(full, y, label_smoothing=0.1, reduction="none", backend=backend)
+        want.backward(torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64))
+        start = 0 if rank == 0 else half
+        local = z[:, start:start + half].clone().requires_grad_()
+        got = vocab_parallel_cross_entropy(local, y, label_smoothing=0.1, reduction="none", backend=backend)
+        got.backward(torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0], dtype=torch.float64))
+        torch.testing.assert_close(got, want, equal_nan=True, msg=lambda m: f"{backend} loss: {m}")
+        torch.testing.assert_close(local.grad, full.grad[:, start:start + half], equal_nan=True,
+                                   msg=lambda m: f"{backend} grad: {m}")
+
+
 def _worker(rank, world, port, which):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         if which == "inplace":
             _inplace_every_backend(rank, world)
+        elif which == "masked-slice":
+            _masked_slice(rank, world)
         else:
             for backend in _backends():
                 _smoothing_precision(rank, world, backend)
@@ -236,7 +263,7 @@ def _worker(rank, world, port, which):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("which", ["inplace", "smoothing-precision"])
+@pytest.mark.parametrize("which", ["inplace", "smoothing-precision", "masked-slice"])
 def test_vocab_parallel(which):
     _spawn(_worker, 2, _free_port(), which)
 
