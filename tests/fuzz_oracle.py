@@ -290,6 +290,62 @@ def reduce_truth(batch: Batch, reduction: str, keep: np.ndarray, g: np.ndarray |
         return np.float64(total) / np.float64(denom), scale[:, None] * batch.f
 
 
+def capped64(z: np.ndarray, cap: float):
+    """(c tanh(z / c), its derivative 1 - tanh^2) in float64; (z, 1) without a cap. The
+    derivative as 4 e / (1 + e)^2 with e = exp(-2 |z / c|): no cancellation where tanh
+    saturates; +-inf logits give +-c and 0, NaN stays NaN."""
+    if cap == 0:
+        return z, np.ones_like(z)
+    with np.errstate(invalid="ignore", over="ignore"):
+        u = z / cap
+        e = np.exp(-2 * np.abs(u))
+        return cap * np.tanh(u), 4 * e / (1 + e) ** 2
+
+
+@dataclass
+class LseTruth:
+    """The float64 truth of the logsumexp terms: lse per row (0 where the row does not count),
+    the softmax p (relative to the row max: exact where lse cannot hold log s next to a huge
+    logit), the z-loss's per-row weight in the reduced loss, and the incoming gradient of each
+    row's lse (``g_lse`` for ``return_lse`` plus the z-loss's 2 z_loss lse zs)."""
+
+    lse: np.ndarray
+    p: np.ndarray
+    z_scale: np.ndarray
+    g_lse: np.ndarray
+
+
+def lse_truth(zc: np.ndarray, valid, keep, reduction, g_rows, z_loss, g_lse) -> LseTruth:
+    R = zc.shape[0]
+    lse, p = np.zeros(R), np.zeros_like(zc)
+    with np.errstate(invalid="ignore"):
+        for i in range(R):
+            m = float(zc[i].max()) if zc.shape[1] else -INF
+            L = _lse(zc[i] - m) if math.isfinite(m) else math.nan
+            lse[i] = (m + L if math.isfinite(m) else math.nan) if valid[i] else 0.0  # a bad row: NaN (its loss too)
+            p[i] = np.exp((zc[i] - m) - L)
+    n_kept = max(int(keep.sum()), 1)
+    zs = np.where(keep, g_rows if reduction == "none" else float(g_rows) / (n_kept if reduction == "mean" else 1), 0.0)
+    with np.errstate(invalid="ignore"):
+        gl = np.where(valid, 0.0 if g_lse is None else g_lse, 0.0) + np.where(keep, 2 * z_loss * lse * zs, 0.0)
+    return LseTruth(lse, p, zs, gl)
+
+
+def logits_truth(zc, slope, batch: Batch, keep, reduction, g_rows, z_loss, g_lse):
+    """The reduced loss (cross-entropy and z-loss), the lse terms, and the gradient of
+    ``loss . g + lse . g_lse`` w.r.t. the capped logits (``pre``) and the raw ones."""
+    loss, f = reduce_truth(batch, reduction, keep, g_rows)
+    lt = lse_truth(zc, batch.valid, keep, reduction, g_rows, z_loss, g_lse)
+    if z_loss:
+        zl = np.where(keep, z_loss * lt.lse**2, 0.0)
+        n_kept = max(int(keep.sum()), 1)
+        loss = loss + (zl if reduction == "none" else math.fsum(zl.tolist()) / (n_kept if reduction == "mean" else 1))
+    with np.errstate(invalid="ignore", over="ignore"):
+        pre = f + np.where(lt.g_lse[:, None] != 0, lt.g_lse[:, None] * lt.p, 0.0)
+        grad = np.where(pre == 0, 0.0, pre * slope)  # an ignored row is 0, whatever its logits
+    return loss, lt, pre, grad
+
+
 # ---------------------------------------------------------------------------- mpmath
 
 
@@ -376,6 +432,21 @@ def _trim_is_decidable(batch, frac, dtype):
     return srt[r - 1] - srt[r] > rel * max(abs(srt[0]), 1e-30)
 
 
+def judged_options(batch, trim, reduction, dtype):
+    """(trim, reduction, kept rows) as the comparison judges them: a trim whose kept set is not
+    decided at the dtype's precision (ties at the cut) is dropped, and a mean whose kept rows'
+    weights sum to 0 (0 / 0 or x / 0: tested by test_defects against F.cross_entropy) is
+    taken as a sum. The library must then be called with these."""
+    if trim is not None and batch.valid.any() and not _trim_is_decidable(batch, trim, dtype):
+        _event("trim dropped: ties at the cut")
+        trim = None
+    keep = keep_mask(batch.loss_rows, batch.valid, trim) if trim is not None else batch.valid.copy()
+    if reduction == "mean" and keep.any() and math.fsum(batch.rw[keep].tolist()) == 0:
+        reduction = "sum"
+    _event(f"trim {'on' if trim is not None else 'off'}, reduction {reduction}")
+    return trim, reduction, keep
+
+
 def rows_of(t: torch.Tensor) -> torch.Tensor:
     """(C,) / (N, C) / (N, C, d1, ...) -> (R, C) in the library's row order."""
     if t.dim() == 1:
@@ -385,16 +456,21 @@ def rows_of(t: torch.Tensor) -> torch.Tensor:
     return t.movedim(1, -1).reshape(-1, t.shape[1])
 
 
-def _baseline(x, target, weight, mixture, ignore_index, reduction, s, g, keep, valid, direct):
-    """PyTorch's own value and gradient in the dtype: F.cross_entropy with the same
+def _baseline(x, target, weight, mixture, ignore_index, reduction, s, g, keep, valid, direct, cap=0.0, z_loss=0.0,
+              g_lse=None):
+    """PyTorch's own value, lse and gradient in the dtype: F.cross_entropy with the same
     arguments (``direct``), or (mixture, trimming) per-row F.cross_entropy with the mixture
-    rows as probability targets, masked and reduced in the dtype."""
+    rows as probability targets, masked and reduced in the dtype; of ``c tanh(x / c)`` with a
+    cap, plus ``z_loss`` times the kept rows' squared ``torch.logsumexp`` and the lse term
+    ``(lse * g_lse).sum()`` when asked for. Returns (loss, lse or None, x.grad)."""
     x = x.detach().clone().requires_grad_(True)
+    xz = cap * torch.tanh(x / cap) if cap else x
+    dev = x.device
+    kt, vt = torch.as_tensor(keep, device=dev), torch.as_tensor(valid, device=dev)
     if direct:
-        out = F.cross_entropy(x, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=s)
+        out = F.cross_entropy(xz, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=s)
     else:
-        xr = rows_of(x)
-        dev = x.device
+        xr = rows_of(xz)
         if target.is_floating_point():
             y = None
             rows = F.cross_entropy(xr, rows_of(target), weight, reduction="none", label_smoothing=s)
@@ -405,7 +481,6 @@ def _baseline(x, target, weight, mixture, ignore_index, reduction, s, g, keep, v
                 rows = F.cross_entropy(xr, P, weight, reduction="none")
             else:
                 rows = F.cross_entropy(xr, y, weight, ignore_index=ignore_index, reduction="none", label_smoothing=s)
-        kt, vt = torch.as_tensor(keep, device=dev), torch.as_tensor(valid, device=dev)
         rows = torch.where(kt, rows, 0)
         if reduction == "none":
             out = rows.reshape(x.shape[:1] + x.shape[2:] if x.dim() > 1 else ())
@@ -418,11 +493,21 @@ def _baseline(x, target, weight, mixture, ignore_index, reduction, s, g, keep, v
                 ww = weight if weight is not None else torch.ones(xr.shape[1], dtype=x.dtype, device=dev)
                 rw = torch.where(vt, ww[torch.where(vt, y, 0)], 0)
             out = rows.sum() / torch.where(kt, rw, 0).sum()
-    out.backward(g)
-    return out.detach(), x.grad
-
-
-# ---------------------------------------------------------------------------- comparison
+    lse = None
+    if z_loss or g_lse is not None:
+        lse_rows = torch.logsumexp(rows_of(xz), 1)
+        if z_loss:
+            zl = z_loss * torch.where(kt, lse_rows, 0).square()
+            if reduction == "none":
+                out = out + zl.reshape(out.shape)
+            else:
+                out = out + (zl.sum() if reduction == "sum" else zl.sum() / kt.sum().clamp_min(1))
+        lse = torch.where(vt, lse_rows, 0)
+    total = (out * g).sum()
+    if g_lse is not None:
+        total = total + (lse * g_lse.to(lse.dtype).reshape(lse.shape)).sum()
+    total.backward()
+    return out.detach(), None if lse is None else lse.detach(), x.grad
 
 
 def _ulp(dtype):
@@ -431,6 +516,10 @@ def _ulp(dtype):
 
 def _subnormal(dtype):
     return float(torch.finfo(dtype).smallest_normal) * _ulp(dtype)
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _u_acc(dtype):
@@ -464,14 +553,37 @@ def _np(t):
     return None if t is None else t.detach().double().cpu().numpy()
 
 
+def _default_run(backend, target, weight, mixture, ignore_index, s, k, cap, z_loss, want_lse):
+    """hl.cross_entropy forward and backward: (loss, lse or None, x.grad) for a leaf x."""
+
+    def run(x, g, g_lse, reduction, trim):
+        out = hl.cross_entropy(x, target, weight, ignore_index, reduction, s, k=k, mixture=mixture, trim=trim,
+                               softcap=cap or None, z_loss=z_loss, return_lse=want_lse, backend=backend)
+        out, lse = out if want_lse else (out, None)
+        total = (out * g).sum() + (0 if lse is None else (lse * g_lse.to(lse.dtype).reshape(lse.shape)).sum())
+        total.backward()
+        return out, lse, x.grad
+
+    return run
+
+
 def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100, reduction="mean", s=0.0,
-                        k=1.0, trim=None, g=None, *, backend, strict=False):
-    """Run hl.cross_entropy forward and backward (incoming gradient ``g``, random when None)
-    on the leaf ``x`` and compare loss and x.grad with the float64 truth under the tolerance
-    of tests/test_fuzz.py's docstring. ``strict`` (tests/test_defects.py) is the issue's bar:
+                        k=1.0, trim=None, g=None, *, backend, strict=False, softcap=0.0, z_loss=0.0, g_lse=None,
+                        run=None, cols=None):
+    """Run the library forward and backward (incoming gradient ``g``, random when None) on the
+    leaf ``x`` and compare loss and x.grad with the float64 truth under the tolerance of
+    tests/test_fuzz.py's docstring. ``strict`` (tests/test_defects.py) is the issue's bar:
     the loss within 2x PyTorch's error + 2 ulp, and at k = 1 the gradient within 2x PyTorch's largest
     error in the row + (2 ulp + 4 u (1 + log2 C)) times the row's largest entry, without the
-    per-element rounding model. Returns (error/allowed of the loss, of the gradient)."""
+    per-element rounding model. Returns (error/allowed of the loss, of the gradient).
+
+    The LM options: ``softcap`` (the truth is of c tanh(z / c), its gradient times the slope),
+    ``z_loss``, and ``g_lse`` ((R,) incoming gradient of the returned per-row lse, which is then
+    compared too). ``run(x, g, g_lse, reduction, trim) -> (loss, lse or None, gradient)``
+    replaces the default call of hl.cross_entropy (other front ends: in place, torch.func, the
+    vocab-parallel loss); it must use the reduction and trim it is given (the harness drops a
+    trim whose kept set ties, and sums a mean whose weights sum to 0). Its gradient may be the
+    columns ``cols`` (a slice) of x's only."""
     dtype = x.dtype
     x = x.detach().requires_grad_(True)
     C = x.shape[0] if x.dim() == 1 else x.shape[1]
@@ -479,15 +591,12 @@ def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100,
     prob = target.is_floating_point()
     t64 = _np(rows_of(target)) if prob else target.reshape(-1).cpu().numpy().copy()
     w64, m64 = _np(weight), _np(mixture)
-    batch = batch_truth(z64, t64, w64, m64, ignore_index, s, k)
+    zc64, slope64 = capped64(z64, softcap)
+    batch = batch_truth(zc64, t64, w64, m64, ignore_index, s, k)
     R = z64.shape[0]
-    if trim is not None and batch.valid.any() and not _trim_is_decidable(batch, trim, dtype):
-        _event("trim dropped: ties at the cut")
-        trim = None
-    keep = keep_mask(batch.loss_rows, batch.valid, trim) if trim is not None else batch.valid.copy()
-    if reduction == "mean" and keep.any() and math.fsum(batch.rw[keep].tolist()) == 0:
-        reduction = "sum"  # 0 / 0 or x / 0: tested by test_defects against F.cross_entropy
-    _event(f"trim {'on' if trim is not None else 'off'}, reduction {reduction}")
+    lm = softcap != 0 or z_loss != 0 or g_lse is not None
+    assert not (strict and lm), "strict mode judges the plain loss only"
+    trim, reduction, keep = judged_options(batch, trim, reduction, dtype)
 
     out_shape = x.shape[:1] + x.shape[2:] if (reduction == "none" and x.dim() > 1) else ()
     if g is None:
@@ -495,19 +604,31 @@ def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100,
     g = g.to(dtype).to(x.device)
     g64 = _np(g)
     g_rows = g64.reshape(-1) if reduction == "none" else float(g64)
-    loss_t, grad_rows_t = reduce_truth(batch, reduction, keep, g_rows)
+    gl = None if g_lse is None else torch.as_tensor(g_lse, dtype=_acc_dtype(dtype)).to(x.device)
+    loss_t, lt, pre_t, grad_rows_t = logits_truth(zc64, slope64, batch, keep, reduction, g_rows, z_loss,
+                                                  None if gl is None else _np(gl))
+    p64 = lt.p
+    with np.errstate(invalid="ignore", over="ignore"):
+        lse_part = np.where(lt.g_lse[:, None] != 0, lt.g_lse[:, None] * p64, 0.0)
 
-    out = hl.cross_entropy(x, target, weight, ignore_index, reduction, s, k=k, mixture=mixture, trim=trim,
-                           backend=backend)
+    if run is None:
+        run = _default_run(backend, target, weight, mixture, ignore_index, s, k, softcap, z_loss, gl is not None)
+    out, lse_got, grad = run(x, g, gl, reduction, trim)
     assert out.dtype == dtype and tuple(out.shape) == tuple(out_shape), (out.dtype, out.shape)
-    out.backward(g)
-    grad = x.grad
-    assert grad is not None and grad.dtype == dtype and grad.shape == x.shape
+    cols = slice(0, C) if cols is None else cols
+    want_shape = x.shape if cols == slice(0, C) else rows_of(x)[:, cols].shape
+    assert grad is not None and grad.dtype == dtype and grad.shape == want_shape, (grad, want_shape)
 
     direct = mixture is None and trim is None
-    base_loss, base_grad = _baseline(x, target, weight, mixture, ignore_index, reduction, s, g, keep,
-                                     batch.valid, direct)
+    base_loss, base_lse, base_grad = _baseline(x, target, weight, mixture, ignore_index, reduction, s, g, keep,
+                                               batch.valid, direct, softcap, z_loss, gl)
     u = _u_acc(dtype)
+    log2R = math.log2(R + 1)
+    maxzc = np.array([np.abs(r[np.isfinite(r)]).max(initial=0.0) for r in zc64]) if softcap else np.zeros(R)
+    L2 = 1 + math.log2(C)
+    # the lse's own error (rounded at its scale, its sums, the capped logits' rounding)
+    with np.errstate(invalid="ignore"):
+        d_lse = C_MODEL * u * (np.abs(lt.lse) + L2 + maxzc)
 
     # ---- loss
     got = _np(out).reshape(-1)
@@ -516,8 +637,19 @@ def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100,
     fin = np.isfinite(truth)
     with np.errstate(invalid="ignore"):
         e_torch = np.abs(_np(base_loss).reshape(-1) - truth)
-    # the rounding model of a sum of C (and R rows of) non-negative terms in the accumulation dtype
-    model = C_MODEL * u * (1 + math.log2(C) + (math.log2(R + 1) if reduction != "none" else 0)) * np.abs(truth)
+        # the rounding model of a sum of C (and R rows of) non-negative terms in the accumulation dtype
+        model = C_MODEL * u * (1 + math.log2(C) + (log2R if reduction != "none" else 0)) * np.abs(truth)
+        if lm:  # the capped logits' rounding (t |z_c| a row) and the z-loss's 2 z_loss |lse| d_lse
+            t_rows = np.array([abs(r.t) for r in batch.rows])
+            e_ce = np.where(keep, C_MODEL * u * t_rows * maxzc, 0.0)
+            e_z = np.where(keep, 2 * z_loss * np.abs(lt.lse) * d_lse, 0.0)
+            if reduction == "none":
+                model = model + e_ce + e_z
+            elif reduction == "sum":
+                model = model + np.nansum(e_ce) + np.nansum(e_z)
+            else:
+                rw = abs(math.fsum(batch.rw[keep].tolist())) if keep.any() else 1.0
+                model = model + np.nansum(e_ce) / max(rw, 1e-300) + np.nansum(e_z) / max(int(keep.sum()), 1)
     if strict:
         e_torch = np.where(np.isfinite(e_torch), 2 * e_torch, model)  # PyTorch NaN where the contract is not
     else:
@@ -531,10 +663,25 @@ def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100,
             f"loss[{j}]: got {got[fin][j]!r} truth {truth[fin][j]!r} torch {_np(base_loss).reshape(-1)[fin][j]!r}; "
             f"error/allowed {r_loss:.3g}; got {got[fin][:4].tolist()} truth {truth[fin][:4].tolist()}")
 
+    # ---- lse (acc dtype, exactly 0 where the row does not count)
+    if gl is not None:
+        lg = _np(lse_got).reshape(-1)
+        assert lse_got.dtype == _acc_dtype(dtype) and lg.shape == (R,), (lse_got.dtype, lse_got.shape)
+        assert (lg[~batch.valid] == 0).all(), f"lse not 0 on rows that do not count: {lg[~batch.valid][:4]}"
+        _nan_inf_check("lse", lg, lt.lse)
+        lf = np.isfinite(lt.lse)
+        with np.errstate(invalid="ignore"):
+            e_t = np.abs(_np(base_lse).reshape(-1) - lt.lse)
+        al = np.maximum(np.where(np.isfinite(e_t), 2 * e_t, 0), d_lse) + _ulp(_acc_dtype(dtype)) * np.abs(lt.lse)
+        r_lse = _ratio(np.abs(lg - lt.lse)[lf], al[lf] + 1e-300)
+        if r_lse > 1:
+            i = int(np.argmax(np.where(lf, np.abs(lg - lt.lse) / (al + 1e-300), 0)))
+            raise AssertionError(f"lse[{i}]: got {lg[i]!r} truth {lt.lse[i]!r}; error/allowed {r_lse:.3g}")
+
     # ---- gradient
-    grad_rows = _np(rows_of(grad))
-    base_rows = _np(rows_of(base_grad))
-    grad_rows_t = _overflow(grad_rows_t, dtype)
+    grad_rows = _np(rows_of(grad)) if cols == slice(0, C) else _np(grad).reshape(R, len(range(C)[cols]))
+    base_rows = _np(rows_of(base_grad))[:, cols]
+    grad_rows_t = _overflow(grad_rows_t[:, cols], dtype)
     _nan_inf_check("grad", grad_rows, grad_rows_t)
     if reduction in ("none", "sum"):
         scale = np.where(keep, g_rows, 0.0)
@@ -548,28 +695,40 @@ def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100,
         if not np.isfinite(tr).all():
             continue  # NaN / inf pattern checked above
         sc = abs(scale[i])
+        sl, pre = slope64[i, cols], pre_t[i, cols]
         floor = (2 * _ulp(dtype) * np.abs(tr).max(initial=0.0) + _subnormal(dtype)
                  + sc * max(batch.rows[i].t, 1.0) * 4 * tiny_acc)
         if backend == "triton" and dtype == torch.bfloat16 and x.device.type == "cpu":
             # The Triton interpreter converts fp32 subnormals to bf16 wrongly (1.4e-42 is
             # stored as ~1e-38; docs/BUILDING.md): on a GPU the conversion is the hardware's.
             floor += float(torch.finfo(torch.bfloat16).smallest_normal)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
             et = np.abs(base_rows[i] - tr)
+            # the lse gradient g_lse p_j (p_j: relative error c u (L2 + |log p_j|), g_lse: through d_lse),
+            # the slope's absolute error c u, and the products' rounding
+            p = np.where(np.isfinite(p64[i, cols]), p64[i, cols], 0.0)
+            logp = np.where(p > 0, np.log(p), 0.0)
+            # (capped logits are rounded: each carries u |z_c|, which moves log p_j by up to 2 u max |z_c|)
+            lm_tol = (sl * (np.abs(lt.g_lse[i]) * C_MODEL * u * (L2 + np.abs(logp) + 2 * maxzc[i])
+                            + 2 * z_loss * abs(lt.z_scale[i]) * d_lse[i]) * p
+                      + (C_MODEL * u * np.abs(pre) if softcap else 0.0) + C_MODEL * u * np.abs(tr)) if lm else 0.0
         if strict and k == 1.0:
             # 2x PyTorch's largest error in the row, a floor of 2 ulp and the rounding of the
             # row's sums (4 u log2 C) relative to the row's largest entry
             allowed = (2 * float(np.where(np.isfinite(et), et, 0).max(initial=0.0)) + floor
                        + 4 * u * (1 + math.log2(C)) * np.abs(tr).max(initial=0.0))
         else:
-            tol_f, ill = pseudo_grad_tolerance(batch.rows[i], k, u, C_MODEL)
+            # capped logits: their rounding (u |z_c|) as a larger unit of the row's p (see lm_tol)
+            u_i = u * (1 + 2 * maxzc[i] / L2)
+            tol_f, ill = pseudo_grad_tolerance(batch.rows[i], k, u_i, C_MODEL)
             if ill:
                 _event("an ill-conditioned row (magnitude bound only)")
-                bound = sc * magnitude_bound(batch.rows[i], k, u, C_MODEL) * (1 + C_MODEL * u * (2 + math.log2(R + 1)))
-                worst_j = float(np.abs(gt).max(initial=0.0))
-                assert worst_j <= bound + floor, f"grad row {i} (ill-conditioned): max |grad| {worst_j:.3g} > bound {bound:.3g}"
+                bound = sc * magnitude_bound(batch.rows[i], k, u_i, C_MODEL) * (1 + C_MODEL * u * (2 + log2R))
+                bound = sl * (bound + np.abs(lse_part[i, cols])) + lm_tol
+                worst_j = float(np.max(np.abs(gt) - bound, initial=-1.0))
+                assert worst_j <= floor, f"grad row {i} (ill-conditioned): |grad| exceeds the bound by {worst_j:.3g}"
                 continue
-            model_i = sc * (tol_f + C_MODEL * u * (2 + math.log2(R + 1)) * np.abs(batch.rows[i].f))
+            model_i = sl * sc * (tol_f[cols] + C_MODEL * u * (2 + log2R) * np.abs(batch.rows[i].f[cols])) + lm_tol
             if k == 1.0:
                 model_i = np.maximum(model_i, np.where(np.isfinite(et), 2 * et, 0.0))
             allowed = model_i + floor

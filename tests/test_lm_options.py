@@ -2,7 +2,9 @@
 an independent float64 truth written with torch ops: ``F.cross_entropy(c tanh(x / c), ...)``
 plus ``z_loss * logsumexp**2`` over the counted rows, differentiated by autograd. For k != 1
 the truth's pseudo-gradient part comes from the reference on the capped logits (the reference
-itself is checked against the float64 oracle in test_fuzz / test_reference)."""
+itself is checked against the float64 oracle in test_fuzz / test_reference). The differential
+fuzz of these options (random dtypes, shapes, caps, extreme logits, every k) is
+tests/test_fuzz_lm.py."""
 
 from __future__ import annotations
 
@@ -187,94 +189,6 @@ def test_modules_take_the_options(backend, device):
                                rtol=1e-12, atol=1e-13)
     with pytest.raises(ValueError, match="softcap"):
         hl.HardCrossEntropyLoss(softcap=-1.0)
-
-
-# ---------------------------------------------------------------------------- differential fuzz
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-
-@st.composite
-def _fuzz_case(draw):
-    dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16, torch.float16]))
-    N = draw(st.integers(1, 12))
-    C = draw(st.sampled_from([1, 2, 3, 7, 33, 300, 1000]))
-    kind = draw(st.sampled_from(["index", "weight-ignore", "smooth", "probs"]))
-    reduction = draw(st.sampled_from(["mean", "sum", "none"]))
-    cap = draw(st.one_of(st.none(), st.sampled_from([1.0, 5.0, 30.0]), st.floats(0.1, 100.0)))
-    z_loss = draw(st.sampled_from([0.0, 1e-4, 1e-2, 0.5]))
-    scale = draw(st.sampled_from([1.0, 10.0, 300.0]))
-    extreme = draw(st.sampled_from(["none", "ties", "ninf", "big"]))
-    return dtype, N, C, kind, reduction, cap, z_loss, scale, extreme, draw(st.integers(0, 2**31 - 1))
-
-
-@settings(max_examples=120, deadline=None, derandomize=False, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(case=_fuzz_case())
-def test_fuzz_against_float64_torch(backend, device, case):
-    """Random dtypes, shapes, targets, reductions, caps, z-loss weights and extreme logits (ties,
-    -inf, huge): loss, lse and the k = 1 gradient within 2x the same-dtype torch composition's
-    error against its float64 truth, plus a floor of a few ulp of the largest entry."""
-    dtype, N, C, kind, reduction, cap, z_loss, scale, extreme, seed = case
-    if backend == "triton" and device == "cpu" and C > 300:
-        C = 300  # the interpreter is slow
-    g = torch.Generator().manual_seed(seed)
-    x, y, kw = _case(kind, N, C, device, seed)
-    x = (torch.randn(N, C, generator=g, dtype=torch.float64) * scale).to(device)
-    if extreme == "ties":
-        x = x.round()
-    elif extreme == "ninf" and C > 1:
-        x[:, -1] = float("-inf")
-    elif extreme == "big":
-        x[0] = x[0] + 1e4
-    x = x.to(dtype)
-    y = y.to(dtype) if y.is_floating_point() else y
-    lse_w = torch.randn(N, generator=g, dtype=torch.float64).to(device)
-    truth = _truth(x, y, kw, cap or 0.0, z_loss, reduction, 1.0, lse_w)
-
-    xt = x.detach().clone().requires_grad_()  # torch in the same dtype
-    z = cap * torch.tanh(xt / cap) if cap else xt
-    ce = F.cross_entropy(z, kw["mixture"][y] if "mixture" in kw else y, reduction="none",
-                         **{k: v.to(dtype) if torch.is_tensor(v) else v for k, v in kw.items() if k != "mixture"})
-    counted = torch.ones(N, dtype=torch.bool, device=device) if y.is_floating_point() else y != -100
-    lse_p = torch.where(counted, torch.logsumexp(z.float(), 1), 0)
-    zl = z_loss * lse_p.square()
-    if reduction == "none":
-        loss_p = ce + zl
-    elif reduction == "sum":
-        loss_p = ce.sum() + zl.sum()
-    else:
-        w = kw["weight"][torch.where(counted, y, 0)] * counted if "weight" in kw else counted
-        loss_p = torch.where(counted.any(), ce.sum() / w.to(ce.dtype).sum(), 0) + zl.sum() / counted.sum().clamp_min(1)
-    (loss_p.sum() + (lse_p * lse_w).sum()).backward()
-
-    xo = x.detach().clone().requires_grad_()
-    loss, lse = hl.cross_entropy(xo, y, reduction=reduction, softcap=cap, z_loss=z_loss, return_lse=True,
-                                 backend=backend, **kw)
-    (loss.sum() + (lse * lse_w).sum()).backward()
-    eps, big = torch.finfo(dtype).eps, torch.finfo(dtype).max
-    zc = x.double().clamp(-1e300, 1e300)
-    zc = cap * torch.tanh(zc / cap) if cap else zc
-    zmax = zc.abs().max().item()  # the logits' scale: lse - z_y rounds relative to it
-    for name, ours, theirs, t in (("loss", loss, loss_p, truth[0]), ("lse", lse, lse_p, truth[1]),
-                                  ("grad", xo.grad, xt.grad, truth[2])):
-        t = t.double()
-        fin = torch.isfinite(t) & (t.abs() <= big)  # beyond the dtype's range: its overflow
-        assert torch.equal(torch.isfinite(ours.double())[fin], fin[fin]), (name, "non-finite pattern")
-        if not fin.any():
-            continue
-        err = (ours.double() - t)[fin].abs().max().item()
-        err_p = torch.nan_to_num((theirs.double() - t)[fin].abs(), nan=0.0, posinf=0.0).max().item()
-        scale = t[fin].abs().max().item()
-        if name == "grad":
-            # the cap's slope 1 - tanh^2 carries an absolute error of ~eps in any implementation,
-            # times the gradient before it (at most 2 |g| + |g_lse| + 2 z_loss |lse| per entry)
-            pre = (2 + lse_w.abs().max().item() + 2 * z_loss * zmax) if cap else 0.0
-            floor = 8 * eps * (scale * (1 + zmax) + pre)
-        else:
-            floor = 8 * eps * (scale + zmax) * (1 + 2 * z_loss * zmax)
-        assert err <= 2 * err_p + floor + 1e-30, (name, err, err_p, floor)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
