@@ -34,8 +34,9 @@ from hypothesis import strategies as st
 import hardloss_cuda as hl
 
 from .fuzz_cases import DTYPES, Case, build, cases
-from .fuzz_oracle import _event, _load_interpreted, check_against_truth, rows_of
-from .test_fuzz import _record, _report_worst, fuzz  # noqa: F401  (_report_worst: the worst-ratio report here too)
+from .fuzz_oracle import _event, check_against_truth, rows_of
+# fixtures too: the worst-ratio report at the end of the module, Triton under the interpreter
+from .test_fuzz import _record, _report_worst, fuzz, interpreted_triton  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -128,13 +129,6 @@ def test_fuzz_lm_cpu(case):
 @given(case=lm_cases(max_c=1100))
 def test_fuzz_lm_reference(case):
     check_lm_case(case, "reference")
-
-
-@pytest.fixture(scope="module")
-def interpreted_triton():
-    pytest.importorskip("numpy", reason="the Triton interpreter needs numpy")
-    pytest.importorskip("triton", reason="triton is not installed")
-    return _load_interpreted()
 
 
 @fuzz(80)

@@ -283,14 +283,14 @@ def test_softcap_slope_keeps_its_relative_precision(dtype, cap, k):
 
     umax = 8.0 if dtype == torch.float32 else 17.0
     g = torch.Generator().manual_seed(7)
-    x = ((torch.linspace(-umax, umax, 41, dtype=torch.float64) + 0.01 * torch.randn(24, 41, generator=g,
-                                                                                     dtype=torch.float64)) * cap).to(dtype)
+    u = torch.linspace(-umax, umax, 41, dtype=torch.float64) + 0.01 * torch.randn(24, 41, generator=g, dtype=torch.float64)
+    x = (u * cap).to(dtype)
     y = torch.randint(41, (24,), generator=g)
     zc, slope = O.capped64(x.double().numpy(), cap)
     b = O.batch_truth(zc, y.numpy(), None, None, -100, 0.0, k)
     truth = torch.from_numpy(b.f * slope)  # reduction "sum", incoming gradient 1
-    u = torch.finfo(acc_dtype(dtype)).eps / 2
-    allowed = 32 * u * (1 + cap) * truth.abs() + torch.finfo(dtype).tiny
+    unit = torch.finfo(acc_dtype(dtype)).eps / 2
+    allowed = 32 * unit * (1 + cap) * truth.abs() + torch.finfo(dtype).tiny
     for backend in [b for b in ("reference", "cpu", "triton") if b in hl.available_backends()]:
         xo = x.clone().requires_grad_()
         hl.cross_entropy(xo, y, softcap=cap, k=k, reduction="sum", backend=backend).backward()
