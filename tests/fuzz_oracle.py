@@ -633,6 +633,15 @@ def check_against_truth(x, target, weight=None, mixture=None, ignore_index=-100,
     # ---- loss
     got = _np(out).reshape(-1)
     truth = _overflow(np.asarray(loss_t, dtype=np.float64).reshape(-1), dtype)
+    if reduction != "none" and np.isfinite(truth).all():
+        # the reduction sums the rows (and their z-loss) in the accumulation dtype first: a sum past
+        # its max is inf there even where the mean would fit
+        with np.errstate(invalid="ignore", over="ignore"):
+            rows_sum = np.nansum(np.abs(np.where(keep, batch.loss_rows, 0))) + (
+                np.nansum(np.where(keep, z_loss * lt.lse**2, 0.0)) if z_loss else 0.0)
+        if rows_sum > float(torch.finfo(_acc_dtype(dtype)).max):
+            _event("the reduction's sum overflows the accumulation dtype")
+            truth = np.where(np.isfinite(got), truth, got)  # inf (of either sign) is then right too
     _nan_inf_check("loss", got, truth)
     fin = np.isfinite(truth)
     with np.errstate(invalid="ignore"):
