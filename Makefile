@@ -77,13 +77,17 @@ wheel-cpu: $(VENV)/.deps
 wheel-cuda: $(CUDA_VENV)/.deps
 	HARDLOSS_FORCE_CUDA=1 scripts/build_wheel.sh $(CUDA_PY) dist/cuda
 
+# cuobjdump lists the GPU code of a library. The system's slim CUDA 13 kit has none; the
+# assembled CUDA 12 toolkit's reads CUDA 13 libraries too (sm_100 and sm_120 included).
+CUOBJDUMP = $(or $(wildcard $(dir $(NVCC))cuobjdump),$(CURDIR)/$(CU12_HOME)/bin/cuobjdump)
+
 # A fresh venv each time: only torch and the wheel, nothing from this tree.
-cuda-build: wheel-cuda
+cuda-build: wheel-cuda cu12-toolkit
 	rm -rf $(CHECK)/cuda && $(PYTHON) -m venv $(CHECK)/cuda
 	$(CHECK)/cuda/bin/pip install -q torch==$(TORCH_CUDA_VERSION) numpy
 	$(CHECK)/cuda/bin/pip install -q --no-deps dist/cuda/hardloss_cuda-*.whl
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect cuda \
-	  $(if $(NVCC),--cuobjdump $(dir $(NVCC))cuobjdump)
+	  --cuobjdump $(CUOBJDUMP)
 
 # ---- the CUDA 12 wheel (docs/INSTALL.md "The CUDA 12 wheel") ---------------------------
 # nvidia-cuda-toolkit from Debian trixie non-free; requirements/cuda12-toolkit.txt pins the
@@ -92,7 +96,9 @@ CU12_TOOLKIT_DEB ?= 12.4.131~12.4.1-2
 # A CUDA 12 build of torch from the package index (2.9.1 and 2.10.0 there are CUDA 12.8 builds).
 CU12_TORCH_VERSION ?= 2.10.0
 CU12_HOME := build/cu12/toolkit-$(subst ~,_,$(CU12_TOOLKIT_DEB))
-CU12_VENV := .venv-cu12
+# One venv per torch release: switching CU12_TORCH_VERSION back and forth never builds against
+# the other torch.
+CU12_VENV := .venv-cu12-torch$(CU12_TORCH_VERSION)
 CU12_PY := $(CU12_VENV)/bin/python
 # torch and its nvidia-* wheels (about 4 GB) are downloaded once into the wheelhouse; both
 # venvs install from it with --no-index, so one run never downloads them twice.
@@ -134,7 +140,7 @@ cu12-build: wheel-cu12
 	$(CHECK)/cu12/bin/pip install -q $(CU12_CONSTRAINTS) numpy
 	$(CHECK)/cu12/bin/pip install -q --no-deps dist/cu12/hardloss_cuda-*.whl
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cu12/bin/python $(CURDIR)/scripts/check_wheel.py --expect cuda \
-	  --cuobjdump $(CURDIR)/$(CU12_HOME)/bin/cuobjdump
+	  --cuobjdump $(CUOBJDUMP)
 	$(CHECK)/cu12/bin/pip install -q $(CU12_CONSTRAINTS) "$$(ls dist/cu12/hardloss_cuda-*.whl)[test,bench,triton]"
 	cd $(OUTSIDE) && HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_EXPECT_INSTALLED=1 \
 	  $(CURDIR)/$(CHECK)/cu12/bin/python -m pytest $(addprefix $(CURDIR)/,$(CU12_TESTS)) -p no:cacheprovider \

@@ -81,6 +81,8 @@ def check_archs(so: Path, cuobjdump: str) -> None:
         want_elf.add(sm)
         if a.endswith("+PTX"):
             want_ptx.add(sm)
+    if not Path(cuobjdump).is_file():
+        _fail(f"no cuobjdump at {cuobjdump}")
     out = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", str(so)], capture_output=True, text=True, check=True).stdout
     found = re.findall(r"^(ELF|PTX) file\s+\d+: (.+)\.(sm_\w+)\.(?:cubin|ptx)$", out, re.M)
     elf = {sm for kind, _, sm in found if kind == "ELF"}
@@ -94,8 +96,11 @@ def check_archs(so: Path, cuobjdump: str) -> None:
                if (n, k, sm) not in per_file]
     if missing:
         _fail(f"object files without some of the architectures: {sorted(missing)[:5]}")
-    print(f"check_wheel: OK, {len(files)} CUDA objects, each with code for {', '.join(sorted(elf))} "
-          f"and PTX for {', '.join(sorted(ptx)) or 'none'} (read by {cuobjdump})")
+    def by_number(archs):
+        return ", ".join(sorted(archs, key=lambda a: int(re.sub(r"\D", "", a))))
+
+    print(f"check_wheel: OK, {len(files)} CUDA objects, each with code for {by_number(elf)} "
+          f"and PTX for {by_number(ptx) or 'none'} (read by {cuobjdump})")
 
 
 def check(expect: str) -> None:
