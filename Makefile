@@ -6,8 +6,13 @@
 #                 compiled for sm_80 and sm_90 when nvcc is found
 # make cuda-build the CUDA wheel against the CUDA torch (TORCH_CUDA_VERSION), installed into a
 #                 clean venv and checked from outside the tree (no GPU needed)
-# make wheels     cuda-build, plus the CPU wheel installed into a clean venv where the test
-#                 suite runs against it, plus the refusal of a wheel built for another torch
+# make wheel-cu12 the CUDA 12 wheel: Debian's CUDA 12.4 toolkit completed from the package index
+#                 (scripts/cuda12_toolkit.sh), a venv with a CUDA 12 torch (CU12_TORCH_VERSION)
+# make cu12-build wheel-cu12, installed into a clean venv, checked, and the test suite run
+#                 against it from outside the tree (no GPU needed)
+# make wheels     cuda-build and cu12-build, plus the CPU wheel installed into a clean venv
+#                 where the test suite runs against it, plus the refusal of wheels built for
+#                 another torch
 # Targets are idempotent: stamps in the venvs rebuild only what changed.
 
 PYTHON ?= python3
@@ -24,7 +29,8 @@ PYTEST_ARGS ?= -q
 # The wheel checks run from here, outside the source tree.
 OUTSIDE = $(shell mktemp -d)
 
-.PHONY: all setup test bench bench-quick cmake-test wheel-cpu wheel-cuda cuda-build wheels clean
+.PHONY: all setup test bench bench-quick cmake-test wheel-cpu wheel-cuda cuda-build cu12-toolkit \
+        wheel-cu12 cu12-build wheels clean
 
 all: test
 
@@ -71,14 +77,76 @@ wheel-cpu: $(VENV)/.deps
 wheel-cuda: $(CUDA_VENV)/.deps
 	HARDLOSS_FORCE_CUDA=1 scripts/build_wheel.sh $(CUDA_PY) dist/cuda
 
+# cuobjdump lists the GPU code of a library. The system's slim CUDA 13 kit has none; the
+# assembled CUDA 12 toolkit's reads CUDA 13 libraries too (sm_100 and sm_120 included).
+CUOBJDUMP = $(or $(wildcard $(dir $(NVCC))cuobjdump),$(CURDIR)/$(CU12_HOME)/bin/cuobjdump)
+
 # A fresh venv each time: only torch and the wheel, nothing from this tree.
-cuda-build: wheel-cuda
+cuda-build: wheel-cuda cu12-toolkit
 	rm -rf $(CHECK)/cuda && $(PYTHON) -m venv $(CHECK)/cuda
 	$(CHECK)/cuda/bin/pip install -q torch==$(TORCH_CUDA_VERSION) numpy
 	$(CHECK)/cuda/bin/pip install -q --no-deps dist/cuda/hardloss_cuda-*.whl
-	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect cuda
+	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect cuda \
+	  --cuobjdump $(CUOBJDUMP)
 
-wheels: cuda-build wheel-cpu
+# ---- the CUDA 12 wheel (docs/INSTALL.md "The CUDA 12 wheel") ---------------------------
+# nvidia-cuda-toolkit from Debian trixie non-free; requirements/cuda12-toolkit.txt pins the
+# nvidia-cuda-*-cu12 wheels of the same CUDA 12.4 that complete it.
+CU12_TOOLKIT_DEB ?= 12.4.131~12.4.1-2
+# A CUDA 12 build of torch from the package index (2.9.1 and 2.10.0 there are CUDA 12.8 builds).
+CU12_TORCH_VERSION ?= 2.10.0
+CU12_HOME := build/cu12/toolkit-$(subst ~,_,$(CU12_TOOLKIT_DEB))
+# One venv per torch release: switching CU12_TORCH_VERSION back and forth never builds against
+# the other torch.
+CU12_VENV := .venv-cu12-torch$(CU12_TORCH_VERSION)
+CU12_PY := $(CU12_VENV)/bin/python
+# torch and its nvidia-* wheels (about 4 GB) are downloaded once into the wheelhouse; both
+# venvs install from it with --no-index, so one run never downloads them twice.
+CU12_WHEELHOUSE := build/cu12/wheelhouse-torch$(CU12_TORCH_VERSION)
+CU12_LOCAL := --no-index --find-links $(CU12_WHEELHOUSE)
+CU12_CONSTRAINTS := -c requirements/cu12-constraints.txt
+# What runs against the CUDA 12 wheel: the op contract (CPU kernel, and Triton interpreted,
+# against the reference), the op registration and the API; about 3 min here. CU12_TESTS=tests
+# runs the whole suite (about 14 min; docs/INSTALL.md says what fails under torch 2.10).
+CU12_TESTS ?= tests/test_contract.py tests/test_ops.py tests/test_api.py tests/test_version_check.py
+
+# The script keeps its own cache stamp (the .deb version and the wheel pins): cheap to rerun.
+cu12-toolkit:
+	scripts/cuda12_toolkit.sh '$(CU12_TOOLKIT_DEB)' $(CU12_HOME)
+
+$(CU12_WHEELHOUSE)/.done:
+	rm -rf $(@D) && mkdir -p $(@D)
+	$(PYTHON) -m pip download -q --no-cache-dir --only-binary=:all: -d $(@D) torch==$(CU12_TORCH_VERSION)
+	touch $@
+
+$(CU12_VENV)/.deps: $(CU12_WHEELHOUSE)/.done
+	$(PYTHON) -m venv $(CU12_VENV)
+	$(CU12_PY) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(CU12_PY) -m pip install -q $(CU12_LOCAL) torch==$(CU12_TORCH_VERSION)
+	$(CU12_PY) -m pip install -q $(CU12_CONSTRAINTS) numpy
+	$(CU12_PY) -c 'import sys, torch; sys.exit(None if (torch.version.cuda or "").startswith("12.") else \
+	  f"torch {torch.__version__} is not a CUDA 12 build: pick a CU12_TORCH_VERSION that is")'
+	touch $@
+
+# CUDA_HOME is the assembled toolkit; the architectures are setup.py's default for CUDA 12.
+wheel-cu12: cu12-toolkit $(CU12_VENV)/.deps
+	CUDA_HOME=$(CURDIR)/$(CU12_HOME) HARDLOSS_FORCE_CUDA=1 scripts/build_wheel.sh $(CU12_PY) dist/cu12
+
+# A fresh venv: torch from the wheelhouse, the wheel, the test extras; then CU12_TESTS against
+# it: the CPU kernels and the package under torch $(CU12_TORCH_VERSION), not the CUDA kernels.
+cu12-build: wheel-cu12
+	rm -rf $(CHECK)/cu12 && $(PYTHON) -m venv $(CHECK)/cu12
+	$(CHECK)/cu12/bin/pip install -q $(CU12_LOCAL) torch==$(CU12_TORCH_VERSION)
+	$(CHECK)/cu12/bin/pip install -q $(CU12_CONSTRAINTS) numpy
+	$(CHECK)/cu12/bin/pip install -q --no-deps dist/cu12/hardloss_cuda-*.whl
+	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cu12/bin/python $(CURDIR)/scripts/check_wheel.py --expect cuda \
+	  --cuobjdump $(CUOBJDUMP)
+	$(CHECK)/cu12/bin/pip install -q $(CU12_CONSTRAINTS) "$$(ls dist/cu12/hardloss_cuda-*.whl)[test,bench,triton]"
+	cd $(OUTSIDE) && HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_EXPECT_INSTALLED=1 \
+	  $(CURDIR)/$(CHECK)/cu12/bin/python -m pytest $(addprefix $(CURDIR)/,$(CU12_TESTS)) -p no:cacheprovider \
+	  --import-mode=importlib $(PYTEST_ARGS)
+
+wheels: cuda-build cu12-build wheel-cpu
 	rm -rf $(CHECK)/cpu && $(PYTHON) -m venv $(CHECK)/cpu
 	$(CHECK)/cpu/bin/pip install -q torch==$(TORCH_VERSION)
 	$(CHECK)/cpu/bin/pip install -q $(CONSTRAINTS) "$$(ls dist/cpu/hardloss_cuda-*.whl)[test,bench,triton]"
@@ -87,6 +155,9 @@ wheels: cuda-build wheel-cpu
 	  $(CURDIR)/$(CHECK)/cpu/bin/python -m pytest $(CURDIR)/tests -p no:cacheprovider --import-mode=importlib $(PYTEST_ARGS)
 	# the CPU wheel (torch $(TORCH_VERSION)) under the CUDA torch must refuse to load, clearly
 	$(CHECK)/cuda/bin/pip install -q --no-deps --force-reinstall dist/cpu/hardloss_cuda-*.whl
+	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect-mismatch
+	# so must the CUDA 12 wheel (torch $(CU12_TORCH_VERSION), CUDA 12) under torch $(TORCH_CUDA_VERSION) with CUDA 13
+	$(CHECK)/cuda/bin/pip install -q --no-deps --force-reinstall dist/cu12/hardloss_cuda-*.whl
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect-mismatch
 
 clean:

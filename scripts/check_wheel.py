@@ -4,7 +4,10 @@
                                               reports its build and has its kernels; it is
                                               tagged abi3, bundles no shared library, and its
                                               library needs only torch's, the CUDA runtime of
-                                              torch's major and the system's C/C++ runtime
+                                              torch's major (a CUDA build must need it) and
+                                              the system's C/C++ runtime
+        [--cuobjdump PATH]                    CUDA: the GPU code in the library is exactly
+                                              build_info()'s cuda_arch_list (cubins, PTX)
   python check_wheel.py --expect-mismatch     importing must fail with the clear message
                                               of hardloss_cuda/_version_check.py
 """
@@ -55,11 +58,49 @@ def check_packaging(expect: str) -> None:
     torch_lib = Path(torch.__file__).parent / "lib"
     allowed = {p.name for p in torch_lib.glob("*.so*")}
     if expect == "cuda":
-        allowed.add(f"libcudart.so.{torch.version.cuda.split('.')[0]}")
+        cudart = f"libcudart.so.{torch.version.cuda.split('.')[0]}"
+        if cudart not in needed:
+            _fail(f"{so.name} does not need {cudart} (CUDA {torch.version.cuda} torch): needs {needed}")
+        allowed.add(cudart)
     foreign = [n for n in needed if n not in allowed and n not in _SYSTEM]
     if foreign:
         _fail(f"{so.name} needs {foreign}, which neither torch {torch.__version__} nor the system provides")
     print(f"check_wheel: OK, tags {tags}, {so.name} ({so.stat().st_size / 2**20:.0f} MiB) needs {needed}")
+    return so
+
+
+def check_archs(so: Path, cuobjdump: str) -> None:
+    """The cubins and PTX in the library against the build record: "8.0;8.6;9.0+PTX" must give
+    sm_80, sm_86 and sm_90 code and sm_90 PTX, in every file, and nothing else."""
+    import hardloss_cuda as H
+
+    arch_list = H.build_info()["cuda_arch_list"]
+    want_elf, want_ptx = set(), set()
+    for a in re.split(r"[;\s]+", arch_list.strip()):
+        sm = "sm_" + a.removesuffix("+PTX").replace(".", "")
+        want_elf.add(sm)
+        if a.endswith("+PTX"):
+            want_ptx.add(sm)
+    if not Path(cuobjdump).is_file():
+        _fail(f"no cuobjdump at {cuobjdump}")
+    out = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", str(so)], capture_output=True, text=True, check=True).stdout
+    found = re.findall(r"^(ELF|PTX) file\s+\d+: (.+)\.(sm_\w+)\.(?:cubin|ptx)$", out, re.M)
+    elf = {sm for kind, _, sm in found if kind == "ELF"}
+    ptx = {sm for kind, _, sm in found if kind == "PTX"}
+    if (elf, ptx) != (want_elf, want_ptx):
+        _fail(f"GPU code {sorted(elf)} + PTX {sorted(ptx)}, but cuda_arch_list {arch_list!r} "
+              f"means {sorted(want_elf)} + PTX {sorted(want_ptx)}")
+    files = {name for _, name, _ in found}
+    per_file = {(name, kind, sm) for kind, name, sm in found}
+    missing = [(n, k, sm) for n in files for k, want in (("ELF", want_elf), ("PTX", want_ptx)) for sm in want
+               if (n, k, sm) not in per_file]
+    if missing:
+        _fail(f"object files without some of the architectures: {sorted(missing)[:5]}")
+    def by_number(archs):
+        return ", ".join(sorted(archs, key=lambda a: int(re.sub(r"\D", "", a))))
+
+    print(f"check_wheel: OK, {len(files)} CUDA objects, each with code for {by_number(elf)} "
+          f"and PTX for {by_number(ptx) or 'none'} (read by {cuobjdump})")
 
 
 def check(expect: str) -> None:
@@ -102,9 +143,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--expect", choices=["cpu", "cuda"])
     ap.add_argument("--expect-mismatch", action="store_true")
+    ap.add_argument("--cuobjdump", help="cuobjdump of the toolkit that built a CUDA wheel")
     args = ap.parse_args()
     if args.expect_mismatch:
         check_mismatch()
     else:
         check(args.expect)
-        check_packaging(args.expect)
+        so = check_packaging(args.expect)
+        if args.cuobjdump and args.expect == "cuda":
+            check_archs(so, args.cuobjdump)
