@@ -29,8 +29,6 @@
 // neither pointer is __restrict__.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 
@@ -182,8 +180,7 @@ cudaError_t launch_bwd_cfg(BwdArgs<S> a, const DeviceInfo& d, cudaStream_t strea
   // A few waves of resident blocks; the groups stride over the remaining tiles.
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
   const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
-  bwd_kernel<S, BLOCK, TPR, U, SOFT><<<grid, BLOCK, 0, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel<bwd_kernel<S, BLOCK, TPR, U, SOFT>>(grid, BLOCK, 0, stream, a);
 }
 
 // Tile shape by row length: the smallest group that holds a short row in one tile (sub-warp

@@ -12,12 +12,9 @@
 //   statistics for values already in registers (see the comment there).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
+#include "cuda/device.cuh"
 #include "cuda/launch.h"
 #include "row_math.h"
 

@@ -49,8 +49,6 @@
 // return the row's logsumexp, and stats columns 2.. = 0.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "cuda/common.cuh"
@@ -80,7 +78,7 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
   constexpr int E = NV * VEC;
   constexpr int RPB = BLOCK / TPR;  // rows per block
   static_assert(TPR == BLOCK || TPR <= 32, "a group is a sub-warp, a warp or the block");
-  __shared__ ReduceSmem<A> red;
+  HL_SHARED(ReduceSmem<A>, red);
 
   const int lane = static_cast<int>(threadIdx.x) % TPR;
   const int grp = static_cast<int>(threadIdx.x) / TPR;
@@ -158,9 +156,11 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
   constexpr int VEC = Pack<S>::kN;
   constexpr int E = U * VEC;
   constexpr int STEP = BLOCK * U;
-  extern __shared__ uint4 cache_raw[];
-  Pack<S>* cache = reinterpret_cast<Pack<S>*>(cache_raw);
-  __shared__ ReduceSmem<A> red;
+  // One dynamic allocation (launch_stream sizes it): the reduction scratch, then the row cache.
+  HL_SHARED_DYNAMIC(uint4, smem_raw);
+  static_assert(sizeof(ReduceSmem<A>) % sizeof(uint4) == 0, "the row cache stays 16-byte aligned");
+  ReduceSmem<A>& red = *reinterpret_cast<ReduceSmem<A>*>(smem_raw);
+  Pack<S>* cache = reinterpret_cast<Pack<S>*>(smem_raw + sizeof(ReduceSmem<A>) / sizeof(uint4));
 
   const int tid = static_cast<int>(threadIdx.x);
   const int C = a.C;

@@ -4,8 +4,6 @@
 // values in registers. Torch-free; the math itself is csrc/row_math.h's.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "cuda/common.cuh"
