@@ -1,7 +1,8 @@
 # make bench      set up .venv from nothing (torch CPU, the package with its C++ kernels,
 #                 test/bench deps) and print the benchmark report (writes benchmarks/results/)
 # make test       same set-up, then the test suite (reference, CPU kernel, Triton kernels
-#                 under TRITON_INTERPRET=1; the CUDA tests skip without a GPU)
+#                 under TRITON_INTERPRET=1, the CUDA kernels on the emulated backend cuda_emu;
+#                 the tests that need a GPU skip without one)
 # make cmake-test standalone CMake build of the torch-free core + CTest, and every .cu
 #                 compiled for sm_80 and sm_90 when nvcc is found
 # make cuda-build the CUDA wheel against the CUDA torch (TORCH_CUDA_VERSION), installed into a
@@ -35,8 +36,9 @@ $(VENV)/.deps: requirements/ci-constraints.txt
 	touch $@
 
 # The extension needs torch at build time, hence --no-build-isolation (docs/BUILDING.md).
+# HARDLOSS_CUDA_EMU=1: also the emulated CUDA backend (docs/CUDA_EMU.md), for the tests only.
 $(VENV)/.built: $(VENV)/.deps pyproject.toml setup.py $(CSRC)
-	$(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
+	HARDLOSS_CUDA_EMU=1 $(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
 	touch $@
 
 setup: $(VENV)/.built

@@ -1,7 +1,7 @@
 """The op contract (hardloss_cuda/_schema.py, docs/ROW_MATH.md), one suite for every backend
 that can run here: reference and the compiled CPU kernel on CPU tensors, Triton under the
-interpreter on CPU tensors, and on a GPU the CUDA kernels, Triton and the reference on CUDA
-tensors. The ops are called directly (``fwd``, ``bwd``, ``bwd_inplace``), so also the rows the
+interpreter on CPU tensors, the CUDA kernels on the emulator (cuda_emu) on CPU tensors, and on a
+GPU the CUDA kernels, Triton and the reference on CUDA tensors. The ops are called directly (``fwd``, ``bwd``, ``bwd_inplace``), so also the rows the
 Python API would refuse (labels out of range) are covered. One tolerance rule for all
 (``assert_close_to_truth``); the per-backend files keep only what is specific to a backend's
 launch (path choice by C, alignment, CUDA graphs, the Triton plan).
@@ -28,6 +28,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_s
 BACKENDS = [(b, "cpu") for b in ("reference", "cpu") if b in _AVAIL]
 if "triton" in _AVAIL and _INTERPRET:
     BACKENDS.append(("triton", "cpu"))
+if "cuda_emu" in _AVAIL:
+    BACKENDS.append(("cuda_emu", "cpu"))
 if torch.cuda.is_available():
     BACKENDS += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _AVAIL]
 
@@ -40,10 +42,11 @@ pytestmark = [
 KINDS = ["onehot", "onehot_w", "smooth", "mixture", "probs_w"]
 
 
-def row_lengths(device):
-    """Row lengths for the edge cases: on a GPU also the CUDA kernels' other paths (sub-warp,
-    block and streaming rows, csrc/cuda/fwd_kernels.cuh); the interpreter stays small."""
-    return [37, 1000] + ([5000, 70000] if device == "cuda" else [])
+def row_lengths(backend, device):
+    """Row lengths for the edge cases: for the CUDA kernels (on a GPU or emulated) also their
+    other paths (sub-warp, block and streaming rows, csrc/cuda/fwd_kernels.cuh); the
+    interpreter stays small."""
+    return [37, 1000] + ([5000, 70000] if device == "cuda" or backend == "cuda_emu" else [])
 # |got - truth| <= RTOL |truth| + max(FLOOR, m max|baseline - truth|): the baseline is the
 # reference at the working precision, so ill-conditioned elements and bf16 / fp16 rounding
 # are judged against what the same math in PyTorch gets. m = 2 for the loss and the k = 1
@@ -162,7 +165,7 @@ def test_matches_reference(backend, device, kind, dtype, C):
 def test_bad_label_gives_nan_row(backend, device, kind):
     """Labels outside [0, C) give a NaN loss and gradient row and are never used as an index
     (the Python API raises first); ignored rows are 0; the other rows are unaffected."""
-    for C in row_lengths(device):
+    for C in row_lengths(backend, device):
         if kind != "mixture" or C <= 5000:
             _bad_label_rows(backend, device, kind, C)
 
@@ -203,7 +206,7 @@ def test_ignored_rows_are_zero_whatever_their_logits_and_grad_loss(backend, devi
 def test_non_finite_logits_stay_in_their_row(backend, device, kind):
     """NaN, +inf, or a row of -inf only: NaN loss and gradient for that row (as PyTorch), also
     with a zero incoming gradient (0 * NaN); a -inf class in a finite row has probability 0."""
-    for C in row_lengths(device):
+    for C in row_lengths(backend, device):
         _non_finite_rows(backend, device, kind, C)
 
 
@@ -231,7 +234,7 @@ def test_zero_gradient_rows_are_not_read(backend, device):
     oracle rather than a fast path, reads every row: it gets the logits unchanged). An
     infinite class weight (scale not finite) is 0 * inf = NaN, as PyTorch."""
     N = 6
-    for C, kind in [(C, kind) for C in row_lengths(device) for kind in ("onehot", "smooth", "probs_w")]:
+    for C, kind in [(C, kind) for C in row_lengths(backend, device) for kind in ("onehot", "smooth", "probs_w")]:
         x = torch.randn(N, C, device=device)
         target, w, W, s = make_target(kind, N, C, device)
         fwd, bwd, _ = ops(backend)
