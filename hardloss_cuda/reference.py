@@ -232,10 +232,10 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
     out = grad_loss[:, None] * grad
     if grad_lse is not None:  # d lse / d z = softmax(z)
         out = out + grad_lse[:, None] * torch.exp(z - lse[:, None])
-    if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss is
-        out = torch.where((target == ignore_index)[:, None], 0, out)
     if softcap != 0:  # d (c tanh(x / c)) / dx = 1 - tanh^2
         out = out * (1 - torch.square(z / softcap))
+    if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss and the logits are
+        out = torch.where((target == ignore_index)[:, None], 0, out)
     return out.to(logits.dtype)
 
 

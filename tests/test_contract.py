@@ -140,6 +140,13 @@ def check(backend, x, target, w, W, ignore_index, s, k, gl):
     assert bwd_inplace(gl, buf, target, w, W, stats, ignore_index, s, k) is None
     assert torch.equal(buf.isnan(), grad.isnan()) and torch.equal(buf.nan_to_num(), grad.nan_to_num())
 
+    # A logsumexp gradient of zeros (what autograd hands every backward when nothing uses the
+    # lse) changes nothing. The emulated CUDA backend found the CUDA glue composing it with ATen
+    # ops on a float copy of the logits, and launching the float kernel on fp16 / bf16
+    # probability targets (read as float: wrong gradients, reads past their end).
+    g0 = bwd(gl, x, target, w, W, stats, ignore_index, s, k, 0.0, torch.zeros_like(gl))
+    assert torch.equal(g0.isnan(), grad.isnan()) and torch.equal(g0.nan_to_num(), grad.nan_to_num())
+
     loss2, stats2 = fwd(x, target, w, W, ignore_index, s, k, False)
     assert torch.equal(loss2.nan_to_num(), loss.nan_to_num()) and torch.equal(stats2[:, 0].nan_to_num(),
                                                                              stats[:, 0].nan_to_num())
@@ -200,6 +207,34 @@ def test_ignored_rows_are_zero_whatever_their_logits_and_grad_loss(backend, devi
     gl = torch.tensor([float("nan"), 1.0, float("inf"), 2.0, 1.0], device=device)
     g = bwd(gl, x, y, None, None, stats, 4, s, 0.5)
     assert (loss[[0, 2]] == 0).all() and (g[[0, 2]] == 0).all() and torch.isfinite(g[[1, 3, 4]]).all()
+
+
+@pytest.mark.parametrize("softcap", [0.0, 3.0])
+@pytest.mark.parametrize("s", [0.0, 0.1])
+def test_ignored_rows_are_zero_with_a_logsumexp_gradient(backend, device, s, softcap):
+    """With grad_lse (z_loss, return_lse) too, an ignored row's gradient is 0 whatever its
+    logits (-inf everywhere, NaN), and a bad label's is NaN; the other rows get g f + g_lse p,
+    as the reference. The emulated CUDA backend found the CUDA glue's composition taking p of an
+    all -inf ignored row: exp(-inf - -inf), NaN; this test, the reference zeroing ignored rows
+    before the softcap's slope, which is NaN at a NaN logit."""
+    C = 20
+    x = torch.randn(6, C, device=device) * 3
+    x[0] = float("-inf")
+    x[2, 3] = float("nan")
+    y = torch.tensor([-100, 3, -100, 7, 0, C], device=device)
+    fwd, bwd, bwd_inplace = ops(backend)
+    ref_fwd, ref_bwd, _ = ops("reference")
+    loss, stats = fwd(x, y, None, None, -100, s, 0.5, True, softcap)
+    _rloss, rstats = ref_fwd(x, y, None, None, -100, s, 0.5, True, softcap)
+    gl = torch.randn(6, device=device)
+    for g_lse in (torch.zeros(6, device=device), torch.randn(6, device=device)):
+        g = bwd(gl, x, y, None, None, stats, -100, s, 0.5, softcap, g_lse)
+        assert (g[[0, 2]] == 0).all() and torch.isnan(g[5]).all()
+        expected = ref_bwd(gl, x, y, None, None, rstats, -100, s, 0.5, softcap, g_lse)
+        torch.testing.assert_close(g[[1, 3, 4]], expected[[1, 3, 4]], rtol=1e-5, atol=1e-6)
+        buf = x.clone()
+        bwd_inplace(gl, buf, y, None, None, stats, -100, s, 0.5, softcap, g_lse)
+        assert torch.equal(buf.isnan(), g.isnan()) and torch.equal(buf.nan_to_num(), g.nan_to_num())
 
 
 @pytest.mark.parametrize("kind", ["onehot", "smooth", "probs_w"])

@@ -130,6 +130,20 @@ __device__ __forceinline__ void unpack(const Pack<S>& p, acc_type<S>* out) {
   for (int e = 0; e < Pack<S>::kN; ++e) out[e] = to_acc(p.v[e]);
 }
 
+// Vector v of a logits row as the kernels see it (row_math.h section 6): with softcap c != 0
+// each logit j < C is read as c tanh(z / c) (-inf as -c); the padding past C stays -inf.
+template <typename S>
+__device__ __forceinline__ void unpack_logits(const Pack<S>& p, int v, int C, acc_type<S> cap, acc_type<S>* out) {
+  constexpr int kN = Pack<S>::kN;
+  unpack(p, out);
+  if (cap != acc_type<S>(0)) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      if (v * kN + e < C) out[e] = softcap_value(out[e], cap);
+    }
+  }
+}
+
 // Store the kN values vals[0..kN) at vector v of `row` (elements past C are not written),
 // with the streaming (evict-first) hint: the gradient is written once and not read again by
 // this kernel, so it should not push inputs that are still to be read out of L2.

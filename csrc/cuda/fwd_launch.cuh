@@ -106,6 +106,7 @@ cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
   a.C = static_cast<int>(p.C);
   a.ncache = 0;
   a.k = static_cast<A>(p.k);
+  a.cap = static_cast<A>(p.softcap);
   a.k_is_one = p.k == 1.0;
   a.compute_grad = p.compute_grad;
   a.raw_stats = p.raw_stats;

@@ -18,12 +18,8 @@
 // (csrc/cuda/*.cuh, launch.h).
 #pragma once
 
-#include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/exp.h>
-#include <ATen/ops/tanh.h>
-#include <ATen/ops/where.h>
 
 #include <limits>
 #include <optional>
@@ -65,15 +61,6 @@ inline Prepared prepare_inputs(const at::Tensor& logits, const at::Tensor& targe
   return p;
 }
 
-// Softcap and the logsumexp's gradient (row_math.h section 6) are composed here from ATen ops
-// around the kernels, not fused into them yet: the capped logits c tanh(z / c) in the
-// accumulation dtype, and in backward (g f + g_lse p) (1 - (z_c / c)^2) on an acc buffer. The
-// Triton and CPU kernels fuse both.
-inline at::Tensor capped(const at::Tensor& logits, double softcap) {
-  const at::Tensor z = logits.to(hl::acc_scalar_type(logits.scalar_type()));
-  return at::tanh(z / softcap) * softcap;
-}
-
 inline TargetParams target_params(const Prepared& in, int64_t ignore_index, double label_smoothing) {
   TargetParams t;
   const bool probs = in.target.is_floating_point();
@@ -84,10 +71,6 @@ inline TargetParams target_params(const Prepared& in, int64_t ignore_index, doub
   t.ignore_index = ignore_index;
   t.label_smoothing = label_smoothing;
   return t;
-}
-
-inline bool has_extra(double softcap, const std::optional<at::Tensor>& grad_lse) {
-  return softcap != 0.0 || (grad_lse.has_value() && grad_lse->defined());
 }
 
 template <class Dev>
@@ -112,7 +95,7 @@ struct Ops {
     hl::check_softcap(softcap);
     Prepared in = prepare(logits, target, weight, mixture);
     typename Dev::Guard guard(logits.device());
-    const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
+    const at::Tensor z = logits.contiguous();
     const int64_t N = z.size(0);
     const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
     at::Tensor loss = empty({N}, acc);
@@ -128,6 +111,7 @@ struct Ops {
     p.k = k;
     p.compute_grad = compute_grad;
     p.raw_stats = false;
+    p.softcap = softcap;
     Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
     return {loss, stats};
   }
@@ -141,7 +125,7 @@ struct Ops {
     hl::check_softcap(softcap);
     Prepared in = prepare(logits, target, std::nullopt, std::nullopt);
     typename Dev::Guard guard(logits.device());
-    const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
+    const at::Tensor z = logits.contiguous();
     const int64_t N = z.size(0);
     const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
     at::Tensor stats = empty({N, hl::kStatsCols}, acc);
@@ -158,20 +142,22 @@ struct Ops {
       p.k = k;
       p.compute_grad = true;
       p.raw_stats = true;
+      p.softcap = softcap;
       Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
     }
     return stats.narrow(1, 0, hl::kShardStatsCols).contiguous();
   }
 
-  // grad_loss and stats: checked by hl::check_bwd_args (acc dtype, shapes, device); made
-  // contiguous here (autograd may hand an expanded grad_loss).
+  // grad_loss, stats and grad_lse: checked by hl::check_bwd_args / check_grad_lse (acc dtype,
+  // shapes, device); made contiguous here (autograd may hand an expanded grad_loss).
   static void launch_bwd_into(const at::Tensor& grad_loss, const at::Tensor& z, const Prepared& in,
                               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
-                              const at::Tensor& out) {
+                              double softcap, const std::optional<at::Tensor>& grad_lse, const at::Tensor& out) {
     const int64_t N = z.size(0);
     if (N == 0) return;  // no zero-size grid (C >= 1 is checked)
     const at::Tensor gl = grad_loss.contiguous();
     const at::Tensor st = stats.contiguous();
+    const at::Tensor g_lse = grad_lse.has_value() && grad_lse->defined() ? grad_lse->contiguous() : at::Tensor();
     BwdParams p;
     p.grad_loss = gl.data_ptr();
     p.logits = z.data_ptr();
@@ -181,27 +167,9 @@ struct Ops {
     p.N = N;
     p.C = z.size(1);
     p.k = k;
+    p.softcap = softcap;
+    p.grad_lse = g_lse.defined() ? g_lse.data_ptr() : nullptr;
     Dev::check(launch_bwd(p, dtype_of(z.scalar_type()), Dev::stream()));
-  }
-
-  // The gradient of rows with softcap or a logsumexp gradient, in logits' dtype (see capped).
-  static at::Tensor bwd_extra(const at::Tensor& grad_loss, const at::Tensor& logits, const Prepared& in,
-                              const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
-                              double softcap, const std::optional<at::Tensor>& grad_lse) {
-    const at::Tensor zc = softcap != 0.0 ? capped(logits, softcap)
-                                         : logits.contiguous().to(hl::acc_scalar_type(logits.scalar_type()));
-    at::Tensor g = empty(zc.sizes(), zc.options());
-    launch_bwd_into(grad_loss, zc, in, stats, ignore_index, label_smoothing, k, g);
-    if (grad_lse.has_value() && grad_lse->defined()) {
-      at::Tensor gl = *grad_lse;
-      if (!in.target.is_floating_point()) gl = at::where(in.target == ignore_index, 0, gl);  // ignored rows: 0
-      const at::Tensor st = stats.contiguous();
-      const at::Tensor log_p =
-          (zc - st.select(1, hl::kColLse).unsqueeze(1)) - st.select(1, hl::kColLseLo).unsqueeze(1);
-      g = g + gl.unsqueeze(1) * at::exp(log_p);
-    }
-    if (softcap != 0.0) g = g * (1 - (zc / softcap) * (zc / softcap));
-    return g.to(logits.scalar_type());
   }
 
   static at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
@@ -213,11 +181,9 @@ struct Ops {
     hl::check_grad_lse(grad_lse, logits);
     Prepared in = prepare(logits, target, weight, mixture);
     typename Dev::Guard guard(logits.device());
-    if (has_extra(softcap, grad_lse))
-      return bwd_extra(grad_loss, logits, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse);
     const at::Tensor z = logits.contiguous();
     at::Tensor out = empty(z.sizes(), z.options());
-    launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, out);
+    launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse, out);
     return out;
   }
 
@@ -232,13 +198,9 @@ struct Ops {
     hl::check_grad_lse(grad_lse, logits);
     Prepared in = prepare(logits, target, weight, mixture);
     typename Dev::Guard guard(logits.device());
-    if (has_extra(softcap, grad_lse)) {
-      logits.copy_(bwd_extra(grad_loss, logits, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse));
-      return;
-    }
     const bool direct = logits.is_contiguous();
     at::Tensor z = direct ? logits : logits.contiguous();
-    launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, z);
+    launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse, z);
     if (!direct) logits.copy_(z);
   }
 };
