@@ -18,7 +18,6 @@
 #include <cstring>
 #include <memory>
 #include <new>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -83,7 +82,18 @@ struct Runner {
     for (auto& t : threads) fiber_free(t->fiber);
   }
 };
-thread_local Runner t_runner;
+// The hot paths read a plain pointer: a thread_local object with a destructor costs a call to
+// its TLS init function on every access.
+thread_local Runner* t_run = nullptr;
+
+Runner& runner() {  // created by the first launch of the OS thread, freed when it ends
+  thread_local std::unique_ptr<Runner> owner;
+  if (owner == nullptr) {
+    owner = std::make_unique<Runner>();
+    t_run = owner.get();
+  }
+  return *owner;
+}
 
 const char* state_text(const Thread& t, char* buf, size_t n) {
   switch (t.state) {
@@ -101,7 +111,7 @@ void print_threads(const Block& b) {
   int start = 0, runs = 0;
   for (int i = 0; i <= b.nthreads; ++i) {
     char buf[160] = "";
-    if (i < b.nthreads) std::snprintf(cur, sizeof cur, "%s", state_text(*t_runner.threads[i], buf, sizeof buf));
+    if (i < b.nthreads) std::snprintf(cur, sizeof cur, "%s", state_text(*t_run->threads[i], buf, sizeof buf));
     if (i == b.nthreads || std::strcmp(cur, prev) != 0) {
       if (i > 0 && ++runs <= 16) std::fprintf(stderr, "    threads %d-%d: %s\n", start, i - 1, prev);
       std::snprintf(prev, sizeof prev, "%s", cur);
@@ -112,7 +122,7 @@ void print_threads(const Block& b) {
 }
 
 [[noreturn]] __attribute__((format(printf, 1, 2))) void fail(const char* fmt, ...) {
-  const Block* b = t_runner.block;
+  const Block* b = t_run != nullptr ? t_run->block : nullptr;
   std::fprintf(stderr, "\nhardloss cuda_emu: error in kernel %s\n", b ? b->name.c_str() : "(none)");
   if (b != nullptr) {
     const Launch& l = *b->launch;
@@ -135,7 +145,7 @@ void print_threads(const Block& b) {
 }
 
 Thread& me() {
-  Block* b = t_runner.block;
+  Block* b = t_run != nullptr ? t_run->block : nullptr;
   if (b == nullptr || b->current == nullptr) {
     std::fprintf(stderr, "hardloss cuda_emu: a device intrinsic called outside a kernel\n");
     std::abort();
@@ -177,55 +187,57 @@ void check_canaries(const SharedAlloc& a) {
 // ---------------------------------------------------------------------------------------
 void thread_main(void* arg) {
   Thread& t = *static_cast<Thread*>(arg);
-  fiber_entered(t_runner.scheduler);
-  const Launch& l = *t_runner.block->launch;
+  fiber_entered(t_run->scheduler);
+  const Launch& l = *t_run->block->launch;
   l.body(l.ctx);
   t.state = State::kDone;
-  fiber_exit(t.fiber, t_runner.scheduler);
+  fiber_exit(t.fiber, t_run->scheduler);
 }
 
 void resume(Block& b, Thread& t) {
   b.current = &t;
-  fiber_switch(t_runner.scheduler, t.fiber);
+  fiber_switch(t_run->scheduler, t.fiber);
   b.current = nullptr;
 }
 
-void wait(Thread& t) { fiber_switch(t.fiber, t_runner.scheduler); }
+void wait(Thread& t) { fiber_switch(t.fiber, t_run->scheduler); }
 
 // Completes the shuffles that wait. Called when no thread is runnable, so a lane that is not
 // at its shuffle never will be: any lane of a waiting lane's mask that is elsewhere, or that
 // waits with another mask, is an error (checked for every waiting lane before any is released).
 bool release_shuffles(Block& b) {
-  auto& th = t_runner.threads;
+  auto& th = t_run->threads;
   bool waiting = false;
-  for (int i = 0; i < b.nthreads; ++i) {
-    const Thread& t = *th[i];
-    if (t.state != State::kShuffle) continue;
-    waiting = true;
-    const int warp0 = t.tid / 32 * 32;
-    const int lane = t.tid % 32;
-    for (int j = 0; j < 32; ++j) {
-      if (!(t.mask >> j & 1u)) continue;
-      if (warp0 + j >= b.nthreads) {
-        fail("lane %d of warp %d calls __shfl_xor_sync with mask 0x%08x, which names lane %d: the block has no "
-             "thread %d",
-             lane, t.tid / 32, t.mask, j, warp0 + j);
+  for (int warp0 = 0; warp0 < b.nthreads; warp0 += 32) {
+    unsigned checked = 0;  // lanes whose mask group is checked: each group once
+    for (int lane = 0; lane < 32 && warp0 + lane < b.nthreads; ++lane) {
+      const Thread& t = *th[warp0 + lane];
+      if (t.state != State::kShuffle || (checked >> lane & 1u)) continue;
+      waiting = true;
+      for (int j = 0; j < 32; ++j) {
+        if (!(t.mask >> j & 1u)) continue;
+        if (warp0 + j >= b.nthreads) {
+          fail("lane %d of warp %d calls __shfl_xor_sync with mask 0x%08x, which names lane %d: the block has no "
+               "thread %d",
+               lane, warp0 / 32, t.mask, j, warp0 + j);
+        }
+        const Thread& u = *th[warp0 + j];
+        char buf[160];
+        if (u.state != State::kShuffle || u.mask != t.mask) {
+          fail("__shfl_xor_sync with a mask that does not match the lanes calling it: lane %d of warp %d waits "
+               "with mask 0x%08x, lane %d of its mask %s",
+               lane, warp0 / 32, t.mask, j, state_text(u, buf, sizeof buf));
+        }
+        if (u.bytes != t.bytes) {
+          fail("__shfl_xor_sync of %d-byte values in lane %d and %d-byte values in lane %d of warp %d", t.bytes,
+               lane, u.bytes, j, warp0 / 32);
+        }
+        if (!(t.mask >> u.src & 1u)) {
+          fail("lane %d of warp %d reads lane %d in __shfl_xor_sync, which is not in the mask 0x%08x", j, warp0 / 32,
+               u.src, t.mask);
+        }
       }
-      const Thread& u = *th[warp0 + j];
-      char buf[160];
-      if (u.state != State::kShuffle || u.mask != t.mask) {
-        fail("__shfl_xor_sync with a mask that does not match the lanes calling it: lane %d of warp %d waits "
-             "with mask 0x%08x, lane %d of its mask %s",
-             lane, t.tid / 32, t.mask, j, state_text(u, buf, sizeof buf));
-      }
-      if (u.bytes != t.bytes) {
-        fail("__shfl_xor_sync of %d-byte values in lane %d and %d-byte values in lane %d of warp %d", t.bytes, lane,
-             u.bytes, j, t.tid / 32);
-      }
-      if (!(t.mask >> u.src & 1u)) {
-        fail("lane %d of warp %d reads lane %d in __shfl_xor_sync, which is not in the mask 0x%08x", j, t.tid / 32,
-             u.src, t.mask);
-      }
+      checked |= t.mask;
     }
   }
   if (!waiting) return false;
@@ -240,7 +252,7 @@ bool release_shuffles(Block& b) {
 }
 
 void release_barrier(Block& b) {
-  auto& th = t_runner.threads;
+  auto& th = t_run->threads;
   const Thread* first = nullptr;
   for (int i = 0; i < b.nthreads && first == nullptr; ++i) {
     if (th[i]->state == State::kBarrier) first = th[i].get();
@@ -260,9 +272,32 @@ void release_barrier(Block& b) {
   for (int i = 0; i < b.nthreads; ++i) th[i]->state = State::kReady;
 }
 
-void run_block(Block& b, std::mt19937_64& rng) {
+// The orders' random numbers (splitmix64: cheap, and enough to shuffle).
+struct Rng {
+  using result_type = uint64_t;
+  uint64_t state;
+  static constexpr uint64_t min() { return 0; }
+  static constexpr uint64_t max() { return ~uint64_t(0); }
+  uint64_t operator()() {
+    uint64_t x = (state += 0x9e3779b97f4a7c15ull);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  }
+};
+
+// Fisher-Yates with the multiply-shift range reduction.
+template <typename T>
+void shuffle(std::vector<T>& v, Rng& rng) {
+  for (size_t i = v.size(); i > 1; --i) {
+    const size_t j = static_cast<size_t>((static_cast<unsigned __int128>(rng()) * i) >> 64);
+    std::swap(v[i - 1], v[j]);
+  }
+}
+
+void run_block(Block& b, Rng& rng) {
   const Launch& l = *b.launch;
-  auto& th = t_runner.threads;
+  auto& th = t_run->threads;
   b.shared.clear();
   b.static_bytes = 0;
   b.shared.push_back(shared_alloc(nullptr, "extern __shared__", l.smem));
@@ -280,7 +315,7 @@ void run_block(Block& b, std::mt19937_64& rng) {
     for (int i = 0; i < b.nthreads; ++i) {
       if (th[i]->state == State::kReady) order.push_back(th[i].get());
     }
-    std::shuffle(order.begin(), order.end(), rng);
+    shuffle(order, rng);
     for (Thread* t : order) resume(b, *t);
     bool done = true;
     for (int i = 0; i < b.nthreads && done; ++i) done = th[i]->state == State::kDone;
@@ -304,15 +339,15 @@ bool valid_dims(dim3 d, unsigned mx, unsigned my, unsigned mz) {
 uint3 thread_idx() { return me().idx; }
 uint3 block_idx() {
   (void)me();
-  return t_runner.block->idx;
+  return t_run->block->idx;
 }
 dim3 block_dim() {
   (void)me();
-  return t_runner.block->launch->block;
+  return t_run->block->launch->block;
 }
 dim3 grid_dim() {
   (void)me();
-  return t_runner.block->launch->grid;
+  return t_run->block->launch->grid;
 }
 
 void syncthreads(const char* file, int line) {
@@ -346,7 +381,7 @@ uint64_t shfl_xor(unsigned mask, uint64_t bits, int bytes, int lane_mask, int wi
 
 void* static_shared(const void* site, size_t bytes, const char* name) {
   (void)me();
-  Block& b = *t_runner.block;
+  Block& b = *t_run->block;
   for (const SharedAlloc& a : b.shared) {
     if (a.site == site) return shared_body(a);
   }
@@ -367,13 +402,14 @@ void* static_shared(const void* site, size_t bytes, const char* name) {
 
 void* dynamic_shared() {
   (void)me();
-  return shared_body(t_runner.block->shared.front());
+  return shared_body(t_run->block->shared.front());
 }
 
 cudaError_t launch_grid(const Launch& l) {
-  if (t_runner.block != nullptr) {
+  Runner& run = runner();
+  if (run.block != nullptr) {
     std::fprintf(stderr, "hardloss cuda_emu: kernel %s launched from inside kernel %s\n", kernel_name(l.name).c_str(),
-                 t_runner.block->name.c_str());
+                 t_run->block->name.c_str());
     std::abort();
   }
   const int device = current_device();
@@ -396,23 +432,23 @@ cudaError_t launch_grid(const Launch& l) {
   b.nthreads = static_cast<int>(nthreads);
   record_launch({b.name, l.grid, l.block, l.smem, device});
 
-  auto& th = t_runner.threads;
+  auto& th = t_run->threads;
   while (th.size() < nthreads) {
     th.push_back(std::make_unique<Thread>());
     fiber_alloc(th.back()->fiber, kStackBytes);
   }
-  std::mt19937_64 rng(b.seed);
+  Rng rng{b.seed};
   const uint64_t nblocks = uint64_t(l.grid.x) * l.grid.y * l.grid.z;
   std::vector<uint64_t> order(nblocks);
   for (uint64_t i = 0; i < nblocks; ++i) order[i] = i;
-  std::shuffle(order.begin(), order.end(), rng);
-  t_runner.block = &b;
+  shuffle(order, rng);
+  t_run->block = &b;
   for (uint64_t i : order) {
     b.idx = {static_cast<unsigned>(i % l.grid.x), static_cast<unsigned>(i / l.grid.x % l.grid.y),
              static_cast<unsigned>(i / (uint64_t(l.grid.x) * l.grid.y))};
     run_block(b, rng);
   }
-  t_runner.block = nullptr;
+  t_run->block = nullptr;
   return cudaSuccess;
 }
 
