@@ -4,7 +4,10 @@
 #                 under TRITON_INTERPRET=1, the CUDA kernels on the emulated backend cuda_emu;
 #                 the tests that need a GPU skip without one)
 # make cmake-test standalone CMake build of the torch-free core + CTest, and every .cu
-#                 compiled for sm_80 and sm_90 when nvcc is found
+#                 compiled for sm_80 and sm_90 when nvcc is found, and the CUDA emulator's
+#                 planted-bug tests
+# make emu-sanitize the CUDA kernels on the emulator (torch-free CTest) and the planted bugs
+#                 under AddressSanitizer + UBSan
 # make cuda-build the CUDA wheel against the CUDA torch (TORCH_CUDA_VERSION), installed into a
 #                 clean venv and checked from outside the tree (no GPU needed)
 # make wheels     cuda-build, plus the CPU wheel installed into a clean venv where the test
@@ -25,7 +28,7 @@ PYTEST_ARGS ?= -q
 # The wheel checks run from here, outside the source tree.
 OUTSIDE = $(shell mktemp -d)
 
-.PHONY: all setup test bench bench-quick cmake-test wheel-cpu wheel-cuda cuda-build wheels clean
+.PHONY: all setup test bench bench-quick cmake-test emu-sanitize wheel-cpu wheel-cuda cuda-build wheels clean
 
 all: test
 
@@ -56,9 +59,18 @@ bench-quick: setup
 NVCC := $(shell n=$$(command -v nvcc) && if head -c2 "$$n" | grep -q '\#!'; then sed -n 's/^exec \([^ ]*nvcc\).*/\1/p' "$$n"; else echo "$$n"; fi)
 
 cmake-test:
-	cmake -S . -B build/cmake -G Ninja $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC))
+	cmake -S . -B build/cmake -G Ninja $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC) -DHL_CUDA_INCLUDE_DIR=$(dir $(NVCC))../include)
 	cmake --build build/cmake -j2
 	ctest --test-dir build/cmake --output-on-failure
+
+# The CUDA kernels on the emulator, torch-free, and the emulator's planted bugs, under
+# AddressSanitizer and UBSan (docs/CUDA_EMU.md); needs CUDA's headers, no GPU.
+emu-sanitize:
+	cmake -S . -B build/emu-sanitize -G Ninja -DHL_SANITIZE=ON -DHL_EMU_KERNELS=ON -DHL_DEVICE_COMPILE=OFF \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
+	  $(if $(NVCC),-DHL_CUDA_INCLUDE_DIR=$(dir $(NVCC))../include)
+	cmake --build build/emu-sanitize -j2
+	ctest --test-dir build/emu-sanitize --output-on-failure
 
 # ---- wheels (README "Wheels") ----------------------------------------------------------
 $(CUDA_VENV)/.deps:

@@ -16,7 +16,7 @@ if os.environ.get("HARDLOSS_REQUIRE_EXTENSION") == "1" and "cpu" not in _avail:
 # `make wheels` runs this suite against the installed wheel, from outside the source tree.
 if os.environ.get("HARDLOSS_EXPECT_INSTALLED") == "1" and "site-packages" not in hardloss_cuda.__file__:
     raise RuntimeError(f"HARDLOSS_EXPECT_INSTALLED=1 but hardloss_cuda comes from {hardloss_cuda.__file__}")
-BACKEND_DEVICES = [(b, "cpu") for b in ("reference", "cpu") if b in _avail]
+BACKEND_DEVICES = [(b, "cpu") for b in ("reference", "cpu", "cuda_emu") if b in _avail]
 if torch.cuda.is_available():
     BACKEND_DEVICES += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _avail]
 

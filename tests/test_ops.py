@@ -69,12 +69,14 @@ def test_double_backward_raises(backend, device):
 
 @pytest.mark.skipif(_library.C_IMPORT_ERROR is not None, reason="the C++ extension is not built")
 def test_compiled_schema_matches_python_schema():
-    """csrc/ops.cpp and _schema.py must agree: one schema for every backend."""
+    """csrc/ops.cpp (and the emulated backend's ops, when built) and _schema.py must agree: one
+    schema for every backend."""
     def args(schema):
         return [(a.name, str(a.type), a.alias_info is not None and a.alias_info.is_write) for a in schema.arguments]
 
+    emu = ("cuda_emu",) if _library.CUDA_EMU is not None else ()
     for compiled in ("fwd", "bwd", "bwd_inplace", "shard_stats"):
-        for python in (f"reference_{compiled}", f"triton_{compiled}"):
+        for python in [f"{b}_{compiled}" for b in ("reference", "triton") + emu]:
             c = getattr(torch.ops.hardloss_cuda, compiled).default._schema
             p = getattr(torch.ops.hardloss_cuda, python).default._schema
             assert args(c) == args(p)
