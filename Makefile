@@ -25,6 +25,9 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 CHECK := build/wheel-check
 CSRC := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' 2>/dev/null)
 PYTEST_ARGS ?= -q
+# 1: make test builds and requires the emulated CUDA backend (docs/CUDA_EMU.md); it needs
+# CUDA's headers (nvcc), not a GPU. 0: without it.
+HARDLOSS_CUDA_EMU ?= 1
 # The wheel checks run from here, outside the source tree.
 OUTSIDE = $(shell mktemp -d)
 
@@ -41,13 +44,13 @@ $(VENV)/.deps: requirements/ci-constraints.txt
 # The extension needs torch at build time, hence --no-build-isolation (docs/BUILDING.md).
 # HARDLOSS_CUDA_EMU=1: also the emulated CUDA backend (docs/CUDA_EMU.md), for the tests only.
 $(VENV)/.built: $(VENV)/.deps pyproject.toml setup.py $(CSRC)
-	HARDLOSS_CUDA_EMU=1 $(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
+	HARDLOSS_CUDA_EMU=$(HARDLOSS_CUDA_EMU) $(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
 	touch $@
 
 setup: $(VENV)/.built
 
 test: setup
-	HARDLOSS_REQUIRE_EXTENSION=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+	HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_REQUIRE_CUDA_EMU=$(HARDLOSS_CUDA_EMU) $(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/report.py
@@ -67,7 +70,7 @@ cmake-test:
 # AddressSanitizer and UBSan (docs/CUDA_EMU.md); needs CUDA's headers, no GPU.
 emu-sanitize:
 	cmake -S . -B build/emu-sanitize -G Ninja -DHL_SANITIZE=ON -DHL_EMU_KERNELS=ON -DHL_DEVICE_COMPILE=OFF \
-	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
 	  $(if $(NVCC),-DHL_CUDA_INCLUDE_DIR=$(dir $(NVCC))../include)
 	cmake --build build/emu-sanitize -j2
 	ctest --test-dir build/emu-sanitize --output-on-failure

@@ -13,6 +13,9 @@ _avail = hardloss_cuda.available_backends()
 # quietly narrowing the suite to the reference.
 if os.environ.get("HARDLOSS_REQUIRE_EXTENSION") == "1" and "cpu" not in _avail:
     raise RuntimeError(f"HARDLOSS_REQUIRE_EXTENSION=1 but: {hardloss_cuda.unavailable_reasons()['cpu']}")
+# ... and the emulated CUDA backend (docs/CUDA_EMU.md), unless built without it on purpose.
+if os.environ.get("HARDLOSS_REQUIRE_CUDA_EMU") == "1" and "cuda_emu" not in _avail:
+    raise RuntimeError(f"HARDLOSS_REQUIRE_CUDA_EMU=1 but: {hardloss_cuda.unavailable_reasons()['cuda_emu']}")
 # `make wheels` runs this suite against the installed wheel, from outside the source tree.
 if os.environ.get("HARDLOSS_EXPECT_INSTALLED") == "1" and "site-packages" not in hardloss_cuda.__file__:
     raise RuntimeError(f"HARDLOSS_EXPECT_INSTALLED=1 but hardloss_cuda comes from {hardloss_cuda.__file__}")

@@ -90,8 +90,16 @@ def test_compiled_schema_matches_python_schema():
 def test_available_backends_and_build_info():
     avail = H.available_backends()
     assert "reference" in avail
-    assert set(avail) | set(H.unavailable_reasons()) == {"cuda", "triton", "cpu", "reference"}
+    assert set(avail) | set(H.unavailable_reasons()) == {"cuda", "triton", "cpu", "cuda_emu", "reference"}
     info = H.build_info()
     assert info["extension_loaded"] == (_library.C_IMPORT_ERROR is None)
     if info["extension_loaded"]:
         assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]
+        # the emulated CUDA backend: listed exactly when this build has it, never chosen by "auto"
+        assert ("cuda_emu" in avail) == bool(info.get("cuda_emu"))
+    from hardloss_cuda import backends
+    assert backends.resolve("auto", torch.device("cpu")) != "cuda_emu"
+    if "cuda_emu" in avail:
+        assert backends.resolve("cuda_emu", torch.device("cpu")) == "cuda_emu"
+        with pytest.raises(RuntimeError, match="runs on CPU tensors"):
+            backends.resolve("cuda_emu", torch.device("cuda"))
