@@ -59,8 +59,9 @@ def _fresh_seed(request):
     # Fresh inputs every run, reproducible from the printed seed when a test fails.
     seed = int(os.environ.get("HARDLOSS_TEST_SEED", torch.seed() % 2**31))
     torch.manual_seed(seed)
-    if _library.CUDA_EMU is not None:  # the emulator's block and thread orders too
-        _library.CUDA_EMU.set_seed(seed)
+    if _library.CUDA_EMU is not None:  # the emulator's block and thread orders, and its device
+        _library.CUDA_EMU.set_seed(seed)  # profile: over the runs, every test sees both
+        _library.CUDA_EMU.set_profile("small" if seed % 2 else "h100")
     request.node.user_properties.append(("seed", seed))
     yield
 

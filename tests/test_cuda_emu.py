@@ -7,7 +7,8 @@
   the streaming kernels' row cache is partial at small C and every kernel's grid-stride loop
   takes several turns.
 - The results do not depend on the order of the blocks and threads (shuffled per launch from
-  the seed) nor on the profile: bitwise the same.
+  the seed) nor on the profile: bitwise the same. (Every other test runs on the profile its
+  seed picks, tests/conftest.py.)
 - The emulator's controls.
 
 The values themselves are checked by the contract suite, the fuzz and tests/test_cuda.py, which
@@ -257,17 +258,60 @@ def test_results_do_not_depend_on_block_and_thread_order(dtype, C):
 
 def test_controls():
     assert EMU.profiles() == ["h100", "small"]
-    assert EMU.profile() == "h100"
     with profile("small"):
         assert EMU.profile() == "small"
-    assert EMU.profile() == "h100"
+        with profile("h100"):
+            assert EMU.profile() == "h100"
+        assert EMU.profile() == "small"
     with pytest.raises(ValueError, match="no device profile"):
         EMU.set_profile("a100")
     seed = EMU.seed()
     EMU.set_seed(12345)
     assert EMU.seed() == 12345
     EMU.set_seed(seed)
-    with logged() as log:
+    with profile("h100"), logged() as log:
         fwd(torch.randn(2, 3), torch.tensor([0, 1]))
     assert log == [("hl::cuda::fwd_reg_kernel<float, 128, 4, 1, false, false>", (1, 1, 1), (128, 1, 1), 0, "h100")]
     assert EMU.launches() == []  # not logging
+
+
+FUSED_CASES = [(torch.float32, 7), (torch.float32, 100), (torch.bfloat16, 1000), (torch.float32, 5000),
+               (torch.float64, 4100), (torch.float32, 33000)]
+
+
+@pytest.mark.parametrize("prof", list(PROFILES))
+@pytest.mark.parametrize("dtype,C", FUSED_CASES, ids=[f"{DTYPES[d]}-C{C}" for d, C in FUSED_CASES])
+@pytest.mark.parametrize("kind", ["onehot", "smooth", "probs"])
+def test_softcap_and_lse_gradient_on_every_path(prof, dtype, C, kind):
+    """softcap and grad_lse, fused into the kernels, on sub-warp, warp, block and streaming rows
+    (the streaming soft rows with a partial row cache on the small profile, which the cap reads
+    back from shared memory), misaligned rows and C % vector != 0 among them, against the
+    reference; one-hot rows with k = 1 take the one-exp kernels."""
+    N, cap = 4, 2.5
+    flat = (torch.randn(N * C + 1) * 4).to(dtype)
+    x = flat[1:].view(N, C)  # one element past a 16-byte boundary: the scalar fallback
+    x[0, 1] = float("-inf")  # a masked class is read as -cap
+    k = 1.0 if kind == "onehot" else 0.5
+    if kind == "probs":
+        target, s = torch.softmax(torch.randn(N, C), 1).to(dtype), 0.0
+    else:
+        target, s = torch.randint(0, C, (N,)), 0.1 if kind == "smooth" else 0.0
+        target[2] = -100
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    gl, g_lse = torch.randn(N, dtype=acc), torch.randn(N, dtype=acc)
+    gl[1] = 0  # a row with only a logsumexp gradient is read
+    with profile(prof):
+        loss, stats = _ops.fwd_op("cuda_emu")(x, target, None, None, -100, s, k, True, cap)
+        g = _ops.bwd_op("cuda_emu")(gl, x, target, None, None, stats, -100, s, k, cap, g_lse)
+        xi = x.clone()
+        _ops.bwd_inplace_op("cuda_emu")(gl, xi, target, None, None, stats, -100, s, k, cap, g_lse)
+    t = target.double() if target.is_floating_point() else target
+    ref_loss, ref_stats = reference.fwd(x.double(), t, None, None, -100, s, k, True, cap)
+    ref_g = reference.bwd(gl.double(), x.double(), t, None, None, ref_stats, -100, s, k, cap, g_lse.double())
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=tol, atol=tol)
+    torch.testing.assert_close(stats[:, 0].double(), ref_stats[:, 0], rtol=tol, atol=tol)
+    torch.testing.assert_close(g.double(), ref_g, rtol=tol, atol=tol * ref_g.abs().max().item())
+    assert torch.equal(xi, g)
+    if kind != "probs":
+        assert (g[2] == 0).all()

@@ -368,7 +368,8 @@ def test_fuzz_triton(interpreted_triton, case):
 @given(case=cases())
 def test_fuzz_cuda_emu(case):
     """The CUDA kernels on the emulator (docs/CUDA_EMU.md), every other case on the small device
-    profile (2 SMs, 16 KB of shared memory: grid-stride loops, partial row caches)."""
+    profile (2 SMs, 16 KB of shared memory: grid-stride loops, partial row caches) whatever the
+    test seed's profile."""
     from hardloss_cuda import _library
 
     emu = _library.CUDA_EMU

@@ -4,8 +4,9 @@
 // groups, warp rows, block rows up to 1024 threads, streaming rows with a full and a partial
 // row cache; fp64, fp32, fp16, bf16; rows that are misaligned or whose C is not a multiple of
 // the 16-byte vector; one-hot rows (k = 1 and not, class weights, ignored and bad labels), label
-// smoothing, probability targets, mixtures; fwd with and without the gradient, shard_stats's
-// raw statistics, bwd and bwd_inplace (bitwise the same), rows with a zero incoming gradient.
+// smoothing, probability targets, mixtures; softcap and a logsumexp gradient; fwd with and
+// without the gradient, shard_stats's raw statistics, bwd and bwd_inplace (bitwise the same),
+// rows with a zero incoming gradient.
 // Run by CTest under AddressSanitizer and UBSan (`make emu-sanitize`): memory errors abort.
 // Usage: test_emu_kernels [seed]
 #include <algorithm>
@@ -44,6 +45,7 @@ struct Elem<float> {
   static float from(double x) { return static_cast<float>(x); }
   static double to(float x) { return x; }
   static constexpr double kTol = 2e-5;
+  static constexpr double kTiny = 1.4e-45;  // the smallest subnormal: the rounding of a tiny output
 };
 template <>
 struct Elem<double> {
@@ -53,6 +55,7 @@ struct Elem<double> {
   static double from(double x) { return x; }
   static double to(double x) { return x; }
   static constexpr double kTol = 1e-11;
+  static constexpr double kTiny = 4.9e-324;
 };
 template <>
 struct Elem<__half> {
@@ -62,6 +65,7 @@ struct Elem<__half> {
   static __half from(double x) { return __float2half_rn(static_cast<float>(x)); }
   static double to(__half x) { return __half2float(x); }
   static constexpr double kTol = 2e-3;
+  static constexpr double kTiny = 6e-8;
 };
 template <>
 struct Elem<__nv_bfloat16> {
@@ -71,6 +75,7 @@ struct Elem<__nv_bfloat16> {
   static __nv_bfloat16 from(double x) { return __float2bfloat16_rn(static_cast<float>(x)); }
   static double to(__nv_bfloat16 x) { return __bfloat162float(x); }
   static constexpr double kTol = 1.6e-2;
+  static constexpr double kTiny = 9.2e-41;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -93,16 +98,19 @@ struct Case {
   Kind kind;
   double k;
   bool misaligned;  // the logits (and probabilities) start one element past a 16-byte boundary
+  double cap;       // softcap (0: off)
+  bool lse_grad;    // bwd with a logsumexp gradient
 };
 
 // The oracle's view of a row's target: q_j (class weights folded in), or the one-hot label.
 struct Inputs {
-  std::vector<double> z;       // (N, C), the logits as the kernel reads them
+  std::vector<double> z;       // (N, C), the logits as the kernel reads them (capped)
   std::vector<int64_t> y;      // (N,) or empty
   std::vector<double> probs;   // (N, C) or empty, as the kernel reads them
   std::vector<double> weight;  // (C,) or empty
   std::vector<double> mix;     // (C, C) or empty
   std::vector<double> gl;      // (N,)
+  std::vector<double> g_lse;   // (N,) or empty
   double s = 0;
   int64_t ignore = -100;
 };
@@ -180,9 +188,9 @@ RowRef oracle_row(const Inputs& in, int64_t i, int64_t C, double k) {
 // ---------------------------------------------------------------------------------------
 void fail(const std::string& what, const Case& c, const char* type, const char* profile) {
   if (++g_failures <= 30) {
-    std::fprintf(stderr, "FAILED %s: %s N=%lld C=%lld %s k=%g%s, profile %s\n", what.c_str(), type,
+    std::fprintf(stderr, "FAILED %s: %s N=%lld C=%lld %s k=%g%s softcap %g%s, profile %s\n", what.c_str(), type,
                  static_cast<long long>(c.N), static_cast<long long>(c.C), kind_name(c.kind), c.k,
-                 c.misaligned ? " misaligned" : "", profile);
+                 c.misaligned ? " misaligned" : "", c.cap, c.lse_grad ? " grad_lse" : "", profile);
   }
 }
 
@@ -208,7 +216,7 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   in.z.resize(N * C);
   for (int64_t e = 0; e < N * C; ++e) {
     zbuf[off + e] = E::from(3 * normal(rng));
-    in.z[e] = E::to(zbuf[off + e]);
+    in.z[e] = softcap_value(E::to(zbuf[off + e]), c.cap);
   }
   std::vector<S> pbuf;
   std::vector<A> wbuf, mbuf;
@@ -249,8 +257,13 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     }
   }
   in.gl.resize(N);
-  std::vector<A> glbuf(N);
+  std::vector<A> glbuf(N), glsebuf;
   for (int64_t i = 0; i < N; ++i) in.gl[i] = glbuf[i] = static_cast<A>(i % 5 == 2 ? 0.0 : normal(rng));
+  if (c.lse_grad) {
+    in.g_lse.resize(N);
+    glsebuf.resize(N);
+    for (int64_t i = 0; i < N; ++i) in.g_lse[i] = glsebuf[i] = static_cast<A>(i % 5 == 2 && i % 2 ? 0.0 : normal(rng));
+  }
 
   cuda::TargetParams tg;
   tg.target = in.y.empty() ? nullptr : in.y.data();
@@ -263,7 +276,7 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   // Outputs of exactly their size, NaN-filled: AddressSanitizer sees a write past them, and an
   // element the kernels never write stays NaN.
   std::vector<A> loss(N, NAN), stats(N * kStatsCols, NAN), loss2(N, NAN), stats2(N * kStatsCols, NAN);
-  cuda::FwdParams fp{zbuf.data() + off, tg, loss.data(), stats.data(), N, C, c.k, true, false};
+  cuda::FwdParams fp{zbuf.data() + off, tg, loss.data(), stats.data(), N, C, c.k, true, false, c.cap};
   if (cuda::launch_fwd(fp, E::kType, nullptr) != cudaSuccess) return fail("fwd launch", c, E::kName, prof);
   cuda::FwdParams fp2 = fp;
   fp2.loss = loss2.data();
@@ -272,7 +285,8 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   if (cuda::launch_fwd(fp2, E::kType, nullptr) != cudaSuccess) return fail("fwd launch", c, E::kName, prof);
 
   std::vector<S> grad(N * C, E::from(NAN));
-  cuda::BwdParams bp{glbuf.data(), zbuf.data() + off, grad.data(), tg, stats.data(), N, C, c.k};
+  cuda::BwdParams bp{glbuf.data(), zbuf.data() + off, grad.data(), tg, stats.data(), N, C, c.k, c.cap,
+                     glsebuf.empty() ? nullptr : glsebuf.data()};
   if (cuda::launch_bwd(bp, E::kType, nullptr) != cudaSuccess) return fail("bwd launch", c, E::kName, prof);
   std::vector<S> inplace = zbuf;
   cuda::BwdParams bpi = bp;
@@ -292,7 +306,9 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     if (cuda::launch_fwd(rp, E::kType, nullptr) != cudaSuccess) return fail("shard_stats launch", c, E::kName, prof);
   }
 
-  const double tol = E::kTol * (c.k != 1 && !onehot ? 10 : 1);
+  // k != 1 soft rows amplify the rounding of eps; the softcap's slope 1 - (z_c / c)^2 cancels
+  // near |z_c| = c (its error is ~4 u absolute, relative to a small slope).
+  const double tol = E::kTol * (c.k != 1 && !onehot ? 10 : 1) * (c.cap != 0 ? 10 : 1);
   const double acc_tol = sizeof(A) == 8 ? 1e-11 : 2e-5;
   for (int64_t i = 0; i < N; ++i) {
     const RowRef r = oracle_row(in, i, C, c.k);
@@ -303,16 +319,21 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     for (int col = 2; col < kStatsCols; ++col) {
       if (stats2[i * kStatsCols + col] != 0) fail("stats without the gradient: column 2.. not 0", c, E::kName, prof);
     }
+    // row_math.h's finish_grad on the oracle's f, at the capped logit (what the kernels read)
+    const double g_lse = in.g_lse.empty() ? 0.0 : in.g_lse[i];
+    const bool ignored = !in.y.empty() && in.y[i] == in.ignore;
+    std::vector<double> want_row(C);
     double scale = 0;
     for (int64_t j = 0; j < C; ++j) {
-      if (std::isfinite(r.f[j])) scale = std::max(scale, std::fabs(in.gl[i] * r.f[j]));
+      want_row[j] = ignored ? 0.0 : finish_grad(in.gl[i] * r.f[j], in.z[i * C + j], g_lse, r.lse, 0.0, c.cap);
+      if (std::isfinite(want_row[j])) scale = std::max(scale, std::fabs(want_row[j]));
     }
     for (int64_t j = 0; j < C; ++j) {
-      const double want = in.gl[i] * r.f[j], got = E::to(grad[i * C + j]);
-      const bool exact_zero = in.gl[i] == 0 && std::isfinite(r.lse);
-      const bool ok = std::isnan(r.f[j]) ? std::isnan(got)
+      const double want = want_row[j], got = E::to(grad[i * C + j]);
+      const bool exact_zero = ignored || (in.gl[i] == 0 && g_lse == 0 && std::isfinite(r.lse));
+      const bool ok = std::isnan(want) ? std::isnan(got)
                       : exact_zero        ? got == 0
-                                          : std::fabs(got - want) <= tol * (std::fabs(want) + scale) + 1e-30;
+                                          : std::fabs(got - want) <= tol * (std::fabs(want) + scale) + E::kTiny;
       if (!ok) {
         fail("grad row " + std::to_string(i) + " class " + std::to_string(j) + ": got " + std::to_string(got) +
                  " want " + std::to_string(want),
@@ -322,7 +343,7 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     }
     if (onehot) {
       const A* st = &raw[i * kStatsCols];
-      if (!close(st[0], r.raw.m, 1e-30) || !close(st[1], r.raw.s1, acc_tol * 4) || !close(st[2], r.raw.sk, acc_tol * 4))
+      if (!close(st[0], r.raw.m, c.cap != 0 ? acc_tol : 0.0) || !close(st[1], r.raw.s1, acc_tol * 4) || !close(st[2], r.raw.sk, acc_tol * 4))
         fail("shard_stats row " + std::to_string(i), c, E::kName, prof);
     }
   }
@@ -353,7 +374,7 @@ void run_type(std::mt19937_64& rng) {
     const int64_t N = C <= 1024 ? 37 : C <= 8192 ? 5 : 3;  // 37: a partly empty last block
     for (Kind kind : {Kind::kOneHot, Kind::kWeighted, Kind::kSmooth, Kind::kProbs, Kind::kMixture}) {
       if (kind == Kind::kMixture && C > 1024) continue;
-      Case c{N, C, kind, ks[n % 3], (n % 2) == 1};
+      Case c{N, C, kind, ks[n % 3], (n % 2) == 1, n % 4 == 3 ? 2.5 : 0.0, n % 3 != 1};
       ++n;
       run_case<S>(c, rng);
     }
