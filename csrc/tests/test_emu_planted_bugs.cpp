@@ -156,6 +156,29 @@ int run(const std::string& bug) {
     expect_success(launch_kernel<planted_global_past_end>(1u, 64u, 0, nullptr, small.data(), 63), "global");
     check(small[62] == 1.0f, "global value");
   }
+  if (bug == "clean") {
+    // What the device refuses at launch comes back as its error code, as cudaGetLastError would.
+    check(launch_kernel<planted_warp_sum>(1u, 2048u, 0, nullptr, in.data(), out.data(), 0) ==
+              cudaErrorInvalidConfiguration, "a block of 2048 threads");
+    check(launch_kernel<planted_warp_sum>(0u, 32u, 0, nullptr, in.data(), out.data(), 0) ==
+              cudaErrorInvalidConfiguration, "an empty grid");
+    const size_t big = 64 * 1024;  // above the 48 KB a kernel gets without opting in
+    check(launch_kernel<planted_shared_index>(1u, 128u, big, nullptr, out.data(), 0) == cudaErrorInvalidValue,
+          "64 KB of dynamic shared memory without opting in");
+    expect_success(cudaFuncSetAttribute(planted_shared_index, cudaFuncAttributeMaxDynamicSharedMemorySize, int(big)),
+                   "opting in to 64 KB on the h100 profile");
+    expect_success(launch_kernel<planted_shared_index>(1u, 128u, big, nullptr, out.data(), 0), "64 KB, opted in");
+    check(cudaFuncSetAttribute(planted_shared_index, cudaFuncAttributeMaxDynamicSharedMemorySize, 300 * 1024) ==
+              cudaErrorInvalidValue, "more than the h100 profile's 227 KB");
+    check(cudaSetDevice(1) == cudaSuccess, "the small profile");
+    check(cudaFuncSetAttribute(planted_shared_index, cudaFuncAttributeMaxDynamicSharedMemorySize, int(big)) ==
+              cudaErrorInvalidValue, "more than the small profile's 16 KB");
+    int sms = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 1) == cudaSuccess && sms == 2, "2 SMs");
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrClockRate, 1) == cudaErrorInvalidValue, "an unmodelled attribute");
+    check(cudaSetDevice(2) == cudaErrorInvalidDevice, "no third profile");
+    check(cudaSetDevice(0) == cudaSuccess, "back to h100");
+  }
   std::fprintf(stderr, "%s: no error reported\n", bug.c_str());
   return 0;
 }
