@@ -30,7 +30,8 @@ EMU = _library.CUDA_EMU
 pytestmark = pytest.mark.skipif(EMU is None, reason="the emulated CUDA backend is not built")
 
 DTYPES = {torch.float32: "float", torch.float64: "double", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
-PROFILES = {"h100": dict(sms=132, optin=227 * 1024, per_sm=228 * 1024), "small": dict(sms=2, optin=16 * 1024, per_sm=34 * 1024)}
+PROFILES = {"h100": dict(sms=132, optin=227 * 1024, per_sm=228 * 1024),
+            "small": dict(sms=2, optin=16 * 1024, per_sm=34 * 1024)}
 
 
 @contextmanager

@@ -21,7 +21,9 @@ cudaError_t launch_reg(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t st
   // A few waves of resident blocks; the blocks stride over the remaining row groups.
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
   const unsigned grid = static_cast<unsigned>(std::min(groups, cap));
-  if (!SOFT && a.k_is_one) return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT>>(grid, BLOCK, 0, stream, a);
+  if (!SOFT && a.k_is_one) {
+    return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT>>(grid, BLOCK, 0, stream, a);
+  }
   return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, false>>(grid, BLOCK, 0, stream, a);
 }
 

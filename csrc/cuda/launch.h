@@ -4,9 +4,10 @@
 //
 // Contract (hardloss_cuda/_schema.py): the forward reads the logits once and keeps kStatsCols
 // numbers per row (stats); the backward reads the logits again and writes the gradient once, scaled by
-// grad_loss, with the logsumexp's gradient and the softcap fused in. Pointers are raw and untyped; `dtype` says what the logits are. The accumulation
-// type ("acc") is double for float64 logits and float otherwise: loss, stats, weight, mixture
-// and grad_loss are in acc, the gradient and probability targets in the logits' dtype.
+// grad_loss, with the logsumexp's gradient and the softcap fused in. Pointers are raw and
+// untyped; `dtype` says what the logits are. The accumulation type ("acc") is double for
+// float64 logits and float otherwise: loss, stats, weight, mixture, grad_loss and grad_lse are
+// in acc, the gradient and probability targets in the logits' dtype.
 // Every tensor is contiguous and on the current device. The launchers only enqueue work on
 // `stream` (no allocation, no host synchronisation: capturable in a CUDA graph) and return
 // cudaGetLastError() after the launch; N == 0 launches nothing.

@@ -177,7 +177,8 @@ RowRef oracle_row(const Inputs& in, int64_t i, int64_t C, double k) {
     }
   }
   r.loss = soft_loss_value(csum_value(loss), t, m, log_s);
-  const SoftRow<double> sr = k != 1 ? soft_row_finalize(es, rest, t, star, k, r.lse) : soft_row_k1(rest, t, star, r.lse);
+  const SoftRow<double> sr =
+      k != 1 ? soft_row_finalize(es, rest, t, star, k, r.lse) : soft_row_k1(rest, t, star, r.lse);
   const LseSplit<double> sp = lse_split(ls);
   for (int64_t j = 0; j < C; ++j) r.f[j] = soft_fj(sr, z[j], sp.hi, sp.lo, q(j), k);
   return r;
@@ -252,7 +253,8 @@ void run_case(const Case& c, std::mt19937_64& rng) {
       double sum = 0;
       for (int64_t b = 0; b < C; ++b) sum += in.mix[a * C + b] = a == b ? 0 : unif(rng);
       for (int64_t b = 0; b < C; ++b) {
-        in.mix[a * C + b] = mbuf[a * C + b] = static_cast<A>((a == b ? 0.8 : 0.0) + 0.2 * in.mix[a * C + b] / (sum > 0 ? sum : 1));
+        const double v = (a == b ? 0.8 : 0.0) + 0.2 * in.mix[a * C + b] / (sum > 0 ? sum : 1);
+        in.mix[a * C + b] = mbuf[a * C + b] = static_cast<A>(v);
       }
     }
   }
@@ -292,7 +294,9 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   cuda::BwdParams bpi = bp;
   bpi.logits = bpi.out = inplace.data() + off;
   if (cuda::launch_bwd(bpi, E::kType, nullptr) != cudaSuccess) return fail("bwd_inplace launch", c, E::kName, prof);
-  if (std::memcmp(inplace.data() + off, grad.data(), N * C * sizeof(S)) != 0) fail("bwd_inplace != bwd", c, E::kName, prof);
+  if (std::memcmp(inplace.data() + off, grad.data(), N * C * sizeof(S)) != 0) {
+    fail("bwd_inplace != bwd", c, E::kName, prof);
+  }
 
   std::vector<A> raw(N * kStatsCols, NAN), raw_loss(N, NAN);
   const bool onehot = c.kind == Kind::kOneHot || c.kind == Kind::kWeighted;
@@ -343,7 +347,8 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     }
     if (onehot) {
       const A* st = &raw[i * kStatsCols];
-      if (!close(st[0], r.raw.m, c.cap != 0 ? acc_tol : 0.0) || !close(st[1], r.raw.s1, acc_tol * 4) || !close(st[2], r.raw.sk, acc_tol * 4))
+      if (!close(st[0], r.raw.m, c.cap != 0 ? acc_tol : 0.0) || !close(st[1], r.raw.s1, acc_tol * 4) ||
+          !close(st[2], r.raw.sk, acc_tol * 4))
         fail("shard_stats row " + std::to_string(i), c, E::kName, prof);
     }
   }

@@ -228,7 +228,8 @@ std::vector<Expected> expected() {
        true, 0},
       {"barrier_sites", {"error in kernel {anonymous}::planted_block_sum", "divergent __syncthreads: thread"}, true, 0},
       {"mask_leaves_caller_out",
-       {"error in kernel {anonymous}::planted_warp_sum", "calls __shfl_xor_sync with mask 0x0000ffff, which leaves it out"},
+       {"error in kernel {anonymous}::planted_warp_sum",
+        "calls __shfl_xor_sync with mask 0x0000ffff, which leaves it out"},
        true, 0},
       {"mask_names_absent_lanes",
        {"error in kernel {anonymous}::planted_warp_sum",
@@ -307,9 +308,10 @@ int main(int argc, char** argv) {
   const bool aborted = WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
   const bool ended_ok = want->abort ? aborted : WIFEXITED(status) && WEXITSTATUS(status) == want->code;
   if (!ended_ok) {
-    std::fprintf(stderr, "FAILED: the child %s, expected %s\n",
-                 WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : ("exit code " + std::to_string(WEXITSTATUS(status))).c_str(),
-                 want->abort ? "SIGABRT" : ("exit code " + std::to_string(want->code)).c_str());
+    const std::string got = WIFSIGNALED(status) ? strsignal(WTERMSIG(status))
+                                                : "exit code " + std::to_string(WEXITSTATUS(status));
+    const std::string wanted = want->abort ? "SIGABRT" : "exit code " + std::to_string(want->code);
+    std::fprintf(stderr, "FAILED: the child ended with %s, expected %s\n", got.c_str(), wanted.c_str());
     ok = false;
   }
   std::fprintf(stderr, "planted bug %s: %s\n", bug.c_str(), ok ? "reported as expected" : "NOT reported as expected");

@@ -51,7 +51,9 @@ uint64_t splitmix64(uint64_t x) {
 
 KernelAttrs& attrs_locked(int device, const void* kernel) {
   auto it = g_attrs.find({device, kernel});
-  if (it == g_attrs.end()) it = g_attrs.emplace(std::make_pair(device, kernel), KernelAttrs{profile(device).smem_per_block, 0}).first;
+  if (it == g_attrs.end()) {
+    it = g_attrs.emplace(std::make_pair(device, kernel), KernelAttrs{profile(device).smem_per_block, 0}).first;
+  }
   return it->second;
 }
 
