@@ -1,9 +1,13 @@
 # make bench      set up .venv from nothing (torch CPU, the package with its C++ kernels,
 #                 test/bench deps) and print the benchmark report (writes benchmarks/results/)
 # make test       same set-up, then the test suite (reference, CPU kernel, Triton kernels
-#                 under TRITON_INTERPRET=1; the CUDA tests skip without a GPU)
+#                 under TRITON_INTERPRET=1, the CUDA kernels on the emulated backend cuda_emu;
+#                 the tests that need a GPU skip without one)
 # make cmake-test standalone CMake build of the torch-free core + CTest, and every .cu
-#                 compiled for sm_80 and sm_90 when nvcc is found
+#                 compiled for sm_80 and sm_90 when nvcc is found, and the CUDA emulator's
+#                 planted-bug tests
+# make emu-sanitize the CUDA kernels on the emulator (torch-free CTest) and the planted bugs
+#                 under AddressSanitizer + UBSan
 # make cuda-build the CUDA wheel against the CUDA torch (TORCH_CUDA_VERSION), installed into a
 #                 clean venv and checked from outside the tree (no GPU needed)
 # make wheel-cu12 the CUDA 12 wheel: Debian's CUDA 12.4 toolkit completed from the package index
@@ -26,11 +30,14 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 CHECK := build/wheel-check
 CSRC := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' 2>/dev/null)
 PYTEST_ARGS ?= -q
+# 1: make test builds and requires the emulated CUDA backend (docs/CUDA_EMU.md); it needs
+# CUDA's headers (nvcc), not a GPU. 0: without it.
+HARDLOSS_CUDA_EMU ?= 1
 # The wheel checks run from here, outside the source tree.
 OUTSIDE = $(shell mktemp -d)
 
-.PHONY: all setup test bench bench-quick cmake-test wheel-cpu wheel-cuda cuda-build cu12-toolkit \
-        wheel-cu12 cu12-build wheels clean
+.PHONY: all setup test bench bench-quick cmake-test emu-sanitize wheel-cpu wheel-cuda cuda-build \
+        cu12-toolkit wheel-cu12 cu12-build wheels clean
 
 all: test
 
@@ -41,14 +48,15 @@ $(VENV)/.deps: requirements/ci-constraints.txt
 	touch $@
 
 # The extension needs torch at build time, hence --no-build-isolation (docs/BUILDING.md).
+# HARDLOSS_CUDA_EMU=1: also the emulated CUDA backend (docs/CUDA_EMU.md), for the tests only.
 $(VENV)/.built: $(VENV)/.deps pyproject.toml setup.py $(CSRC)
-	$(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
+	HARDLOSS_CUDA_EMU=$(HARDLOSS_CUDA_EMU) $(PY) -m pip install -q $(CONSTRAINTS) --no-build-isolation -e '.[test,bench,triton]'
 	touch $@
 
 setup: $(VENV)/.built
 
 test: setup
-	HARDLOSS_REQUIRE_EXTENSION=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+	HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_REQUIRE_CUDA_EMU=$(HARDLOSS_CUDA_EMU) $(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/report.py
@@ -60,9 +68,18 @@ bench-quick: setup
 NVCC := $(shell n=$$(command -v nvcc) && if head -c2 "$$n" | grep -q '\#!'; then sed -n 's/^exec \([^ ]*nvcc\).*/\1/p' "$$n"; else echo "$$n"; fi)
 
 cmake-test:
-	cmake -S . -B build/cmake -G Ninja $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC))
+	cmake -S . -B build/cmake -G Ninja $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC) -DHL_CUDA_INCLUDE_DIR=$(dir $(NVCC))../include)
 	cmake --build build/cmake -j2
 	ctest --test-dir build/cmake --output-on-failure
+
+# The CUDA kernels on the emulator, torch-free, and the emulator's planted bugs, under
+# AddressSanitizer and UBSan (docs/CUDA_EMU.md); needs CUDA's headers, no GPU.
+emu-sanitize:
+	cmake -S . -B build/emu-sanitize -G Ninja -DHL_SANITIZE=ON -DHL_EMU_KERNELS=ON -DHL_DEVICE_COMPILE=OFF \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+	  $(if $(NVCC),-DHL_CUDA_INCLUDE_DIR=$(dir $(NVCC))../include)
+	cmake --build build/emu-sanitize -j2
+	ctest --test-dir build/emu-sanitize --output-on-failure
 
 # ---- wheels (README "Wheels") ----------------------------------------------------------
 $(CUDA_VENV)/.deps:

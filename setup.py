@@ -5,6 +5,10 @@ torch has CUDA and nvcc is found. Environment switches (README "Building"):
 
   HARDLOSS_FORCE_CUDA=1   build the CUDA kernels or fail (no silent CPU-only fallback)
   HARDLOSS_SKIP_CUDA=1    build the CPU kernels only, even with a CUDA torch and nvcc
+  HARDLOSS_CUDA_EMU=1     also build hardloss_cuda._cuda_emu, the cuda_emu backend: the CUDA
+                          kernels compiled for the host and run by an emulator (docs/CUDA_EMU.md),
+                          for tests; needs CUDA's headers, not a GPU. `make test` sets it; the
+                          release wheels never have it
   TORCH_CUDA_ARCH_LIST    GPU architectures, default below (DEFAULT_ARCHS)
   MAX_JOBS                parallel compile jobs (ninja), default: all cores
   CUDA_HOME               toolkit root; default: found from the nvcc on PATH
@@ -137,12 +141,43 @@ if WITH_CUDA:
 else:
     extension = cpp_extension.CppExtension(**ext_kwargs)
 
+def _cuda_include():
+    """The CUDA toolkit's include folder (cuda_fp16.h, cuda_bf16.h, cuda_runtime_api.h), or None."""
+    for root in (cpp_extension.CUDA_HOME, os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda_fp16.h").is_file():
+            return str(Path(root) / "include")
+    return None
+
+
+# The emulated backend: the kernels of csrc/cuda compiled for the host with the emulator of
+# csrc/cuda/emu (its own module, hidden symbols, so it never meets the device build's).
+WITH_CUDA_EMU = _flag("HARDLOSS_CUDA_EMU")
+ext_modules = [extension]
+if WITH_CUDA_EMU:
+    CUDA_INCLUDE = _cuda_include()
+    if CUDA_INCLUDE is None:
+        raise SystemExit("HARDLOSS_CUDA_EMU=1 but CUDA's headers (cuda_fp16.h) were not found: set CUDA_HOME "
+                         "or put nvcc on PATH (docs/CUDA_EMU.md), or build without HARDLOSS_CUDA_EMU")
+    ext_modules.append(cpp_extension.CppExtension(
+        name="hardloss_cuda._cuda_emu",
+        sources=_sources("csrc/cuda/emu/*.cpp") + ["csrc/checks.cpp"],
+        include_dirs=[str(ROOT / "csrc"), CUDA_INCLUDE],
+        extra_compile_args={"cxx": [
+            "-O2", "-g0", "-DHL_CUDA_EMU", "-fvisibility=hidden",
+            "-fno-strict-aliasing",  # the packs are type-punned through uint4, as CUDA code does
+            "-Wno-unknown-pragmas",  # #pragma unroll is nvcc's
+            "-DPy_LIMITED_API=0x03090000",
+        ]},
+        py_limited_api=True,
+    ))
+
 LOCAL = _local_version(WITH_CUDA)
 BUILD_INFO = {
     "version": f"{_version()}+{LOCAL}",
     "torch": torch.__version__,
     "torch_cuda": torch.version.cuda if WITH_CUDA else None,
     "with_cuda": WITH_CUDA,
+    "cuda_emu": WITH_CUDA_EMU,
     "nvcc": NVCC_VERSION if WITH_CUDA else None,
     "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None,
     "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
@@ -155,7 +190,7 @@ BUILD_INFO = {
 
 setup(
     version=BUILD_INFO["version"],
-    ext_modules=[extension],
+    ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -1,6 +1,8 @@
 """Loading what the op backends need: the compiled library (``hardloss_cuda._C`` defines
 ``hardloss_cuda::{fwd, bwd, bwd_inplace}`` and registers the CPU and, when built, CUDA
-kernels), checked against the running torch; and the Triton kernels, from beside this package.
+kernels), checked against the running torch; the emulated CUDA backend
+(``hardloss_cuda._cuda_emu``, built by ``make test`` only: docs/CUDA_EMU.md); and the Triton
+kernels, from beside this package.
 """
 
 from __future__ import annotations
@@ -34,6 +36,23 @@ def _load_compiled() -> str | None:
 
 
 C_IMPORT_ERROR: str | None = _load_compiled()
+
+
+def _load_cuda_emu():
+    """The module of the cuda_emu backend and None, or None and why it is not loaded."""
+    if C_IMPORT_ERROR is not None:
+        return None, f"the C++ extension is not built ({C_IMPORT_ERROR})"
+    if importlib.util.find_spec("hardloss_cuda._cuda_emu") is None:
+        return None, ("the emulated CUDA backend is not built (a test build: HARDLOSS_CUDA_EMU=1, as `make test` "
+                      "does; docs/CUDA_EMU.md)")
+    try:
+        return importlib.import_module("hardloss_cuda._cuda_emu"), None
+    except ImportError as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+# The emulator's controls (profiles, seed, launch log; csrc/cuda/emu/ops_emu.cpp), or None.
+CUDA_EMU, CUDA_EMU_ERROR = _load_cuda_emu()
 
 # Read once: the dispatcher query is not traceable by torch.compile, and the answer cannot
 # change after the library was loaded.

@@ -1,6 +1,8 @@
 """The ops of every backend under one schema (``_schema.py``), and which backend names which:
 
 - ``hardloss_cuda::fwd`` / ``bwd`` / ``bwd_inplace`` / ``shard_stats``: compiled (csrc/), CPU and CUDA kernels;
+- ``hardloss_cuda::cuda_emu_{fwd, bwd, bwd_inplace, shard_stats}``: the CUDA kernels on CPU tensors, run by the
+  emulator (csrc/cuda/emu, a test build only);
 - ``hardloss_cuda::reference_{fwd, bwd, bwd_inplace, shard_stats}``: ``reference.fwd`` / ``bwd``, any device;
 - ``hardloss_cuda::triton_{fwd, bwd, bwd_inplace, shard_stats}``: ``triton_kernels.launch`` (imported under a
   private name, ``_library.triton_launch``).
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._library import C_IMPORT_ERROR, triton_launch
+from ._library import C_IMPORT_ERROR, CUDA_EMU, triton_launch
 from ._schema import BWD_ARGS, BWD_INPLACE_ARGS, FWD_ARGS, SHARD_STATS_ARGS
 
 _lib = torch.library.Library("hardloss_cuda", "FRAGMENT")
@@ -49,6 +51,8 @@ _define("triton", {op: _triton(op) for op in ("fwd", "bwd", "bwd_inplace", "shar
 OPS = {b: (f"{b}_fwd", f"{b}_bwd", f"{b}_bwd_inplace") for b in ("reference", "triton")}
 if C_IMPORT_ERROR is None:
     OPS.update(cpu=("fwd", "bwd", "bwd_inplace"), cuda=("fwd", "bwd", "bwd_inplace"))
+if CUDA_EMU is not None:
+    OPS["cuda_emu"] = ("cuda_emu_fwd", "cuda_emu_bwd", "cuda_emu_bwd_inplace")
 
 
 def fwd_op(backend: str):

@@ -2,7 +2,8 @@
 
 ``backend="auto"`` (or the environment variable ``HARDLOSS_BACKEND`` when the call says
 "auto") picks, for CPU tensors, the fused C++ kernel and else the reference; for CUDA
-tensors the CUDA kernel, else Triton, else the reference.
+tensors the CUDA kernel, else Triton, else the reference. ``cuda_emu`` (the CUDA kernels run
+by an emulator on CPU tensors, docs/CUDA_EMU.md) is a test backend: only asked for by name.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from . import _library, _version_check
 
-BACKENDS = ("cuda", "triton", "cpu", "reference")
+BACKENDS = ("cuda", "triton", "cpu", "cuda_emu", "reference")
 
 
 # Looked up once: importlib's finder cannot be traced by torch.compile, and resolve() runs
@@ -40,6 +41,8 @@ def unavailable_reasons() -> dict[str, str]:
         reasons["cuda"] = "the extension was built without CUDA kernels"
     if "cuda" not in reasons and not torch.cuda.is_available():
         reasons["cuda"] = "no CUDA GPU is available"
+    if _library.CUDA_EMU_ERROR is not None:
+        reasons["cuda_emu"] = _library.CUDA_EMU_ERROR
     triton = _triton_reason()
     if triton:
         reasons["triton"] = triton
@@ -68,6 +71,8 @@ def resolve(backend: str, device: torch.device) -> str:
         raise RuntimeError(f"backend 'cpu' runs on CPU tensors; input is on {device}")
     if backend == "cuda" and device.type != "cuda":
         raise RuntimeError(f"backend 'cuda' runs on CUDA tensors; input is on {device}")
+    if backend == "cuda_emu" and device.type != "cpu":
+        raise RuntimeError(f"backend 'cuda_emu' (the CUDA kernels, emulated) runs on CPU tensors; input is on {device}")
     if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("backend 'triton' runs on CPU tensors only under TRITON_INTERPRET=1")
     return backend

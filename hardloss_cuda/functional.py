@@ -123,7 +123,7 @@ def cross_entropy(
         inplace_backward: write the gradient into ``input``'s storage during the backward pass
             (saves an (N, C) buffer; ``input`` is overwritten and must not be used afterwards).
         backend: "auto", "cuda", "triton", "cpu" or "reference" (``HARDLOSS_BACKEND``
-            overrides "auto").
+            overrides "auto"); "cuda_emu" in a test build (docs/CUDA_EMU.md).
     """
     ignore_index = scalar_arg(ignore_index, "ignore_index", int)
     label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)

@@ -6,6 +6,8 @@
 # It builds from a copy of the work tree (tracked and new files, not ignored ones): an
 # in-tree build would overwrite the editable install's _C*.so and _build_info.json.
 set -euo pipefail
+# The emulated CUDA backend is a test build (docs/CUDA_EMU.md): never in a wheel.
+unset HARDLOSS_CUDA_EMU
 PYTHON=${1:?usage: build_wheel.sh PYTHON OUT_DIR}
 # absolute, but not through the venv's symlink (that would leave the venv)
 [[ $PYTHON == */* ]] && PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")

@@ -43,13 +43,15 @@ def check_mismatch() -> None:
 
 
 def check_packaging(expect: str) -> None:
-    """abi3 tag, no bundled shared library, and the needed libraries resolved by torch's
-    install (readelf -d)."""
+    """abi3 tag, no bundled shared library (nor the emulated CUDA backend's), and the needed
+    libraries resolved by torch's install (readelf -d)."""
     dist = importlib.metadata.distribution("hardloss_cuda")
     tags = [line.split(":", 1)[1].strip() for line in dist.read_text("WHEEL").splitlines() if line.startswith("Tag:")]
     if not tags or not all(re.fullmatch(r"cp3\d+-abi3-\w+", t) for t in tags):
         _fail(f"wheel tags {tags}: expected one cp3X-abi3 wheel for every CPython")
     libs = [f for f in dist.files if re.search(r"\.so(\.|$)", f.name)]
+    if any(f.name.startswith("_cuda_emu") for f in libs):
+        _fail("the wheel ships hardloss_cuda._cuda_emu, the emulated CUDA backend: a test build only")
     if [f.name for f in libs] != [next(f.name for f in libs if f.name.startswith("_C."))]:
         _fail(f"the wheel bundles shared libraries besides its own: {[str(f) for f in libs]}")
     so = Path(dist.locate_file(libs[0]))

@@ -6,7 +6,7 @@ Paths: forward warp-per-row (small C), row in registers (medium C), streaming (l
 soft path (smoothing, mixture, probabilities; at k = 1 rows whose dominant class takes f* from
 the others) with and without compute_grad; backward tiles (sub-warp, warp, several tiles per
 row), bwd_inplace; odd and unaligned C, bad and ignored labels, rows with a zero incoming
-gradient.
+gradient; the fused softcap and logsumexp gradient; shard_stats.
 """
 
 import torch
@@ -23,21 +23,30 @@ def same(a, b):
     return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
 
 
-def check(x, target, W=None, s=0.0, k=0.5):
-    loss, stats = fwd(x, target, None, W, -100, s, k, True)
-    gl = torch.rand(x.shape[0], device="cuda", dtype=reference.acc_dtype(x.dtype))
-    gl[::3] = 0  # rows with a zero incoming gradient: written, not read
-    g = bwd(gl, x, target, None, W, stats, -100, s, k)
+def check(x, target, W=None, s=0.0, k=0.5, cap=0.0, lse=False):
+    """cap: softcap; lse: a logsumexp gradient too (both fused into the kernels)."""
+    loss, stats = fwd(x, target, None, W, -100, s, k, True, cap)
+    acc = reference.acc_dtype(x.dtype)
+    gl = torch.rand(x.shape[0], device="cuda", dtype=acc)
+    gl[::3] = 0  # rows with a zero incoming gradient: written, not read (unless g_lse != 0)
+    g_lse = torch.randn(x.shape[0], device="cuda", dtype=acc) if lse else None
+    g = bwd(gl, x, target, None, W, stats, -100, s, k, cap, g_lse)
     t = target.double().cpu() if target.is_floating_point() else target.cpu()
-    rl, rg, rlse = reference.rows(x.double().cpu(), t, None, None if W is None else W.double().cpu(), -100, s, k)
-    expected = gl.double().cpu()[:, None] * rg
+    W64 = None if W is None else W.double().cpu()
+    rl, rstats = reference.fwd(x.double().cpu(), t, None, W64, -100, s, k, True, cap)
+    expected = reference.bwd(gl.double().cpu(), x.double().cpu(), t, None, W64, rstats, -100, s, k, cap,
+                             None if g_lse is None else g_lse.double().cpu())
     ok = lambda a, b: torch.allclose(a.double().cpu(), b, rtol=2e-2, atol=2e-2 * max(1.0, b.abs().max().item()), equal_nan=True)
-    assert ok(loss, rl) and ok(stats[:, 0], rlse) and ok(g, expected), (tuple(x.shape), x.dtype, k, s, W is not None)
-    loss2, stats2 = fwd(x, target, None, W, -100, s, k, False)
+    assert ok(loss, rl) and ok(stats[:, 0], rstats[:, 0]) and ok(g, expected), \
+        (tuple(x.shape), x.dtype, k, s, W is not None, cap, lse)
+    loss2, stats2 = fwd(x, target, None, W, -100, s, k, False, cap)
     assert same(loss2, loss) and same(stats2[:, 0], stats[:, 0])
     xi = x.clone()
-    bwd_inplace(gl, xi, target, None, W, stats, -100, s, k)
+    bwd_inplace(gl, xi, target, None, W, stats, -100, s, k, cap, g_lse)
     assert same(xi, g)
+    if not target.is_floating_point() and W is None and s == 0.0:
+        st = torch.ops.hardloss_cuda.shard_stats(x, target, k, cap)
+        assert ok(st, reference.shard_stats(x.double().cpu(), t, k, cap))
 
 
 def main():
@@ -53,6 +62,8 @@ def main():
             y_ok = y.clone()
             y_ok[1] = 0
             check(x, y_ok, s=0.1)
+            check(x, y, cap=2.5, lse=True)
+            check(x, y_ok, s=0.1, k=1.0, cap=3.0, lse=True)
             # k = 1 with q* >= 15/16 t: the dominant class's f* from the others (fwd pass B)
             check(x, y_ok, s=0.01, k=1.0)
             check(x, torch.nn.functional.one_hot(y_ok.clamp_min(0), C).to(dtype), k=1.0)

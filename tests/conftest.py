@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import hardloss_cuda
+from hardloss_cuda import _library
 
 # Every test that takes `backend, device` runs once per backend that can run here; the
 # reference stays the oracle. Triton is covered by test_triton_interpreter.py on the CPU.
@@ -12,24 +13,30 @@ _avail = hardloss_cuda.available_backends()
 # quietly narrowing the suite to the reference.
 if os.environ.get("HARDLOSS_REQUIRE_EXTENSION") == "1" and "cpu" not in _avail:
     raise RuntimeError(f"HARDLOSS_REQUIRE_EXTENSION=1 but: {hardloss_cuda.unavailable_reasons()['cpu']}")
+# ... and the emulated CUDA backend (docs/CUDA_EMU.md), unless built without it on purpose.
+if os.environ.get("HARDLOSS_REQUIRE_CUDA_EMU") == "1" and "cuda_emu" not in _avail:
+    raise RuntimeError(f"HARDLOSS_REQUIRE_CUDA_EMU=1 but: {hardloss_cuda.unavailable_reasons()['cuda_emu']}")
 # `make wheels` runs this suite against the installed wheel, from outside the source tree.
 if os.environ.get("HARDLOSS_EXPECT_INSTALLED") == "1" and "site-packages" not in hardloss_cuda.__file__:
     raise RuntimeError(f"HARDLOSS_EXPECT_INSTALLED=1 but hardloss_cuda comes from {hardloss_cuda.__file__}")
-BACKEND_DEVICES = [(b, "cpu") for b in ("reference", "cpu") if b in _avail]
+BACKEND_DEVICES = [(b, "cpu") for b in ("reference", "cpu", "cuda_emu") if b in _avail]
 if torch.cuda.is_available():
     BACKEND_DEVICES += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _avail]
 
 
 def api_backends():
     """BACKEND_DEVICES plus Triton on CPU tensors when it runs interpreted here (the calling
-    module sets TRITON_INTERPRET=1 before triton is imported): the backends of the API tests
-    (test_linear, test_lm_options, test_func), parametrized as `backend, device`."""
+    module sets TRITON_INTERPRET=1 before triton is imported) and the emulated CUDA kernels
+    (cuda_emu): the backends of the API tests (test_linear, test_lm_options, test_func),
+    parametrized as `backend, device`."""
     import importlib.util
 
     avail = hardloss_cuda.available_backends()  # now: Triton's availability follows TRITON_INTERPRET
     bds = [(b, "cpu") for b in ("reference", "cpu") if b in avail]
     if "triton" in avail and os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("numpy"):
         bds.append(("triton", "cpu"))
+    if "cuda_emu" in avail:
+        bds.append(("cuda_emu", "cpu"))
     if torch.cuda.is_available():
         bds += [(b, "cuda") for b in ("cuda", "triton") if b in avail]
     return pytest.mark.parametrize("backend,device", bds, ids=[f"{b}-{d}" for b, d in bds])
@@ -52,6 +59,9 @@ def _fresh_seed(request):
     # Fresh inputs every run, reproducible from the printed seed when a test fails.
     seed = int(os.environ.get("HARDLOSS_TEST_SEED", torch.seed() % 2**31))
     torch.manual_seed(seed)
+    if _library.CUDA_EMU is not None:  # the emulator's block and thread orders, and its device
+        _library.CUDA_EMU.set_seed(seed)  # profile: over the runs, every test sees both
+        _library.CUDA_EMU.set_profile("small" if seed % 2 else "h100")
     request.node.user_properties.append(("seed", seed))
     yield
 

@@ -1,7 +1,7 @@
 """The op contract (hardloss_cuda/_schema.py, docs/ROW_MATH.md), one suite for every backend
 that can run here: reference and the compiled CPU kernel on CPU tensors, Triton under the
-interpreter on CPU tensors, and on a GPU the CUDA kernels, Triton and the reference on CUDA
-tensors. The ops are called directly (``fwd``, ``bwd``, ``bwd_inplace``), so also the rows the
+interpreter on CPU tensors, the CUDA kernels on the emulator (cuda_emu) on CPU tensors, and on a
+GPU the CUDA kernels, Triton and the reference on CUDA tensors. The ops are called directly (``fwd``, ``bwd``, ``bwd_inplace``), so also the rows the
 Python API would refuse (labels out of range) are covered. One tolerance rule for all
 (``assert_close_to_truth``); the per-backend files keep only what is specific to a backend's
 launch (path choice by C, alignment, CUDA graphs, the Triton plan).
@@ -28,6 +28,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_s
 BACKENDS = [(b, "cpu") for b in ("reference", "cpu") if b in _AVAIL]
 if "triton" in _AVAIL and _INTERPRET:
     BACKENDS.append(("triton", "cpu"))
+if "cuda_emu" in _AVAIL:
+    BACKENDS.append(("cuda_emu", "cpu"))
 if torch.cuda.is_available():
     BACKENDS += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _AVAIL]
 
@@ -40,10 +42,11 @@ pytestmark = [
 KINDS = ["onehot", "onehot_w", "smooth", "mixture", "probs_w"]
 
 
-def row_lengths(device):
-    """Row lengths for the edge cases: on a GPU also the CUDA kernels' other paths (sub-warp,
-    block and streaming rows, csrc/cuda/fwd_kernels.cuh); the interpreter stays small."""
-    return [37, 1000] + ([5000, 70000] if device == "cuda" else [])
+def row_lengths(backend, device):
+    """Row lengths for the edge cases: for the CUDA kernels (on a GPU or emulated) also their
+    other paths (sub-warp, block and streaming rows, csrc/cuda/fwd_kernels.cuh); the
+    interpreter stays small."""
+    return [37, 1000] + ([5000, 70000] if device == "cuda" or backend == "cuda_emu" else [])
 # |got - truth| <= RTOL |truth| + max(FLOOR, m max|baseline - truth|): the baseline is the
 # reference at the working precision, so ill-conditioned elements and bf16 / fp16 rounding
 # are judged against what the same math in PyTorch gets. m = 2 for the loss and the k = 1
@@ -137,6 +140,13 @@ def check(backend, x, target, w, W, ignore_index, s, k, gl):
     assert bwd_inplace(gl, buf, target, w, W, stats, ignore_index, s, k) is None
     assert torch.equal(buf.isnan(), grad.isnan()) and torch.equal(buf.nan_to_num(), grad.nan_to_num())
 
+    # A logsumexp gradient of zeros (what autograd hands every backward when nothing uses the
+    # lse) changes nothing. The emulated CUDA backend found the CUDA glue composing it with ATen
+    # ops on a float copy of the logits, and launching the float kernel on fp16 / bf16
+    # probability targets (read as float: wrong gradients, reads past their end).
+    g0 = bwd(gl, x, target, w, W, stats, ignore_index, s, k, 0.0, torch.zeros_like(gl))
+    assert torch.equal(g0.isnan(), grad.isnan()) and torch.equal(g0.nan_to_num(), grad.nan_to_num())
+
     loss2, stats2 = fwd(x, target, w, W, ignore_index, s, k, False)
     assert torch.equal(loss2.nan_to_num(), loss.nan_to_num()) and torch.equal(stats2[:, 0].nan_to_num(),
                                                                              stats[:, 0].nan_to_num())
@@ -162,7 +172,7 @@ def test_matches_reference(backend, device, kind, dtype, C):
 def test_bad_label_gives_nan_row(backend, device, kind):
     """Labels outside [0, C) give a NaN loss and gradient row and are never used as an index
     (the Python API raises first); ignored rows are 0; the other rows are unaffected."""
-    for C in row_lengths(device):
+    for C in row_lengths(backend, device):
         if kind != "mixture" or C <= 5000:
             _bad_label_rows(backend, device, kind, C)
 
@@ -199,11 +209,39 @@ def test_ignored_rows_are_zero_whatever_their_logits_and_grad_loss(backend, devi
     assert (loss[[0, 2]] == 0).all() and (g[[0, 2]] == 0).all() and torch.isfinite(g[[1, 3, 4]]).all()
 
 
+@pytest.mark.parametrize("softcap", [0.0, 3.0])
+@pytest.mark.parametrize("s", [0.0, 0.1])
+def test_ignored_rows_are_zero_with_a_logsumexp_gradient(backend, device, s, softcap):
+    """With grad_lse (z_loss, return_lse) too, an ignored row's gradient is 0 whatever its
+    logits (-inf everywhere, NaN), and a bad label's is NaN; the other rows get g f + g_lse p,
+    as the reference. The emulated CUDA backend found the CUDA glue's composition taking p of an
+    all -inf ignored row: exp(-inf - -inf), NaN; this test, the reference zeroing ignored rows
+    before the softcap's slope, which is NaN at a NaN logit."""
+    C = 20
+    x = torch.randn(6, C, device=device) * 3
+    x[0] = float("-inf")
+    x[2, 3] = float("nan")
+    y = torch.tensor([-100, 3, -100, 7, 0, C], device=device)
+    fwd, bwd, bwd_inplace = ops(backend)
+    ref_fwd, ref_bwd, _ = ops("reference")
+    loss, stats = fwd(x, y, None, None, -100, s, 0.5, True, softcap)
+    _rloss, rstats = ref_fwd(x, y, None, None, -100, s, 0.5, True, softcap)
+    gl = torch.randn(6, device=device)
+    for g_lse in (torch.zeros(6, device=device), torch.randn(6, device=device)):
+        g = bwd(gl, x, y, None, None, stats, -100, s, 0.5, softcap, g_lse)
+        assert (g[[0, 2]] == 0).all() and torch.isnan(g[5]).all()
+        expected = ref_bwd(gl, x, y, None, None, rstats, -100, s, 0.5, softcap, g_lse)
+        torch.testing.assert_close(g[[1, 3, 4]], expected[[1, 3, 4]], rtol=1e-5, atol=1e-6)
+        buf = x.clone()
+        bwd_inplace(gl, buf, y, None, None, stats, -100, s, 0.5, softcap, g_lse)
+        assert torch.equal(buf.isnan(), g.isnan()) and torch.equal(buf.nan_to_num(), g.nan_to_num())
+
+
 @pytest.mark.parametrize("kind", ["onehot", "smooth", "probs_w"])
 def test_non_finite_logits_stay_in_their_row(backend, device, kind):
     """NaN, +inf, or a row of -inf only: NaN loss and gradient for that row (as PyTorch), also
     with a zero incoming gradient (0 * NaN); a -inf class in a finite row has probability 0."""
-    for C in row_lengths(device):
+    for C in row_lengths(backend, device):
         _non_finite_rows(backend, device, kind, C)
 
 
@@ -231,7 +269,7 @@ def test_zero_gradient_rows_are_not_read(backend, device):
     oracle rather than a fast path, reads every row: it gets the logits unchanged). An
     infinite class weight (scale not finite) is 0 * inf = NaN, as PyTorch."""
     N = 6
-    for C, kind in [(C, kind) for C in row_lengths(device) for kind in ("onehot", "smooth", "probs_w")]:
+    for C, kind in [(C, kind) for C in row_lengths(backend, device) for kind in ("onehot", "smooth", "probs_w")]:
         x = torch.randn(N, C, device=device)
         target, w, W, s = make_target(kind, N, C, device)
         fwd, bwd, _ = ops(backend)

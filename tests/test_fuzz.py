@@ -148,6 +148,23 @@ def test_fuzz_triton(interpreted_triton, case):
     check_case(case, "triton")
 
 
+@pytest.mark.skipif("cuda_emu" not in _AVAIL, reason="the emulated CUDA backend is not built")
+@fuzz(400)
+@given(case=cases())
+def test_fuzz_cuda_emu(case):
+    """The CUDA kernels on the emulator (docs/CUDA_EMU.md), every other case on the small device
+    profile (2 SMs, 16 KB of shared memory: grid-stride loops, partial row caches) whatever the
+    test seed's profile."""
+    from hardloss_cuda import _library
+
+    emu = _library.CUDA_EMU
+    previous = emu.set_profile("small" if case.seed % 2 else "h100")
+    try:
+        check_case(case, "cuda_emu")
+    finally:
+        emu.set_profile(previous)
+
+
 # ---------------------------------------------------------------------------- the oracle itself
 
 

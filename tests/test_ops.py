@@ -69,12 +69,14 @@ def test_double_backward_raises(backend, device):
 
 @pytest.mark.skipif(_library.C_IMPORT_ERROR is not None, reason="the C++ extension is not built")
 def test_compiled_schema_matches_python_schema():
-    """csrc/ops.cpp and _schema.py must agree: one schema for every backend."""
+    """csrc/ops.cpp (and the emulated backend's ops, when built) and _schema.py must agree: one
+    schema for every backend."""
     def args(schema):
         return [(a.name, str(a.type), a.alias_info is not None and a.alias_info.is_write) for a in schema.arguments]
 
+    emu = ("cuda_emu",) if _library.CUDA_EMU is not None else ()
     for compiled in ("fwd", "bwd", "bwd_inplace", "shard_stats"):
-        for python in (f"reference_{compiled}", f"triton_{compiled}"):
+        for python in [f"{b}_{compiled}" for b in ("reference", "triton") + emu]:
             c = getattr(torch.ops.hardloss_cuda, compiled).default._schema
             p = getattr(torch.ops.hardloss_cuda, python).default._schema
             assert args(c) == args(p)
@@ -88,8 +90,16 @@ def test_compiled_schema_matches_python_schema():
 def test_available_backends_and_build_info():
     avail = H.available_backends()
     assert "reference" in avail
-    assert set(avail) | set(H.unavailable_reasons()) == {"cuda", "triton", "cpu", "reference"}
+    assert set(avail) | set(H.unavailable_reasons()) == {"cuda", "triton", "cpu", "cuda_emu", "reference"}
     info = H.build_info()
     assert info["extension_loaded"] == (_library.C_IMPORT_ERROR is None)
     if info["extension_loaded"]:
         assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]
+        # the emulated CUDA backend: listed exactly when this build has it, never chosen by "auto"
+        assert ("cuda_emu" in avail) == bool(info.get("cuda_emu"))
+    from hardloss_cuda import backends
+    assert backends.resolve("auto", torch.device("cpu")) != "cuda_emu"
+    if "cuda_emu" in avail:
+        assert backends.resolve("cuda_emu", torch.device("cpu")) == "cuda_emu"
+        with pytest.raises(RuntimeError, match="runs on CPU tensors"):
+            backends.resolve("cuda_emu", torch.device("cuda"))

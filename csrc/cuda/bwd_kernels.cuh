@@ -11,9 +11,12 @@
 //                from stats and r.w_y = weight[y] (1 without weights);
 //   soft row:    f_j = soft_fj(r, z_j, lse, lse_lo, q_j, k), q_j from q_smoothed / q_mixture /
 //                q_probability, r = (t, c_pos, f_star, star) from stats.
+// Then row_math.h's finish_grad: g_lse p_j added (the incoming gradient of the row's logsumexp,
+// grad_lse), times the softcap's slope at the raw logit; z_j above is the capped one (unpack_logits).
 // Rows whose gradient does not depend on the logits are written without reading them:
 // ignored rows (0), bad labels (NaN; the label is never used as an index), and rows with
-// grad_loss == 0 and a finite lse and scale (0: rows removed by trimming cost no read).
+// grad_loss == 0, no logsumexp gradient and a finite lse and scale (0: rows removed by
+// trimming cost no read).
 //
 // Work split: a row is cut into tiles of TILE = TPR * U 16-byte vectors; a group of TPR
 // threads (a sub-warp or a warp, no reduction anywhere) takes one tile, lane l holding the
@@ -29,8 +32,6 @@
 // neither pointer is __restrict__.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 
@@ -44,6 +45,7 @@ template <typename S>
 struct BwdArgs {
   using A = acc_type<S>;
   const A* grad_loss;  // (N,)
+  const A* grad_lse;   // (N,) or nullptr
   const S* logits;     // (N, C)
   S* out;              // (N, C); may alias logits
   const A* stats;      // (N, kStatsCols)
@@ -52,6 +54,7 @@ struct BwdArgs {
   int64_t tiles_per_row;
   int C;
   A k;
+  A cap;               // softcap: 0, or c
   bool aligned;        // logits and out: C % kN == 0 and 16-byte aligned base pointers
   bool probs_aligned;  // probability targets: the same
 };
@@ -77,12 +80,14 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
     const RowInfo ri = row_info(a.tg, row);
     const A* st = a.stats + row * kStatsCols;
     const A gl = ldg(a.grad_loss + row);
+    const A g_lse = a.grad_lse != nullptr ? ldg(a.grad_lse + row) : A(0);
     const A lse = ldg(st + kColLse);
+    const A lse_lo = ldg(st + kColLseLo);
     const A scale = ldg(st + kColScale);
     S* orow = a.out + row * C;
 
     // The gradient does not depend on the logits: write it without reading them.
-    if (ri.status != kLabelValid || grad_row_is_zero(gl, lse, scale)) {
+    if (ri.status != kLabelValid || (g_lse == A(0) && grad_row_is_zero(gl, lse, scale))) {
       const A fill = ri.status != kLabelValid ? invalid_fill<A>(ri.status) : A(0);
       A f[VEC];
 #pragma unroll
@@ -102,7 +107,7 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
       OneHotRow<A> r;
       r.lse = lse;
       r.loss = A(0);  // not used here
-      r.lse_lo = ldg(st + kColLseLo);
+      r.lse_lo = lse_lo;
       r.f_y = scale;
       r.m = ldg(st + 3);
       r.log_c = ldg(st + 4);
@@ -111,18 +116,18 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int v = v0 + u * TPR + lane;
-        A f[VEC];
-        unpack(z[u], f);
+        A zr[VEC], zc[VEC], f[VEC];
+        unpack_logits(z[u], v, C, a.cap, zr, zc);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           const int j = v * VEC + e;
-          f[e] = j == ri.y ? gf_y : gl * onehot_fj(r, f[e], k);
+          const A gf = j == ri.y ? gf_y : gl * onehot_fj(r, zc[e], k);
+          f[e] = finish_grad(gf, zr[e], zc[e], g_lse, lse, lse_lo, a.cap);
         }
         store_pack_stream(orow, v, C, a.aligned, f);
       }
     } else {
       const SoftRow<A> sr = {scale, ldg(st + 3), ldg(st + 4), ldg(st + 5)};
-      const A lse_lo = ldg(st + kColLseLo);
       const S* prow = a.tg.probs != nullptr ? a.tg.probs + row * C : nullptr;
       // A mixture comes only with class indices; the label is valid here.
       const A* wrow = (a.tg.mixture != nullptr && ri.y >= 0)
@@ -136,9 +141,9 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int v = v0 + u * TPR + lane;
-        A f[VEC];
+        A zr[VEC], zc[VEC], f[VEC] = {};  // f past C is not stored
         A pr[VEC];
-        unpack(z[u], f);
+        unpack_logits(z[u], v, C, a.cap, zr, zc);
         if (prow != nullptr) {
           unpack(pq[u], pr);
         } else {
@@ -158,7 +163,7 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
             } else {
               q = q_smoothed(j == ri.y, w, a.tg.one_minus_s, a.tg.s_over_C);
             }
-            f[e] = gl * soft_fj(sr, f[e], lse, lse_lo, q, k);
+            f[e] = finish_grad(gl * soft_fj(sr, zc[e], lse, lse_lo, q, k), zr[e], zc[e], g_lse, lse, lse_lo, a.cap);
           }
         }
         store_pack_stream(orow, v, C, a.aligned, f);
@@ -182,8 +187,7 @@ cudaError_t launch_bwd_cfg(BwdArgs<S> a, const DeviceInfo& d, cudaStream_t strea
   // A few waves of resident blocks; the groups stride over the remaining tiles.
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
   const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
-  bwd_kernel<S, BLOCK, TPR, U, SOFT><<<grid, BLOCK, 0, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel<bwd_kernel<S, BLOCK, TPR, U, SOFT>>(grid, BLOCK, 0, stream, a);
 }
 
 // Tile shape by row length: the smallest group that holds a short row in one tile (sub-warp
@@ -211,6 +215,7 @@ cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream) {
   auto al16 = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % 16 == 0; };
   BwdArgs<S> a;
   a.grad_loss = static_cast<const A*>(p.grad_loss);
+  a.grad_lse = static_cast<const A*>(p.grad_lse);
   a.logits = static_cast<const S*>(p.logits);
   a.out = static_cast<S*>(p.out);
   a.stats = static_cast<const A*>(p.stats);
@@ -219,6 +224,7 @@ cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream) {
   a.tiles_per_row = 1;  // set by launch_bwd_cfg
   a.C = static_cast<int>(p.C);
   a.k = static_cast<A>(p.k);
+  a.cap = static_cast<A>(p.softcap);
   const bool c_vec = p.C % Pack<S>::kN == 0;
   a.aligned = c_vec && al16(p.logits) && al16(p.out);
   a.probs_aligned = c_vec && p.tg.probs != nullptr && al16(p.tg.probs);

@@ -12,12 +12,9 @@
 //   statistics for values already in registers (see the comment there).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
+#include "cuda/device.cuh"
 #include "cuda/launch.h"
 #include "row_math.h"
 
@@ -131,6 +128,33 @@ template <typename S>
 __device__ __forceinline__ void unpack(const Pack<S>& p, acc_type<S>* out) {
 #pragma unroll
   for (int e = 0; e < Pack<S>::kN; ++e) out[e] = to_acc(p.v[e]);
+}
+
+// Vector v of a logits row as the kernels see it (row_math.h section 6): with softcap c != 0
+// each logit j < C is read as c tanh(z / c) (-inf as -c); the padding past C stays -inf.
+template <typename S>
+__device__ __forceinline__ void unpack_logits(const Pack<S>& p, int v, int C, acc_type<S> cap, acc_type<S>* out) {
+  constexpr int kN = Pack<S>::kN;
+  unpack(p, out);
+  if (cap != acc_type<S>(0)) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      if (v * kN + e < C) out[e] = softcap_value(out[e], cap);
+    }
+  }
+}
+
+// The same, keeping the logits as stored in raw: the backward takes the softcap's slope at the
+// raw logit (row_math.h softcap_slope), where it keeps its relative precision.
+template <typename S>
+__device__ __forceinline__ void unpack_logits(const Pack<S>& p, int v, int C, acc_type<S> cap, acc_type<S>* raw,
+                                              acc_type<S>* out) {
+  constexpr int kN = Pack<S>::kN;
+  unpack(p, raw);
+#pragma unroll
+  for (int e = 0; e < kN; ++e) {
+    out[e] = cap != acc_type<S>(0) && v * kN + e < C ? softcap_value(raw[e], cap) : raw[e];
+  }
 }
 
 // Store the kN values vals[0..kN) at vector v of `row` (elements past C are not written),

@@ -1,8 +1,6 @@
 // dispatch.cu: the dtype dispatch of the fwd / bwd launchers (launch.h) and the device
 // attribute cache the launchers size their grids with. Torch-free; the kernels themselves are
 // in fwd_kernels.cuh / bwd_kernels.cuh, instantiated per dtype in fwd_*.cu / bwd_*.cu.
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>

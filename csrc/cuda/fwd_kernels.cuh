@@ -2,6 +2,9 @@
 // templated on the logits' type; torch-free. What a row computes, shared by both, is
 // fwd_rows.cuh; the launcher (path by row length, grids) is fwd_launch.cuh.
 //
+// With softcap c != 0 every logit is read as c tanh(z / c) where it is loaded (unpack_logits),
+// the padding past C stays -inf; the row cache holds the logits as stored.
+//
 // What a row produces (row_math.h "What a row keeps"): loss, and stats = (lse, lse_lo) then
 // (f_y, m, log_c) of OneHotRow for one-hot rows or (t, c_pos, f_star, star) of SoftRow for
 // soft rows. No gradient is written here: the backward (bwd_kernels.cuh) reads the row once
@@ -49,8 +52,6 @@
 // return the row's logsumexp, and stats columns 2.. = 0.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "cuda/common.cuh"
@@ -80,7 +81,7 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
   constexpr int E = NV * VEC;
   constexpr int RPB = BLOCK / TPR;  // rows per block
   static_assert(TPR == BLOCK || TPR <= 32, "a group is a sub-warp, a warp or the block");
-  __shared__ ReduceSmem<A> red;
+  HL_SHARED(ReduceSmem<A>, red);
 
   const int lane = static_cast<int>(threadIdx.x) % TPR;
   const int grp = static_cast<int>(threadIdx.x) / TPR;
@@ -100,11 +101,14 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
     const RowInfo ri = row_info(a.tg, r);
     const S* zrow = a.logits + r * C;
     A z_y = A(0);
-    if (!SOFT && ri.y >= 0) z_y = to_acc(zrow[ri.y]);
+    if (!SOFT && ri.y >= 0) z_y = softcap_value(to_acc(zrow[ri.y]), a.cap);
 
     A x[E];
 #pragma unroll
-    for (int i = 0; i < NV; ++i) unpack(load_pack(zrow, i * TPR + lane, C, a.aligned), &x[i * VEC]);
+    for (int i = 0; i < NV; ++i) {
+      const int v = i * TPR + lane;
+      unpack_logits(load_pack(zrow, v, C, a.aligned), v, C, a.cap, &x[i * VEC]);
+    }
 
     if constexpr (!SOFT) {
       const OneHotStats<A> loc = onehot_stats_regs<NV, VEC, K_IS_ONE>(x, lane, TPR, ri.y, k);
@@ -158,9 +162,11 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
   constexpr int VEC = Pack<S>::kN;
   constexpr int E = U * VEC;
   constexpr int STEP = BLOCK * U;
-  extern __shared__ uint4 cache_raw[];
-  Pack<S>* cache = reinterpret_cast<Pack<S>*>(cache_raw);
-  __shared__ ReduceSmem<A> red;
+  // One dynamic allocation (launch_stream sizes it): the reduction scratch, then the row cache.
+  HL_SHARED_DYNAMIC(uint4, smem_raw);
+  static_assert(sizeof(ReduceSmem<A>) % sizeof(uint4) == 0, "the row cache stays 16-byte aligned");
+  ReduceSmem<A>& red = *reinterpret_cast<ReduceSmem<A>*>(smem_raw);
+  Pack<S>* cache = reinterpret_cast<Pack<S>*>(smem_raw + sizeof(ReduceSmem<A>) / sizeof(uint4));
 
   const int tid = static_cast<int>(threadIdx.x);
   const int C = a.C;
@@ -172,12 +178,15 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
     const S* zrow = a.logits + r * C;
     if constexpr (!SOFT) {
       // One pass: every logit once (and z_y, a broadcast load).
-      const A z_y = ri.y >= 0 ? to_acc(zrow[ri.y]) : A(0);
+      const A z_y = ri.y >= 0 ? softcap_value(to_acc(zrow[ri.y]), a.cap) : A(0);
       OneHotStats<A> st = onehot_init<A>();
       for (int vb = 0; vb < nvec; vb += STEP) {
         A x[E];
 #pragma unroll
-        for (int u = 0; u < U; ++u) unpack(load_pack(zrow, vb + u * BLOCK + tid, C, a.aligned), &x[u * VEC]);
+        for (int u = 0; u < U; ++u) {
+          const int v = vb + u * BLOCK + tid;
+          unpack_logits(load_pack(zrow, v, C, a.aligned), v, C, a.cap, &x[u * VEC]);
+        }
         st = onehot_merge(st, onehot_stats_regs<U, VEC>(x, vb + tid, BLOCK, ri.y, k, a.k_is_one), k);
       }
       st = group_reduce<BLOCK>(st, OneHotMergeOp<A>{k}, red);
@@ -192,8 +201,8 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
         for (int u = 0; u < U; ++u) {
           const int v = vb + u * BLOCK + tid;
           const Pack<S> p = load_pack(zrow, v, C, a.aligned);
-          if (v < a.ncache) cache[v] = p;
-          unpack(p, &x[u * VEC]);
+          if (v < a.ncache) cache[v] = p;  // as stored: capped again when read back
+          unpack_logits(p, v, C, a.cap, &x[u * VEC]);
         }
         ls = lse_merge(ls, lse_stats_regs(x));
 #pragma unroll
@@ -213,7 +222,7 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
         for (int u = 0; u < U; ++u) {
           const int v = vb + u * BLOCK + tid;
           A x[VEC];
-          unpack(fetch_pack(cache, zrow, v, a), x);
+          unpack_logits(fetch_pack(cache, zrow, v, a), v, C, a.cap, x);
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
             const int j = v * VEC + e;

@@ -3,8 +3,6 @@
 // once per dtype in csrc/cuda/fwd_{f32,f64,f16,bf16}.cu so the four compile in parallel.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -24,11 +22,9 @@ cudaError_t launch_reg(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t st
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
   const unsigned grid = static_cast<unsigned>(std::min(groups, cap));
   if (!SOFT && a.k_is_one) {
-    fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT><<<grid, BLOCK, 0, stream>>>(a);
-  } else {
-    fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, false><<<grid, BLOCK, 0, stream>>>(a);
+    return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT>>(grid, BLOCK, 0, stream, a);
   }
-  return cudaGetLastError();
+  return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, false>>(grid, BLOCK, 0, stream, a);
 }
 
 template <typename S, bool SOFT>
@@ -36,27 +32,24 @@ cudaError_t launch_stream(FwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream
   constexpr int BLOCK = 1024;
   // 16 fp32 values (4 fp32 / 2 fp16 vectors) per thread and step; 8 fp64 values.
   constexpr int U = sizeof(acc_type<S>) == 8 ? 4 : 16 / Pack<S>::kN;
-  auto kernel = fwd_stream_kernel<S, BLOCK, U, SOFT>;
+  constexpr auto kernel = fwd_stream_kernel<S, BLOCK, U, SOFT>;
+  // All of the kernel's shared memory is dynamic (fwd_stream_kernel): the reduction scratch,
+  // then for soft rows the row cache, as much of the row as the opt-in maximum leaves room for.
+  constexpr int kScratch = static_cast<int>(sizeof(ReduceSmem<acc_type<S>>));
   a.ncache = 0;
-  size_t smem = 0;
+  size_t smem = kScratch;
   if constexpr (SOFT) {
     // Only the soft rows read the row twice: they alone get the shared-memory row cache.
     constexpr int kMaxDevices = 64;
-    static std::atomic<int> dyn_limit[kMaxDevices];  // 0: not configured yet on that device
-    int limit = d.device < kMaxDevices ? dyn_limit[d.device].load(std::memory_order_relaxed) : 0;
-    if (limit == 0) {
-      cudaFuncAttributes attr;
-      cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+    static std::atomic<bool> opted_in[kMaxDevices];  // the kernel's limit is raised on that device
+    if (d.device >= kMaxDevices || !opted_in[d.device].load(std::memory_order_relaxed)) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, d.smem_optin);
       if (err != cudaSuccess) return err;
-      limit = std::max(16, d.smem_optin - static_cast<int>(attr.sharedSizeBytes));
-      limit -= limit % 16;
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
-      if (err != cudaSuccess) return err;
-      if (d.device < kMaxDevices) dyn_limit[d.device].store(limit, std::memory_order_relaxed);
+      if (d.device < kMaxDevices) opted_in[d.device].store(true, std::memory_order_relaxed);
     }
     const int nvec = (a.C + Pack<S>::kN - 1) / Pack<S>::kN;
-    a.ncache = std::min(nvec, limit / 16);
-    smem = static_cast<size_t>(a.ncache) * 16;
+    a.ncache = std::min(nvec, std::max(0, (d.smem_optin - kScratch) / 16));
+    smem += static_cast<size_t>(a.ncache) * 16;
   }
   int per_sm = 1;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, BLOCK, smem) != cudaSuccess ||
@@ -67,8 +60,7 @@ cudaError_t launch_stream(FwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream
   // Resident blocks only: the rows in flight (and the soft rows' re-read from L2) stay bounded.
   const unsigned grid =
       static_cast<unsigned>(std::min<int64_t>(a.N, static_cast<int64_t>(d.sms) * per_sm));
-  kernel<<<grid, BLOCK, smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_kernel<kernel>(grid, BLOCK, smem, stream, a);
 }
 
 // Path by row length (see the top of this file).
@@ -116,6 +108,7 @@ cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
   a.C = static_cast<int>(p.C);
   a.ncache = 0;
   a.k = static_cast<A>(p.k);
+  a.cap = static_cast<A>(p.softcap);
   a.k_is_one = p.k == 1.0;
   a.compute_grad = p.compute_grad;
   a.raw_stats = p.raw_stats;

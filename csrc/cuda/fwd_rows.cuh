@@ -4,8 +4,6 @@
 // values in registers. Torch-free; the math itself is csrc/row_math.h's.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "cuda/common.cuh"
@@ -25,6 +23,7 @@ struct FwdArgs {
   int C;
   int ncache;  // fwd_stream_kernel, soft rows: vectors of each row cached in shared memory
   A k;
+  A cap;       // softcap: 0, or c (unpack_logits)
   bool aligned;
   bool k_is_one;
   bool compute_grad;

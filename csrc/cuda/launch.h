@@ -4,9 +4,10 @@
 //
 // Contract (hardloss_cuda/_schema.py): the forward reads the logits once and keeps kStatsCols
 // numbers per row (stats); the backward reads the logits again and writes the gradient once, scaled by
-// grad_loss. Pointers are raw and untyped; `dtype` says what the logits are. The accumulation
-// type ("acc") is double for float64 logits and float otherwise: loss, stats, weight, mixture
-// and grad_loss are in acc, the gradient and probability targets in the logits' dtype.
+// grad_loss, with the logsumexp's gradient and the softcap fused in. Pointers are raw and
+// untyped; `dtype` says what the logits are. The accumulation type ("acc") is double for
+// float64 logits and float otherwise: loss, stats, weight, mixture, grad_loss and grad_lse are
+// in acc, the gradient and probability targets in the logits' dtype.
 // Every tensor is contiguous and on the current device. The launchers only enqueue work on
 // `stream` (no allocation, no host synchronisation: capturable in a CUDA graph) and return
 // cudaGetLastError() after the launch; N == 0 launches nothing.
@@ -48,6 +49,8 @@ struct FwdParams {
   bool raw_stats;          // shard_stats: one-hot rows write their OneHotStats {m, s1, sk}
                            // unfinalised into stats columns 0..2 (every class when the label is
                            // not valid), nothing else
+  double softcap;          // 0, or c > 0: every logit is read as c tanh(z / c) (row_math.h
+                           // section 6); the padding past C stays -inf
 };
 
 struct BwdParams {
@@ -59,6 +62,9 @@ struct BwdParams {
   int64_t N;
   int64_t C;
   double k;
+  double softcap;          // as FwdParams: the gradient is of the capped logits, times the slope
+  const void* grad_lse;    // (N,) acc or nullptr: the incoming gradient of each row's logsumexp,
+                           // g_lse p_j added before the slope (row_math.h finish_grad)
 };
 
 // In-row indices are 32-bit (vector index * 16 bytes stays far from overflow); row offsets

@@ -1,243 +1,42 @@
-// ops_cuda.cpp: the torch glue of the CUDA kernels: hardloss_cuda::{fwd, bwd, bwd_inplace,
-// shard_stats} for the CUDA dispatch key (the schemas are defined in csrc/ops.cpp, see _schema.py).
+// ops_cuda.cpp: hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats} for the CUDA dispatch key
+// (the schemas are defined in csrc/ops.cpp, see _schema.py): the shared glue of glue.h on CUDA
+// tensors, on the current device and stream.
 //
 // Compiled by the host C++ compiler inside the CUDA extension (setup.py adds csrc/cuda/*.cpp
-// and -DHL_WITH_CUDA). Lean includes only: ATen/cuda/CUDAContext.h does not build against the
-// slim CUDA kit (docs/BUILDING.md). The kernels themselves are torch-free (csrc/cuda/*.cu).
-//
-// Each op: the shared argument checks (csrc/checks.h, no data-dependent check and no device
-// sync), a device guard, contiguous inputs, outputs allocated on the current stream's
-// allocator, one kernel launch on the current stream. No host synchronisation anywhere, so
-// the ops can be captured in a CUDA graph.
-#include <ATen/core/Tensor.h>
-#include <ATen/TensorOperators.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/exp.h>
-#include <ATen/ops/tanh.h>
-#include <ATen/ops/where.h>
+// and -DHL_WITH_CUDA).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <limits>
-#include <optional>
-#include <tuple>
-
-#include "checks.h"
-#include "cuda/launch.h"
+#include "cuda/glue.h"
 
 namespace hl {
 namespace cuda {
 namespace {
 
-DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: break;
+struct OnCuda {
+  static void check_device(const at::Tensor& logits) {
+    TORCH_CHECK(logits.is_cuda(), "hardloss_cuda: logits must be a CUDA tensor for the CUDA kernel");
   }
-  TORCH_CHECK(false, "hardloss_cuda: logits: unsupported dtype ", t,
-              " (float32, float64, float16 or bfloat16)");
-  return DType::kFloat32;  // not reached
-}
-
-struct Prepared {
-  at::Tensor target, weight, mixture;  // contiguous (weight / mixture undefined when absent)
-};
-
-// After hl::check_fwd_args / check_bwd_args (dtypes, shapes, devices): what only the CUDA
-// kernels add, a CUDA tensor and C within their index range, and contiguous inputs.
-Prepared prepare(const at::Tensor& logits, const at::Tensor& target,
-                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture) {
-  TORCH_CHECK(logits.is_cuda(), "hardloss_cuda: logits must be a CUDA tensor for the CUDA kernel");
-  const int64_t C = logits.size(1);
-  TORCH_CHECK(logits.size(0) == 0 || (C >= 1 && C <= kMaxClasses),
-              "hardloss_cuda: logits: the number of classes must be in [1, 2^30], got ", C);
-  Prepared p;
-  p.target = target.contiguous();
-  if (weight.has_value() && weight->defined()) p.weight = weight->contiguous();
-  if (mixture.has_value() && mixture->defined()) p.mixture = mixture->contiguous();
-  return p;
-}
-
-// Softcap and the logsumexp's gradient (row_math.h section 6) are composed here from ATen ops
-// around the kernels, not fused into them yet: the capped logits c tanh(z / c) in the
-// accumulation dtype, and in backward (g f + g_lse p) (1 - (z_c / c)^2) on an acc buffer. The
-// Triton and CPU kernels fuse both; fusing them here waits for a GPU to measure on.
-at::Tensor capped(const at::Tensor& logits, double softcap) {
-  const at::Tensor z = logits.to(hl::acc_scalar_type(logits.scalar_type()));
-  return at::tanh(z / softcap) * softcap;
-}
-
-TargetParams target_params(const Prepared& in, int64_t ignore_index, double label_smoothing) {
-  TargetParams t;
-  const bool probs = in.target.is_floating_point();
-  t.target = probs ? nullptr : in.target.data_ptr<int64_t>();
-  t.probs = probs ? in.target.data_ptr() : nullptr;
-  t.weight = in.weight.defined() ? in.weight.data_ptr() : nullptr;
-  t.mixture = in.mixture.defined() ? in.mixture.data_ptr() : nullptr;
-  t.ignore_index = ignore_index;
-  t.label_smoothing = label_smoothing;
-  return t;
-}
-
-std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
-                                       const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& mixture, int64_t ignore_index,
-                                       double label_smoothing, double k, bool compute_grad, double softcap) {
-  hl::check_fwd_args(logits, target, weight, mixture);
-  hl::check_softcap(softcap, logits.scalar_type());
-  Prepared in = prepare(logits, target, weight, mixture);
-  c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
-  const int64_t N = z.size(0);
-  const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
-  at::Tensor loss = at::empty({N}, acc);
-  at::Tensor stats = at::empty({N, hl::kStatsCols}, acc);
-  if (N == 0) return {loss, stats};  // no zero-size grid
-  FwdParams p;
-  p.logits = z.data_ptr();
-  p.tg = target_params(in, ignore_index, label_smoothing);
-  p.loss = loss.data_ptr();
-  p.stats = stats.data_ptr();
-  p.N = N;
-  p.C = z.size(1);
-  p.k = k;
-  p.compute_grad = compute_grad;
-  p.raw_stats = false;
-  C10_CUDA_CHECK(launch_fwd(p, dtype_of(z.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {loss, stats};
-}
-
-// shard_stats (_schema.py): the one-hot forward kernels with FwdParams::raw_stats, which write
-// each row's OneHotStats {m, s1, sk} (over j != target, or every class for a target outside
-// [0, C)) into stats columns 0..2 instead of finalising the row.
-at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k, double softcap) {
-  hl::check_fwd_args(logits, target, std::nullopt, std::nullopt);
-  TORCH_CHECK(!target.is_floating_point(), "hardloss_cuda: shard_stats: target must be class indices");
-  hl::check_softcap(softcap, logits.scalar_type());
-  Prepared in = prepare(logits, target, std::nullopt, std::nullopt);
-  c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor z = softcap != 0.0 ? capped(logits, softcap) : logits.contiguous();
-  const int64_t N = z.size(0);
-  const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
-  at::Tensor stats = at::empty({N, hl::kStatsCols}, acc);
-  if (N > 0) {
-    at::Tensor loss = at::empty({N}, acc);
-    FwdParams p;
-    p.logits = z.data_ptr();
-    // No label is ignored: every row excludes its target when it lies in [0, C), none otherwise.
-    p.tg = target_params(in, std::numeric_limits<int64_t>::min(), 0.0);
-    p.loss = loss.data_ptr();
-    p.stats = stats.data_ptr();
-    p.N = N;
-    p.C = z.size(1);
-    p.k = k;
-    p.compute_grad = true;
-    p.raw_stats = true;
-    C10_CUDA_CHECK(launch_fwd(p, dtype_of(z.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
+  using Guard = c10::cuda::CUDAGuard;
+  static cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+  static void check(cudaError_t err) {
+    C10_CUDA_CHECK(err);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return stats.narrow(1, 0, hl::kShardStatsCols).contiguous();
-}
+  static void fresh(at::Tensor&) {}
+};
 
-// grad_loss and stats: checked by hl::check_bwd_args (acc dtype, shapes, device); made
-// contiguous here (autograd may hand an expanded grad_loss).
-void launch_bwd_into(const at::Tensor& grad_loss, const at::Tensor& z, const Prepared& in,
-                     const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
-                     const at::Tensor& out) {
-  const int64_t N = z.size(0);
-  if (N == 0) return;  // no zero-size grid (C >= 1 is checked)
-  const at::Tensor gl = grad_loss.contiguous();
-  const at::Tensor st = stats.contiguous();
-  BwdParams p;
-  p.grad_loss = gl.data_ptr();
-  p.logits = z.data_ptr();
-  p.out = out.data_ptr();
-  p.tg = target_params(in, ignore_index, label_smoothing);
-  p.stats = st.data_ptr();
-  p.N = N;
-  p.C = z.size(1);
-  p.k = k;
-  C10_CUDA_CHECK(launch_bwd(p, dtype_of(z.scalar_type()), c10::cuda::getCurrentCUDAStream().stream()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// The gradient of rows with softcap or a logsumexp gradient, in logits' dtype (see capped).
-at::Tensor bwd_extra(const at::Tensor& grad_loss, const at::Tensor& logits, const Prepared& in,
-                     const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
-                     double softcap, const std::optional<at::Tensor>& grad_lse) {
-  const at::Tensor zc = softcap != 0.0 ? capped(logits, softcap)
-                                       : logits.contiguous().to(hl::acc_scalar_type(logits.scalar_type()));
-  at::Tensor g = at::empty(zc.sizes(), zc.options());
-  launch_bwd_into(grad_loss, zc, in, stats, ignore_index, label_smoothing, k, g);
-  if (grad_lse.has_value() && grad_lse->defined()) {
-    at::Tensor gl = *grad_lse;
-    if (!in.target.is_floating_point()) gl = at::where(in.target == ignore_index, 0, gl);  // ignored rows: 0
-    const at::Tensor st = stats.contiguous();
-    const at::Tensor log_p = (zc - st.select(1, hl::kColLse).unsqueeze(1)) - st.select(1, hl::kColLseLo).unsqueeze(1);
-    g = g + gl.unsqueeze(1) * at::exp(log_p);
-  }
-  if (softcap != 0.0) {  // row_math.h softcap_slope: 4 w / (1 + w)^2, w = exp(-2 |z / c|), from the raw logits
-    const at::Tensor w = at::exp(-2 * (logits.to(zc.scalar_type()) / softcap).abs());
-    g = g * (4 * w / ((1 + w) * (1 + w)));
-  }
-  return g.to(logits.scalar_type());
-}
-
-bool has_extra(double softcap, const std::optional<at::Tensor>& grad_lse) {
-  return softcap != 0.0 || (grad_lse.has_value() && grad_lse->defined());
-}
-
-at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
-               const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-               const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
-               const std::optional<at::Tensor>& grad_lse) {
-  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-  hl::check_softcap(softcap, logits.scalar_type());
-  hl::check_grad_lse(grad_lse, logits);
-  Prepared in = prepare(logits, target, weight, mixture);
-  c10::cuda::CUDAGuard guard(logits.device());
-  if (has_extra(softcap, grad_lse))
-    return bwd_extra(grad_loss, logits, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse);
-  const at::Tensor z = logits.contiguous();
-  at::Tensor out = at::empty(z.sizes(), z.options());
-  launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, out);
-  return out;
-}
-
-// The gradient overwrites the logits: each element is read before it is written, by the same
-// thread (csrc/cuda/bwd_kernels.cuh). Non-contiguous logits: through a contiguous copy.
-void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
-                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
-                 const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k, double softcap,
-                 const std::optional<at::Tensor>& grad_lse) {
-  hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-  hl::check_softcap(softcap, logits.scalar_type());
-  hl::check_grad_lse(grad_lse, logits);
-  Prepared in = prepare(logits, target, weight, mixture);
-  c10::cuda::CUDAGuard guard(logits.device());
-  if (has_extra(softcap, grad_lse)) {
-    logits.copy_(bwd_extra(grad_loss, logits, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse));
-    return;
-  }
-  const bool direct = logits.is_contiguous();
-  at::Tensor z = direct ? logits : logits.contiguous();
-  launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, z);
-  if (!direct) logits.copy_(z);
-}
+using CudaOps = Ops<OnCuda>;
 
 }  // namespace
 }  // namespace cuda
 }  // namespace hl
 
 TORCH_LIBRARY_IMPL(hardloss_cuda, CUDA, m) {
-  m.impl("fwd", &hl::cuda::fwd);
-  m.impl("bwd", &hl::cuda::bwd);
-  m.impl("bwd_inplace", &hl::cuda::bwd_inplace);
-  m.impl("shard_stats", &hl::cuda::shard_stats);
+  m.impl("fwd", &hl::cuda::CudaOps::fwd);
+  m.impl("bwd", &hl::cuda::CudaOps::bwd);
+  m.impl("bwd_inplace", &hl::cuda::CudaOps::bwd_inplace);
+  m.impl("shard_stats", &hl::cuda::CudaOps::shard_stats);
 }

@@ -1,0 +1,209 @@
+// glue.h: the torch side of the CUDA kernels' ops hardloss_cuda::{fwd, bwd, bwd_inplace,
+// shard_stats}, written once for the device build (csrc/cuda/ops_cuda.cpp: CUDA tensors) and
+// the emulated one (csrc/cuda/emu/ops_emu.cpp: the cuda_emu backend, CPU tensors). The policy
+// `Dev` says where the tensors live and how a launch is reported:
+//   static void check_device(const at::Tensor& logits);
+//   struct Guard { explicit Guard(at::Device); };   the device guard (or nothing)
+//   static cudaStream_t stream();                   the stream the kernels are queued on
+//   static void check(cudaError_t launch_error);     raises a launch's error
+//   static void fresh(at::Tensor& out);              a new output before the kernel writes it
+//                                                    (the emulator fills it with NaN, so an
+//                                                    element the kernel never writes shows)
+//
+// Each op: the shared argument checks (csrc/checks.h, no data-dependent check and no device
+// sync), a device guard, contiguous inputs, outputs allocated on the current stream's
+// allocator, one kernel launch on the current stream. No host synchronisation anywhere, so
+// the ops can be captured in a CUDA graph. Lean includes only: ATen/cuda/CUDAContext.h does not
+// build against the slim CUDA kit (docs/BUILDING.md). The kernels themselves are torch-free
+// (csrc/cuda/*.cuh, launch.h).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "checks.h"
+#include "cuda/launch.h"
+
+namespace hl {
+namespace cuda {
+
+inline DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: break;
+  }
+  TORCH_CHECK(false, "hardloss_cuda: logits: unsupported dtype ", t, " (float32, float64, float16 or bfloat16)");
+  return DType::kFloat32;  // not reached
+}
+
+struct Prepared {
+  at::Tensor target, weight, mixture;  // contiguous (weight / mixture undefined when absent)
+};
+
+// After hl::check_fwd_args / check_bwd_args (dtypes, shapes, devices): what only the CUDA
+// kernels add, C within their index range, and contiguous inputs.
+inline Prepared prepare_inputs(const at::Tensor& logits, const at::Tensor& target,
+                               const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture) {
+  const int64_t C = logits.size(1);
+  TORCH_CHECK(logits.size(0) == 0 || (C >= 1 && C <= kMaxClasses),
+              "hardloss_cuda: logits: the number of classes must be in [1, 2^30], got ", C);
+  Prepared p;
+  p.target = target.contiguous();
+  if (weight.has_value() && weight->defined()) p.weight = weight->contiguous();
+  if (mixture.has_value() && mixture->defined()) p.mixture = mixture->contiguous();
+  return p;
+}
+
+inline TargetParams target_params(const Prepared& in, int64_t ignore_index, double label_smoothing) {
+  TargetParams t;
+  const bool probs = in.target.is_floating_point();
+  t.target = probs ? nullptr : in.target.data_ptr<int64_t>();
+  t.probs = probs ? in.target.data_ptr() : nullptr;
+  t.weight = in.weight.defined() ? in.weight.data_ptr() : nullptr;
+  t.mixture = in.mixture.defined() ? in.mixture.data_ptr() : nullptr;
+  t.ignore_index = ignore_index;
+  t.label_smoothing = label_smoothing;
+  return t;
+}
+
+template <class Dev>
+struct Ops {
+  static Prepared prepare(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& mixture) {
+    Dev::check_device(logits);
+    return prepare_inputs(logits, target, weight, mixture);
+  }
+
+  static at::Tensor empty(at::IntArrayRef size, const at::TensorOptions& options) {
+    at::Tensor t = at::empty(size, options);
+    Dev::fresh(t);
+    return t;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
+                                                const std::optional<at::Tensor>& weight,
+                                                const std::optional<at::Tensor>& mixture, int64_t ignore_index,
+                                                double label_smoothing, double k, bool compute_grad, double softcap) {
+    hl::check_fwd_args(logits, target, weight, mixture);
+    hl::check_softcap(softcap, logits.scalar_type());
+    Prepared in = prepare(logits, target, weight, mixture);
+    typename Dev::Guard guard(logits.device());
+    const at::Tensor z = logits.contiguous();
+    const int64_t N = z.size(0);
+    const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
+    at::Tensor loss = empty({N}, acc);
+    at::Tensor stats = empty({N, hl::kStatsCols}, acc);
+    if (N == 0) return {loss, stats};  // no zero-size grid
+    FwdParams p;
+    p.logits = z.data_ptr();
+    p.tg = target_params(in, ignore_index, label_smoothing);
+    p.loss = loss.data_ptr();
+    p.stats = stats.data_ptr();
+    p.N = N;
+    p.C = z.size(1);
+    p.k = k;
+    p.compute_grad = compute_grad;
+    p.raw_stats = false;
+    p.softcap = softcap;
+    Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
+    return {loss, stats};
+  }
+
+  // shard_stats (_schema.py): the one-hot forward kernels with FwdParams::raw_stats, which write
+  // each row's OneHotStats {m, s1, sk} (over j != target, or every class for a target outside
+  // [0, C)) into stats columns 0..2 instead of finalising the row.
+  static at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k, double softcap) {
+    hl::check_fwd_args(logits, target, std::nullopt, std::nullopt);
+    TORCH_CHECK(!target.is_floating_point(), "hardloss_cuda: shard_stats: target must be class indices");
+    hl::check_softcap(softcap, logits.scalar_type());
+    Prepared in = prepare(logits, target, std::nullopt, std::nullopt);
+    typename Dev::Guard guard(logits.device());
+    const at::Tensor z = logits.contiguous();
+    const int64_t N = z.size(0);
+    const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
+    at::Tensor stats = empty({N, hl::kStatsCols}, acc);
+    if (N > 0) {
+      at::Tensor loss = empty({N}, acc);
+      FwdParams p;
+      p.logits = z.data_ptr();
+      // No label is ignored: every row excludes its target when it lies in [0, C), none otherwise.
+      p.tg = target_params(in, std::numeric_limits<int64_t>::min(), 0.0);
+      p.loss = loss.data_ptr();
+      p.stats = stats.data_ptr();
+      p.N = N;
+      p.C = z.size(1);
+      p.k = k;
+      p.compute_grad = true;
+      p.raw_stats = true;
+      p.softcap = softcap;
+      Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
+    }
+    return stats.narrow(1, 0, hl::kShardStatsCols).contiguous();
+  }
+
+  // grad_loss, stats and grad_lse: checked by hl::check_bwd_args / check_grad_lse (acc dtype,
+  // shapes, device); made contiguous here (autograd may hand an expanded grad_loss).
+  static void launch_bwd_into(const at::Tensor& grad_loss, const at::Tensor& z, const Prepared& in,
+                              const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
+                              double softcap, const std::optional<at::Tensor>& grad_lse, const at::Tensor& out) {
+    const int64_t N = z.size(0);
+    if (N == 0) return;  // no zero-size grid (C >= 1 is checked)
+    const at::Tensor gl = grad_loss.contiguous();
+    const at::Tensor st = stats.contiguous();
+    const at::Tensor g_lse = grad_lse.has_value() && grad_lse->defined() ? grad_lse->contiguous() : at::Tensor();
+    BwdParams p;
+    p.grad_loss = gl.data_ptr();
+    p.logits = z.data_ptr();
+    p.out = out.data_ptr();
+    p.tg = target_params(in, ignore_index, label_smoothing);
+    p.stats = st.data_ptr();
+    p.N = N;
+    p.C = z.size(1);
+    p.k = k;
+    p.softcap = softcap;
+    p.grad_lse = g_lse.defined() ? g_lse.data_ptr() : nullptr;
+    Dev::check(launch_bwd(p, dtype_of(z.scalar_type()), Dev::stream()));
+  }
+
+  static at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+                        const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                        const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
+                        double softcap, const std::optional<at::Tensor>& grad_lse) {
+    hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
+    hl::check_softcap(softcap, logits.scalar_type());
+    hl::check_grad_lse(grad_lse, logits);
+    Prepared in = prepare(logits, target, weight, mixture);
+    typename Dev::Guard guard(logits.device());
+    const at::Tensor z = logits.contiguous();
+    at::Tensor out = empty(z.sizes(), z.options());
+    launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse, out);
+    return out;
+  }
+
+  // The gradient overwrites the logits: each element is read before it is written, by the same
+  // thread (csrc/cuda/bwd_kernels.cuh). Non-contiguous logits: through a contiguous copy.
+  static void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tensor& target,
+                          const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                          const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
+                          double softcap, const std::optional<at::Tensor>& grad_lse) {
+    hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
+    hl::check_softcap(softcap, logits.scalar_type());
+    hl::check_grad_lse(grad_lse, logits);
+    Prepared in = prepare(logits, target, weight, mixture);
+    typename Dev::Guard guard(logits.device());
+    const bool direct = logits.is_contiguous();
+    at::Tensor z = direct ? logits : logits.contiguous();
+    launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse, z);
+    if (!direct) logits.copy_(z);
+  }
+};
+
+}  // namespace cuda
+}  // namespace hl
