@@ -24,7 +24,7 @@ class Case:
     d1: int | None  # (N, C, d1) input; 0 means a 1-D (C,) input
     layout: str  # contiguous | transposed | sliced
     reduction: str
-    weight: str  # none | positive | zeros
+    weight: str  # none | positive | zeros (some classes 0) | all-zero (mean: 0 / 0)
     target: str  # index | smooth | mixture | probs
     probs: str  # soft | onehot | unnormalized | mixed (probs only)
     s: float
@@ -69,7 +69,7 @@ def cases(draw, max_n=40, max_c=4100, big_c=True):
         N = 1
     layout = draw(st.sampled_from(["contiguous", "transposed", "sliced"]))
     reduction = draw(st.sampled_from(["mean", "sum", "none"]))
-    weight = _pick(draw, {"none": 3, "positive": 2, "zeros": 1})
+    weight = _pick(draw, {"none": 6, "positive": 4, "zeros": 2, "all-zero": 1})
     target = _pick(draw, {"index": 4, "smooth": 2, "mixture": 2, "probs": 3})
     probs = draw(st.sampled_from(["soft", "onehot", "unnormalized", "mixed"])) if target == "probs" else "soft"
     s = 0.0
@@ -206,6 +206,8 @@ def build(case: Case) -> Built:
         w = 0.2 + 2.8 * torch.rand(C, generator=gen, dtype=torch.float64)
         if case.weight == "zeros":
             w[torch.rand(C, generator=gen) < 0.3] = 0.0
+        elif case.weight == "all-zero":
+            w.zero_()
         weight = w.to(dtype)
     mixture = None
     if case.target == "mixture":

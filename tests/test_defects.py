@@ -464,6 +464,28 @@ def test_mean_divides_as_torch(bd, case):
 
 
 @BACKENDS
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("C,trim", [(1, False), (2, False), (2, True), (7, False)])
+def test_all_zero_weights_smoothed_mean_is_nan_like_torch(bd, dtype, C, trim):
+    """Class weights all 0, label smoothing, mean: the loss is 0 / 0 and every gradient
+    element inf * 0 = NaN, as PyTorch (the cpu backend's float rows of no target mass wrote
+    0 without the row's incoming gradient; found by a fuzz, C = 1 bf16 and C = 2 trimmed fp16)."""
+    b, dev = bd
+    x = torch.randn(4, C, device=dev).to(dtype)
+    t = torch.randint(0, C, (4,), device=dev)
+    w = torch.zeros(C, device=dev, dtype=dtype)
+    kw = dict(weight=w, label_smoothing=0.1)
+    lt, gt = _torch_pattern(x.float(), t, weight=w.float(), label_smoothing=0.1)
+    assert lt.isnan() and gt.isnan().all()  # PyTorch's own answer, so this test cannot pass vacuously
+    if trim:
+        kw["trim"] = 0.5
+    lo, go = _ours(x, t, b, **kw)
+    assert lo.isnan(), lo
+    kept = go.isnan().all(1)
+    assert kept.sum() == (2 if trim else 4) and (go[~kept] == 0).all(), go
+
+
+@BACKENDS
 @pytest.mark.parametrize("case", ["empty", "all-ignored", "all-ignored-custom", "empty-probs"])
 def test_mean_is_zero_when_no_row_counts(bd, case):
     b, dev = bd

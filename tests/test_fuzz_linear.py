@@ -81,7 +81,7 @@ def lin_cases(draw, max_c=1000):
     return LinCase(
         dtype=dtype, shape=shape, N=N, T=T, D=D, C=C, bias=draw(st.booleans()),
         layout=draw(st.sampled_from(["contiguous", "h_t", "W_t", "sliced"])), target=target,
-        weight=draw(st.sampled_from(["none", "none", "positive", "zeros"])),
+        weight=draw(st.sampled_from(["none", "none", "positive", "zeros", "all-zero"])),
         ignore=target in ("index", "mixture") and draw(st.booleans()),
         reduction=draw(st.sampled_from(["mean", "sum", "none"])),
         k=draw(st.one_of(st.sampled_from(KS), st.floats(1 / 16, 8.0))),
@@ -133,6 +133,8 @@ def _make(case: LinCase):
         w = 0.2 + 2.8 * torch.rand(C, generator=gen, dtype=torch.float64)
         if case.weight == "zeros":
             w[torch.rand(C, generator=gen) < 0.3] = 0.0
+        elif case.weight == "all-zero":
+            w.zero_()
         weight = w.to(acc)
     return h, W, b, y, weight, mixture, s
 

@@ -63,8 +63,10 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
     store(out, a, n, s.tmp);  // out may be the row itself: this chunk has been read already
   };
   if (k == 1.0f) {
-    if (t == 0.0f) {  // no target mass: f = 0, NaN for a row of NaN / +inf logits (soft_fj)
-      return std::fill(out, out + C, static_cast<scalar_t>(hl_abs(lse) < hl_inf<float>() ? 0.0f : hl_nan<float>()));
+    if (t == 0.0f) {  // no target mass: f = 0, NaN for a row of NaN / +inf logits (soft_fj); g f, so
+                      // that g = inf (a mean over zero total weight) gives NaN, as PyTorch
+      const float f = hl_abs(lse) < hl_inf<float>() ? 0.0f : hl_nan<float>();
+      return std::fill(out, out + C, static_cast<scalar_t>(g * f));
     }
     const float star_t = stats[kColStar] != 0.0f ? t : hl_inf<float>();
     double rest = 0.0;
