@@ -8,15 +8,18 @@ accumulators for half inputs). Peak extra memory is one chunk of logits plus O(N
 
 - ``mean`` / ``sum``: the incoming gradient is a scalar, so the gradients are computed during
   the forward pass, on the chunk's logits still in the buffer (three matmuls in all, as the
-  materialised head), and scaled in backward.
+  materialised head), and scaled in backward. Not with ``return_lse``: see below.
 - ``none``: the incoming gradient is per row; the backward recomputes each chunk's logits from
   the kept row statistics (a fourth matmul) and scales row by row.
 - ``trim``: the losses of every row first (matmul + forward op), then the kept rows only get
   the gradient matmuls: at fraction 0.2 that part costs about a fifth.
 - ``softcap`` is applied inside the backend's ops; ``z_loss`` adds its gradient
   ``2 z_loss lse softmax`` through the ops' logsumexp gradient, in the same matmuls. The lse
-  of ``return_lse`` is differentiable: when a later term uses it, the backward recomputes the
-  chunks' logits once more for its gradient (``softmax`` per row).
+  of ``return_lse`` is differentiable (its gradient is ``softmax`` per row). With it the
+  gradients wait for backward, where the loss's and the lse's incoming gradients are known:
+  both go into one op call per chunk (four matmuls in all), so that each logit's gradient
+  ``(g f_j + g_lse p_j) slope_j`` is rounded once. Computed apart and summed after rounding
+  to a half dtype, the two terms' cancellation left 20% errors in bf16 ``grad_input``.
 """
 
 from __future__ import annotations
@@ -113,6 +116,15 @@ def _grad_buffers(h, W, b, need):
     return gh, gW, gb
 
 
+def _scales(reduction: str, row_w: Tensor, counted: Tensor):
+    """The factors of a row's loss and of its z-loss term in the reduced loss: mean divides the
+    losses by their total weight and the z-loss terms by the number of counted rows."""
+    one = torch.ones((), dtype=row_w.dtype, device=row_w.device)
+    if reduction != "mean":
+        return one, one
+    return 1 / row_w.sum(), 1 / counted.sum().clamp_min(1).to(row_w.dtype)
+
+
 def _z_grad(z_loss: float, lse: Tensor, rows: Tensor, scale) -> Tensor | None:
     """The logsumexp gradient of the z-loss, 2 z_loss lse scale, on ``rows`` (0 elsewhere)."""
     if z_loss == 0:
@@ -122,7 +134,7 @@ def _z_grad(z_loss: float, lse: Tensor, rows: Tensor, scale) -> Tensor | None:
 
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, W, b, head: _Head, reduction, frac, valid, row_w, z_loss):
+    def forward(ctx, h, W, b, head: _Head, reduction, frac, valid, row_w, z_loss, with_lse):
         ctx.set_materialize_grads(False)  # an unused lse output gives None, not zeros
         N = h.shape[0]
         acc = acc_dtype(h.dtype)
@@ -130,11 +142,11 @@ class _LinearCE(torch.autograd.Function):
         grad = any(need)
         loss = torch.empty(N, dtype=acc, device=h.device)
         stats = torch.empty((N, STATS_COLS), dtype=acc, device=h.device)
-        direct = grad and reduction != "none" and frac is None  # the scale is known before the losses
+        # The gradients in forward when the scale is known before the losses and no lse gradient may come.
+        direct = grad and reduction != "none" and frac is None and not with_lse
         if direct:
             grads = _grad_buffers(h, W, b, need)
-            scale = 1 / row_w.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
-            z_scale = 1 / valid.sum().clamp_min(1).to(acc) if reduction == "mean" else 1.0
+            scale, z_scale = _scales(reduction, row_w, valid)
         for idx in head.chunks(N):
             loss[idx], st, z = head.forward(h, idx, grad)
             stats[idx] = st
@@ -151,11 +163,10 @@ class _LinearCE(torch.autograd.Function):
         out = reduce_rows(loss, lse, kept, row_w, z_loss, reduction)
 
         ctx.head, ctx.need, ctx.z_loss = head, need, z_loss
-        if grad and reduction != "none" and frac is not None:
+        if grad and reduction != "none" and frac is not None and not with_lse:
             # Trimming: the gradient matmuls on the kept rows only, in chunks.
             grads = _grad_buffers(h, W, b, need)
-            scale = 1 / row_w.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
-            z_scale = 1 / kept.sum().clamp_min(1).to(acc) if reduction == "mean" else 1.0
+            scale, z_scale = _scales(reduction, row_w, kept)
             rows = kept.nonzero().squeeze(1)
             for a in range(0, rows.numel(), head.rows):
                 idx = rows[a:a + head.rows]
@@ -173,6 +184,7 @@ class _LinearCE(torch.autograd.Function):
         if grad:  # saved, so that an in-place change of h, W or b before backward raises
             ctx.save_for_backward(h, W, b)
             ctx.stats, ctx.kept, ctx.valid, ctx.lse = stats, kept, valid, lse
+            ctx.reduction, ctx.scales = reduction, _scales(reduction, row_w, kept)
         return out, lse
 
     @staticmethod
@@ -188,10 +200,14 @@ class _LinearCE(torch.autograd.Function):
             grads = _grad_buffers(h, head.W, head.b, ctx.need)
         g_rows = None
         if not ctx.direct and grad_out is not None:
-            g_rows = torch.where(ctx.kept, grad_out.to(acc), 0)  # trimmed rows: no gradient
+            # the incoming gradient of each row's loss and of its z-loss term (trimmed rows: none)
+            scale, z_scale = ctx.scales
+            g = grad_out.to(acc)
+            g_rows = torch.where(ctx.kept, g * scale, 0)
+            g_z_rows = g_rows if ctx.reduction == "none" else torch.where(ctx.kept, g * z_scale, 0)
         g_lse = None if grad_lse is None else torch.where(ctx.valid, grad_lse.to(acc), 0)
         if g_rows is not None and ctx.z_loss != 0:
-            g_z = 2 * ctx.z_loss * ctx.lse * g_rows
+            g_z = 2 * ctx.z_loss * ctx.lse * g_z_rows
             g_lse = g_z if g_lse is None else g_lse + g_z
         if g_rows is not None or g_lse is not None:
             # the chunks' logits recomputed (a matmul each) for the per-row or lse gradient
@@ -202,7 +218,7 @@ class _LinearCE(torch.autograd.Function):
             head.release()
         gh, gW, gb = grads
         out = [gh, None if gW is None else gW.to(head.W.dtype), None if gb is None else gb.to(head.b.dtype)]
-        return (*out, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None)
 
 
 def linear_cross_entropy(
@@ -282,6 +298,6 @@ def linear_cross_entropy(
     head = _Head(linear_weight, linear_bias, tgt, w, mix, ignore_index, float(label_smoothing), k, cap, which,
                  _chunk_rows(chunk_size, N, C))
     out, lse = _LinearCE.apply(h.contiguous(), linear_weight, linear_bias, head, reduction, frac, valid, row_w,
-                               z_loss)
+                               z_loss, return_lse)
     out = out.to(input.dtype).reshape(lead) if reduction == "none" else out.to(input.dtype)
     return (out, lse.reshape(lead)) if return_lse else out
