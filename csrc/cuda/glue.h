@@ -87,6 +87,23 @@ struct Ops {
     return t;
   }
 
+  // One forward launch over the N >= 1 rows of z: losses and stats (raw_stats: shard_stats' columns).
+  static void launch_fwd_into(const at::Tensor& z, const TargetParams& tg, double k, bool compute_grad,
+                              bool raw_stats, double softcap, const at::Tensor& loss, const at::Tensor& stats) {
+    FwdParams p;
+    p.logits = z.data_ptr();
+    p.tg = tg;
+    p.loss = loss.data_ptr();
+    p.stats = stats.data_ptr();
+    p.N = z.size(0);
+    p.C = z.size(1);
+    p.k = k;
+    p.compute_grad = compute_grad;
+    p.raw_stats = raw_stats;
+    p.softcap = softcap;
+    Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
+  }
+
   static std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& logits, const at::Tensor& target,
                                                 const std::optional<at::Tensor>& weight,
                                                 const std::optional<at::Tensor>& mixture, int64_t ignore_index,
@@ -101,18 +118,7 @@ struct Ops {
     at::Tensor loss = empty({N}, acc);
     at::Tensor stats = empty({N, hl::kStatsCols}, acc);
     if (N == 0) return {loss, stats};  // no zero-size grid
-    FwdParams p;
-    p.logits = z.data_ptr();
-    p.tg = target_params(in, ignore_index, label_smoothing);
-    p.loss = loss.data_ptr();
-    p.stats = stats.data_ptr();
-    p.N = N;
-    p.C = z.size(1);
-    p.k = k;
-    p.compute_grad = compute_grad;
-    p.raw_stats = false;
-    p.softcap = softcap;
-    Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
+    launch_fwd_into(z, target_params(in, ignore_index, label_smoothing), k, compute_grad, false, softcap, loss, stats);
     return {loss, stats};
   }
 
@@ -130,20 +136,9 @@ struct Ops {
     const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
     at::Tensor stats = empty({N, hl::kStatsCols}, acc);
     if (N > 0) {
-      at::Tensor loss = empty({N}, acc);
-      FwdParams p;
-      p.logits = z.data_ptr();
       // No label is ignored: every row excludes its target when it lies in [0, C), none otherwise.
-      p.tg = target_params(in, std::numeric_limits<int64_t>::min(), 0.0);
-      p.loss = loss.data_ptr();
-      p.stats = stats.data_ptr();
-      p.N = N;
-      p.C = z.size(1);
-      p.k = k;
-      p.compute_grad = true;
-      p.raw_stats = true;
-      p.softcap = softcap;
-      Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
+      launch_fwd_into(z, target_params(in, std::numeric_limits<int64_t>::min(), 0.0), k, true, true, softcap,
+                      empty({N}, acc), stats);
     }
     return stats.narrow(1, 0, hl::kShardStatsCols).contiguous();
   }
