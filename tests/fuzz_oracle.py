@@ -41,7 +41,9 @@ def _lse(v: np.ndarray) -> float:
     m = float(v.max())
     if m == -INF:
         return -INF
-    return m + math.log(math.fsum(np.exp(v - m).tolist()))
+    # The max's own term is exactly 1: log1p of the exact sum of the others keeps a row of
+    # 1 + 1e-17 (one logit far above the rest), where log of the rounded sum gives 0.
+    return m + math.log1p(math.fsum(np.exp(v - m).tolist() + [-1.0]))
 
 
 def target_row(C, y, prob_row, weight, mixture, ignore_index, s):
