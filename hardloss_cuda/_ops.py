@@ -4,8 +4,8 @@
 - ``hardloss_cuda::cuda_emu_{fwd, bwd, bwd_inplace, shard_stats}``: the CUDA kernels on CPU tensors, run by the
   emulator (csrc/cuda/emu, a test build only);
 - ``hardloss_cuda::reference_{fwd, bwd, bwd_inplace, shard_stats}``: ``reference.fwd`` / ``bwd``, any device;
-- ``hardloss_cuda::triton_{fwd, bwd, bwd_inplace, shard_stats}``: ``triton_kernels.launch`` (imported under a
-  private name, ``_library.triton_launch``).
+- ``hardloss_cuda::triton_{fwd, bwd, bwd_inplace, shard_stats}``: ``hardloss_cuda.triton_kernels.launch``
+  (imported on first use, ``_library.triton_launch``).
 
 ``_autograd.py`` gives them all the same fake and the same autograd formula.
 """
