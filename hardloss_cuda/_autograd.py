@@ -37,13 +37,13 @@ def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, l
     return torch.empty_like(logits)
 
 
-_DOUBLE_BACKWARD = ("hardloss_cuda: double backward is supported at k = 1 only (and not with inplace_backward): "
+DOUBLE_BACKWARD = ("hardloss_cuda: double backward is supported at k = 1 only (and not with inplace_backward): "
                     "the |eps|^k pseudo-gradient is not the gradient of a loss (docs/ROW_MATH.md section 3)")
 
 
 def _no_double_backward():
     if torch.is_grad_enabled():
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(DOUBLE_BACKWARD)
 
 
 def _setup_context(ctx, inputs, output):
@@ -53,7 +53,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(logits, target, weight, mixture, output[1])
 
 
-def _grad_lse(grad_stats):
+def lse_grad(grad_stats):
     """The incoming gradient of the row's logsumexp, or None when nothing used it. Only the
     LSE_COL column is differentiable (d lse / dz = softmax): LSE_LO_COL is its rounding
     correction, with derivative 0, and the other columns are the backward's own numbers."""
@@ -91,7 +91,7 @@ def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, m
 def _backward(ctx, bwd_name: str, grad_loss, grad_stats):
     """The gradients of (logits, target, weight, mixture, and the 5 non-tensor arguments)."""
     logits, target, weight, mixture, stats = ctx.saved_tensors
-    grad_lse = _grad_lse(grad_stats)
+    grad_lse = lse_grad(grad_stats)
     # create_graph=True: at k = 1 a differentiable backward. torch.func's grad always runs the
     # backward that way; there, for k != 1, the kernels' backward op is used, whose own autograd
     # raises if anything differentiates it (hessian, nested grad).
@@ -173,11 +173,11 @@ class PseudoGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(DOUBLE_BACKWARD)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(DOUBLE_BACKWARD)
 
 
 class RowLoss(torch.autograd.Function):
@@ -261,7 +261,7 @@ class InplaceFwd(torch.autograd.Function):
         _no_double_backward()
         logits, target, weight, mixture, stats = ctx.saved_tensors
         bwd_inplace_op(ctx.backend)(grad_loss.to(stats.dtype).contiguous(), logits, target, weight, mixture,
-                                    stats, *ctx.args, _grad_lse(grad_stats))
+                                    stats, *ctx.args, lse_grad(grad_stats))
         torch.autograd.graph.increment_version(logits)
         return (logits.detach(),) + (None,) * 8
 

@@ -33,12 +33,12 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed import _functional_collectives as funcol
 
-from . import backends, reference
-from ._autograd import _DOUBLE_BACKWARD, _grad_lse
+from . import reference
+from ._autograd import DOUBLE_BACKWARD, lse_grad
+from ._batch import finish_rows, op_inputs
 from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
 from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype
-from .functional import _trim_fraction, finish_rows, op_inputs
-from .validation import check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
+from .options import loss_options
 
 __all__ = ["vocab_parallel_cross_entropy", "shard_layout"]
 
@@ -152,7 +152,7 @@ def _labels(tgt: Tensor, ignore_index: int, start: int, C: int, CL: int):
 
 def _no_double_backward():
     if torch.is_grad_enabled():
-        raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        raise RuntimeError(DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
 
 
 class _OneHotShard(torch.autograd.Function):
@@ -200,7 +200,7 @@ class _OneHotShard(torch.autograd.Function):
         if local.shape[1] == 0:
             return (torch.zeros_like(local),) + (None,) * 9
         g = torch.zeros_like(ctx.w_y) if grad_loss is None else grad_loss.to(stats.dtype) * ctx.w_y
-        g_lse = _grad_lse(grad_stats)
+        g_lse = lse_grad(grad_stats)
         args = (g.contiguous(), local, ctx.tgt, None, None, stats, -1, 0.0, k, softcap, g_lse)
         grad = _slice_bwd(args, backend, inplace, _onehot_grad_from_stats)
         return (_marked(grad, local, inplace),) + (None,) * 9
@@ -317,7 +317,7 @@ class _SmoothShard(torch.autograd.Function):
         if local.shape[1] == 0:
             return (torch.zeros_like(local),) + (None,) * 9
         g = torch.zeros_like(ctx.q_a) if grad_loss is None else grad_loss.to(stats.dtype)
-        g_lse = _grad_lse(grad_stats)
+        g_lse = lse_grad(grad_stats)
         args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap, g_lse)
         grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
         # The stand-in label's column, from the stats: g (t p_a - q_a) (+ g_lse p_a), times the slope
@@ -430,7 +430,7 @@ class _SoftShard(torch.autograd.Function):
         local, f, stats = ctx.saved_tensors
         softcap, inplace, ignored = ctx.args
         grad = f * (0 if grad_loss is None else grad_loss.to(f.dtype)[:, None])
-        g_lse = _grad_lse(grad_stats)
+        g_lse = lse_grad(grad_stats)
         x = local.to(f.dtype)
         z = _capped(x, softcap)
         if g_lse is not None:
@@ -502,30 +502,26 @@ def vocab_parallel_cross_entropy(
         if not (0 <= start and start + local_logits.shape[-1] <= C):
             raise ValueError(f"class_start={start}: the slice of {local_logits.shape[-1]} classes lies outside "
                              f"[0, num_classes={C})")
-    ignore_index = scalar_arg(ignore_index, "ignore_index", int)
-    label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
-    check_inputs(local_logits, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
-                 num_classes=C, input_name="local_logits")
+    opts = loss_options(local_logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing, k=k, mixture=mixture, trim=trim, softcap=softcap,
+                        z_loss=z_loss, return_lse=return_lse, inplace_backward=inplace_backward, backend=backend,
+                        num_classes=C, input_name="local_logits")
     if mixture is not None and mixture.requires_grad and torch.is_grad_enabled():
         raise ValueError("mixture: its gradient is not computed by the vocab-parallel loss")
-    k, cap, z_loss = check_k(k), check_softcap(softcap, local_logits.dtype), check_z_loss(z_loss)
-    frac = _trim_fraction(trim)
-    which = backends.resolve(backend, local_logits.device)
+    ignore_index, s, k, cap, which = opts.ignore_index, opts.label_smoothing, opts.k, opts.softcap, opts.backend
 
     out_shape = () if local_logits.dim() == 1 else local_logits.shape[:1]
     logits = local_logits[None] if local_logits.dim() == 1 else local_logits
     logits = logits.contiguous()
     tgt, w, mix, _acc = op_inputs(target.reshape(-1), weight, mixture, logits.dtype)
     layout = (start, C)
-    inplace = bool(inplace_backward) and torch.is_grad_enabled() and logits.requires_grad
-    if mix is None and label_smoothing > 0 and k == 1:
-        loss, stats = _SmoothShard.apply(logits, tgt, w, ignore_index, float(label_smoothing), cap, layout, group,
-                                         which, inplace)
-    elif mix is not None or label_smoothing > 0:
+    inplace = opts.inplace_backward and torch.is_grad_enabled() and logits.requires_grad
+    if mix is None and s > 0 and k == 1:
+        loss, stats = _SmoothShard.apply(logits, tgt, w, ignore_index, s, cap, layout, group, which, inplace)
+    elif mix is not None or s > 0:
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
-        loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, float(label_smoothing), k, cap, layout,
-                                       group, compute_grad, inplace)
+        loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, s, k, cap, layout, group, compute_grad,
+                                       inplace)
     else:
         loss, stats = _OneHotShard.apply(logits, tgt, w, ignore_index, k, cap, layout, group, which, inplace)
-    return finish_rows(loss, stats, tgt, w, ignore_index, frac, z_loss, reduction, return_lse, out_shape,
-                       logits.dtype)
+    return finish_rows(loss, stats, tgt, w, opts, out_shape, logits.dtype)
