@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._ops import OPS, bwd_inplace_op, fwd_op, shard_stats_op
+from .backends import LOADED, get
+from ._ops import bwd_inplace_op, fwd_op
 from ._schema import (LSE_COL, SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
                       check_op_shard_stats_args)
 from .validation import in_functorch
@@ -197,7 +198,7 @@ class RowLoss(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         *op_inputs, backend = inputs
         _setup_context(ctx, op_inputs, output)
-        ctx.bwd_name = OPS[backend][1]
+        ctx.bwd_name = get(backend).op_names[1]
         ctx.save_for_forward(*op_inputs[:4], output[1])
 
     @staticmethod
@@ -225,10 +226,9 @@ def _fake_shard_stats(logits, target, k, softcap=0.0):
     return logits.new_empty((logits.shape[0], SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype))
 
 
-for _name in {shard_stats_op(_backend)._qualified_op_name for _backend in OPS}:
-    torch.library.register_fake(_name)(_fake_shard_stats)
-
-for _fwd_name, _bwd_name, _inplace_name in set(OPS.values()):
+# cpu and cuda share the compiled ops: each op once
+for _fwd_name, _bwd_name, _inplace_name, _shard_name in {b.op_names for b in LOADED}:
+    torch.library.register_fake(f"hardloss_cuda::{_shard_name}")(_fake_shard_stats)
     torch.library.register_fake(f"hardloss_cuda::{_fwd_name}")(_fake_fwd)
     torch.library.register_fake(f"hardloss_cuda::{_bwd_name}")(_fake_bwd)
     torch.library.register_fake(f"hardloss_cuda::{_inplace_name}")(_fake_bwd_inplace)

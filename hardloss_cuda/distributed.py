@@ -38,6 +38,7 @@ from ._autograd import DOUBLE_BACKWARD, lse_grad
 from ._batch import finish_rows, op_inputs
 from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
 from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype
+from .backends import get
 from .options import loss_options
 
 __all__ = ["vocab_parallel_cross_entropy", "shard_layout"]
@@ -207,10 +208,11 @@ class _OneHotShard(torch.autograd.Function):
 
 
 def _slice_bwd(args, backend, inplace, from_stats):
-    """The bwd op on the slice with the global stats (``args`` as the op takes them). The
-    reference backend's bwd recomputes from the logits, not from stats: ``from_stats`` is its
-    stats-based twin in torch ops. In place, the logits' buffer is returned, not yet marked."""
-    if backend == "reference":
+    """The bwd op on the slice with the global stats (``args`` as the op takes them). A backend
+    whose bwd recomputes from the logits instead of reading the stats (the reference: its table
+    entry says so) cannot see the other ranks' classes: ``from_stats`` is the kernels' math in
+    torch ops. In place, the logits' buffer is returned, not yet marked."""
+    if not get(backend).bwd_reads_stats:
         grad = from_stats(*args)
         return args[1].copy_(grad) if inplace else grad
     if inplace:
