@@ -13,7 +13,7 @@ slice with these global stats: no communication at all. Forward: 2 collectives o
 
 Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_SmoothShard``):
 3 all-reduces of O(N) values forward, none backward. Other soft rows (mixtures, smoothing at
-k != 1) go through the reference's soft-row math (``reference._soft_rows``) with every
+k != 1) go through the torch soft-row math (``_torch_rows.soft_rows``) with every
 reduction over the classes followed by an all-reduce over the ranks, in float64 and in chunks
 of rows (9 collectives a chunk at k = 1, 13 otherwise); their gradient is computed in the
 forward and kept (an (N, C_local) buffer in the accumulation dtype). Probability targets are
@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed import _functional_collectives as funcol
 
-from . import reference
+from . import _torch_rows
 from ._autograd import DOUBLE_BACKWARD, lse_grad
 from ._batch import finish_rows, op_inputs
 from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
@@ -107,12 +107,12 @@ def _from_dtensor(x, target):
 
 
 def _capped(z: Tensor, softcap: float) -> Tensor:
-    return reference.softcap_logits(z, softcap)
+    return _torch_rows.softcap_logits(z, softcap)
 
 
 def _slope(x: Tensor, softcap: float) -> Tensor:
-    """The cap's slope at the raw logits x (reference.softcap_slope), 1 without a cap."""
-    return reference.softcap_slope(x, softcap) if softcap != 0 else torch.ones_like(x)
+    """The cap's slope at the raw logits x (_torch_rows.softcap_slope), 1 without a cap."""
+    return _torch_rows.softcap_slope(x, softcap) if softcap != 0 else torch.ones_like(x)
 
 
 def _split(base: Tensor, L: Tensor):
@@ -343,14 +343,14 @@ def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, soft
     z = _capped(x, softcap)
     CL = z.shape[1]
     p = torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
-    q = reference.target_rows(CL, tgt, w, None, -1, s, stats.dtype)
+    q = _torch_rows.target_rows(CL, tgt, w, None, -1, s, stats.dtype)
     grad = g[:, None] * (stats[:, SCALE_COL, None] * p - q)
     if g_lse is not None:
         grad = grad + g_lse[:, None] * p
     return _finish_slice_grad(grad, x, tgt, softcap, local.dtype)
 
 
-class _GroupRows(reference.RowReductions):
+class _GroupRows(_torch_rows.RowReductions):
     """Reductions over the classes of a row whose classes are split over the ranks of a group:
     the local reduction, then an all-reduce."""
 
@@ -377,9 +377,9 @@ _CHUNK_ELEMS = 1 << 21
 
 
 class _SoftShard(torch.autograd.Function):
-    """Mixture rows, and smoothed rows at k != 1: the reference's soft-row math with group-wide
-    reductions, in float64 and in chunks of rows; the (pseudo-)gradient is computed here and
-    kept for the backward, in the accumulation dtype."""
+    """Mixture rows, and smoothed rows at k != 1: the soft-row math (``_torch_rows.soft_rows``)
+    with group-wide reductions, in float64 and in chunks of rows; the (pseudo-)gradient is
+    computed here and kept for the backward, in the accumulation dtype."""
 
     @staticmethod
     def forward(ctx, local, tgt, w, mix, ignore_index, smoothing, k, softcap, layout, group, compute_grad, inplace):
@@ -401,14 +401,14 @@ class _SoftShard(torch.autograd.Function):
             # in float32 it would differ from the single-device kernel by more than either's error
             z = _capped(local[rows].to(torch.float64), softcap)
             M = _all_reduce(z.amax(1) if CL > 0 else z.new_full(z.shape[:1], -_INF), "max", group)
-            bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, nothing but -inf (reference._max_shift)
+            bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, nothing but -inf (as reference._max_shift)
             shift = torch.where(torch.isfinite(M), M, 0)
             if mix is not None:
                 q = mix[yv[rows]]
             else:
                 q = (yv[rows, None] == classes).to(torch.float64) * (1 - smoothing) + smoothing / C
             q = q * valid[rows, None] if w is None else q * w * valid[rows, None]
-            l_c, f_c, lse_c = reference._soft_rows(z - shift[:, None], q, k, compute_grad, red)
+            l_c, f_c, lse_c = _torch_rows.soft_rows(z - shift[:, None], q, k, compute_grad, red)
             loss[rows] = l_c.masked_fill(bad_row, torch.nan)
             lse[rows] = torch.stack(_split(shift, lse_c), 1)
             if compute_grad:
