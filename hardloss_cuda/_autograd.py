@@ -3,7 +3,7 @@
 The backward calls the backend's ``bwd`` op, which recomputes the pseudo-gradient from the
 logits and the row statistics kept by the forward, scaled by the incoming per-row gradient;
 the true gradients of a mixture matrix or of probability targets that require them are
-``reference.target_grads``. ``inplace_backward`` writes the gradient over the logits instead;
+``_torch_rows.target_grads``. ``inplace_backward`` writes the gradient over the logits instead;
 a mutation of an input is not allowed in ``register_autograd``, so it goes through
 ``InplaceFwd`` (an ``autograd.Function``). The Python API calls the forward op through
 ``RowLoss``, an ``autograd.Function`` with the same backward plus what torch.func needs
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
-from ._ops import OPS, bwd_inplace_op, fwd_op, shard_stats_op
+from . import _torch_rows
+from .backends import LOADED, get
+from ._ops import bwd_inplace_op, fwd_op
 from ._schema import (LSE_COL, SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
                       check_op_shard_stats_args)
 from .validation import in_functorch
@@ -37,13 +38,13 @@ def _fake_bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, l
     return torch.empty_like(logits)
 
 
-_DOUBLE_BACKWARD = ("hardloss_cuda: double backward is supported at k = 1 only (and not with inplace_backward): "
+DOUBLE_BACKWARD = ("hardloss_cuda: double backward is supported at k = 1 only (and not with inplace_backward): "
                     "the |eps|^k pseudo-gradient is not the gradient of a loss (docs/ROW_MATH.md section 3)")
 
 
 def _no_double_backward():
     if torch.is_grad_enabled():
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(DOUBLE_BACKWARD)
 
 
 def _setup_context(ctx, inputs, output):
@@ -53,7 +54,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(logits, target, weight, mixture, output[1])
 
 
-def _grad_lse(grad_stats):
+def lse_grad(grad_stats):
     """The incoming gradient of the row's logsumexp, or None when nothing used it. Only the
     LSE_COL column is differentiable (d lse / dz = softmax): LSE_LO_COL is its rounding
     correction, with derivative 0, and the other columns are the backward's own numbers."""
@@ -64,7 +65,7 @@ def _grad_lse(grad_stats):
 
 def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, mixture):
     """create_graph=True at k = 1: the gradient g (t softmax(z) - q) of cross-entropy in torch
-    ops (q = reference.target_rows, t = sum q), which autograd differentiates again
+    ops (q = _torch_rows.target_rows, t = sum q), which autograd differentiates again
     (Hessian-vector products, gradient penalties). The same on every backend; the kernels'
     backward is not differentiable."""
     if ctx.k != 1:
@@ -73,16 +74,16 @@ def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, m
         raise RuntimeError("hardloss_cuda: double backward through probability targets or a mixture is not "
                            "supported (only through the logits, at k = 1)")
     acc = acc_dtype(logits.dtype)
-    q = reference.target_rows(logits.shape[1], target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
+    q = _torch_rows.target_rows(logits.shape[1], target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
     x = logits.to(acc)
-    z = reference.softcap_logits(x, ctx.softcap)  # differentiated by autograd (chain rule)
+    z = _torch_rows.softcap_logits(x, ctx.softcap)  # differentiated by autograd (chain rule)
     p = torch.softmax(z, 1)
     t = q.sum(1, keepdim=True)
     grad = grad_loss.to(acc)[:, None] * (t * p - q)
     if grad_lse is not None:
         grad = grad + grad_lse.to(acc)[:, None] * p
     if ctx.softcap != 0:  # the chain rule through c tanh(x / c), itself differentiable
-        grad = grad * reference.softcap_slope(x, ctx.softcap)
+        grad = grad * _torch_rows.softcap_slope(x, ctx.softcap)
     if not target.is_floating_point():  # ignored rows: 0 whatever their logits, as in the kernels
         grad = torch.where((target == ctx.ignore_index)[:, None], 0, grad)
     return (grad.to(logits.dtype),) + (None,) * 8
@@ -91,7 +92,7 @@ def _differentiable_backward(ctx, grad_loss, grad_lse, logits, target, weight, m
 def _backward(ctx, bwd_name: str, grad_loss, grad_stats):
     """The gradients of (logits, target, weight, mixture, and the 5 non-tensor arguments)."""
     logits, target, weight, mixture, stats = ctx.saved_tensors
-    grad_lse = _grad_lse(grad_stats)
+    grad_lse = lse_grad(grad_stats)
     # create_graph=True: at k = 1 a differentiable backward. torch.func's grad always runs the
     # backward that way; there, for k != 1, the kernels' backward op is used, whose own autograd
     # raises if anything differentiates it (hessian, nested grad).
@@ -107,7 +108,7 @@ def _backward(ctx, bwd_name: str, grad_loss, grad_stats):
                 ctx.softcap, grad_lse)
         bwd = getattr(torch.ops.hardloss_cuda, bwd_name)
         d_logits = PseudoGrad.apply(bwd, *args) if functorch else bwd(*args)
-    d_target, d_mixture = reference.target_grads(
+    d_target, d_mixture = _torch_rows.target_grads(
         grad_loss, logits, target, weight, mixture, stats, ctx.ignore_index, ctx.label_smoothing,
         need_target=ctx.needs_input_grad[1], need_mixture=ctx.needs_input_grad[3], softcap=ctx.softcap,
     )
@@ -128,7 +129,7 @@ def _jvp(ctx, t_logits, t_target, t_mixture):
     acc = acc_dtype(logits.dtype)
     N, C = logits.shape
     x = logits.to(acc)
-    z = reference.softcap_logits(x, ctx.softcap)
+    z = _torch_rows.softcap_logits(x, ctx.softcap)
     log_p = torch.log_softmax(z, 1)
     p = log_p.exp()
     t_loss = torch.zeros(N, dtype=acc, device=logits.device)
@@ -136,8 +137,8 @@ def _jvp(ctx, t_logits, t_target, t_mixture):
     if t_logits is not None:
         dz = t_logits.to(acc)
         if ctx.softcap != 0:
-            dz = dz * reference.softcap_slope(x, ctx.softcap)
-        q = reference.target_rows(C, target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
+            dz = dz * _torch_rows.softcap_slope(x, ctx.softcap)
+        q = _torch_rows.target_rows(C, target, weight, mixture, ctx.ignore_index, ctx.label_smoothing, acc)
         t_loss = t_loss + ((q.sum(1, keepdim=True) * p - q) * dz).sum(1)
         t_lse = (p * dz).sum(1)
     w = 1 if weight is None else weight.to(acc)
@@ -145,7 +146,7 @@ def _jvp(ctx, t_logits, t_target, t_mixture):
     if t_target is not None and target.is_floating_point():
         dq = t_target.to(acc) * (1 - ctx.label_smoothing) * w
     if t_mixture is not None and mixture is not None:  # q = w W[y]: linear in W
-        dq = reference.target_rows(C, target, weight, t_mixture, ctx.ignore_index, 0.0, acc)
+        dq = _torch_rows.target_rows(C, target, weight, t_mixture, ctx.ignore_index, 0.0, acc)
     if dq is not None:  # q_ij = 0 where log p_ij = -inf contributes 0, not NaN
         t_loss = t_loss - torch.where(dq != 0, dq * log_p, 0).sum(1)
     if not target.is_floating_point():  # ignored rows: loss 0 whatever the logits
@@ -173,11 +174,11 @@ class PseudoGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(DOUBLE_BACKWARD)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        raise RuntimeError(_DOUBLE_BACKWARD)
+        raise RuntimeError(DOUBLE_BACKWARD)
 
 
 class RowLoss(torch.autograd.Function):
@@ -197,7 +198,7 @@ class RowLoss(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         *op_inputs, backend = inputs
         _setup_context(ctx, op_inputs, output)
-        ctx.bwd_name = OPS[backend][1]
+        ctx.bwd_name = get(backend).op_names[1]
         ctx.save_for_forward(*op_inputs[:4], output[1])
 
     @staticmethod
@@ -225,10 +226,9 @@ def _fake_shard_stats(logits, target, k, softcap=0.0):
     return logits.new_empty((logits.shape[0], SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype))
 
 
-for _name in {shard_stats_op(_backend)._qualified_op_name for _backend in OPS}:
-    torch.library.register_fake(_name)(_fake_shard_stats)
-
-for _fwd_name, _bwd_name, _inplace_name in set(OPS.values()):
+# cpu and cuda share the compiled ops: each op once
+for _fwd_name, _bwd_name, _inplace_name, _shard_name in {b.op_names for b in LOADED}:
+    torch.library.register_fake(f"hardloss_cuda::{_shard_name}")(_fake_shard_stats)
     torch.library.register_fake(f"hardloss_cuda::{_fwd_name}")(_fake_fwd)
     torch.library.register_fake(f"hardloss_cuda::{_bwd_name}")(_fake_bwd)
     torch.library.register_fake(f"hardloss_cuda::{_inplace_name}")(_fake_bwd_inplace)
@@ -261,7 +261,7 @@ class InplaceFwd(torch.autograd.Function):
         _no_double_backward()
         logits, target, weight, mixture, stats = ctx.saved_tensors
         bwd_inplace_op(ctx.backend)(grad_loss.to(stats.dtype).contiguous(), logits, target, weight, mixture,
-                                    stats, *ctx.args, _grad_lse(grad_stats))
+                                    stats, *ctx.args, lse_grad(grad_stats))
         torch.autograd.graph.increment_version(logits)
         return (logits.detach(),) + (None,) * 8
 

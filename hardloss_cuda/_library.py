@@ -2,7 +2,7 @@
 ``hardloss_cuda::{fwd, bwd, bwd_inplace}`` and registers the CPU and, when built, CUDA
 kernels), checked against the running torch; the emulated CUDA backend
 (``hardloss_cuda._cuda_emu``, built by ``make test`` only: docs/CUDA_EMU.md); and the Triton
-kernels, from beside this package.
+kernels (``hardloss_cuda.triton_kernels``), on first use.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import torch
 
@@ -71,19 +69,8 @@ _TRITON_LAUNCH = None
 
 
 def triton_launch():
-    """``triton_kernels.launch`` of this installation (it sits beside this package), imported
-    under the private name ``hardloss_cuda._triton_kernels``: ``triton_kernels`` is a
-    top-level name other projects use too, and a foreign one earlier on ``sys.path`` must never
-    be picked up. Imported on first use: triton is optional."""
+    """``hardloss_cuda.triton_kernels.launch``, imported on first use: triton is optional."""
     global _TRITON_LAUNCH
     if _TRITON_LAUNCH is None:
-        name = f"{__package__}._triton_kernels"
-        if name not in sys.modules:
-            pkg = Path(__file__).resolve().parent.parent / "triton_kernels"
-            spec = importlib.util.spec_from_file_location(name, pkg / "__init__.py",
-                                                          submodule_search_locations=[str(pkg)])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        _TRITON_LAUNCH = importlib.import_module(f"{name}.launch")
+        _TRITON_LAUNCH = importlib.import_module(f"{__package__}.triton_kernels.launch")
     return _TRITON_LAUNCH

@@ -148,7 +148,7 @@ BWD_INPLACE_ARGS = (
 )
 
 # Columns of ``stats`` (csrc/row_math.h "What a row keeps" has the same layout for C++ and
-# CUDA; triton_kernels imports these). 0..2 mean the same for every row:
+# CUDA; hardloss_cuda.triton_kernels imports these). 0..2 mean the same for every row:
 #   LSE_COL    the row's logsumexp, rounded;
 #   LSE_LO_COL what the rounding lost: -log p_j = (lse - z_j) + lse_lo, exact for huge logits;
 #   SCALE_COL  one-hot rows f_y, soft rows t = sum q. A row with incoming gradient 0 and a

@@ -1,51 +1,127 @@
-"""Which backends exist here, and which one a call uses.
+"""The backends, in one table: the ops each one runs, whether it can run here (and why not),
+the devices it takes, and which backend a call uses (``resolve``).
 
 ``backend="auto"`` (or the environment variable ``HARDLOSS_BACKEND`` when the call says
-"auto") picks, for CPU tensors, the fused C++ kernel and else the reference; for CUDA
-tensors the CUDA kernel, else Triton, else the reference. ``cuda_emu`` (the CUDA kernels run
-by an emulator on CPU tensors, docs/CUDA_EMU.md) is a test backend: only asked for by name.
+"auto") takes the first backend of the table, in its order, that is available and picked by
+auto for the input's device: for CPU tensors the fused C++ kernel, for CUDA tensors the CUDA
+kernel, then Triton; the reference, for any device, comes last. ``cuda_emu`` (the CUDA kernels
+run by an emulator on CPU tensors, docs/CUDA_EMU.md) is a test backend: only asked for by name.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from . import _library, _version_check
 
-BACKENDS = ("cuda", "triton", "cpu", "cuda_emu", "reference")
-
-
 # Looked up once: importlib's finder cannot be traced by torch.compile, and resolve() runs
 # inside compiled code.
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+OP_KINDS = ("fwd", "bwd", "bwd_inplace", "shard_stats")  # the ops of every backend (_schema.py)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    op_names: tuple[str, str, str, str]  # its OP_KINDS under torch.ops.hardloss_cuda
+    loaded: bool  # whether those ops are defined in this process (the compiled ones may not be)
+    unavailable: Callable[[], str | None]  # why it cannot run here, or None
+    wrong_device: Callable[[torch.device], str | None]  # why it cannot take tensors on that device, or None
+    picked_by_auto: Callable[[torch.device], bool]  # whether "auto" may take it for tensors on that device
+    # whether its bwd op computes the gradient from the stats it is given alone (the kernels,
+    # csrc/row_math.h); the reference's recomputes everything from the logits
+    bwd_reads_stats: bool = True
+
+    def op(self, kind: str):
+        """The op ``kind`` ("fwd", "bwd", "bwd_inplace", "shard_stats") of this backend."""
+        return getattr(torch.ops.hardloss_cuda, self.op_names[OP_KINDS.index(kind)])
+
+
+def _named_ops(prefix: str) -> tuple[str, str, str, str]:
+    return tuple(f"{prefix}{op}" for op in OP_KINDS)
+
+
+def _runs_on(device_type: str, name: str, what: str = ""):
+    """The device check of a backend that takes tensors of one device type only."""
+    label = "CPU" if device_type == "cpu" else "CUDA"
+    return lambda device: (None if device.type == device_type
+                           else f"backend '{name}'{what} runs on {label} tensors; input is on {device}")
+
+
+def _compiled_reason() -> str | None:
+    if _library.C_IMPORT_ERROR is not None:
+        return f"the C++ extension is not built ({_library.C_IMPORT_ERROR})"
+    return None
+
+
+def _cuda_reason() -> str | None:
+    if _compiled_reason() is not None:
+        return _compiled_reason()
+    if not _library.has_compiled_op("cuda"):
+        return "the extension was built without CUDA kernels"
+    return None if torch.cuda.is_available() else "no CUDA GPU is available"
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _triton_reason() -> str | None:
     if not _HAS_TRITON:
         return "triton is not installed (pip install triton)"
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    if not torch.cuda.is_available() and not _triton_interpreted():
         return "no CUDA GPU is available (set TRITON_INTERPRET=1 to run on CPU tensors)"
     return None
+
+
+def _triton_device(device: torch.device) -> str | None:
+    if device.type == "cpu" and not _triton_interpreted():
+        return "backend 'triton' runs on CPU tensors only under TRITON_INTERPRET=1"
+    return None
+
+
+def _not_cpu(device: torch.device) -> bool:
+    return device.type != "cpu"
+
+
+# Best first: the order of available_backends() and of "auto". The compiled library defines
+# the unprefixed ops, with CPU and (when built) CUDA kernels; _ops.py defines the others.
+_TABLE = (
+    Backend("cuda", _named_ops(""), _library.C_IMPORT_ERROR is None, _cuda_reason, _runs_on("cuda", "cuda"),
+            picked_by_auto=_not_cpu),
+    Backend("triton", _named_ops("triton_"), True, _triton_reason, _triton_device, picked_by_auto=_not_cpu),
+    Backend("cpu", _named_ops(""), _library.C_IMPORT_ERROR is None, _compiled_reason, _runs_on("cpu", "cpu"),
+            picked_by_auto=lambda device: device.type == "cpu"),
+    Backend("cuda_emu", _named_ops("cuda_emu_"), _library.CUDA_EMU is not None, lambda: _library.CUDA_EMU_ERROR,
+            _runs_on("cpu", "cuda_emu", " (the CUDA kernels, emulated)"), picked_by_auto=lambda device: False),
+    # last: what "auto" falls back to on any device
+    Backend("reference", _named_ops("reference_"), True, lambda: None, lambda device: None,
+            picked_by_auto=lambda device: True, bwd_reads_stats=False),
+)
+TABLE: dict[str, Backend] = {b.name: b for b in _TABLE}
+BACKENDS = tuple(TABLE)
+# The backends whose ops are defined in this process (the ops' fakes and autograd go on these).
+LOADED = tuple(b for b in _TABLE if b.loaded)
+
+
+def get(name: str) -> Backend:
+    """The table entry of a resolved backend name."""
+    return TABLE[name]
 
 
 def unavailable_reasons() -> dict[str, str]:
     """Backend name -> why it cannot run here; backends that can run are absent."""
     reasons = {}
-    if _library.C_IMPORT_ERROR is not None:
-        why = f"the C++ extension is not built ({_library.C_IMPORT_ERROR})"
-        reasons["cpu"] = reasons["cuda"] = why
-    elif not _library.has_compiled_op("cuda"):
-        reasons["cuda"] = "the extension was built without CUDA kernels"
-    if "cuda" not in reasons and not torch.cuda.is_available():
-        reasons["cuda"] = "no CUDA GPU is available"
-    if _library.CUDA_EMU_ERROR is not None:
-        reasons["cuda_emu"] = _library.CUDA_EMU_ERROR
-    triton = _triton_reason()
-    if triton:
-        reasons["triton"] = triton
+    for b in _TABLE:  # a loop, not a comprehension with :=, which Dynamo cannot trace
+        why = b.unavailable()
+        if why is not None:
+            reasons[b.name] = why
     return reasons
 
 
@@ -63,18 +139,12 @@ def resolve(backend: str, device: torch.device) -> str:
         raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     reasons = unavailable_reasons()
     if backend == "auto":
-        order = ("cpu",) if device.type == "cpu" else ("cuda", "triton")
-        return next((b for b in order if b not in reasons), "reference")
+        return next(b.name for b in _TABLE if b.picked_by_auto(device) and b.name not in reasons)
     if backend in reasons:
         raise RuntimeError(f"hardloss_cuda backend {backend!r} is not available: {reasons[backend]}")
-    if backend == "cpu" and device.type != "cpu":
-        raise RuntimeError(f"backend 'cpu' runs on CPU tensors; input is on {device}")
-    if backend == "cuda" and device.type != "cuda":
-        raise RuntimeError(f"backend 'cuda' runs on CUDA tensors; input is on {device}")
-    if backend == "cuda_emu" and device.type != "cpu":
-        raise RuntimeError(f"backend 'cuda_emu' (the CUDA kernels, emulated) runs on CPU tensors; input is on {device}")
-    if backend == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("backend 'triton' runs on CPU tensors only under TRITON_INTERPRET=1")
+    why = TABLE[backend].wrong_device(device)
+    if why is not None:
+        raise RuntimeError(why)
     return backend
 
 

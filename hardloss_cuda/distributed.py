@@ -13,7 +13,7 @@ slice with these global stats: no communication at all. Forward: 2 collectives o
 
 Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_SmoothShard``):
 3 all-reduces of O(N) values forward, none backward. Other soft rows (mixtures, smoothing at
-k != 1) go through the reference's soft-row math (``reference._soft_rows``) with every
+k != 1) go through the torch soft-row math (``_torch_rows.soft_rows``) with every
 reduction over the classes followed by an all-reduce over the ranks, in float64 and in chunks
 of rows (9 collectives a chunk at k = 1, 13 otherwise); their gradient is computed in the
 forward and kept (an (N, C_local) buffer in the accumulation dtype). Probability targets are
@@ -33,12 +33,13 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed import _functional_collectives as funcol
 
-from . import backends, reference
-from ._autograd import _DOUBLE_BACKWARD, _grad_lse
+from . import _torch_rows
+from ._autograd import DOUBLE_BACKWARD, lse_grad
+from ._batch import finish_rows, op_inputs
 from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
 from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype
-from .functional import _trim_fraction, finish_rows, op_inputs
-from .validation import check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
+from .backends import get
+from .options import loss_options
 
 __all__ = ["vocab_parallel_cross_entropy", "shard_layout"]
 
@@ -106,12 +107,12 @@ def _from_dtensor(x, target):
 
 
 def _capped(z: Tensor, softcap: float) -> Tensor:
-    return reference.softcap_logits(z, softcap)
+    return _torch_rows.softcap_logits(z, softcap)
 
 
 def _slope(x: Tensor, softcap: float) -> Tensor:
-    """The cap's slope at the raw logits x (reference.softcap_slope), 1 without a cap."""
-    return reference.softcap_slope(x, softcap) if softcap != 0 else torch.ones_like(x)
+    """The cap's slope at the raw logits x (_torch_rows.softcap_slope), 1 without a cap."""
+    return _torch_rows.softcap_slope(x, softcap) if softcap != 0 else torch.ones_like(x)
 
 
 def _split(base: Tensor, L: Tensor):
@@ -152,7 +153,7 @@ def _labels(tgt: Tensor, ignore_index: int, start: int, C: int, CL: int):
 
 def _no_double_backward():
     if torch.is_grad_enabled():
-        raise RuntimeError(_DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
+        raise RuntimeError(DOUBLE_BACKWARD + " (nor through the vocab-parallel loss)")
 
 
 class _OneHotShard(torch.autograd.Function):
@@ -200,17 +201,18 @@ class _OneHotShard(torch.autograd.Function):
         if local.shape[1] == 0:
             return (torch.zeros_like(local),) + (None,) * 9
         g = torch.zeros_like(ctx.w_y) if grad_loss is None else grad_loss.to(stats.dtype) * ctx.w_y
-        g_lse = _grad_lse(grad_stats)
+        g_lse = lse_grad(grad_stats)
         args = (g.contiguous(), local, ctx.tgt, None, None, stats, -1, 0.0, k, softcap, g_lse)
         grad = _slice_bwd(args, backend, inplace, _onehot_grad_from_stats)
         return (_marked(grad, local, inplace),) + (None,) * 9
 
 
 def _slice_bwd(args, backend, inplace, from_stats):
-    """The bwd op on the slice with the global stats (``args`` as the op takes them). The
-    reference backend's bwd recomputes from the logits, not from stats: ``from_stats`` is its
-    stats-based twin in torch ops. In place, the logits' buffer is returned, not yet marked."""
-    if backend == "reference":
+    """The bwd op on the slice with the global stats (``args`` as the op takes them). A backend
+    whose bwd recomputes from the logits instead of reading the stats (the reference: its table
+    entry says so) cannot see the other ranks' classes: ``from_stats`` is the kernels' math in
+    torch ops. In place, the logits' buffer is returned, not yet marked."""
+    if not get(backend).bwd_reads_stats:
         grad = from_stats(*args)
         return args[1].copy_(grad) if inplace else grad
     if inplace:
@@ -317,7 +319,7 @@ class _SmoothShard(torch.autograd.Function):
         if local.shape[1] == 0:
             return (torch.zeros_like(local),) + (None,) * 9
         g = torch.zeros_like(ctx.q_a) if grad_loss is None else grad_loss.to(stats.dtype)
-        g_lse = _grad_lse(grad_stats)
+        g_lse = lse_grad(grad_stats)
         args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap, g_lse)
         grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
         # The stand-in label's column, from the stats: g (t p_a - q_a) (+ g_lse p_a), times the slope
@@ -341,14 +343,14 @@ def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, soft
     z = _capped(x, softcap)
     CL = z.shape[1]
     p = torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
-    q = reference.target_rows(CL, tgt, w, None, -1, s, stats.dtype)
+    q = _torch_rows.target_rows(CL, tgt, w, None, -1, s, stats.dtype)
     grad = g[:, None] * (stats[:, SCALE_COL, None] * p - q)
     if g_lse is not None:
         grad = grad + g_lse[:, None] * p
     return _finish_slice_grad(grad, x, tgt, softcap, local.dtype)
 
 
-class _GroupRows(reference.RowReductions):
+class _GroupRows(_torch_rows.RowReductions):
     """Reductions over the classes of a row whose classes are split over the ranks of a group:
     the local reduction, then an all-reduce."""
 
@@ -375,9 +377,9 @@ _CHUNK_ELEMS = 1 << 21
 
 
 class _SoftShard(torch.autograd.Function):
-    """Mixture rows, and smoothed rows at k != 1: the reference's soft-row math with group-wide
-    reductions, in float64 and in chunks of rows; the (pseudo-)gradient is computed here and
-    kept for the backward, in the accumulation dtype."""
+    """Mixture rows, and smoothed rows at k != 1: the soft-row math (``_torch_rows.soft_rows``)
+    with group-wide reductions, in float64 and in chunks of rows; the (pseudo-)gradient is
+    computed here and kept for the backward, in the accumulation dtype."""
 
     @staticmethod
     def forward(ctx, local, tgt, w, mix, ignore_index, smoothing, k, softcap, layout, group, compute_grad, inplace):
@@ -399,14 +401,14 @@ class _SoftShard(torch.autograd.Function):
             # in float32 it would differ from the single-device kernel by more than either's error
             z = _capped(local[rows].to(torch.float64), softcap)
             M = _all_reduce(z.amax(1) if CL > 0 else z.new_full(z.shape[:1], -_INF), "max", group)
-            bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, nothing but -inf (reference._max_shift)
+            bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, nothing but -inf (as reference._max_shift)
             shift = torch.where(torch.isfinite(M), M, 0)
             if mix is not None:
                 q = mix[yv[rows]]
             else:
                 q = (yv[rows, None] == classes).to(torch.float64) * (1 - smoothing) + smoothing / C
             q = q * valid[rows, None] if w is None else q * w * valid[rows, None]
-            l_c, f_c, lse_c = reference._soft_rows(z - shift[:, None], q, k, compute_grad, red)
+            l_c, f_c, lse_c = _torch_rows.soft_rows(z - shift[:, None], q, k, compute_grad, red)
             loss[rows] = l_c.masked_fill(bad_row, torch.nan)
             lse[rows] = torch.stack(_split(shift, lse_c), 1)
             if compute_grad:
@@ -430,7 +432,7 @@ class _SoftShard(torch.autograd.Function):
         local, f, stats = ctx.saved_tensors
         softcap, inplace, ignored = ctx.args
         grad = f * (0 if grad_loss is None else grad_loss.to(f.dtype)[:, None])
-        g_lse = _grad_lse(grad_stats)
+        g_lse = lse_grad(grad_stats)
         x = local.to(f.dtype)
         z = _capped(x, softcap)
         if g_lse is not None:
@@ -502,30 +504,26 @@ def vocab_parallel_cross_entropy(
         if not (0 <= start and start + local_logits.shape[-1] <= C):
             raise ValueError(f"class_start={start}: the slice of {local_logits.shape[-1]} classes lies outside "
                              f"[0, num_classes={C})")
-    ignore_index = scalar_arg(ignore_index, "ignore_index", int)
-    label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
-    check_inputs(local_logits, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
-                 num_classes=C, input_name="local_logits")
+    opts = loss_options(local_logits, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing, k=k, mixture=mixture, trim=trim, softcap=softcap,
+                        z_loss=z_loss, return_lse=return_lse, inplace_backward=inplace_backward, backend=backend,
+                        num_classes=C, input_name="local_logits")
     if mixture is not None and mixture.requires_grad and torch.is_grad_enabled():
         raise ValueError("mixture: its gradient is not computed by the vocab-parallel loss")
-    k, cap, z_loss = check_k(k), check_softcap(softcap, local_logits.dtype), check_z_loss(z_loss)
-    frac = _trim_fraction(trim)
-    which = backends.resolve(backend, local_logits.device)
+    ignore_index, s, k, cap, which = opts.ignore_index, opts.label_smoothing, opts.k, opts.softcap, opts.backend
 
     out_shape = () if local_logits.dim() == 1 else local_logits.shape[:1]
     logits = local_logits[None] if local_logits.dim() == 1 else local_logits
     logits = logits.contiguous()
     tgt, w, mix, _acc = op_inputs(target.reshape(-1), weight, mixture, logits.dtype)
     layout = (start, C)
-    inplace = bool(inplace_backward) and torch.is_grad_enabled() and logits.requires_grad
-    if mix is None and label_smoothing > 0 and k == 1:
-        loss, stats = _SmoothShard.apply(logits, tgt, w, ignore_index, float(label_smoothing), cap, layout, group,
-                                         which, inplace)
-    elif mix is not None or label_smoothing > 0:
+    inplace = opts.inplace_backward and torch.is_grad_enabled() and logits.requires_grad
+    if mix is None and s > 0 and k == 1:
+        loss, stats = _SmoothShard.apply(logits, tgt, w, ignore_index, s, cap, layout, group, which, inplace)
+    elif mix is not None or s > 0:
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
-        loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, float(label_smoothing), k, cap, layout,
-                                       group, compute_grad, inplace)
+        loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, s, k, cap, layout, group, compute_grad,
+                                       inplace)
     else:
         loss, stats = _OneHotShard.apply(logits, tgt, w, ignore_index, k, cap, layout, group, which, inplace)
-    return finish_rows(loss, stats, tgt, w, ignore_index, frac, z_loss, reduction, return_lse, out_shape,
-                       logits.dtype)
+    return finish_rows(loss, stats, tgt, w, opts, out_shape, logits.dtype)

@@ -29,11 +29,11 @@ import math
 import torch
 from torch import Tensor
 
-from . import _ops, backends
+from . import _ops
+from ._batch import op_inputs, reduce_rows, row_lse, row_weights
 from ._schema import STATS_COLS, acc_dtype
-from .functional import _trim_fraction, op_inputs, reduce_rows, row_lse, row_weights
+from .options import loss_options
 from .trimming import keep_mask
-from .validation import check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
 
 __all__ = ["linear_cross_entropy"]
 
@@ -51,11 +51,11 @@ def _chunk_rows(chunk_size, N: int, C: int) -> int:
 class _Head:
     """What every chunk needs: the classifier, the targets and the op's options."""
 
-    def __init__(self, W, b, tgt, w, mix, ignore_index, smoothing, k, softcap, backend, rows):
+    def __init__(self, W, b, tgt, w, mix, opts, rows):
         self.W, self.b, self.tgt, self.w, self.mix = W, b, tgt, w, mix
-        self.args = (ignore_index, smoothing, k)
-        self.softcap = softcap
-        self.backend, self.rows = backend, rows
+        self.args = (opts.ignore_index, opts.label_smoothing, opts.k)
+        self.softcap = opts.softcap
+        self.backend, self.rows = opts.backend, rows
         self.buf = None
 
     def logits(self, h: Tensor) -> Tensor:
@@ -280,24 +280,18 @@ def linear_cross_entropy(
     if (isinstance(mixture, Tensor) and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):
         raise ValueError("linear_cross_entropy: gradients w.r.t. mixture or target are not supported; use "
                          "cross_entropy on materialised logits")
-    ignore_index = scalar_arg(ignore_index, "ignore_index", int)
-    label_smoothing = scalar_arg(label_smoothing, "label_smoothing", float)
     N = math.prod(lead)
     h = input.reshape(N, D)  # (-1, D) is ambiguous for D = 0
     tgt = target.reshape(N, C) if target.is_floating_point() else target.reshape(N)
     logits_like = h.new_empty(()).expand(N, C)  # validated as cross_entropy's input, never allocated
-    check_inputs(logits_like, tgt, weight, ignore_index, reduction, label_smoothing, mixture, False)
-    k = check_k(k)
-    cap = check_softcap(softcap, input.dtype)
-    z_loss = check_z_loss(z_loss)
-    frac = _trim_fraction(trim)
-    which = backends.resolve(backend, input.device)
+    opts = loss_options(logits_like, tgt, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                        label_smoothing=label_smoothing, k=k, mixture=mixture, trim=trim, softcap=softcap,
+                        z_loss=z_loss, return_lse=return_lse, backend=backend)
 
     tgt, w, mix, acc = op_inputs(tgt, weight, mixture, h.dtype)
-    valid, row_w = row_weights(tgt, w, ignore_index, N, acc)
-    head = _Head(linear_weight, linear_bias, tgt, w, mix, ignore_index, float(label_smoothing), k, cap, which,
-                 _chunk_rows(chunk_size, N, C))
-    out, lse = _LinearCE.apply(h.contiguous(), linear_weight, linear_bias, head, reduction, frac, valid, row_w,
-                               z_loss, return_lse)
-    out = out.to(input.dtype).reshape(lead) if reduction == "none" else out.to(input.dtype)
-    return (out, lse.reshape(lead)) if return_lse else out
+    valid, row_w = row_weights(tgt, w, opts.ignore_index, N, acc)
+    head = _Head(linear_weight, linear_bias, tgt, w, mix, opts, _chunk_rows(chunk_size, N, C))
+    out, lse = _LinearCE.apply(h.contiguous(), linear_weight, linear_bias, head, opts.reduction, opts.trim, valid,
+                               row_w, opts.z_loss, opts.return_lse)
+    out = out.to(input.dtype).reshape(lead) if opts.reduction == "none" else out.to(input.dtype)
+    return (out, lse.reshape(lead)) if opts.return_lse else out

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import cross_entropy
-from .validation import _number, check_mixing_weight
+from .validation import as_number, check_mixing_weight
 
 __all__ = ["lda_similarity", "lda_fit", "simple_mixture", "per_class_mixture", "MixedCrossEntropyLoss"]
 
@@ -136,7 +136,7 @@ class MixedCrossEntropyLoss(nn.Module):
             raise ValueError(f"mode must be 'fixed', 'per_class' or 'full', got {mode!r}")
         check_mixing_weight(eps)
         for name, value in dict(alpha=alpha, beta=beta, gamma=gamma, eta=eta, p=p).items():
-            _number(value, name)  # else the penalty fails later, naming nothing
+            as_number(value, name)  # else the penalty fails later, naming nothing
         if isinstance(c, bool) or not isinstance(c, (Real, Tensor)) or torch.as_tensor(c).shape not in ((), (C,)):
             raise ValueError(f"c must be a number or a tensor of shape ({C},), got {c!r}")
         self.mode, self.reduction, self.ce_kwargs = mode, reduction, ce_kwargs

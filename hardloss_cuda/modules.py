@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .functional import cross_entropy
 from .linear import linear_cross_entropy
-from .validation import check_k, check_softcap, check_z_loss
+from .options import check_module_options
 
 __all__ = ["HardCrossEntropyLoss", "HardLinearCrossEntropyLoss"]
 
@@ -31,9 +30,8 @@ class HardCrossEntropyLoss(nn.Module):
         else:
             self.register_buffer("mixture", mixture)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
-        self.k, self.trim = check_k(k), trim
-        check_softcap(softcap, torch.float64)  # the range of every dtype; the call checks its own
-        self.softcap, self.z_loss, self.return_lse = softcap, check_z_loss(z_loss), return_lse
+        self.k, self.z_loss = check_module_options(k, softcap, z_loss)
+        self.trim, self.softcap, self.return_lse = trim, softcap, return_lse
         self.inplace_backward, self.backend = inplace_backward, backend
 
     def forward(self, input: Tensor, target: Tensor):
@@ -59,9 +57,9 @@ class HardLinearCrossEntropyLoss(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("mixture", mixture)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
-        self.k, self.trim, self.chunk_size, self.backend = check_k(k), trim, chunk_size, backend
-        check_softcap(softcap, torch.float64)  # the range of every dtype; the call checks its own
-        self.softcap, self.z_loss, self.return_lse = softcap, check_z_loss(z_loss), return_lse
+        self.k, self.z_loss = check_module_options(k, softcap, z_loss)
+        self.trim, self.softcap, self.return_lse = trim, softcap, return_lse
+        self.chunk_size, self.backend = chunk_size, backend
 
     def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None):
         return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,

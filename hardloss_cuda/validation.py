@@ -46,7 +46,7 @@ def _item(t: Tensor, name: str):
     return t.item()
 
 
-def _number(value, name: str) -> float:
+def as_number(value, name: str) -> float:
     """A number given as a Python number or a one-element tensor (its value, as a float); anything
     else raises a ValueError naming the argument."""
     if isinstance(value, Tensor):
@@ -63,7 +63,7 @@ def _number(value, name: str) -> float:
 
 
 def check_k(k) -> float:
-    k = _number(k, "k")
+    k = as_number(k, "k")
     if not math.isfinite(k) or not (_K_MIN <= k <= _K_MAX):
         raise ValueError(f"k must be a number in [2**-126, {_K_MAX:.3g}] (a positive normal float32), got {k!r}")
     return float(k)
@@ -74,7 +74,7 @@ def check_softcap(softcap, dtype: torch.dtype) -> float:
     returned as the ops take it (0.0: off)."""
     if softcap is None:
         return 0.0
-    softcap = _number(softcap, "softcap")
+    softcap = as_number(softcap, "softcap")
     lo, hi = softcap_range(dtype)
     if not (lo <= softcap <= hi):
         raise ValueError(f"softcap must be None or a number in [{lo:.4g}, {hi:.4g}] for {dtype} input (the kernels "
@@ -83,7 +83,7 @@ def check_softcap(softcap, dtype: torch.dtype) -> float:
 
 
 def check_z_loss(z_loss) -> float:
-    z_loss = _number(z_loss, "z_loss")
+    z_loss = as_number(z_loss, "z_loss")
     if not (0 <= z_loss < math.inf):
         raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
     return float(z_loss)

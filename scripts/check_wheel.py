@@ -5,7 +5,11 @@
                                               tagged abi3, bundles no shared library, and its
                                               library needs only torch's, the CUDA runtime of
                                               torch's major (a CUDA build must need it) and
-                                              the system's C/C++ runtime
+                                              the system's C/C++ runtime; it installs one
+                                              top-level package, hardloss_cuda (the Triton
+                                              kernels are hardloss_cuda.triton_kernels: no
+                                              top-level triton_kernels, a name PyPI's
+                                              triton-kernels owns)
         [--cuobjdump PATH]                    CUDA: the GPU code in the library is exactly
                                               build_info()'s cuda_arch_list (cubins, PTX)
   python check_wheel.py --expect-mismatch     importing must fail with the clear message
@@ -14,6 +18,7 @@
 
 import argparse
 import importlib.metadata
+import importlib.util
 import re
 import subprocess
 import sys
@@ -67,8 +72,23 @@ def check_packaging(expect: str) -> None:
     foreign = [n for n in needed if n not in allowed and n not in _SYSTEM]
     if foreign:
         _fail(f"{so.name} needs {foreign}, which neither torch {torch.__version__} nor the system provides")
+    check_top_level(dist)
     print(f"check_wheel: OK, tags {tags}, {so.name} ({so.stat().st_size / 2**20:.0f} MiB) needs {needed}")
     return so
+
+
+def check_top_level(dist) -> None:
+    """The wheel installs the package hardloss_cuda and nothing else at the top level: the Triton
+    kernels are its subpackage, and no top-level ``triton_kernels`` of ours is importable."""
+    tops = {f.parts[0] for f in dist.files if not f.parts[0].endswith(".dist-info") and f.parts[0] != ".."}
+    if tops != {"hardloss_cuda"}:
+        _fail(f"the wheel installs top-level names besides hardloss_cuda: {sorted(tops - {'hardloss_cuda'})}")
+    if not any(f.parts[:2] == ("hardloss_cuda", "triton_kernels") and f.name == "launch.py" for f in dist.files):
+        _fail("the wheel lacks hardloss_cuda/triton_kernels/launch.py")
+    spec = importlib.util.find_spec("triton_kernels")
+    if spec is not None:
+        _fail(f"a top-level triton_kernels is importable: {spec.origin}")
+    print(f"check_wheel: OK, top-level {sorted(tops)}, no top-level triton_kernels")
 
 
 def check_archs(so: Path, cuobjdump: str) -> None:

@@ -6,6 +6,8 @@ import torch
 import hardloss_cuda
 from hardloss_cuda import _library
 
+from ._backends import backend_devices, parametrize
+
 # Every test that takes `backend, device` runs once per backend that can run here; the
 # reference stays the oracle. Triton is covered by test_triton_interpreter.py on the CPU.
 _avail = hardloss_cuda.available_backends()
@@ -19,9 +21,7 @@ if os.environ.get("HARDLOSS_REQUIRE_CUDA_EMU") == "1" and "cuda_emu" not in _ava
 # `make wheels` runs this suite against the installed wheel, from outside the source tree.
 if os.environ.get("HARDLOSS_EXPECT_INSTALLED") == "1" and "site-packages" not in hardloss_cuda.__file__:
     raise RuntimeError(f"HARDLOSS_EXPECT_INSTALLED=1 but hardloss_cuda comes from {hardloss_cuda.__file__}")
-BACKEND_DEVICES = [(b, "cpu") for b in ("reference", "cpu", "cuda_emu") if b in _avail]
-if torch.cuda.is_available():
-    BACKEND_DEVICES += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _avail]
+BACKEND_DEVICES = backend_devices(leave_out=[("triton", "cpu")])
 
 
 def api_backends():
@@ -29,17 +29,7 @@ def api_backends():
     module sets TRITON_INTERPRET=1 before triton is imported) and the emulated CUDA kernels
     (cuda_emu): the backends of the API tests (test_linear, test_lm_options, test_func),
     parametrized as `backend, device`."""
-    import importlib.util
-
-    avail = hardloss_cuda.available_backends()  # now: Triton's availability follows TRITON_INTERPRET
-    bds = [(b, "cpu") for b in ("reference", "cpu") if b in avail]
-    if "triton" in avail and os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("numpy"):
-        bds.append(("triton", "cpu"))
-    if "cuda_emu" in avail:
-        bds.append(("cuda_emu", "cpu"))
-    if torch.cuda.is_available():
-        bds += [(b, "cuda") for b in ("cuda", "triton") if b in avail]
-    return pytest.mark.parametrize("backend,device", bds, ids=[f"{b}-{d}" for b, d in bds])
+    return parametrize(backend_devices(leave_out=[("reference", "cuda")]))
 
 
 def pytest_generate_tests(metafunc):

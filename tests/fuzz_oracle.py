@@ -407,12 +407,12 @@ def _event(text):
 def _load_interpreted():
     """As tests/test_triton_interpreter.py: triton.jit chooses the interpreter when a kernel
     is decorated, so reload the kernel modules if they were imported without it."""
-    import triton_kernels.launch
+    import hardloss_cuda.triton_kernels.launch as launch
 
-    if type(triton_kernels.launch.onehot_fwd_kernel).__name__ != "InterpretedFunction":
+    if type(launch.onehot_fwd_kernel).__name__ != "InterpretedFunction":
         for name in ("rowmath", "fwd", "bwd", "config", "launch"):
-            importlib.reload(sys.modules[f"triton_kernels.{name}"])
-    return triton_kernels.launch
+            importlib.reload(sys.modules[f"hardloss_cuda.triton_kernels.{name}"])
+    return launch
 
 
 def _trim_is_decidable(batch, frac, dtype):

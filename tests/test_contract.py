@@ -9,7 +9,6 @@ launch (path choice by C, alignment, CUDA graphs, the Triton plan).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
@@ -17,24 +16,16 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU
 import pytest
 import torch
 
-import hardloss_cuda
 from hardloss_cuda import _ops, reference
 from hardloss_cuda._schema import SCALE_COL, STATS_COLS, acc_dtype
 
 from . import fuzz_oracle as O
+from ._backends import FLOOR, RTOL, backend_devices, parametrize
 
-_AVAIL = hardloss_cuda.available_backends()
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("numpy") is not None
-BACKENDS = [(b, "cpu") for b in ("reference", "cpu") if b in _AVAIL]
-if "triton" in _AVAIL and _INTERPRET:
-    BACKENDS.append(("triton", "cpu"))
-if "cuda_emu" in _AVAIL:
-    BACKENDS.append(("cuda_emu", "cpu"))
-if torch.cuda.is_available():
-    BACKENDS += [(b, "cuda") for b in ("cuda", "triton", "reference") if b in _AVAIL]
+BACKENDS = backend_devices()
 
 pytestmark = [
-    pytest.mark.parametrize("backend,device", BACKENDS, ids=[f"{b}-{d}" for b, d in BACKENDS]),
+    parametrize(BACKENDS),
     # the Triton interpreter runs in numpy, which warns where the math means -inf / NaN
     pytest.mark.filterwarnings("ignore::RuntimeWarning"),
 ]
@@ -59,8 +50,6 @@ def row_lengths(backend, device):
 # reference matched the truth to 1e-6 by luck, the CPU kernel and Triton were 6e-5 off with
 # the sign of an eps of 1e-10 flipped, CI seed 766481145), so the gradient at k != 1 also gets
 # tests/fuzz_oracle.py's rounding model of each element (``rounding_model``).
-RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
-FLOOR = {torch.float64: 1e-14, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
 def assert_close_to_truth(name, got, truth, baseline, dtype, m=2, model=None):

@@ -27,6 +27,8 @@ import hardloss_cuda as H
 from hardloss_cuda import _library, reference
 from hardloss_cuda._schema import SCALE_COL, STATS_COLS
 
+from ._backends import SAME_INPUT
+
 _GPU = torch.cuda.is_available()
 _EMU = _library.CUDA_EMU is not None
 gpu_only = pytest.mark.skipif(not _GPU, reason="no CUDA device")
@@ -57,7 +59,7 @@ def emulated(device):
     return device == "cpu"
 
 
-TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-10}
+TOL = SAME_INPUT
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import hardloss_cuda as hl
 from hardloss_cuda import mcel
 
-from .conftest import BACKEND_DEVICES
+from ._backends import backend_devices
 from .fuzz_oracle import _load_interpreted, check_against_truth, mp_row
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -33,11 +33,9 @@ _HAS_TRITON = importlib.util.find_spec("triton") is not None and importlib.util.
 if _HAS_TRITON:
     _load_interpreted()
 
-# conftest's backends (reference / cpu on CPU tensors; cuda and reference on a GPU), with
-# triton on CPU tensors under the interpreter (this process forces TRITON_INTERPRET=1).
-_BDS = [bd for bd in BACKEND_DEVICES if bd != ("triton", "cuda")]
-if _HAS_TRITON:
-    _BDS.append(("triton", "cpu"))
+# every backend that runs here but Triton on a GPU; Triton on CPU tensors under the
+# interpreter (this process forces TRITON_INTERPRET=1)
+_BDS = backend_devices(leave_out=[("triton", "cuda")])
 BACKENDS = pytest.mark.parametrize("bd", _BDS, ids=[f"{b}-{d}" for b, d in _BDS])
 
 

@@ -26,6 +26,7 @@ import hardloss_cuda as hl
 from hardloss_cuda._ops import shard_stats_op
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
 
+from ._backends import backend_devices, cpu_backends
 from .conftest import api_backends
 
 N, C = 13, 37
@@ -151,11 +152,7 @@ def _spawn(fn, world, *args):
 
 
 def _backends():
-    avail = hl.available_backends()
-    out = [b for b in ("reference", "cpu") if b in avail]
-    if "triton" in avail and os.environ.get("TRITON_INTERPRET") == "1":
-        out.append("triton")
-    return out
+    return cpu_backends(leave_out=("cuda_emu",))
 
 
 def _dtensor_case(rank, world):
@@ -251,7 +248,7 @@ def _gpu_worker(rank, world, port):
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.cuda.set_device(rank)
     try:
-        for backend in [b for b in ("cuda", "triton") if b in hl.available_backends()]:
+        for backend in [b for b, d in backend_devices(leave_out=[("reference", "cuda")]) if d == "cuda"]:
             for dtype in (torch.float32, torch.bfloat16):
                 for opts, k in (({"weight": True, "ignore": True}, 0.5), ({"label_smoothing": 0.1}, 1.0),
                                 ({"softcap": 3.0, "z_loss": 1e-2, "return_lse": True}, 2.0)):

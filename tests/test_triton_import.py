@@ -1,4 +1,4 @@
-"""hardloss_cuda imports its Triton kernels from beside itself under a private name: a foreign
+"""hardloss_cuda's Triton kernels are its subpackage ``hardloss_cuda.triton_kernels``: a foreign
 top-level ``triton_kernels`` (another project's) earlier on sys.path is never picked up."""
 
 import importlib.util
@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
     torch.testing.assert_close(loss, hl.cross_entropy(z2, y, backend="reference"))
     torch.testing.assert_close(z.grad, z2.grad)
     launch = _library.triton_launch()
-    assert launch.__name__ == "hardloss_cuda._triton_kernels.launch", launch.__name__
+    assert launch.__name__ == "hardloss_cuda.triton_kernels.launch", launch.__name__
     assert sys.modules["triton_kernels"] is foreign
     print("ok")
 """)

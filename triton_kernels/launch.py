@@ -22,8 +22,8 @@ import torch
 import triton
 from torch import Tensor
 
-from hardloss_cuda._schema import (SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
-                                   check_op_shard_stats_args, check_op_softcap)
+from .._schema import (SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
+                      check_op_shard_stats_args, check_op_softcap)
 
 from .bwd import onehot_bwd_kernel, soft_bwd_kernel
 from .config import plan
@@ -48,7 +48,7 @@ def _check_device(logits) -> None:
     if logits.device.type != "cuda" and not _interpreting():
         raise RuntimeError(
             "triton backend: logits must be a CUDA tensor (CPU tensors need TRITON_INTERPRET=1 "
-            "set before triton_kernels is imported)"
+            "set before triton is imported)"
         )
 
 

@@ -20,7 +20,7 @@ Ignored / out-of-range rows, and every row when the gradient was not asked for, 
 import triton
 import triton.language as tl
 
-from hardloss_cuda._schema import STATS_COLS
+from .._schema import STATS_COLS
 
 _COLS: tl.constexpr = tl.constexpr(STATS_COLS)
 
