@@ -15,7 +15,7 @@
 # make cu12-build wheel-cu12, installed into a clean venv, checked, and the test suite run
 #                 against it from outside the tree (no GPU needed)
 # make wheels     cuda-build and cu12-build, plus the CPU wheel installed into a clean venv
-#                 where the test suite runs against it, plus the refusal of wheels built for
+#                 where the suite but the fuzzes runs against it, plus the refusal of wheels built for
 #                 another torch
 # Targets are idempotent: stamps in the venvs rebuild only what changed.
 
@@ -126,6 +126,10 @@ CU12_CONSTRAINTS := -c requirements/cu12-constraints.txt
 # against the reference), the op registration and the API; about 3 min here. CU12_TESTS=tests
 # runs the whole suite (about 14 min; docs/INSTALL.md says what fails under torch 2.10).
 CU12_TESTS ?= tests/test_contract.py tests/test_ops.py tests/test_api.py tests/test_version_check.py
+# What runs against the installed CPU wheel: the suite but the differential fuzzes (a random
+# search, which make test runs on the same kernels) and the emulated backend's own tests (a
+# wheel never has it). WHEEL_TESTS=tests runs everything.
+WHEEL_TESTS ?= $(sort $(filter-out tests/test_fuzz% tests/test_cuda_emu.py,$(wildcard tests/test_*.py)))
 
 # The script keeps its own cache stamp (the .deb version and the wheel pins): cheap to rerun.
 cu12-toolkit:
@@ -169,7 +173,8 @@ wheels: cuda-build cu12-build wheel-cpu
 	$(CHECK)/cpu/bin/pip install -q $(CONSTRAINTS) "$$(ls dist/cpu/hardloss_cuda-*.whl)[test,bench,triton]"
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cpu/bin/python $(CURDIR)/scripts/check_wheel.py --expect cpu
 	cd $(OUTSIDE) && HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_EXPECT_INSTALLED=1 \
-	  $(CURDIR)/$(CHECK)/cpu/bin/python -m pytest $(CURDIR)/tests -p no:cacheprovider --import-mode=importlib $(PYTEST_ARGS)
+	  $(CURDIR)/$(CHECK)/cpu/bin/python -m pytest $(addprefix $(CURDIR)/,$(WHEEL_TESTS)) -p no:cacheprovider \
+	  --import-mode=importlib $(PYTEST_ARGS)
 	# the CPU wheel (torch $(TORCH_VERSION)) under the CUDA torch must refuse to load, clearly
 	$(CHECK)/cuda/bin/pip install -q --no-deps --force-reinstall dist/cpu/hardloss_cuda-*.whl
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect-mismatch
