@@ -30,6 +30,9 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 CHECK := build/wheel-check
 CSRC := $(shell find csrc -name '*.h' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.cu' 2>/dev/null)
 PYTEST_ARGS ?= -q
+# The tests in one worker process per core (pytest-xdist): on CI's 2 cores 6 min, not 9.
+# PYTEST_XDIST= runs them in this process.
+PYTEST_XDIST ?= -n auto
 # 1: make test builds and requires the emulated CUDA backend (docs/CUDA_EMU.md); it needs
 # CUDA's headers (nvcc), not a GPU. 0: without it.
 HARDLOSS_CUDA_EMU ?= 1
@@ -56,7 +59,7 @@ $(VENV)/.built: $(VENV)/.deps pyproject.toml setup.py $(CSRC)
 setup: $(VENV)/.built
 
 test: setup
-	HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_REQUIRE_CUDA_EMU=$(HARDLOSS_CUDA_EMU) $(PY) -m pytest tests $(PYTEST_ARGS)
+	HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_REQUIRE_CUDA_EMU=$(HARDLOSS_CUDA_EMU) $(PY) -m pytest tests $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/report.py
@@ -165,7 +168,7 @@ cu12-build: wheel-cu12
 	$(CHECK)/cu12/bin/pip install -q $(CU12_CONSTRAINTS) "$$(ls dist/cu12/hardloss_cuda-*.whl)[test,bench,triton]"
 	cd $(OUTSIDE) && HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_EXPECT_INSTALLED=1 \
 	  $(CURDIR)/$(CHECK)/cu12/bin/python -m pytest $(addprefix $(CURDIR)/,$(CU12_TESTS)) -p no:cacheprovider \
-	  --import-mode=importlib $(PYTEST_ARGS)
+	  --import-mode=importlib $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 wheels: cuda-build cu12-build wheel-cpu
 	rm -rf $(CHECK)/cpu && $(PYTHON) -m venv $(CHECK)/cpu
@@ -174,7 +177,7 @@ wheels: cuda-build cu12-build wheel-cpu
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cpu/bin/python $(CURDIR)/scripts/check_wheel.py --expect cpu
 	cd $(OUTSIDE) && HARDLOSS_REQUIRE_EXTENSION=1 HARDLOSS_EXPECT_INSTALLED=1 \
 	  $(CURDIR)/$(CHECK)/cpu/bin/python -m pytest $(addprefix $(CURDIR)/,$(WHEEL_TESTS)) -p no:cacheprovider \
-	  --import-mode=importlib $(PYTEST_ARGS)
+	  --import-mode=importlib $(PYTEST_XDIST) $(PYTEST_ARGS)
 	# the CPU wheel (torch $(TORCH_VERSION)) under the CUDA torch must refuse to load, clearly
 	$(CHECK)/cuda/bin/pip install -q --no-deps --force-reinstall dist/cpu/hardloss_cuda-*.whl
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect-mismatch
