@@ -172,6 +172,18 @@ class Built:
     g: torch.Tensor  # incoming gradient (dtype)
 
 
+def class_weights(kind: str, C: int, gen, dtype):
+    """Class weights of a case's ``weight`` kind (none | positive | zeros | all-zero), or None."""
+    if kind == "none":
+        return None
+    w = 0.2 + 2.8 * torch.rand(C, generator=gen, dtype=torch.float64)
+    if kind == "zeros":
+        w[torch.rand(C, generator=gen) < 0.3] = 0.0
+    elif kind == "all-zero":
+        w.zero_()
+    return w.to(dtype)
+
+
 def build(case: Case) -> Built:
     gen = torch.Generator().manual_seed(case.seed)
     dtype = DTYPES[case.dtype]
@@ -201,14 +213,7 @@ def build(case: Case) -> Built:
         target = _from_rows(P.to(dtype), case).contiguous()
         if d1 is None and case.layout == "transposed":
             target = target.t().contiguous().t()
-    weight = None
-    if case.weight != "none":
-        w = 0.2 + 2.8 * torch.rand(C, generator=gen, dtype=torch.float64)
-        if case.weight == "zeros":
-            w[torch.rand(C, generator=gen) < 0.3] = 0.0
-        elif case.weight == "all-zero":
-            w.zero_()
-        weight = w.to(dtype)
+    weight = class_weights(case.weight, C, gen, dtype)
     mixture = None
     if case.target == "mixture":
         A = torch.rand(C, C, generator=gen, dtype=torch.float64).fill_diagonal_(0)

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 import hardloss_cuda as hl
 
 from . import fuzz_oracle as O
-from .fuzz_cases import DTYPES, KS
+from .fuzz_cases import DTYPES, KS, class_weights
 from .fuzz_oracle import _event
 # fixtures too: the worst-ratio report at the end of the module, Triton under the interpreter
 from .test_fuzz import _record, _report_worst, fuzz, interpreted_triton  # noqa: F401
@@ -116,7 +116,7 @@ def _make(case: LinCase):
     h, W = h.to(dtype), W.to(dtype)
     b = None if b is None else b.to(dtype)
     s = 0.0
-    mixture = weight = None
+    mixture = None
     if case.target == "probs":
         y = torch.softmax(randn(*lead, C) * 2, -1).to(dtype)
     else:
@@ -129,13 +129,7 @@ def _make(case: LinCase):
             A = torch.rand(C, C, generator=gen, dtype=torch.float64).fill_diagonal_(0)
             A = A / A.sum(1, keepdim=True).clamp_min(1e-300)
             mixture = hl.mcel.simple_mixture(A, 0.3).to(acc)
-    if case.weight != "none":
-        w = 0.2 + 2.8 * torch.rand(C, generator=gen, dtype=torch.float64)
-        if case.weight == "zeros":
-            w[torch.rand(C, generator=gen) < 0.3] = 0.0
-        elif case.weight == "all-zero":
-            w.zero_()
-        weight = w.to(acc)
+    weight = class_weights(case.weight, C, gen, acc)
     return h, W, b, y, weight, mixture, s
 
 
