@@ -144,9 +144,10 @@ class _LinearCE(torch.autograd.Function):
         stats = torch.empty((N, STATS_COLS), dtype=acc, device=h.device)
         # The gradients in forward when the scale is known before the losses and no lse gradient may come.
         direct = grad and reduction != "none" and frac is None and not with_lse
+        scales = _scales(reduction, row_w, valid)  # trimming changes them below
         if direct:
             grads = _grad_buffers(h, W, b, need)
-            scale, z_scale = _scales(reduction, row_w, valid)
+            scale, z_scale = scales
         for idx in head.chunks(N):
             loss[idx], st, z = head.forward(h, idx, grad)
             stats[idx] = st
@@ -160,13 +161,14 @@ class _LinearCE(torch.autograd.Function):
             kept = keep_mask(loss, valid, frac)
             loss = torch.where(kept, loss, 0)
             row_w = torch.where(kept, row_w, 0)
+            scales = _scales(reduction, row_w, kept)
         out = reduce_rows(loss, lse, kept, row_w, z_loss, reduction)
 
         ctx.head, ctx.need, ctx.z_loss = head, need, z_loss
         if grad and reduction != "none" and frac is not None and not with_lse:
             # Trimming: the gradient matmuls on the kept rows only, in chunks.
             grads = _grad_buffers(h, W, b, need)
-            scale, z_scale = _scales(reduction, row_w, kept)
+            scale, z_scale = scales
             rows = kept.nonzero().squeeze(1)
             for a in range(0, rows.numel(), head.rows):
                 idx = rows[a:a + head.rows]
@@ -184,7 +186,7 @@ class _LinearCE(torch.autograd.Function):
         if grad:  # saved, so that an in-place change of h, W or b before backward raises
             ctx.save_for_backward(h, W, b)
             ctx.stats, ctx.kept, ctx.valid, ctx.lse = stats, kept, valid, lse
-            ctx.reduction, ctx.scales = reduction, _scales(reduction, row_w, kept)
+            ctx.reduction, ctx.scales = reduction, scales
         return out, lse
 
     @staticmethod
