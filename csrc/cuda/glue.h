@@ -167,14 +167,21 @@ struct Ops {
     Dev::check(launch_bwd(p, dtype_of(z.scalar_type()), Dev::stream()));
   }
 
+  // The backward's checks (arguments, cap, grad_lse), then its inputs as the kernels take them.
+  static Prepared prepare_bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
+                              const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                              const at::Tensor& stats, double softcap, const std::optional<at::Tensor>& grad_lse) {
+    hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
+    hl::check_softcap(softcap, logits.scalar_type());
+    hl::check_grad_lse(grad_lse, logits);
+    return prepare(logits, target, weight, mixture);
+  }
+
   static at::Tensor bwd(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                         const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                         const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
                         double softcap, const std::optional<at::Tensor>& grad_lse) {
-    hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-    hl::check_softcap(softcap, logits.scalar_type());
-    hl::check_grad_lse(grad_lse, logits);
-    Prepared in = prepare(logits, target, weight, mixture);
+    Prepared in = prepare_bwd(grad_loss, logits, target, weight, mixture, stats, softcap, grad_lse);
     typename Dev::Guard guard(logits.device());
     const at::Tensor z = logits.contiguous();
     at::Tensor out = empty(z.sizes(), z.options());
@@ -188,10 +195,7 @@ struct Ops {
                           const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                           const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
                           double softcap, const std::optional<at::Tensor>& grad_lse) {
-    hl::check_bwd_args(grad_loss, logits, target, weight, mixture, stats);
-    hl::check_softcap(softcap, logits.scalar_type());
-    hl::check_grad_lse(grad_lse, logits);
-    Prepared in = prepare(logits, target, weight, mixture);
+    Prepared in = prepare_bwd(grad_loss, logits, target, weight, mixture, stats, softcap, grad_lse);
     typename Dev::Guard guard(logits.device());
     const bool direct = logits.is_contiguous();
     at::Tensor z = direct ? logits : logits.contiguous();
