@@ -121,12 +121,14 @@ def main(steps: int = 200, batch: int = 1024, D: int = 128, max_words: int = 400
     return {"curves": curves, "peak_mb": peaks}
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cli(main, doc: str, quick: dict) -> None:
+    """The command line of this example and hf_finetune.py: ``--steps N``, or ``--quick``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="a few steps on a small corpus (the test suite)")
     args = ap.parse_args()
-    if args.quick:
-        main(steps=20, batch=256, D=32, max_words=50_000)
-    else:
-        main(steps=args.steps)
+    main(**(quick if args.quick else {"steps": args.steps}))
+
+
+if __name__ == "__main__":
+    run_cli(main, __doc__, dict(steps=20, batch=256, D=32, max_words=50_000))
