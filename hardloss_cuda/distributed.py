@@ -282,32 +282,36 @@ class _SmoothShard(torch.autograd.Function):
             hi_r, lo_r = st[:, LSE_COL], st[:, LSE_LO_COL]
             # q'_a - q_a = w_a (alpha ((1 - s') + s' / C_l) - s / C) = w_a (1 - s), exactly
             dq = torch.where(stand_in, w_loc[top] * (1 - s), 0)
-            x_a = local.gather(1, top[:, None])[:, 0].to(acc)
-            z_a = _capped(x_a, softcap)
+            # column a: the stand-in, or the label where this rank owns it (the backward writes it again)
+            col_a = local.gather(1, lbl.clamp(0, CL - 1)[:, None])
+            x_a, z_a = col_a[:, 0].to(acc), _kernel_capped(col_a, softcap, backend).to(acc)
             corr = dq * ((hi_r - z_a) + lo_r)  # dq log s_r; non-finite for NaN / all -inf rows
             loss = torch.where(torch.isfinite(corr), loss - corr, loss)
             # t_r = sum of the slice's q: s / C of its weights, plus (1 - s) w_y where it owns the label
             w_y = torch.ones_like(hi_r) if w is None else w[torch.where(valid, tgt, 0)]
             t_r = torch.where(valid, s / C * w_loc.sum() + torch.where(owned, (1 - s) * w_y, 0), 0)
+            # o_r = the slice's q off the label: t - q_y summed without cancelling (0 at C = 1)
+            o_r = torch.where(valid, s / C * (w_loc.sum() - torch.where(owned, w_y, 0)), 0)
             q_a = torch.where(stand_in, w_loc[top] * (s / C), 0)  # the global target at a
             # A slice whose row is all -inf is a bad row to the kernel (NaN); in the whole row its
             # classes only have probability 0: their targets (t_r) make the loss infinite, as PyTorch
             loss = torch.where(hi_r == -_INF, torch.where(t_r != 0, _INF, 0), loss)
         else:
             hi_r = torch.full((N,), -_INF, dtype=acc, device=local.device)
-            lo_r = loss = t_r = q_a = z_a = x_a = torch.zeros(N, dtype=acc, device=local.device)
+            lo_r = loss = t_r = o_r = q_a = z_a = x_a = torch.zeros(N, dtype=acc, device=local.device)
         M = _all_reduce(hi_r, "max", group)
         shift = torch.where(torch.isfinite(M), M, 0)
         L = torch.log(_all_reduce(torch.exp((hi_r - shift) + lo_r), "sum", group))
         hi, lo = _split(shift, L)
         # loss_r + t_r (lse - lse_r); an empty slice (t_r = 0, lse_r = -inf) adds nothing
-        part = torch.stack([loss + torch.where(t_r != 0, t_r * ((hi - hi_r) + (lo - lo_r)), 0), t_r], 1)
-        loss, t = _all_reduce(part, "sum", group).unbind(1)
+        part = torch.stack([loss + torch.where(t_r != 0, t_r * ((hi - hi_r) + (lo - lo_r)), 0), t_r, o_r], 1)
+        loss, t, other = _all_reduce(part, "sum", group).unbind(1)
         loss = loss.masked_fill(M == -_INF, torch.nan)  # -inf on every rank: a bad row
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
         stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
         ctx.save_for_backward(local, stats)
         ctx.lbl, ctx.stand_in, ctx.x_a, ctx.q_a = lbl, stand_in, x_a, q_a  # x_a: in place overwrites the logits
+        ctx.owned, ctx.other, ctx.z_a = owned, other, z_a
         ctx.args = (w_kernel, s_loc, softcap, backend, inplace)
         return loss, stats
 
@@ -322,18 +326,39 @@ class _SmoothShard(torch.autograd.Function):
         g_lse = lse_grad(grad_stats)
         args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap, g_lse)
         grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
-        # The stand-in label's column, from the stats: g (t p_a - q_a) (+ g_lse p_a), times the slope
+        # Column a of the label (or of its stand-in) again, from the stats. The kernel's t p - q' at
+        # the label cancels: t and q' are rounded apart (t all-reduced, q' from the slice's scaled
+        # weights), so a row whose p_y is 1 (C = 1) got ulps of g instead of 0. Written as
+        # t (p_y - 1) + (t - q_y), with p_y - 1 = expm1(z_y - lse) and t - q_y the target off the
+        # label summed over the ranks, as the single-device kernel's sums do. The stand-in's
+        # column: g (t p_a - q_a). Both plus g_lse p, times the slope.
         x_a = ctx.x_a
-        p_a = torch.exp((_capped(x_a, softcap) - stats[:, LSE_COL]) - stats[:, LSE_LO_COL])
-        col = g * (stats[:, SCALE_COL] * p_a - ctx.q_a)
+        t, hi, lo = stats[:, SCALE_COL], stats[:, LSE_COL], stats[:, LSE_LO_COL]
+        d = (ctx.z_a - hi) - lo
+        p_a = torch.exp(d)
+        col = g * torch.where(ctx.owned, t * torch.expm1(d) + ctx.other, t * p_a - ctx.q_a)
         if g_lse is not None:
             col = col + g_lse * p_a
         col = col * _slope(x_a, softcap)
         a = ctx.lbl.clamp(0, local.shape[1] - 1)[:, None]
         with torch.no_grad():
-            col = torch.where(ctx.stand_in, col.to(grad.dtype), grad.gather(1, a)[:, 0])
-            grad.scatter_(1, a, col[:, None])
+            kernel = grad.gather(1, a)[:, 0]
+            ours = ctx.stand_in | (ctx.owned & torch.isfinite(col) & torch.isfinite(kernel))
+            grad.scatter_(1, a, torch.where(ours, col.to(grad.dtype), kernel)[:, None])
         return (_marked(grad, local, inplace),) + (None,) * 9
+
+
+def _kernel_capped(x: Tensor, softcap: float, backend: str) -> Tensor:
+    """The capped logits of the (N, 1) column x as the backend's kernels round them (the lse
+    of one class is its logit), where finite; torch's elsewhere (the kernel's NaN for a bad
+    row). Against the kernels' own lse, torch's tanh rounded otherwise would put ulps into
+    p = exp(z - lse) where it should be exactly 1."""
+    if softcap == 0 or x.numel() == 0:
+        return x[:, 0]
+    _loss, st = fwd_op(backend)(x.contiguous(), torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None,
+                                None, -1, 0.0, 1.0, True, softcap)
+    z = st[:, LSE_COL]
+    return torch.where(torch.isfinite(z), z, _capped(x[:, 0].to(z.dtype), softcap))
 
 
 def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, softcap, g_lse):

@@ -8,6 +8,7 @@ is checked against the reference on every backend."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
@@ -204,6 +205,36 @@ def _errors(rank, world, layout):
         vocab_parallel_cross_entropy(local, torch.softmax(z, 1))
 
 
+def _one_class_case(rank, world):
+    """C = 1, held by the last rank (the others' slices are empty), smoothed at k = 1: p is
+    exactly 1 and q = t, so the gradient is the z-loss's alone (a lse^2 per row, unweighted).
+    It once carried ulps of the incoming gradient from t p - q, with t and q rounded apart
+    under a class weight (fuzz seed 1401212950); the truth here is its one-line float64
+    formula, to 4 ulp."""
+    size = 1 if rank == world - 1 else 0
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 1, generator=g, dtype=torch.float64) * 3
+    gout = torch.randn(16, generator=g, dtype=torch.float64)
+    target = torch.zeros(16, dtype=torch.long)
+    # a weight w whose t = s w + (1 - s) w rounds away from q = w: most weights round to w
+    w = next(w for w in (0.2 + 2.8 * torch.rand(200, generator=g, dtype=torch.float64)).tolist()
+             if 0.01 * w + 0.99 * w != w)
+    weights = (None, torch.tensor([w], dtype=torch.float64))
+    for backend, cap, weight in itertools.product(_backends(), (None, 1e4, 2.0), weights):
+        local = x[:, :size].clone().requires_grad_()
+        loss = vocab_parallel_cross_entropy(local, target, class_start=0, num_classes=1, label_smoothing=0.01,
+                                            weight=weight, softcap=cap, z_loss=0.01, reduction="none",
+                                            backend=backend)
+        (loss * gout).sum().backward()
+        if not size:
+            continue
+        t = torch.tanh(x / cap) if cap else None
+        z, slope = (cap * t, 1 - t * t) if cap else (x, torch.ones_like(x))
+        want = gout[:, None] * 2 * 0.01 * z * slope  # d/dx of 0.01 lse^2, lse = z
+        err = (local.grad - want).abs().max().item()
+        assert err <= 4 * 2.0**-52 * want.abs().max().item(), (backend, cap, weight, err, local.grad[:3], want[:3])
+
+
 def _worker(rank, world, port, quick):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -223,6 +254,7 @@ def _worker(rank, world, port, quick):
                     _run_case(rank, world, layout, given, "cpu", torch.float64, opts, k, "mean", 99, inplace=True)
                     _inplace_needs_logits_raises(rank, layout, opts, k)
             _run_case(rank, world, layout, given, "cpu", torch.bfloat16, {"weight": True}, 0.5, "mean", 5)
+        _one_class_case(rank, world)
         _dtensor_case(rank, world)
         _compile_case(rank, world, LAYOUTS[world][0][1])
         _errors(rank, world, LAYOUTS[world][0][1])
