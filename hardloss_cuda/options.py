@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .validation import check_fraction, check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
+from .validation import check_fraction, check_fraction_tensor, check_inputs, check_k, check_softcap, check_z_loss, scalar_arg
 
 __all__ = ["LossOptions", "loss_options", "check_module_options", "with_arg_docs", "ARG_DOCS"]
 
@@ -29,7 +29,9 @@ class LossOptions:
     label_smoothing: float
     k: float
     mixture: Tensor | None
-    trim: float | None  # the kept fraction (read from a schedule's ``fraction``), None: no trimming
+    # the kept fraction: a number, or a 0-dim tensor (a schedule's ``fraction_tensor``: no
+    # recompile per epoch under torch.compile); None: no trimming
+    trim: float | Tensor | None
     softcap: float  # 0.0: off
     z_loss: float
     return_lse: bool
@@ -37,11 +39,17 @@ class LossOptions:
     backend: str  # resolved: never "auto"
 
 
-def trim_fraction(trim) -> float | None:
-    """A fraction in (0, 1], or an object with a ``fraction`` attribute (``MiniBatchTrimming``)."""
+def trim_fraction(trim) -> float | Tensor | None:
+    """A fraction in (0, 1] (a number or a 0-dim tensor), or an object holding one: a
+    ``fraction_tensor`` (``MiniBatchTrimming``) or a ``fraction`` attribute."""
     if trim is None:
         return None
-    return check_fraction(getattr(trim, "fraction", trim), "trim")
+    value = getattr(trim, "fraction_tensor", None)
+    if value is None:
+        value = getattr(trim, "fraction", trim)
+    if isinstance(value, Tensor):
+        return check_fraction_tensor(value, "trim")
+    return check_fraction(value, "trim")
 
 
 def loss_options(input: Tensor, target: Tensor, *, weight=None, ignore_index=-100, reduction="mean",

@@ -109,6 +109,18 @@ def check_fraction(value, name: str) -> float:
     return float(value)
 
 
+def check_fraction_tensor(value: Tensor, name: str) -> Tensor:
+    """A fraction in (0, 1] held in a one-element float tensor (0-dim as returned). Its value is
+    checked where it can be read (not while compiling: there it is a graph input, which is what
+    keeps a changing fraction from recompiling)."""
+    if value.numel() != 1 or not value.is_floating_point():
+        raise ValueError(f"{name} must be a number in (0, 1] or a one-element float tensor, got a {value.dtype} "
+                         f"tensor of shape {tuple(value.shape)}")
+    if _data_checks_allowed(value) and not value.is_meta:
+        check_fraction(value.item(), name)
+    return value.reshape(())
+
+
 def check_mixing_weight(eps, name: str = "eps") -> None:
     """A mixing weight (scalar or per-class tensor) must lie in [0, 0.5)."""
     if not isinstance(eps, (Real, Tensor)):  # torch.as_tensor would raise, naming nothing
