@@ -58,13 +58,19 @@ def lda_fit(features: Tensor, labels: Tensor, tol: float = 1e-4):
     return xbar, scalings @ Vt2[:rank2].T, means
 
 
-def lda_similarity(features: Tensor, labels: Tensor, n_components: int | None = None) -> Tensor:
+def lda_similarity(features: Tensor, labels: Tensor, n_components: int | None = None,
+                   num_classes: int | None = None) -> Tensor:
     """Class-similarity matrix A of Eq. 12: project onto the first ``n_components`` LDA
     components (default C - 1), take the class means v_i, ``d_ij = 1 - cos(v_i, v_j)``,
     ``s_ij = 1 / (1 + exp(d_ij))``, ``A_ii = 0``, rows normalised to sum to 1.
-    Classes are ordered as ``torch.unique(labels)``."""
+    Classes are ordered as ``torch.unique(labels)``: a class without samples has no row.
+    With ``num_classes`` the labels must be ``0 .. num_classes - 1``, each with samples (a
+    missing class is named), so that A is ``num_classes`` x ``num_classes``, row c class c."""
     if features.dim() != 2 or labels.shape != features.shape[:1]:
-        raise ValueError("features must be (n, d) and labels (n,)")
+        raise ValueError(f"features must be (n, d) and labels (n,), got {tuple(features.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if num_classes is not None:
+        _check_all_classes(labels, num_classes)
     xbar, scalings, means = lda_fit(features, labels)
     C = means.shape[0]
     n_components = C - 1 if n_components is None else n_components
@@ -75,6 +81,22 @@ def lda_similarity(features: Tensor, labels: Tensor, n_components: int | None = 
     s = torch.sigmoid(-(1 - v @ v.T))  # 1 / (1 + exp(d))
     s.fill_diagonal_(0)
     return (s / s.sum(1, keepdim=True)).to(features.dtype if features.is_floating_point() else torch.float32)
+
+
+def _check_all_classes(labels: Tensor, num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be class indices (an integer tensor; use labels.long()), got {labels.dtype}")
+    present = set(torch.unique(labels).tolist())
+    outside = sorted(c for c in present if not 0 <= c < num_classes)
+    if outside:
+        raise ValueError(f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), got {outside[:5]}")
+    missing = [c for c in range(num_classes) if c not in present]
+    if missing:
+        which = f"class {missing[0]} has" if len(missing) == 1 else f"classes {missing[:10]} have"
+        raise ValueError(f"labels: {which} no samples, so LDA has no class mean for it (num_classes={num_classes}); "
+                         "give lda_similarity data with samples of every class (e.g. the whole training set)")
 
 
 def _check_similarity(A: Tensor) -> int:
