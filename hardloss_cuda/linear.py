@@ -253,12 +253,14 @@ def linear_cross_entropy(
     """``cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` without the
     (N, C) logits: chunked over the rows (module docstring).
 
-    ``input`` is (N, D) or (B, T, D) (flattened to rows, as ``F.linear_cross_entropy``),
+    ``input`` is (N, D) or (B, T, D) (flattened to rows; ``F.linear_cross_entropy`` takes (N, D)),
     ``linear_weight`` (C, D), ``linear_bias`` (C,); ``target`` class indices of ``input``'s
     leading shape, or probabilities with C last. The other arguments are those of
     ``cross_entropy`` (``softcap``, ``z_loss`` and ``return_lse`` included: with ``return_lse``
     the result is ``(loss, lse)``, lse per row of ``input``'s leading shape in float32, float64
-    for float64 input); ``chunk_size`` is the rows per chunk ("auto": 2^23 logits).
+    for float64 input); ``chunk_size`` is the rows per chunk ("auto": 2^23 logits);
+    ``ignore_index=None`` is -100, as in ``F.linear_cross_entropy``. Under autocast the matmuls
+    run in the autocast dtype and the loss is float32 (docs/RECIPES.md section 2).
     """
     for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
         if not isinstance(t, Tensor):

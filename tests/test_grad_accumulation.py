@@ -67,6 +67,12 @@ def test_sum_over_counted_tokens_equals_the_full_batch(front, k):
     assert (mean_of_means[2] - full[2]).norm() > 0.05 * full[2].norm()
 
 
+def test_z_loss_without_class_weights():
+    h, W, y = _batch(3)
+    full = _grads("linear_cross_entropy", h, W, y, None, k=0.5, z_loss=0.1)
+    _close(_grads("linear_cross_entropy", h, W, y, 8, (y != IGNORE).sum(), k=0.5, z_loss=0.1), full)
+
+
 @pytest.mark.parametrize("k", [1.0, 0.5])
 def test_class_weights_normalise_by_the_total_weight(k):
     h, W, y = _batch(1)
