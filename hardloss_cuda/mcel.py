@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import cross_entropy
+from .options import check_module_options
 from .validation import as_number, check_mixing_weight
 
 __all__ = ["lda_similarity", "lda_fit", "simple_mixture", "per_class_mixture", "MixedCrossEntropyLoss"]
@@ -125,6 +126,11 @@ def per_class_mixture(A: Tensor, eps: Tensor) -> Tensor:
     return off + torch.diag(1 - eps)
 
 
+# the keywords MixedCrossEntropyLoss passes on to cross_entropy (it sets mixture and reduction itself)
+_CE_KEYWORDS = ("weight", "ignore_index", "label_smoothing", "k", "trim", "softcap", "z_loss", "return_lse",
+                "inplace_backward", "backend")
+
+
 def _pnorm_p(x: Tensor, p: float) -> Tensor:
     return x.abs().pow(p).sum()
 
@@ -161,6 +167,14 @@ class MixedCrossEntropyLoss(nn.Module):
             as_number(value, name)  # else the penalty fails later, naming nothing
         if isinstance(c, bool) or not isinstance(c, (Real, Tensor)) or torch.as_tensor(c).shape not in ((), (C,)):
             raise ValueError(f"c must be a number or a tensor of shape ({C},), got {c!r}")
+        # cross_entropy's keywords, checked now rather than on the first call (issue #33)
+        unknown = sorted(set(ce_kwargs) - set(_CE_KEYWORDS))
+        if unknown:
+            raise TypeError(f"MixedCrossEntropyLoss: unexpected keyword argument(s) {unknown}; the extra keywords go "
+                            f"to cross_entropy: {_CE_KEYWORDS}")
+        checked = check_module_options(reduction=reduction, mixture=similarity, **{
+            n: v for n, v in ce_kwargs.items() if n not in ("return_lse", "inplace_backward")})
+        reduction = checked["reduction"]
         self.mode, self.reduction, self.ce_kwargs = mode, reduction, ce_kwargs
         self.alpha, self.beta, self.gamma, self.eta, self.p = alpha, beta, gamma, eta, p
         self.register_buffer("similarity", similarity.detach().clone())
@@ -171,6 +185,10 @@ class MixedCrossEntropyLoss(nn.Module):
             self.eps = nn.Parameter(torch.full((C,), float(eps), dtype=similarity.dtype))
         else:
             self.E = nn.Parameter(simple_mixture(similarity, eps))
+
+    def extra_repr(self) -> str:
+        extra = "".join(f", {n}={v!r}" for n, v in self.ce_kwargs.items())
+        return f"C={self.similarity.shape[0]}, mode={self.mode!r}, reduction={self.reduction!r}{extra}"
 
     def mixture(self) -> Tensor:
         if self.mode == "fixed":

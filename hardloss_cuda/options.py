@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from . import backends
-from .validation import (check_chunk_size, check_fraction, check_fraction_tensor, check_ignore_index, check_inputs, check_k,
-                         check_label_smoothing, check_mixture, check_reduction, check_softcap, check_weight, check_z_loss,
-                         scalar_arg)
+from .validation import (check_chunk_size, check_fraction, check_fraction_tensor, check_ignore_index, check_inputs,
+                         check_k, check_label_smoothing, check_mixture, check_reduction, check_softcap, check_weight,
+                         check_z_loss, scalar_arg)
 
 __all__ = ["LossOptions", "loss_options", "check_module_options", "positional_order", "with_arg_docs", "ARG_DOCS"]
 

@@ -184,7 +184,9 @@ def check_mixture(mixture, C: int | None = None) -> None:
 
 
 def check_chunk_size(chunk_size) -> None:
-    if not (isinstance(chunk_size, str) and chunk_size == "auto") and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
 
 

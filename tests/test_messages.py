@@ -97,3 +97,18 @@ def test_repr_shows_the_options():
     assert "mixture=<(3, 3) float32, learned>" in repr(learned)
     head = repr(hl.HardLinearCrossEntropyLoss(reduction="sum", chunk_size=128, softcap=30.0))
     assert head == "HardLinearCrossEntropyLoss(k=1.0, reduction='sum', softcap=30.0, chunk_size=128)"
+
+
+def test_mixed_loss_checks_when_built():
+    A = torch.softmax(torch.randn(4, 4), 1).fill_diagonal_(0)
+    A = A / A.sum(1, keepdim=True)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        hl.MixedCrossEntropyLoss(A, reduction="avg")
+    with pytest.raises(ValueError, match="trim must be a number"):
+        hl.MixedCrossEntropyLoss(A, trim=1.5)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['eps_'\]"):
+        hl.MixedCrossEntropyLoss(A, eps_=0.1)
+    with pytest.raises(ValueError, match="label_smoothing cannot be combined with mixture"):
+        hl.MixedCrossEntropyLoss(A, label_smoothing=0.1)
+    want = "MixedCrossEntropyLoss(C=4, mode='fixed', reduction='mean', k=0.5)"
+    assert repr(hl.MixedCrossEntropyLoss(A, k=0.5)) == want
