@@ -88,9 +88,7 @@ def check_module_options(*, weight=None, ignore_index=-100, reduction="mean", la
     ignore_index = check_ignore_index(scalar_arg(ignore_index, "ignore_index", int))
     label_smoothing = check_label_smoothing(scalar_arg(label_smoothing, "label_smoothing", float))
     if mixture is not None:
-        check_mixture(mixture)
-        if label_smoothing > 0:
-            raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
+        check_mixture(mixture, label_smoothing=label_smoothing)
     check_softcap(softcap, torch.float64)
     trim_fraction(trim)
     backends.check_backend(backend)
@@ -143,8 +141,10 @@ ARG_DOCS = {
     "k": """k: sensitivity to large errors (Keren et al.): ``k < 1`` less, ``k > 1`` more.""",
     "mixture": """mixture: C x C target matrix W (MCEL, Negi et al.); row ``W[y]`` replaces the one-hot
     target. Its gradient is computed when it requires grad.""",
-    "trim": """trim: kept fraction in (0, 1] of the non-ignored rows with the highest loss (Fassold),
-    or an object with a ``fraction`` attribute such as ``MiniBatchTrimming``.""",
+    "trim": """trim: kept fraction in (0, 1] of the non-ignored rows with the highest loss (Fassold): a
+    number, a 0-dim tensor, or a ``MiniBatchTrimming`` (read as its ``fraction_tensor``; any
+    other object with a ``fraction`` attribute is read through it). A tensor or a schedule
+    changes without a recompile under ``torch.compile``; a changing Python number recompiles.""",
     "softcap": """softcap: None, or c > 0: the logits are read as ``c tanh(z / c)`` (Gemma 2's logit
     soft-capping) inside the kernels, gradient included; no capped copy is stored.""",
     "z_loss": """z_loss: adds ``z_loss * lse**2`` per counted row (PaLM's z-loss; in ``mean`` divided by

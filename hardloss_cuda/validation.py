@@ -169,8 +169,8 @@ def check_weight(weight, C: int | None = None) -> None:
         raise ValueError(f"weight must be a float tensor of shape {want}, got {got}")
 
 
-def check_mixture(mixture, C: int | None = None) -> None:
-    """A mixture: a float C x C tensor (any square when C is not known yet)."""
+def check_mixture(mixture, C: int | None = None, label_smoothing: float = 0.0) -> None:
+    """A mixture: a float C x C tensor (any square when C is not known yet), without smoothing."""
     if not isinstance(mixture, Tensor) or not mixture.is_floating_point():
         got = f"a {mixture.dtype} tensor" if isinstance(mixture, Tensor) else repr(mixture)
         raise ValueError(f"mixture must be a float tensor, got {got}")
@@ -181,6 +181,8 @@ def check_mixture(mixture, C: int | None = None) -> None:
         raise ValueError(f"mixture must be C x C = ({C}, {C}) for input with {C} classes, got {shape}. A mixture "
                          "built from mcel.lda_similarity has one row per class present in its labels: pass it "
                          "num_classes= so that a missing class is named")
+    if label_smoothing > 0:
+        raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
 
 
 def check_chunk_size(chunk_size) -> None:
@@ -249,11 +251,9 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         if weight.requires_grad and torch.is_grad_enabled():
             raise ValueError("weight: the gradient w.r.t. class weights is not supported (as in PyTorch)")
     if mixture is not None:
-        check_mixture(mixture, C)
+        check_mixture(mixture, C, label_smoothing)
         if mixture.device != input.device:
             raise ValueError(f"mixture is on {mixture.device} but {name} is on {input.device}")
-        if label_smoothing > 0:
-            raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
     if inplace_backward and input.requires_grad:
         # A view shares its base's storage: writing the gradient into a view of a parameter
         # would overwrite the parameter (PyTorch refuses in-place ops on those too).
