@@ -131,17 +131,31 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if b not in reasons]
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The backend a call on tensors of ``device`` uses; raises if it cannot run."""
+def check_backend(backend) -> str:
+    """The backend asked for (``HARDLOSS_BACKEND`` in place of "auto"), checked before any tensor
+    is seen: a known name, and one that can run here; raises naming the argument or the
+    environment variable, and why the backend cannot run. Returns the name (or "auto")."""
+    if not isinstance(backend, str) or backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = os.environ.get("HARDLOSS_BACKEND", "auto") or "auto"
-    if backend not in BACKENDS + ("auto",):
-        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+        if backend not in BACKENDS + ("auto",):
+            raise ValueError(f"the environment variable HARDLOSS_BACKEND={backend!r} (read for backend='auto') must "
+                             f"be one of {('auto',) + BACKENDS}: unset it or set it to one of them")
     reasons = unavailable_reasons()
-    if backend == "auto":
-        return next(b.name for b in _TABLE if b.picked_by_auto(device) and b.name not in reasons)
     if backend in reasons:
-        raise RuntimeError(f"hardloss_cuda backend {backend!r} is not available: {reasons[backend]}")
+        avail = ", ".join(b for b in BACKENDS if b not in reasons)
+        raise RuntimeError(f"hardloss_cuda backend {backend!r} is not available: {reasons[backend]} "
+                           f"(available here: {avail}; backend='auto' picks one)")
+    return backend
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The backend a call on tensors of ``device`` uses; raises if it cannot run."""
+    backend = check_backend(backend)
+    if backend == "auto":
+        reasons = unavailable_reasons()
+        return next(b.name for b in _TABLE if b.picked_by_auto(device) and b.name not in reasons)
     why = TABLE[backend].wrong_device(device)
     if why is not None:
         raise RuntimeError(why)

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from . import _autograd
 from ._batch import as_rows, finish_rows, op_inputs
-from .options import loss_options, with_arg_docs
-from .validation import in_functorch
+from .options import loss_options, positional_order, with_arg_docs
+from .validation import autocast_dtype, in_functorch
 
 __all__ = ["cross_entropy"]
 
@@ -21,7 +21,9 @@ def cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -39,9 +41,16 @@ def cross_entropy(
     The value is the (weighted) cross-entropy ``-sum_j q_j log p_j`` exactly as
     ``F.cross_entropy`` computes it; ``k = 1`` gives its exact gradient.
 
+    The arguments of ``F.cross_entropy`` come in its order, its deprecated ``size_average`` and
+    ``reduce`` included (they set ``reduction``, with PyTorch's warning). Earlier versions took
+    ``(input, target, weight, ignore_index, reduction, label_smoothing)``: a call in that order
+    (an int where ``size_average`` is) still works, with a FutureWarning.
+
     Args beyond ``F.cross_entropy``:
         {args}
     """
+    ignore_index, reduction, label_smoothing = positional_order(size_average, ignore_index, reduce, reduction,
+                                                                label_smoothing, "hardloss_cuda.cross_entropy")
     opts = loss_options(input, target, weight=weight, ignore_index=ignore_index, reduction=reduction,
                         label_smoothing=label_smoothing, k=k, mixture=mixture, trim=trim, softcap=softcap,
                         z_loss=z_loss, return_lse=return_lse, inplace_backward=inplace_backward, backend=backend)
@@ -62,4 +71,8 @@ def cross_entropy(
         fn = _autograd.RowLoss if torch.compiler.is_compiling() else _autograd.RowLossJvp
         loss, stats = fn.apply(logits, tgt, w, mix, *op_args, compute_grad, opts.softcap, opts.backend)
 
-    return finish_rows(loss, stats, tgt, w, opts, out_shape, input.dtype)
+    # Under autocast F.cross_entropy is on the float32 list: half logits are cast to float32, the loss is
+    # float32 and the gradient comes back in the logits' dtype. The kernels accumulate half logits in
+    # float32 and round the gradient once: the same result, without a float32 copy of the logits.
+    amp = input.dtype in (torch.float16, torch.bfloat16) and autocast_dtype(input.device) is not None
+    return finish_rows(loss, stats, tgt, w, opts, out_shape, torch.float32 if amp else input.dtype)

@@ -24,6 +24,7 @@ accumulators for half inputs). Peak extra memory is one chunk of logits plus O(N
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -33,6 +34,7 @@ from . import _ops
 from ._batch import op_inputs, reduce_rows, row_lse, row_weights
 from ._schema import STATS_COLS, acc_dtype
 from .options import loss_options
+from .validation import autocast_dtype, check_chunk_size, float_labels_message
 from .trimming import keep_mask
 
 __all__ = ["linear_cross_entropy"]
@@ -41,10 +43,9 @@ _CHUNK_ELEMS = 1 << 23  # logits per chunk: 32 MB in fp32
 
 
 def _chunk_rows(chunk_size, N: int, C: int) -> int:
+    check_chunk_size(chunk_size)
     if chunk_size == "auto":
         return max(1, min(N, _CHUNK_ELEMS // max(C, 1)))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
     return chunk_size
 
 
@@ -164,7 +165,7 @@ class _LinearCE(torch.autograd.Function):
             scales = _scales(reduction, row_w, kept)
         out = reduce_rows(loss, lse, kept, row_w, z_loss, reduction)
 
-        ctx.head, ctx.need, ctx.z_loss = head, need, z_loss
+        ctx.head, ctx.need, ctx.z_loss, ctx.device = head, need, z_loss, h.device
         if grad and reduction != "none" and frac is not None and not with_lse:
             # Trimming: the gradient matmuls on the kept rows only, in chunks.
             grads = _grad_buffers(h, W, b, need)
@@ -193,8 +194,15 @@ class _LinearCE(torch.autograd.Function):
     def backward(ctx, grad_out, grad_lse):
         if torch.is_grad_enabled():
             raise RuntimeError("hardloss_cuda.linear_cross_entropy: double backward is not supported")
+        if autocast_dtype(ctx.device) is None:
+            return _LinearCE._backward(ctx, grad_out, grad_lse)
+        with torch.autocast(ctx.device.type, enabled=False):  # the dtypes are the forward's (custom_bwd)
+            return _LinearCE._backward(ctx, grad_out, grad_lse)
+
+    @staticmethod
+    def _backward(ctx, grad_out, grad_lse):
         head = ctx.head
-        h, _W, _b = ctx.saved_tensors  # the version check; head holds the same tensors
+        h, W, b = ctx.saved_tensors  # the version check; head holds them (or, under autocast, their casts)
         acc = ctx.stats.dtype
         if ctx.direct and grad_out is not None:  # computed in forward: scaled by the scalar
             grads = tuple(None if t is None else t * grad_out.to(t.dtype) for t in ctx.grads)
@@ -219,7 +227,7 @@ class _LinearCE(torch.autograd.Function):
                                grads, g_lse=None if g_lse is None else g_lse[idx].contiguous())
             head.release()
         gh, gW, gb = grads
-        out = [gh, None if gW is None else gW.to(head.W.dtype), None if gb is None else gb.to(head.b.dtype)]
+        out = [gh, None if gW is None else gW.to(W.dtype), None if gb is None else gb.to(b.dtype)]
         return (*out, None, None, None, None, None, None, None)
 
 
@@ -245,12 +253,14 @@ def linear_cross_entropy(
     """``cross_entropy(F.linear(input, linear_weight, linear_bias), target, ...)`` without the
     (N, C) logits: chunked over the rows (module docstring).
 
-    ``input`` is (N, D) or (B, T, D) (flattened to rows, as ``F.linear_cross_entropy``),
+    ``input`` is (N, D) or (B, T, D) (flattened to rows; ``F.linear_cross_entropy`` takes (N, D)),
     ``linear_weight`` (C, D), ``linear_bias`` (C,); ``target`` class indices of ``input``'s
     leading shape, or probabilities with C last. The other arguments are those of
     ``cross_entropy`` (``softcap``, ``z_loss`` and ``return_lse`` included: with ``return_lse``
     the result is ``(loss, lse)``, lse per row of ``input``'s leading shape in float32, float64
-    for float64 input); ``chunk_size`` is the rows per chunk ("auto": 2^23 logits).
+    for float64 input); ``chunk_size`` is the rows per chunk ("auto": 2^23 logits);
+    ``ignore_index=None`` is -100, as in ``F.linear_cross_entropy``. Under autocast the matmuls
+    run in the autocast dtype and the loss is float32 (docs/RECIPES.md section 2).
     """
     for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
         if not isinstance(t, Tensor):
@@ -268,20 +278,53 @@ def linear_cross_entropy(
     if linear_bias is not None and tuple(linear_bias.shape) != (C,):
         raise ValueError(f"linear_bias must have shape ({C},), got {tuple(linear_bias.shape)}")
     for name, t in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
-        if t is not None and (t.dtype != input.dtype or t.device != input.device):
-            raise ValueError(f"{name} must have input's dtype and device ({input.dtype}, {input.device})")
+        if t is not None and t.device != input.device:
+            raise ValueError(f"{name} is on {t.device} but input is on {input.device}: move it to input's device")
+    # Under autocast, its rules (those of F.linear, then of the float32 cross_entropy): the
+    # matmuls in the autocast dtype, the loss in float32 (custom_fwd / custom_bwd: the work
+    # below runs with autocast off, in those dtypes). W and b are cast inside, for the matmuls
+    # only: their gradients come back in their own dtype from the float32 accumulators.
+    amp = autocast_dtype(input.device)
+    cast = (lambda t: t if t is None or t.dtype == torch.float64 else t.to(amp)) if amp is not None else (lambda t: t)
+    h_in, W_run, b_run = cast(input), cast(linear_weight).detach(), cast(linear_bias)
+    b_run = None if b_run is None else b_run.detach()
+    for name, t in (("linear_weight", W_run), ("linear_bias", b_run)):
+        if t is not None and t.dtype != h_in.dtype:
+            what = f"{name} is {t.dtype} but input is {h_in.dtype}"
+            raise ValueError(f"{what}{' (under autocast)' if amp is not None else ''}: the matmul needs one dtype; "
+                             f"cast one to the other (e.g. {name}.to(input.dtype)), or run under torch.autocast, "
+                             "which casts both float32 and half tensors (not float64) to its dtype")
     # The target of the logits F.linear would give, (*lead, C): class indices of shape lead, or
     # probabilities of shape (*lead, C). Checked, not reshaped: a (T, B) target for (B, T, D)
     # input has the right number of elements and would pair labels with the wrong rows.
     lead = input.shape[:-1]
     want = tuple(lead) + ((C,) if target.is_floating_point() else ())
     if tuple(target.shape) != want:
+        if target.is_floating_point() and tuple(target.shape) == tuple(lead):
+            raise ValueError(float_labels_message(target, want))
         what = "probabilities" if target.is_floating_point() else "class indices"
         raise ValueError(f"target ({what}) must have shape {want} for input {tuple(input.shape)} and "
                          f"linear_weight {tuple(linear_weight.shape)}, got {tuple(target.shape)}")
     if (isinstance(mixture, Tensor) and mixture.requires_grad) or (target.is_floating_point() and target.requires_grad):
         raise ValueError("linear_cross_entropy: gradients w.r.t. mixture or target are not supported; use "
                          "cross_entropy on materialised logits")
+    if ignore_index is None:  # as F.linear_cross_entropy: None is -100 (for class indices)
+        ignore_index = -100
+    with torch.autocast(input.device.type, enabled=False) if amp is not None else contextlib.nullcontext():
+        out, lse = _linear_ce(h_in, W_run, b_run, linear_weight, linear_bias, target, lead, C, D, weight, ignore_index,
+                              reduction, label_smoothing, k, mixture, trim, softcap, z_loss, return_lse, chunk_size,
+                              backend)
+    # the loss in the autocast rules' float32 (the float32 accumulation of half inputs), else in input's dtype
+    out_dtype = out.dtype if amp is not None else input.dtype
+    out = out.to(out_dtype).reshape(lead) if out.dim() else out.to(out_dtype)
+    return (out, lse.reshape(lead)) if return_lse else out
+
+
+def _linear_ce(input, W_run, b_run, linear_weight, linear_bias, target, lead, C, D, weight, ignore_index, reduction,
+               label_smoothing, k, mixture, trim, softcap, z_loss, return_lse, chunk_size, backend):
+    """linear_cross_entropy's work on checked (and, under autocast, cast) tensors: the loss (in the
+    accumulation dtype; per row for "none") and the lse. ``W_run`` / ``b_run`` are what the
+    matmuls use; ``linear_weight`` / ``linear_bias`` what the gradients go to."""
     N = math.prod(lead)
     h = input.reshape(N, D)  # (-1, D) is ambiguous for D = 0
     tgt = target.reshape(N, C) if target.is_floating_point() else target.reshape(N)
@@ -292,8 +335,6 @@ def linear_cross_entropy(
 
     tgt, w, mix, acc = op_inputs(tgt, weight, mixture, h.dtype)
     valid, row_w = row_weights(tgt, w, opts.ignore_index, N, acc)
-    head = _Head(linear_weight, linear_bias, tgt, w, mix, opts, _chunk_rows(chunk_size, N, C))
-    out, lse = _LinearCE.apply(h.contiguous(), linear_weight, linear_bias, head, opts.reduction, opts.trim, valid,
-                               row_w, opts.z_loss, opts.return_lse)
-    out = out.to(input.dtype).reshape(lead) if opts.reduction == "none" else out.to(input.dtype)
-    return (out, lse.reshape(lead)) if opts.return_lse else out
+    head = _Head(W_run, b_run, tgt, w, mix, opts, _chunk_rows(chunk_size, N, C))
+    return _LinearCE.apply(h.contiguous(), linear_weight, linear_bias, head, opts.reduction, opts.trim, valid,
+                           row_w, opts.z_loss, opts.return_lse)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import cross_entropy
+from .options import check_module_options
 from .validation import as_number, check_mixing_weight
 
 __all__ = ["lda_similarity", "lda_fit", "simple_mixture", "per_class_mixture", "MixedCrossEntropyLoss"]
@@ -58,13 +59,19 @@ def lda_fit(features: Tensor, labels: Tensor, tol: float = 1e-4):
     return xbar, scalings @ Vt2[:rank2].T, means
 
 
-def lda_similarity(features: Tensor, labels: Tensor, n_components: int | None = None) -> Tensor:
+def lda_similarity(features: Tensor, labels: Tensor, n_components: int | None = None,
+                   num_classes: int | None = None) -> Tensor:
     """Class-similarity matrix A of Eq. 12: project onto the first ``n_components`` LDA
     components (default C - 1), take the class means v_i, ``d_ij = 1 - cos(v_i, v_j)``,
     ``s_ij = 1 / (1 + exp(d_ij))``, ``A_ii = 0``, rows normalised to sum to 1.
-    Classes are ordered as ``torch.unique(labels)``."""
+    Classes are ordered as ``torch.unique(labels)``: a class without samples has no row.
+    With ``num_classes`` the labels must be ``0 .. num_classes - 1``, each with samples (a
+    missing class is named), so that A is ``num_classes`` x ``num_classes``, row c class c."""
     if features.dim() != 2 or labels.shape != features.shape[:1]:
-        raise ValueError("features must be (n, d) and labels (n,)")
+        raise ValueError(f"features must be (n, d) and labels (n,), got {tuple(features.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if num_classes is not None:
+        _check_all_classes(labels, num_classes)
     xbar, scalings, means = lda_fit(features, labels)
     C = means.shape[0]
     n_components = C - 1 if n_components is None else n_components
@@ -75,6 +82,22 @@ def lda_similarity(features: Tensor, labels: Tensor, n_components: int | None = 
     s = torch.sigmoid(-(1 - v @ v.T))  # 1 / (1 + exp(d))
     s.fill_diagonal_(0)
     return (s / s.sum(1, keepdim=True)).to(features.dtype if features.is_floating_point() else torch.float32)
+
+
+def _check_all_classes(labels: Tensor, num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be class indices (an integer tensor; use labels.long()), got {labels.dtype}")
+    present = set(torch.unique(labels).tolist())
+    outside = sorted(c for c in present if not 0 <= c < num_classes)
+    if outside:
+        raise ValueError(f"labels must lie in [0, {num_classes}) (num_classes={num_classes}), got {outside[:5]}")
+    missing = [c for c in range(num_classes) if c not in present]
+    if missing:
+        which = f"class {missing[0]} has" if len(missing) == 1 else f"classes {missing[:10]} have"
+        raise ValueError(f"labels: {which} no samples, so LDA has no class mean for it (num_classes={num_classes}); "
+                         "give lda_similarity data with samples of every class (e.g. the whole training set)")
 
 
 def _check_similarity(A: Tensor) -> int:
@@ -101,6 +124,11 @@ def per_class_mixture(A: Tensor, eps: Tensor) -> Tensor:
     check_mixing_weight(eps)
     off = eps[:, None] * A * (1 - torch.eye(C, dtype=A.dtype, device=A.device))
     return off + torch.diag(1 - eps)
+
+
+# the keywords MixedCrossEntropyLoss passes on to cross_entropy (it sets mixture and reduction itself)
+_CE_KEYWORDS = ("weight", "ignore_index", "label_smoothing", "k", "trim", "softcap", "z_loss", "return_lse",
+                "inplace_backward", "backend")
 
 
 def _pnorm_p(x: Tensor, p: float) -> Tensor:
@@ -139,6 +167,14 @@ class MixedCrossEntropyLoss(nn.Module):
             as_number(value, name)  # else the penalty fails later, naming nothing
         if isinstance(c, bool) or not isinstance(c, (Real, Tensor)) or torch.as_tensor(c).shape not in ((), (C,)):
             raise ValueError(f"c must be a number or a tensor of shape ({C},), got {c!r}")
+        # cross_entropy's keywords, checked now rather than on the first call (issue #33)
+        unknown = sorted(set(ce_kwargs) - set(_CE_KEYWORDS))
+        if unknown:
+            raise TypeError(f"MixedCrossEntropyLoss: unexpected keyword argument(s) {unknown}; the extra keywords go "
+                            f"to cross_entropy: {_CE_KEYWORDS}")
+        checked = check_module_options(reduction=reduction, mixture=similarity, **{
+            n: v for n, v in ce_kwargs.items() if n not in ("return_lse", "inplace_backward")})
+        reduction = checked["reduction"]
         self.mode, self.reduction, self.ce_kwargs = mode, reduction, ce_kwargs
         self.alpha, self.beta, self.gamma, self.eta, self.p = alpha, beta, gamma, eta, p
         self.register_buffer("similarity", similarity.detach().clone())
@@ -149,6 +185,10 @@ class MixedCrossEntropyLoss(nn.Module):
             self.eps = nn.Parameter(torch.full((C,), float(eps), dtype=similarity.dtype))
         else:
             self.E = nn.Parameter(simple_mixture(similarity, eps))
+
+    def extra_repr(self) -> str:
+        extra = "".join(f", {n}={v!r}" for n, v in self.ce_kwargs.items())
+        return f"C={self.similarity.shape[0]}, mode={self.mode!r}, reduction={self.reduction!r}{extra}"
 
     def mixture(self) -> Tensor:
         if self.mode == "fixed":

@@ -34,6 +34,13 @@ def _data_checks_allowed(t: Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for tensors of ``device``, else None."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
 # k is used in fp32 by the kernels for every dtype but float64: it must stay a positive
 # normal fp32 number there (a smaller k rounds to 0 or a denormal, and |eps|^k turns NaN).
 _K_MIN = 2.0**-126
@@ -109,6 +116,18 @@ def check_fraction(value, name: str) -> float:
     return float(value)
 
 
+def check_fraction_tensor(value: Tensor, name: str) -> Tensor:
+    """A fraction in (0, 1] held in a one-element float tensor (0-dim as returned). Its value is
+    checked where it can be read (not while compiling: there it is a graph input, which is what
+    keeps a changing fraction from recompiling)."""
+    if value.numel() != 1 or not value.is_floating_point():
+        raise ValueError(f"{name} must be a number in (0, 1] or a one-element float tensor, got a {value.dtype} "
+                         f"tensor of shape {tuple(value.shape)}")
+    if _data_checks_allowed(value) and not value.is_meta:
+        check_fraction(value.item(), name)
+    return value.reshape(())
+
+
 def check_mixing_weight(eps, name: str = "eps") -> None:
     """A mixing weight (scalar or per-class tensor) must lie in [0, 0.5)."""
     if not isinstance(eps, (Real, Tensor)):  # torch.as_tensor would raise, naming nothing
@@ -120,6 +139,64 @@ def check_mixing_weight(eps, name: str = "eps") -> None:
         raise ValueError(f"{name} must be a number or a float tensor, got dtype {t.dtype}")
     if not bool(torch.isfinite(t).all()) or bool((t < 0).any()) or bool((t >= 0.5).any()):
         raise ValueError(f"{name} (mixing weight) must lie in [0, 0.5), got {eps!r}")
+
+
+def check_reduction(reduction) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_ignore_index(ignore_index) -> int:
+    # int64, as the ops take it (a larger one overflowed in the comparison with the labels)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must be an int (int64), got {ignore_index!r}")
+    return ignore_index
+
+
+def check_label_smoothing(label_smoothing) -> float:
+    if not isinstance(label_smoothing, Real) or not (0.0 <= label_smoothing <= 1.0):  # True is 1.0, as in F
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    return float(label_smoothing)
+
+
+def check_weight(weight, C: int | None = None) -> None:
+    """Class weights: a float tensor of shape (C,) (any length when C is not known yet)."""
+    if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.dim() != 1 or (
+            C is not None and weight.shape[0] != C):
+        want = f"({C},)" if C is not None else "(C,)"
+        got = f"a {weight.dtype} tensor of shape {tuple(weight.shape)}" if isinstance(weight, Tensor) else repr(weight)
+        raise ValueError(f"weight must be a float tensor of shape {want}, got {got}")
+
+
+def check_mixture(mixture, C: int | None = None, label_smoothing: float = 0.0) -> None:
+    """A mixture: a float C x C tensor (any square when C is not known yet), without smoothing."""
+    if not isinstance(mixture, Tensor) or not mixture.is_floating_point():
+        got = f"a {mixture.dtype} tensor" if isinstance(mixture, Tensor) else repr(mixture)
+        raise ValueError(f"mixture must be a float tensor, got {got}")
+    shape = tuple(mixture.shape)
+    if C is None and (len(shape) != 2 or shape[0] != shape[1]):
+        raise ValueError(f"mixture must be a square C x C matrix, got shape {shape}")
+    if C is not None and shape != (C, C):
+        raise ValueError(f"mixture must be C x C = ({C}, {C}) for input with {C} classes, got {shape}. A mixture "
+                         "built from mcel.lda_similarity has one row per class present in its labels: pass it "
+                         "num_classes= so that a missing class is named")
+    if label_smoothing > 0:
+        raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
+
+
+def check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
+
+
+def float_labels_message(target: Tensor, logits_shape: tuple) -> str:
+    """A float target shaped as class indices: the likely mistake is labels left as floats."""
+    return (f"target is a {target.dtype} tensor of shape {tuple(target.shape)}, the shape of class indices: "
+            "class indices must be an integer tensor (use target.long()); a float target is read as class "
+            f"probabilities, of shape {logits_shape}")
 
 
 def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing, mixture, inplace_backward,
@@ -140,17 +217,15 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
         raise TypeError(f"target must be a Tensor, got {type(target).__name__}")
     if target.device != input.device:
         raise ValueError(f"target is on {target.device} but {name} is on {input.device}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    # int64, as the ops take it (a larger one overflowed in the comparison with the labels)
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool) or not -2**63 <= ignore_index < 2**63:
-        raise ValueError(f"ignore_index must be an int (int64), got {ignore_index!r}")
-    if not isinstance(label_smoothing, Real) or not (0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    check_reduction(reduction)
+    check_ignore_index(ignore_index)
+    check_label_smoothing(label_smoothing)
 
     class_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
     if target.is_floating_point():
         if target.shape != input.shape:
+            if tuple(target.shape) == tuple(class_shape):
+                raise ValueError(float_labels_message(target, tuple(input.shape)))
             raise ValueError(f"target (probabilities) must have {name}'s shape {tuple(input.shape)}, "
                              f"got {tuple(target.shape)}")
         if mixture is not None:
@@ -170,21 +245,15 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
                 raise ValueError(f"target contains class index {bad} outside [0, {C}) that is not ignore_index={ignore_index}")
 
     if weight is not None:
-        if not isinstance(weight, Tensor) or not weight.is_floating_point() or tuple(weight.shape) != (C,):
-            raise ValueError(f"weight must be a float tensor of shape ({C},), got {getattr(weight, 'shape', weight)!r}")
+        check_weight(weight, C)
         if weight.device != input.device:
             raise ValueError(f"weight is on {weight.device} but {name} is on {input.device}")
         if weight.requires_grad and torch.is_grad_enabled():
             raise ValueError("weight: the gradient w.r.t. class weights is not supported (as in PyTorch)")
     if mixture is not None:
-        if not isinstance(mixture, Tensor) or not mixture.is_floating_point():
-            raise ValueError("mixture must be a float tensor")
-        if tuple(mixture.shape) != (C, C):
-            raise ValueError(f"mixture must be C x C = ({C}, {C}), got {tuple(mixture.shape)}")
+        check_mixture(mixture, C, label_smoothing)
         if mixture.device != input.device:
             raise ValueError(f"mixture is on {mixture.device} but {name} is on {input.device}")
-        if label_smoothing > 0:
-            raise ValueError("label_smoothing cannot be combined with mixture (fold it into the mixture)")
     if inplace_backward and input.requires_grad:
         # A view shares its base's storage: writing the gradient into a view of a parameter
         # would overwrite the parameter (PyTorch refuses in-place ops on those too).

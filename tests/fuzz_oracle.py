@@ -559,8 +559,9 @@ def _default_run(backend, target, weight, mixture, ignore_index, s, k, cap, z_lo
     """hl.cross_entropy forward and backward: (loss, lse or None, x.grad) for a leaf x."""
 
     def run(x, g, g_lse, reduction, trim):
-        out = hl.cross_entropy(x, target, weight, ignore_index, reduction, s, k=k, mixture=mixture, trim=trim,
-                               softcap=cap or None, z_loss=z_loss, return_lse=want_lse, backend=backend)
+        out = hl.cross_entropy(x, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=s,
+                               k=k, mixture=mixture, trim=trim, softcap=cap or None, z_loss=z_loss,
+                               return_lse=want_lse, backend=backend)
         out, lse = out if want_lse else (out, None)
         total = (out * g).sum() + (0 if lse is None else (lse * g_lse.to(lse.dtype).reshape(lse.shape)).sum())
         total.backward()

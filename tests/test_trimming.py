@@ -21,6 +21,23 @@ def test_linear_schedule():
     restored = MiniBatchTrimming(num_epochs=5)
     restored.load_state_dict(sched.state_dict())
     assert restored.fraction == sched.fraction
+    assert sched.state_dict() == {"num_epochs": 5, "start": 1.0, "end": 0.2, "epoch": 7}
+
+
+def test_schedule_tensor_follows_the_epoch():
+    """The tensor the losses read (fraction_tensor) follows step(), a set epoch and a loaded state."""
+    sched = MiniBatchTrimming(num_epochs=5)
+    t = sched.fraction_tensor
+    for epoch in range(6):
+        assert t.item() == pytest.approx(sched.fraction) and t.dtype == torch.float32
+        sched.step()
+    sched.epoch = 1
+    assert t.item() == pytest.approx(0.8)
+    sched.load_state_dict({"num_epochs": 5, "start": 1.0, "end": 0.2, "epoch": 3})
+    assert t.item() == pytest.approx(0.4) and sched.fraction_tensor is t  # updated in place
+    with pytest.raises(ValueError, match="epoch must be"):
+        sched.epoch = -1
+    assert sched.epoch == 3 and t.item() == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("n,f", [(10, 0.2), (10, 0.25), (10, 0.35), (7, 0.5), (3, 0.01), (5, 1.0)])
