@@ -259,10 +259,10 @@ class TrimmedStep:
         if bn:
             warnings.warn(f"TrimmedStep (subset path): the model's {bn[0]} in training mode takes its batch "
                           "statistics from the kept samples only, not the whole batch (Fassold's caveat); "
-                          "mode='full' keeps the whole batch's", stacklevel=3)
+                          "mode='full' keeps the whole batch's", stacklevel=4)
         drop = [type(m).__name__ for m in self.model.modules()
                 if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0]
         if drop:
-            warnings.warn(f"TrimmedStep (subset path): the model has {drop[0]} in training mode: the samples are "
-                          f"ranked {'without dropout (score_mode=eval)' if self.score_mode == 'eval' else 'with other dropout masks'} "
-                          "than the training pass draws", stacklevel=3)
+            how = "without dropout (score_mode='eval')" if self.score_mode == "eval" else "with other dropout masks"
+            warnings.warn(f"TrimmedStep (subset path): the model has {drop[0]} in training mode; the scoring pass "
+                          f"ranks the samples {how}, the training pass draws its own masks", stacklevel=4)
