@@ -218,7 +218,8 @@ class TrimmedStep:
             losses = self.loss_fn(_call(model, inputs), target)
         if not isinstance(losses, Tensor) or tuple(losses.shape) != (n,):
             got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise ValueError(f"loss_fn must return per-sample losses of shape ({n},) (e.g. reduction='none'), got {got}")
+            raise ValueError(f"loss_fn must return per-sample losses of shape ({n},) (e.g. reduction='none'), "
+                             f"got {got}")
         return losses
 
     def _kept(self, losses: Tensor, n: int, f: float):

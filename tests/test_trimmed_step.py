@@ -287,3 +287,19 @@ def test_trimmed_step_on_a_patched_lm_equals_the_unpatched_one():
     hl_hf.apply(patched, trim=0.5)
     with pytest.raises(ValueError, match="patched with trim=0.5: apply\\(\\) it without trim"):
         hl.causal_lm_losses(patched, labels, input_ids=ids)
+
+
+def test_benchmark_section_runs(capsys):
+    """benchmarks/trimmed_step.py (the report's TrimmedStep section) on tiny models, one round."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "trimmed_step.py"
+    spec = importlib.util.spec_from_file_location("bench_trimmed_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = bench.run("cpu", tiny=True)
+    assert [len(r["fractions"]) for r in record["models"]] == [3, 3]
+    assert [c["auto"] for c in record["models"][0]["fractions"]] == ["subset", "subset", "full"]
+    text = bench.table(record)
+    assert "MLP" in text and "TransformerEncoder" in text and "break-even" in text

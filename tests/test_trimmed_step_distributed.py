@@ -1,14 +1,13 @@
-"""hl.TrimmedStep over a DistributedDataParallel model (issue #32): gloo groups of 2 and 3
-processes on the CPU (one launch: the world of 3, then a group of 2), batches of different sizes per rank (one rank of one sample). With
-scope="global" every rank's gradient after DDP's average, and the returned loss, equal one
-process's on the concatenated batch (float64, 1e-12): the kept samples are the hardest
-fraction of the global batch. A rank that keeps none still joins the all-reduce. With
-scope="local", DDP averages the ranks' own trimmed means. Launched as test_distributed.py
-launches the vocab-parallel ones."""
+"""hl.TrimmedStep over a DistributedDataParallel model (issue #32): gloo groups of 3 and 2
+processes on the CPU (one launch: the world of 3, then a group of ranks 0 and 1), batches of
+different sizes per rank (one rank of one sample). With scope="global" every rank's gradient
+after DDP's average, and the returned loss, equal one process's on the concatenated batch
+(float64, 1e-12): the kept samples are the hardest fraction of the global batch. A rank that
+keeps none still joins the all-reduce. With scope="local", DDP averages the ranks' own trimmed
+means. Launched as test_distributed.py launches the vocab-parallel ones."""
 
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.distributed as dist
