@@ -177,6 +177,8 @@ class TrimmedStep:
     def __call__(self, inputs, target) -> Tensor:
         f = trim_fraction(self.trim)
         n = _batch_size(inputs, target)
+        if n == 0 and self.scope == "local":  # (in "global" a rank's batch may be empty, not all)
+            raise ValueError("inputs is an empty batch (0 samples): there is nothing to keep")
         if self.path(f) == "subset":
             return self._subset_step(inputs, target, n, f)
         return self._full_step(inputs, target, n, f)
@@ -234,6 +236,8 @@ class TrimmedStep:
         sizes = [torch.zeros(1, dtype=torch.long, device=losses.device) for _ in range(world)]
         dist.all_gather(sizes, torch.tensor([n], device=losses.device), group=self.group)
         sizes = [int(s) for s in sizes]
+        if sum(sizes) == 0:
+            raise ValueError("inputs is an empty batch on every rank (0 samples): there is nothing to keep")
         most = max(sizes)
         padded = [losses.new_zeros(most) for _ in range(world)]  # all_gather wants equal sizes
         dist.all_gather(padded, torch.cat([losses, losses.new_zeros(most - n)]), group=self.group)

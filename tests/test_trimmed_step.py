@@ -200,6 +200,8 @@ def test_bad_arguments():
         hl.TrimmedStep(model, F.cross_entropy, 0.5)(x, y)
     with pytest.raises(ValueError, match=r"one size; got dim-0 sizes \[8, 9\]"):
         hl.TrimmedStep(model, ce, 0.5)(x, y[:8])
+    with pytest.raises(ValueError, match="inputs is an empty batch"):
+        hl.TrimmedStep(model, ce, 0.5)(x[:0], y[:0])
     with pytest.raises(ValueError, match="inputs must be a tensor, a tuple or list, or a dict"):
         hl.TrimmedStep(model, ce, 0.5)("text", y)
 
