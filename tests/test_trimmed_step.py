@@ -208,13 +208,18 @@ def test_bad_arguments():
 
 # -- causal LMs ------------------------------------------------------------------------------
 
-transformers = pytest.importorskip("transformers")
-from hardloss_cuda.integrations import transformers as hl_hf  # noqa: E402
-
 V = 97
 
 
+def hf():
+    """(transformers, the integration); the LM tests skip without transformers."""
+    transformers = pytest.importorskip("transformers")
+    from hardloss_cuda.integrations import transformers as hl_hf
+    return transformers, hl_hf
+
+
 def tiny_llama():
+    transformers, _ = hf()
     config = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
     torch.manual_seed(0)
@@ -254,7 +259,7 @@ def test_causal_lm_losses_unpatched_and_patched_without_logits():
     assert got.shape == (5,) and got[3] == 0
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
-    patched = hl_hf.apply(copy.deepcopy(model))
+    patched = hf()[1].apply(copy.deepcopy(model))
     shapes = []
     patched.lm_head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
     for mode in ("train", "eval"):
@@ -275,6 +280,7 @@ def test_causal_lm_losses_unpatched_and_patched_without_logits():
 def test_trimmed_step_on_a_patched_lm_equals_the_unpatched_one():
     model = tiny_llama()
     ids, mask, labels = lm_batch(B=7)
+    hl_hf = hf()[1]
     patched = hl_hf.apply(copy.deepcopy(model), k=1.0)
     ref = copy.deepcopy(model)
     losses = [hl.TrimmedStep(m, hl.CausalLMLoss(), 0.4, mode="subset")({"input_ids": ids, "attention_mask": mask},

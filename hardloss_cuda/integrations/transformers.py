@@ -16,7 +16,8 @@ soft-cap and logit scale (``ARCHITECTURES``), labels shifted as transformers' ``
 does, and its normaliser: the mean over counted tokens, or the sum over ``num_items_in_batch``
 (the Trainer's, under gradient accumulation; with ``trim`` the kept tokens' sum, each
 micro-batch trimmed by itself). Otherwise (no labels; eval mode, where the Trainer
-wants logits) the model runs as it did. Nothing but the forward is touched: the parameters, the
+wants logits) the model runs as it did. ``hardloss_cuda.causal_lm_losses`` asks the patched
+forward (``hardloss_per_sequence=True``) for the (B,) per-sequence means instead, in either mode. Nothing but the forward is touched: the parameters, the
 state dict and ``save_pretrained`` are as before.
 """
 
