@@ -167,8 +167,8 @@ class TrimmedStep:
         self._warned = False
 
     def path(self, fraction: float | None = None) -> str:
-        """"subset" or "full": the way a step at this fraction (default: the current one) runs.
-        Depends on the fraction only, so that every rank of a group takes the same."""
+        """The path a step at this fraction (default: the current one) takes, "subset" or
+        "full". It depends on the fraction alone, so every rank of a group takes the same."""
         if self.mode != "auto":
             return self.mode
         f = trim_fraction(self.trim) if fraction is None else fraction
