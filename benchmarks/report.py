@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from chart import plot  # noqa: E402
 from common import Case  # noqa: E402
+import trimmed_step  # noqa: E402
 
 import hardloss_cuda as H  # noqa: E402
 
@@ -174,6 +175,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--shape", action="append", default=None, metavar="NxC:dtype:k[:hD|:smooth|:probs|:mix]",
                     help="run only these cases, e.g. 4096x1000:fp32:0.5, 1024x8192:bf16:1:h256 for an "
                          "LM head with hidden size 256, 4096x1000:fp32:1:smooth for soft targets (repeatable)")
+    ap.add_argument("--no-trimmed-step", action="store_true", help="leave out the TrimmedStep section (~10-30 s)")
     args = ap.parse_args(argv)
     case_list = None
     if args.shape:
@@ -188,6 +190,9 @@ def main(argv=None) -> dict:
     result = {**stamp(args.device, [Path(sys.argv[0]).name] + list(argv if argv is not None else sys.argv[1:])),
               **run(args.device, args.quick, repeat, modes, case_list)}
     text = table(result) + "\n\n" + summary(result, args.device)
+    if not args.no_trimmed_step:  # benchmarks/trimmed_step.py: hl.TrimmedStep against a plain step
+        result["trimmed_step"] = trimmed_step.run(args.device, args.quick)
+        text += "\n\n" + trimmed_step.table(result["trimmed_step"])
     header = f"hardloss_cuda {result['hardloss_cuda']} on {result['device']}, torch {result['torch']}, " \
              f"CUDA {result['cuda']}, {result['date']}"
     print(header + "\n\n" + text)

@@ -14,10 +14,12 @@ from .linear import linear_cross_entropy
 from .mcel import MixedCrossEntropyLoss
 from .modules import HardCrossEntropyLoss, HardLinearCrossEntropyLoss
 from .trimming import MiniBatchTrimming
+from .trimmed_step import TrimmedStep
+from .causal_lm import CausalLMLoss, causal_lm_losses
 
 __version__ = "0.1.0"
 __all__ = [
     "cross_entropy", "HardCrossEntropyLoss", "linear_cross_entropy", "HardLinearCrossEntropyLoss",
-    "MixedCrossEntropyLoss", "MiniBatchTrimming",
+    "MixedCrossEntropyLoss", "MiniBatchTrimming", "TrimmedStep", "CausalLMLoss", "causal_lm_losses",
     "available_backends", "unavailable_reasons", "build_info", "mcel", "trimming", "reference",
 ]

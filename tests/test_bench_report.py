@@ -19,7 +19,7 @@ def _report():
 
 
 def test_report_writes_table_json_and_plot(tmp_path, capsys):
-    result = _report().main(["--device", "cpu", "--out", str(tmp_path), "--repeat", "2", "--fwd",
+    result = _report().main(["--device", "cpu", "--out", str(tmp_path), "--repeat", "2", "--fwd", "--no-trimmed-step",
                              "--shape", "64x37:fp32:0.5", "--shape", "32x300:bf16:1", "--shape", "32x300:fp32:1:h16",
                              "--shape", "48x20:fp32:0.5:smooth", "--shape", "48x20:fp32:1:probs"])
     out = capsys.readouterr().out

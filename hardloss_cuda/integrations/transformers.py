@@ -16,7 +16,8 @@ soft-cap and logit scale (``ARCHITECTURES``), labels shifted as transformers' ``
 does, and its normaliser: the mean over counted tokens, or the sum over ``num_items_in_batch``
 (the Trainer's, under gradient accumulation; with ``trim`` the kept tokens' sum, each
 micro-batch trimmed by itself). Otherwise (no labels; eval mode, where the Trainer
-wants logits) the model runs as it did. Nothing but the forward is touched: the parameters, the
+wants logits) the model runs as it did. ``hardloss_cuda.causal_lm_losses`` asks the patched
+forward (``hardloss_per_sequence=True``) for the (B,) per-sequence means instead, in either mode. Nothing but the forward is touched: the parameters, the
 state dict and ``save_pretrained`` are as before.
 """
 
@@ -31,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
+from ..causal_lm import sequence_means
 from ..linear import linear_cross_entropy
 
 __all__ = ["apply", "revert", "ARCHITECTURES", "OPTIONS"]
@@ -151,24 +153,34 @@ def _patched_forward(class_forward):
         inner = self.__dict__.get("_hardloss_inner_forward") or functools.partial(class_forward, self)
         kwargs = {**dict(zip(names, args)), **kwargs}  # positional arguments by name: labels among them
         skip_logits = kwargs.pop("skip_logits", None)
+        # hardloss_cuda.causal_lm_losses: the loss per sequence (B,), without logits
+        per_sequence = kwargs.pop("hardloss_per_sequence", False)
         labels = kwargs.get("labels")
+        if per_sequence:
+            skip_logits = True
         if skip_logits is None:
             skip_logits = self.training and labels is not None
         if not skip_logits:
             return inner(**kwargs)
         if labels is None:
             raise ValueError("skip_logits=True needs labels: without them there is no loss to compute")
-        return _loss_without_logits(self, inner, kwargs)
+        return _loss_without_logits(self, inner, kwargs, per_sequence)
 
     forward._hardloss_patched = True
     return forward
 
 
-def _loss_without_logits(model, inner, kwargs):
+def _loss_without_logits(model, inner, kwargs, per_sequence=False):
     labels = kwargs.pop("labels")
     shift_labels = kwargs.pop("shift_labels", None)
     num_items = kwargs.pop("num_items_in_batch", None)
     options = dict(model._hardloss_options)
+    if per_sequence:
+        for name in ("trim", "weight"):
+            if options.get(name) is not None:
+                raise ValueError(f"per-sequence losses (hardloss_cuda.causal_lm_losses) of a model patched with "
+                                 f"{name}={options[name]!r}: apply() it without {name} (a TrimmedStep trims the "
+                                 "sequences; a sequence's loss is the plain mean of its tokens')")
     ignore_index = kwargs.pop("ignore_index", options.pop("ignore_index", -100))
     return_dict = kwargs.pop("return_dict", None)
     if return_dict is None:
@@ -200,9 +212,15 @@ def _loss_without_logits(model, inner, kwargs):
     if scale is not None:  # (s h) W^T = s (h W^T)
         h = h * scale
     linear = _linear(head)
-    loss = linear_cross_entropy(h, linear.weight, shift_labels.to(h.device), linear_bias=linear.bias,
-                                ignore_index=ignore_index, reduction="mean" if num_items is None else "sum",
-                                softcap=softcap, **options).float()
+    if per_sequence:  # the mean token loss of each sequence, (B,)
+        tokens = linear_cross_entropy(h, linear.weight, shift_labels.to(h.device), linear_bias=linear.bias,
+                                      ignore_index=ignore_index, reduction="none", softcap=softcap, **options)
+        loss = sequence_means(tokens.float(), shift_labels.to(h.device), ignore_index)
+        num_items = None
+    else:
+        loss = linear_cross_entropy(h, linear.weight, shift_labels.to(h.device), linear_bias=linear.bias,
+                                    ignore_index=ignore_index, reduction="mean" if num_items is None else "sum",
+                                    softcap=softcap, **options).float()
     if num_items is not None:
         loss = loss / (num_items.to(loss.device) if torch.is_tensor(num_items) else num_items)
 
