@@ -290,22 +290,24 @@ class _SmoothShard(torch.autograd.Function):
             # t_r = sum of the slice's q: s / C of its weights, plus (1 - s) w_y where it owns the label
             w_y = torch.ones_like(hi_r) if w is None else w[torch.where(valid, tgt, 0)]
             t_r = torch.where(valid, s / C * w_loc.sum() + torch.where(owned, (1 - s) * w_y, 0), 0)
-            # o_r = the slice's q off the label: t - q_y summed without cancelling (0 at C = 1)
-            o_r = torch.where(valid, s / C * (w_loc.sum() - torch.where(owned, w_y, 0)), 0)
             q_a = torch.where(stand_in, w_loc[top] * (s / C), 0)  # the global target at a
             # A slice whose row is all -inf is a bad row to the kernel (NaN); in the whole row its
             # classes only have probability 0: their targets (t_r) make the loss infinite, as PyTorch
             loss = torch.where(hi_r == -_INF, torch.where(t_r != 0, _INF, 0), loss)
         else:
             hi_r = torch.full((N,), -_INF, dtype=acc, device=local.device)
-            lo_r = loss = t_r = o_r = q_a = z_a = x_a = torch.zeros(N, dtype=acc, device=local.device)
+            lo_r = loss = t_r = q_a = z_a = x_a = torch.zeros(N, dtype=acc, device=local.device)
         M = _all_reduce(hi_r, "max", group)
         shift = torch.where(torch.isfinite(M), M, 0)
         L = torch.log(_all_reduce(torch.exp((hi_r - shift) + lo_r), "sum", group))
         hi, lo = _split(shift, L)
         # loss_r + t_r (lse - lse_r); an empty slice (t_r = 0, lse_r = -inf) adds nothing
-        part = torch.stack([loss + torch.where(t_r != 0, t_r * ((hi - hi_r) + (lo - lo_r)), 0), t_r, o_r], 1)
-        loss, t, other = _all_reduce(part, "sum", group).unbind(1)
+        part = torch.stack([loss + torch.where(t_r != 0, t_r * ((hi - hi_r) + (lo - lo_r)), 0), t_r], 1)
+        loss, t = _all_reduce(part, "sum", group).unbind(1)
+        # t - q_y, the target off the label, from the full weights every rank holds: no cancelling
+        # (0 at C = 1), no collective
+        w_sum, w_y = (float(C), 1.0) if w is None else (w.sum(), w[torch.where(valid, tgt, 0)])
+        other = torch.where(valid, torch.as_tensor(s / C * (w_sum - w_y), dtype=t.dtype, device=t.device), 0)
         loss = loss.masked_fill(M == -_INF, torch.nan)  # -inf on every rank: a bad row
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
         stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
