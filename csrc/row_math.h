@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "op_schema.h"  // HL_STATS_COLS, HL_SHARD_STATS_COLS
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define HL_HOST_DEVICE __host__ __device__
 #else
@@ -158,10 +160,10 @@ HL_HOST_DEVICE inline OneHotStats<T> onehot_merge(OneHotStats<T> a, OneHotStats<
 // the forward; the CPU kernel makes it in the backward and keeps the row max and log sum
 // exp(z - m) in columns 3 and 4 instead (csrc/cpu/rows.h put_soft_stats).
 // ---------------------------------------------------------------------------------------
-constexpr int kStatsCols = 6;
+constexpr int kStatsCols = HL_STATS_COLS;  // op_schema.h, generated from _schema.py STATS_COLS
 // shard_stats (a vocab-parallel loss's per-shard half of the forward, _schema.py): the raw
 // OneHotStats {m, s1, sk} of a row over the classes j != y (every class when y is not valid).
-constexpr int kShardStatsCols = 3;
+constexpr int kShardStatsCols = HL_SHARD_STATS_COLS;
 enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2, kColStar = 5 };
 
 // lse = m + L, L = log sum exp(z - m), as a rounded sum hi and its error lo.
