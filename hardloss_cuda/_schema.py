@@ -33,7 +33,8 @@ for ``logits`` (N, C):
   (N, STATS_COLS) acc: the row's logsumexp as hi + lo (the mixture / probability-target
   gradients use it), then what the backend's ``bwd`` needs to produce the gradient in one pass
   (column layout below). Columns from SCALE_COL on are only meaningful when ``compute_grad``
-  is True; the reference leaves them 0.
+  is True (0 otherwise); the reference writes them as the CUDA kernels do, though its own bwd
+  reads none of them (docs/ROW_MATH.md: which backends can take each other's stats).
 - a label outside [0, C) is never used as an index (no out-of-bounds read); the Python API
   raises on it before calling the op.
 
@@ -171,7 +172,8 @@ BWD_INPLACE_ARGS = (
 #   LSE_LO_COL what the rounding lost: -log p_j = (lse - z_j) + lse_lo, exact for huge logits;
 #   SCALE_COL  one-hot rows f_y, soft rows t = sum q. A row with incoming gradient 0 and a
 #              finite lse and scale has gradient 0 without its logits being read.
-# 3..5 are the path's own (row_math.h OneHotRow / SoftRow). Columns 2..5 are 0 for ignored and
+# 3..5 are the path's own (row_math.h OneHotRow / SoftRow; the CPU's soft rows differ there,
+# docs/ROW_MATH.md). Columns 2..5 are 0 for ignored and
 # out-of-range rows and when the forward was run without compute_grad.
 STATS_COLS = 6
 LSE_COL = 0
