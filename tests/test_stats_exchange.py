@@ -3,7 +3,8 @@
 For every ordered pair (A, B) of backends that run on the same device: bwd on B with A's stats
 equals A's own bwd, within the same-input tolerance (tests/_backends.py), for one-hot and soft
 rows (label smoothing with and without a dominant class, a mixture, probability targets),
-k = 1 and k != 1, softcap off and on (_schema.py / csrc/row_math.h "What a row keeps").
+k = 1 and k != 1, softcap off and on, float32 / float64 / bfloat16 (_schema.py /
+csrc/row_math.h "What a row keeps").
 
 KNOWN_MISMATCHES lists the pairs that do not agree yet (issue #30, part B: the CPU kernel keeps
 the row max and log sum exp in columns 3 and 4 of a soft row where the other kernels keep c_pos
@@ -24,6 +25,7 @@ from ._backends import SAME_INPUT, backend_devices
 
 N, C = 9, 37
 IGNORE = -100
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 # (id, target kind, label_smoothing, k, softcap, with class weights)
 CASES = [
@@ -50,45 +52,46 @@ _WRITES = {"cpu": "row_max", "triton": "c_pos-k1-no-f_star", "cuda": "c_pos", "c
            "reference": "c_pos"}
 
 
-def _reads_ok(reader: str, written: str, k: float) -> bool:
+def _reads_ok(reader: str, written: str, k: float, dtype) -> bool:
     if reader == "reference":  # recomputes everything from the logits
         return True
-    if reader == "cpu":  # k = 1: only lse, t and star; else m and log s
-        return k == 1 or written == "row_max"
+    if reader == "cpu":  # m and log s; at k = 1 only lse, t and star, but for the float64 rows'
+        return written == "row_max" or (k == 1 and dtype != torch.float64)  # dominant class
     if reader == "triton":  # k = 1: f_star from its own pass
         return written != "row_max" if k != 1 else True
     # the CUDA kernels read c_pos and f_star at every k
     return written == "c_pos" or (written == "c_pos-k1-no-f_star" and k != 1)
 
 
-def known_mismatch(a: str, b: str, case) -> bool:
+def known_mismatch(a: str, b: str, case, dtype) -> bool:
     _id, kind, smoothing, k, _cap, _w = case
     if kind == "index" and smoothing == 0.0:  # one-hot rows: (f_y, m, log_c, 0) everywhere
         return False
     if k == 1 and _id not in K1_STAR:  # at k = 1 only a dominant class's f_star is read from 3..5
         return False
-    return not _reads_ok(b, _WRITES[a], k)
+    return not _reads_ok(b, _WRITES[a], k, dtype)
 
 
-def _inputs(kind, smoothing, weighted, device):
+def _inputs(kind, smoothing, weighted, device, dtype):
     g = torch.Generator().manual_seed(1234)
-    z = (torch.randn(N, C, generator=g) * 3).to(device)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    z = (torch.randn(N, C, generator=g, dtype=torch.float64) * 3).to(device, dtype)
     z[0, 5] = 9.0  # a confident row
     y = torch.randint(0, C, (N,), generator=g)
     y[0] = 5
     y[3] = IGNORE
     y = y.to(device)
-    w = (torch.rand(C, generator=g) + 0.5).to(device) if weighted else None
+    w = (torch.rand(C, generator=g) + 0.5).to(device, acc) if weighted else None
     mix = None
     if kind == "probs":
-        target = torch.softmax(torch.randn(N, C, generator=g) * 2, 1).to(device)
+        target = torch.softmax(torch.randn(N, C, generator=g) * 2, 1).to(device, dtype)
         target[1] = 0.0
         target[1, 7] = 1.0  # a one-hot probability row (a dominant class)
     else:
         target = y
         if kind == "mixture":
-            mix = torch.softmax(torch.randn(C, C, generator=g), 1).to(device)
-    grad_loss = torch.rand(N, generator=g).to(device)
+            mix = torch.softmax(torch.randn(C, C, generator=g), 1).to(device, acc)
+    grad_loss = torch.rand(N, generator=g).to(device, acc)
     grad_loss[2] = 0.0
     return z, target, w, mix, grad_loss
 
@@ -100,21 +103,23 @@ def _params():
     out = []
     for a, b, d in _PAIRS:
         for case in CASES:
-            marks = [pytest.mark.xfail(strict=True, reason="#30: soft stats columns 3..5 differ")] \
-                if known_mismatch(a, b, case) else []
-            out.append(pytest.param(a, b, d, case, marks=marks, id=f"{a}->{b}-{d}-{case[0]}"))
+            for dt in DTYPES:
+                marks = [pytest.mark.xfail(strict=True, reason="#30: soft stats columns 3..5 differ")] \
+                    if known_mismatch(a, b, case, dt) else []
+                out.append(pytest.param(a, b, d, case, dt, marks=marks,
+                                        id=f"{a}->{b}-{d}-{case[0]}-{str(dt).removeprefix('torch.')}"))
     return out
 
 
 _FWD = {}
 
 
-def _fwd_on(a, device, case):
-    """A's fwd and its own bwd of a case, computed once per (A, device, case)."""
-    key = (a, device, case[0])
+def _fwd_on(a, device, case, dtype):
+    """A's fwd and its own bwd of a case, computed once per (A, device, case, dtype)."""
+    key = (a, device, case[0], dtype)
     if key not in _FWD:
         _id, kind, s, k, cap, weighted = case
-        z, target, w, mix, gl = _inputs(kind, s, weighted, device)
+        z, target, w, mix, gl = _inputs(kind, s, weighted, device, dtype)
         _loss, stats = fwd_op(a)(z, target, w, mix, IGNORE, s, k, True, cap)
         own = bwd_op(a)(gl, z, target, w, mix, stats, IGNORE, s, k, cap)
         _FWD[key] = (z, target, w, mix, gl, stats, own)
@@ -122,10 +127,10 @@ def _fwd_on(a, device, case):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.parametrize("a,b,device,case", _params())
-def test_bwd_takes_another_backends_stats(a, b, device, case):
+@pytest.mark.parametrize("a,b,device,case,dtype", _params())
+def test_bwd_takes_another_backends_stats(a, b, device, case, dtype):
     _id, _kind, s, k, cap, _w = case
-    z, target, w, mix, gl, stats, own = _fwd_on(a, device, case)
+    z, target, w, mix, gl, stats, own = _fwd_on(a, device, case, dtype)
     got = bwd_op(b)(gl, z, target, w, mix, stats.clone(), IGNORE, s, k, cap)
     tol = SAME_INPUT[z.dtype]
     torch.testing.assert_close(got, own, rtol=tol, atol=tol * own.abs().max().item(),
