@@ -6,9 +6,10 @@ rows (label smoothing with and without a dominant class, a mixture, probability 
 k = 1 and k != 1, softcap off and on, float32 / float64 / bfloat16 (_schema.py /
 csrc/row_math.h "What a row keeps").
 
-known_mismatch (from _WRITES and _reads_ok) names the pairs that do not agree yet (issue #30, part B: the CPU kernel keeps
-the row max and log sum exp in columns 3 and 4 of a soft row where the other kernels keep c_pos
-and f_star; Triton leaves f_star to its bwd at k = 1, where the CUDA bwd reads it). Those run
+known_mismatch (from _WRITES and _reads_ok) names the pairs that do not agree yet (issue #30,
+part B: the CPU kernel keeps the row max and log sum exp in columns 3 and 4 of a soft row where
+the other kernels keep c_pos and f_star; Triton leaves f_star to its bwd at k = 1, where the
+CUDA bwd reads it). Those run
 as strict xfails: a fix makes them pass, and then its entry must go.
 """
 
