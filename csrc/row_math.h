@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "op_schema.h"  // HL_STATS_COLS, HL_SHARD_STATS_COLS
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define HL_HOST_DEVICE __host__ __device__
 #else
@@ -156,12 +158,14 @@ HL_HOST_DEVICE inline OneHotStats<T> onehot_merge(OneHotStats<T> a, OneHotStats<
 // Ignored / out-of-range rows, and every row when no gradient was asked for, keep 2..5 at 0.
 // c_pos and f_star (k != 1 only) come from a pass over the row that the GPU kernels make in
 // the forward; the CPU kernel makes it in the backward and keeps the row max and log sum
-// exp(z - m) in columns 3 and 4 instead (csrc/cpu/rows.h put_soft_stats).
+// exp(z - m) in columns 3 and 4 instead (csrc/cpu/rows.h put_soft_stats), and Triton leaves
+// f_star to its backward at k == 1: which backends can take each other's stats, and what one
+// meaning would cost each, is docs/ROW_MATH.md's (tests/test_stats_exchange.py checks it).
 // ---------------------------------------------------------------------------------------
-constexpr int kStatsCols = 6;
+constexpr int kStatsCols = HL_STATS_COLS;  // op_schema.h, generated from _schema.py STATS_COLS
 // shard_stats (a vocab-parallel loss's per-shard half of the forward, _schema.py): the raw
 // OneHotStats {m, s1, sk} of a row over the classes j != y (every class when y is not valid).
-constexpr int kShardStatsCols = 3;
+constexpr int kShardStatsCols = HL_SHARD_STATS_COLS;
 enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2, kColStar = 5 };
 
 // lse = m + L, L = log sum exp(z - m), as a rounded sum hi and its error lo.

@@ -1,10 +1,15 @@
 """The one op schema shared by every backend.
 
-The compiled library (csrc/ops.cpp) defines ``hardloss_cuda::fwd``, ``bwd`` and
-``bwd_inplace`` with exactly these strings in ``TORCH_LIBRARY``; the Python backends
-(reference, triton) define ``hardloss_cuda::<backend>_fwd`` / ``<backend>_bwd`` with the same
-argument lists, so that every backend goes through the same fake/autograd registration.
-``tests/test_ops.py`` checks that the C++ definitions match these strings.
+The compiled library (csrc/ops.cpp) defines ``hardloss_cuda::fwd``, ``bwd``, ``bwd_inplace``
+and ``shard_stats`` with these strings in ``TORCH_LIBRARY``; the Python backends (reference,
+triton) define ``hardloss_cuda::<backend>_fwd`` etc. with the same argument lists, so that every
+backend goes through the same fake/autograd registration.
+
+This module is the one source: csrc/op_schema.h is generated from it (``c_header``, written by
+``python scripts/gen_op_schema.py``) and checked in. Python is the source because the Python
+backends define their ops from these strings at import, with no compiled library around; the
+header is checked in so that a C++-only (CMake) build needs no Python. tests/test_ops.py fails
+while the checked-in header differs from ``c_header()``.
 
 Design: the forward pass reads the logits once and keeps a few numbers per row; the backward
 pass reads the logits again and writes the gradient once (docs/ROW_MATH.md: 3 N C s bytes,
@@ -28,7 +33,8 @@ for ``logits`` (N, C):
   (N, STATS_COLS) acc: the row's logsumexp as hi + lo (the mixture / probability-target
   gradients use it), then what the backend's ``bwd`` needs to produce the gradient in one pass
   (column layout below). Columns from SCALE_COL on are only meaningful when ``compute_grad``
-  is True; the reference leaves them 0.
+  is True (0 otherwise); the reference writes them as the CUDA kernels do, though its own bwd
+  reads none of them (docs/ROW_MATH.md: which backends can take each other's stats).
 - a label outside [0, C) is never used as an index (no out-of-bounds read); the Python API
   raises on it before calling the op.
 
@@ -66,7 +72,23 @@ def softcap_range(dtype: torch.dtype) -> tuple[float, float]:
     return float(fi.smallest_normal), float(fi.max)
 
 
+# The logits' dtypes every backend takes (validation.py and the ops' checks read this one list).
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_logit_dtype(dtype: torch.dtype, name: str = "logits", error: type = TypeError) -> None:
+    if dtype not in LOGIT_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in LOGIT_DTYPES)
+        raise error(f"{name}: unsupported dtype {dtype}; expected one of {names}")
+
+
+def check_softcap_in_range(softcap: float, dtype: torch.dtype, off: str) -> None:
+    """Raise naming ``softcap`` and its value unless it lies in ``softcap_range(dtype)``; ``off``
+    is how the caller spells "no cap" ("None" in the API, "0 (off)" for the ops)."""
+    lo, hi = softcap_range(dtype)
+    if not (lo <= softcap <= hi):
+        raise ValueError(f"softcap must be {off} or a number in [{lo:.4g}, {hi:.4g}] for {dtype} logits (the "
+                         f"kernels compute in {acc_dtype(dtype)}), got {softcap!r}")
 
 
 def check_op_args(logits, target, weight, mixture) -> None:
@@ -77,8 +99,7 @@ def check_op_args(logits, target, weight, mixture) -> None:
     validation.py's, run before any op; a label out of range gives a NaN row."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
-    if logits.dtype not in LOGIT_DTYPES:
-        raise TypeError(f"logits: unsupported dtype {logits.dtype} (float32/16, bfloat16, float64)")
+    check_logit_dtype(logits.dtype)
     N, C = logits.shape
     if C == 0:
         raise ValueError("logits: need at least one class (C >= 1)")
@@ -123,10 +144,8 @@ def check_op_shard_stats_args(logits, target) -> None:
 
 def check_op_softcap(softcap: float, dtype: torch.dtype) -> None:
     """The ops' own check of ``softcap`` (csrc/checks.cpp check_softcap says the same)."""
-    lo, hi = softcap_range(dtype)
-    if not (softcap == 0.0 or lo <= softcap <= hi):
-        raise ValueError(f"softcap must be 0 (off) or a number in [{lo:.4g}, {hi:.4g}] for {dtype} logits (the "
-                         f"kernels compute in {acc_dtype(dtype)}), got {softcap!r}")
+    if softcap != 0.0:
+        check_softcap_in_range(softcap, dtype, "0 (off)")
 
 
 FWD_ARGS = (
@@ -153,9 +172,36 @@ BWD_INPLACE_ARGS = (
 #   LSE_LO_COL what the rounding lost: -log p_j = (lse - z_j) + lse_lo, exact for huge logits;
 #   SCALE_COL  one-hot rows f_y, soft rows t = sum q. A row with incoming gradient 0 and a
 #              finite lse and scale has gradient 0 without its logits being read.
-# 3..5 are the path's own (row_math.h OneHotRow / SoftRow). Columns 2..5 are 0 for ignored and
+# 3..5 are the path's own (row_math.h OneHotRow / SoftRow; the CPU's soft rows differ there,
+# docs/ROW_MATH.md). Columns 2..5 are 0 for ignored and
 # out-of-range rows and when the forward was run without compute_grad.
 STATS_COLS = 6
 LSE_COL = 0
 LSE_LO_COL = 1
 SCALE_COL = 2
+
+
+# The C++ side of the above (csrc/op_schema.h): the macro each value becomes, in order.
+_C_MACROS = (("HL_FWD_ARGS", FWD_ARGS), ("HL_BWD_ARGS", BWD_ARGS), ("HL_BWD_INPLACE_ARGS", BWD_INPLACE_ARGS),
+             ("HL_SHARD_STATS_ARGS", SHARD_STATS_ARGS), ("HL_STATS_COLS", STATS_COLS),
+             ("HL_SHARD_STATS_COLS", SHARD_STATS_COLS))
+
+
+def c_header() -> str:
+    """csrc/op_schema.h, as scripts/gen_op_schema.py writes it."""
+    lines = [
+        "// op_schema.h: GENERATED from hardloss_cuda/_schema.py by `python scripts/gen_op_schema.py`;",
+        "// edit _schema.py and rerun it (tests/test_ops.py fails while this file differs).",
+        "// The ops' argument lists, for csrc/ops.cpp and the emulated backend's cuda_emu_* ops",
+        "// (csrc/cuda/emu/ops_emu.cpp), and the widths of stats and shard_stats (csrc/row_math.h).",
+        "#pragma once",
+        "",
+        "// clang-format off",
+    ]
+    for name, value in _C_MACROS:
+        if isinstance(value, str):
+            assert '"' not in value and "\\" not in value, value  # written as a C string as is
+            value = f'"{value}"'
+        lines.append(f"#define {name} {value}")
+    lines.append("// clang-format on")
+    return "\n".join(lines) + "\n"

@@ -80,10 +80,11 @@ class RowReductions:
 ROW = RowReductions()
 
 
-def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReductions = ROW):
+def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReductions = ROW, cols: bool = False):
     """Soft targets on max-shifted rows: f = t F_k(p - q / t) (ROW_MATH.md section 3), log
     domain throughout. Returns (loss, gradient or None, lse of zs); ``red`` reduces over the
-    classes."""
+    classes. With ``cols`` (and ``compute_grad``) a fourth item: the stats columns 2..5 of the
+    rows as the kernels write them, (t, c_pos, f_star, star) (csrc/row_math.h SoftRow)."""
     lse = red.logsumexp(zs)
     log_p = zs - lse[:, None]
     loss = -red.sum(torch.where(q != 0, q * log_p, 0))  # q = 0 skipped: -inf logits add 0
@@ -99,7 +100,10 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReduc
         star = (tc > 0) & red.all(q >= 0) & (16 * (tc - q) <= tc)
         log_p_rest = red.logsumexp(log_p.masked_fill(star, float("-inf")), keepdim=True)
         q_rest = red.sum(torch.where(star, 0, q), keepdim=True)
-        return loss, torch.where(star, q_rest - tc * log_p_rest.exp(), f), lse
+        f = torch.where(star, q_rest - tc * log_p_rest.exp(), f)
+        if cols:  # c_pos is not used at k == 1 (row_math.h soft_row_k1)
+            return loss, f, lse, (t, torch.zeros_like(t), torch.where(star, f, 0).sum(1), star.any(1).to(t.dtype))
+        return loss, f, lse
     qh = q / torch.where(t != 0, t, 1)[:, None]
     # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
     # so that a small k does not lose classes whose probability underflows.
@@ -122,6 +126,10 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReduc
     f_pos = torch.exp(lse_neg[:, None] + k_log_pos - lse_pos[:, None])
     f_pos = torch.where(torch.isfinite(lse_pos)[:, None], f_pos, 0)
     f = torch.where(neg, -k_log.exp(), f_pos)
+    if cols:  # f_j = sign(t) exp(k log eps_j + c_pos) on the positive classes: c_pos = log|t| S_neg / S_pos
+        c_pos = torch.where(torch.isfinite(lse_pos), torch.log(t.abs()) + lse_neg - lse_pos, float("-inf"))
+        f_star = torch.where(star, f * t[:, None], 0).sum(1)
+        return loss, f * t[:, None], lse, (t, c_pos, f_star, star.any(1).to(t.dtype))
     return loss, f * t[:, None], lse
 
 

@@ -37,6 +37,9 @@ class Backend:
     # whether its bwd op computes the gradient from the stats it is given alone (the kernels,
     # csrc/row_math.h); the reference's recomputes everything from the logits
     bwd_reads_stats: bool = True
+    # what its ops' own argument checks may raise besides _schema.py's ValueError / TypeError:
+    # the compiled ops check in C++ (csrc/checks.cpp), whose TORCH_CHECK raises RuntimeError
+    op_check_errors: tuple[type, ...] = ()
 
     def op(self, kind: str):
         """The op ``kind`` ("fwd", "bwd", "bwd_inplace", "shard_stats") of this backend."""
@@ -94,12 +97,13 @@ def _not_cpu(device: torch.device) -> bool:
 # the unprefixed ops, with CPU and (when built) CUDA kernels; _ops.py defines the others.
 _TABLE = (
     Backend("cuda", _named_ops(""), _library.C_IMPORT_ERROR is None, _cuda_reason, _runs_on("cuda", "cuda"),
-            picked_by_auto=_not_cpu),
+            picked_by_auto=_not_cpu, op_check_errors=(RuntimeError,)),
     Backend("triton", _named_ops("triton_"), True, _triton_reason, _triton_device, picked_by_auto=_not_cpu),
     Backend("cpu", _named_ops(""), _library.C_IMPORT_ERROR is None, _compiled_reason, _runs_on("cpu", "cpu"),
-            picked_by_auto=lambda device: device.type == "cpu"),
+            picked_by_auto=lambda device: device.type == "cpu", op_check_errors=(RuntimeError,)),
     Backend("cuda_emu", _named_ops("cuda_emu_"), _library.CUDA_EMU is not None, lambda: _library.CUDA_EMU_ERROR,
-            _runs_on("cpu", "cuda_emu", " (the CUDA kernels, emulated)"), picked_by_auto=lambda device: False),
+            _runs_on("cpu", "cuda_emu", " (the CUDA kernels, emulated)"), picked_by_auto=lambda device: False,
+            op_check_errors=(RuntimeError,)),
     # last: what "auto" falls back to on any device
     Backend("reference", _named_ops("reference_"), True, lambda: None, lambda device: None,
             picked_by_auto=lambda device: True, bwd_reads_stats=False),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import (LSE_COL, LSE_LO_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
+from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
                       check_op_shard_stats_args, check_op_softcap)
 from ._torch_rows import soft_rows, softcap_logits, softcap_slope, target_grads, target_rows
 
@@ -105,9 +105,48 @@ def _rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, com
     return loss, grad, (shift, lse)
 
 
-# The op contract of hardloss_cuda/_schema.py on top of ``rows``. The reference keeps only
-# the logsumexp (hi and lo) between the passes, the other stats columns are 0, and recomputes
-# everything in backward: it is the oracle, not a fast path.
+def _onehot_cols(zs: Tensor, shift: Tensor, y: Tensor, w_y: Tensor, k: float):
+    """Stats columns 2..5 of one-hot rows as the kernels write them (csrc/row_math.h
+    onehot_finalize): f_y, the max m of the other classes (of the unshifted logits), log_c with
+    f_j = w_y exp(k (z_j - m) + log_c), 0. No other class with p > 0: m = 0, log_c = -inf."""
+    is_y = torch.nn.functional.one_hot(y, zs.shape[1]).bool()
+    z_not = zs.masked_fill(is_y, float("-inf"))
+    d = torch.logsumexp(z_not, dim=1) - zs.gather(1, y[:, None]).squeeze(1)
+    a = -_softplus(-d)  # log(1 - p_y)
+    m_not = z_not.amax(1)
+    none = m_not == float("-inf")
+    m_safe = torch.where(none, 0, m_not)
+    log_c = k * a - torch.logsumexp(k * (z_not - m_safe[:, None]), dim=1)
+    log_c = torch.where(none, torch.where(torch.isnan(d), d, float("-inf")), log_c)
+    m = torch.where(none, 0, m_not + shift)
+    return 0 - w_y * torch.exp(k * a), m, log_c, torch.zeros_like(m)
+
+
+def _grad_cols(z: Tensor, target, weight, mixture, ignore_index, label_smoothing, k) -> Tensor:
+    """Stats columns 2..5 (SCALE_COL on) of the rows of the (capped) logits z in the kernels'
+    meaning (_schema.py, csrc/row_math.h "What a row keeps"): one-hot rows (f_y, m, log_c, 0),
+    soft rows (t, c_pos, f_star, star); 0 for ignored and out-of-range rows. The reference's
+    own bwd does not read them; the kernels' bwd can take them (tests/test_stats_exchange.py)."""
+    N, C = z.shape
+    zs, shift, _bad = _max_shift(z)
+    if target.is_floating_point() or mixture is not None or label_smoothing > 0:
+        q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, z.dtype)
+        cols = soft_rows(zs, q, k, True, cols=True)[3]
+    else:
+        valid = (target != ignore_index) & (target >= 0) & (target < C)
+        y = torch.where(valid, target, 0)
+        w_y = torch.ones(N, dtype=z.dtype, device=z.device) if weight is None else weight.to(z.dtype)[y]
+        cols = _onehot_cols(zs, shift, y, w_y, k)
+    cols = torch.stack(cols, 1)
+    if not target.is_floating_point():
+        valid = (target != ignore_index) & (target >= 0) & (target < C)
+        cols = torch.where(valid[:, None], cols, 0)
+    return cols
+
+
+# The op contract of hardloss_cuda/_schema.py on top of ``rows``. The reference's bwd recomputes
+# everything from the logits (the oracle, not a fast path); its fwd still writes the stats the
+# kernels' bwd reads (_grad_cols), so that any backend's bwd can take them.
 
 
 def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
@@ -121,6 +160,8 @@ def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compu
     # hi is not finite): -log p_j = (hi - z_j) + lo is exact for huge logits.
     hi = m + L
     stats[:, LSE_COL], stats[:, LSE_LO_COL] = hi, torch.where(torch.isfinite(hi), (m - hi) + L, 0)
+    if compute_grad:
+        stats[:, SCALE_COL:] = _grad_cols(z, target, weight, mixture, ignore_index, label_smoothing, k)
     return loss, stats
 
 

@@ -11,9 +11,8 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
-from ._schema import acc_dtype, softcap_range
+from ._schema import check_logit_dtype, check_softcap_in_range
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -82,10 +81,7 @@ def check_softcap(softcap, dtype: torch.dtype) -> float:
     if softcap is None:
         return 0.0
     softcap = as_number(softcap, "softcap")
-    lo, hi = softcap_range(dtype)
-    if not (lo <= softcap <= hi):
-        raise ValueError(f"softcap must be None or a number in [{lo:.4g}, {hi:.4g}] for {dtype} input (the kernels "
-                         f"compute in {acc_dtype(dtype)}), got {softcap!r}")
+    check_softcap_in_range(softcap, dtype, "None")
     return float(softcap)
 
 
@@ -206,8 +202,7 @@ def check_inputs(input, target, weight, ignore_index, reduction, label_smoothing
     name = input_name
     if not isinstance(input, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(input).__name__}")
-    if input.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name}: unsupported dtype {input.dtype}; expected one of {FLOAT_DTYPES}")
+    check_logit_dtype(input.dtype, name, ValueError)
     if input.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (the classes)")
     C = num_classes if num_classes is not None else (input.shape[0] if input.dim() == 1 else input.shape[1])

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import hardloss_cuda as hl
+from hardloss_cuda import backends
 from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
 from hardloss_cuda._schema import STATS_COLS
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
@@ -448,8 +449,9 @@ def test_bad_input(row, backend):
 @pytest.mark.parametrize("row,backend", _cases(ops=OPS))
 def test_bad_op_input(row, backend):
     _id, call, exc, name = row
-    if backend in ("cpu", "cuda"):  # TORCH_CHECK
-        exc = (RuntimeError, exc)
+    extra = backends.get(backend).op_check_errors  # e.g. TORCH_CHECK's RuntimeError
+    if extra:
+        exc = (*extra, *(exc if isinstance(exc, tuple) else (exc,)))
     failure = _failure(lambda: call(backend), exc, name)
     assert failure is None, failure
 

@@ -1,5 +1,7 @@
 """The registered ops: opcheck, torch.compile, the shared schema, double backward."""
 
+import pathlib
+
 import pytest
 import torch
 
@@ -67,10 +69,20 @@ def test_double_backward_raises(backend, device):
         torch.autograd.grad(H.cross_entropy(x, y, k=0.5, backend=backend), x, create_graph=True)
 
 
+_HEADER = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "op_schema.h"
+
+
+@pytest.mark.skipif(not _HEADER.exists(), reason="no csrc/ here (an installed package)")
+def test_op_schema_header_is_generated_from_schema_py():
+    """csrc/op_schema.h is _schema.py's, written by scripts/gen_op_schema.py: a hand edit on
+    either side without rerunning it fails here."""
+    assert _HEADER.read_text() == _schema.c_header(), "csrc/op_schema.h is stale: run python scripts/gen_op_schema.py"
+
+
 @pytest.mark.skipif(_library.C_IMPORT_ERROR is not None, reason="the C++ extension is not built")
 def test_compiled_schema_matches_python_schema():
-    """csrc/ops.cpp (and the emulated backend's ops, when built) and _schema.py must agree: one
-    schema for every backend."""
+    """The ops the loaded library defines (csrc/ops.cpp, and the emulated backend's ops when
+    built) and _schema.py agree: one schema for every backend (a stale build fails here)."""
     def args(schema):
         return [(a.name, str(a.type), a.alias_info is not None and a.alias_info.is_write) for a in schema.arguments]
 
