@@ -100,3 +100,19 @@ def test_progress_lines_and_full_flag(tmp_path, capsys):
     assert json.loads(js.read_text())["schedule"] == "full"
     with pytest.raises(SystemExit):
         report.main(["--quick", "--full"])
+
+
+def test_mixture_input_is_simple_mixture_built_in_place():
+    import sys
+
+    import torch
+
+    import hardloss_cuda as H
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import common
+
+    _, _, W = common.make_inputs(common.Case(16, 37, mixture=True), "cpu", copies=1)
+    A = W.clone().fill_diagonal_(0) / 0.2  # the similarity it was built from (zero diagonal)
+    assert torch.allclose(A.sum(1), torch.ones(37)) and torch.all(W.diagonal() == 0.8)
+    torch.testing.assert_close(W, H.mcel.simple_mixture(A, 0.2), rtol=0, atol=1e-7)
