@@ -129,9 +129,10 @@ def _timed_calls(steps: dict, xs: list, device: str, repeat: int, full: bool) ->
 
 
 def _cost(case: Case, n_candidates: int) -> float:
-    """A case's expected share of the run, for the estimate of the time left: its logits times
-    its candidates, the matmuls of an LM head on top."""
-    return case.N * case.C * (n_candidates + n_candidates * case.hidden / 256)
+    """A case's expected share of the run, for the estimate of the time left: per candidate a
+    fixed part (the calls' overhead, the small shapes' rounds) plus the logits, more for an LM
+    head's matmuls. Fitted to one run on 2 cores (2026-12-06)."""
+    return n_candidates * (12e6 + case.N * case.C) * (1 + case.hidden / 1024)
 
 
 def _usage():
