@@ -12,8 +12,8 @@ stderr, with the case's CPU time (user, system, page faults) and an estimate of 
 On the CPU the default report (`make bench`, about 5 min on 2 cores) times every case, but
 spends fewer calls where calls are long: where a warm call takes over LONG_S seconds, one
 timed call per round and no further warm-up, and where the reference's first call takes over
-SLOW_S seconds (the 32000-class shapes: 7-10 s a call) that call alone. --full (`make bench-full`,
-about 15 min) keeps the schedule of the reports committed before 2026-12-06: three warm-up
+SLOW_S seconds (the 32000-class shapes: 7-10 s a call) that call alone. --full (`make bench-full`)
+keeps the schedule of the reports committed before 2026-12-06: three warm-up
 calls and repeat / 3 calls per round, the reference repeat / 9.
 """
 
@@ -232,9 +232,9 @@ def summary(result: dict, device: str) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = ap.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="fewer, smaller cases (CPU: about a minute)")
+    size.add_argument("--quick", action="store_true", help="fewer, smaller cases (CPU: under two minutes)")
     size.add_argument("--full", action="store_true",
-                      help="the full timing schedule, the long calls too (CPU: about 15 min on 2 cores)")
+                      help="the timing schedule of the reports before 2026-12-06 (CPU: 2-3x the default's time)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     ap.add_argument("--repeat", type=int, default=None, help="timed calls per candidate (median)")
