@@ -22,8 +22,9 @@ CAPTION = (
     "\"mix\" rows: F.cross_entropy is given the mixture's probability rows W[y] as soft targets "
     "(what PyTorch needs for the same loss).\n"
     "GB/s on the 2 N C s floor: the least memory traffic of forward+backward, reading the N x C logits once and "
-    "writing their gradient once (s bytes an element), over the measured time; "
+    "writing their gradient once (s bytes an element), over the measured time{gpu}; "
     "LM-head rows: the same floor, the matmuls' time included.")
+GPU_CAPTION = ", shown as % of a device-to-device copy's GB/s measured in the same run"
 
 
 def bar_layout(result: dict) -> list[dict]:
@@ -99,7 +100,7 @@ def figure(result: dict, title: str):
         axes[2].set_xlabel("peak extra memory (MB)")
         axes[2].grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    fig.text(0.01, 0.01, CAPTION, fontsize=7, ha="left", va="bottom", wrap=True)
+    fig.text(0.01, 0.01, CAPTION.format(gpu=GPU_CAPTION if gpu else ""), fontsize=7, ha="left", va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
     return fig
 
