@@ -36,10 +36,10 @@ def bar_layout(result: dict) -> list[dict]:
     backends = [b for b in dict.fromkeys(r["backend"] for r in rows) if b not in ("torch", "reference")]
     by = {(r["case"], r["backend"]): r for r in rows}
     per_case = {c: [b for b in backends if (c, b) in by] for c in cases}
-    height = HEIGHT / max([len(bs) for bs in per_case.values()] + [1])
     bars = []
     for i, c in enumerate(cases):
         bs = per_case[c]
+        height = HEIGHT / max(len(bs), 1)  # a case's bars share its row
         for j, b in enumerate(bs):
             v = by[c, b]["vs_torch"]
             bars.append({"case": c, "backend": b, "row": i, "y": i + (j - (len(bs) - 1) / 2) * height,
@@ -64,7 +64,7 @@ def figure(result: dict, title: str):
     memory = any(b["record"].get("peak_extra_mb") for b in bars)  # measured on GPUs only
     per_row = max([sum(b["row"] == i for b in bars) for i in range(len(cases))] + [1])
     panels = 3 if memory else 2
-    fig, axes = plt.subplots(1, panels, figsize=(11 + 3 * memory, 0.42 * len(cases) * max(1, per_row / 2) + 2.4),
+    fig, axes = plt.subplots(1, panels, figsize=(11 + 3 * memory, 0.42 * len(cases) * max(1, per_row / 3) + 2.4),
                              sharey=True, gridspec_kw={"width_ratios": [3, 2, 2][:panels]})
     ax, bx = axes[0], axes[1]
     palette = [c for c in map(matplotlib.colors.to_hex, plt.rcParams["axes.prop_cycle"].by_key()["color"])
@@ -92,7 +92,7 @@ def figure(result: dict, title: str):
     ax.set_ylim(len(cases) - 0.5, -0.5)  # the first case on top
     ax.set_xlabel("speed-up vs F.cross_entropy, forward+backward (log; right of 1x is faster)")
     handles = [Patch(color=color[b], label=b) for b in backends] + [Patch(color=SLOWER, label="slower than torch")]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
     bx.set_xlabel("% of the device copy bandwidth" if gpu else "GB/s on the 2 N C s floor (caption)")
     ax.grid(axis="x", which="both", alpha=0.3)
     bx.grid(axis="x", alpha=0.3)
@@ -101,7 +101,7 @@ def figure(result: dict, title: str):
         axes[2].grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.text(0.01, 0.01, CAPTION.format(gpu=GPU_CAPTION if gpu else ""), fontsize=7, ha="left", va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
+    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
 
