@@ -1,5 +1,7 @@
 # make bench      set up .venv from nothing (torch CPU, the package with its C++ kernels,
-#                 test/bench deps) and print the benchmark report (writes benchmarks/results/)
+#                 test/bench deps) and print the benchmark report (writes benchmarks/results/;
+#                 about 10 min of CPU time, the long calls timed fewer times: benchmarks/report.py)
+# make bench-full the same report with the timing schedule of the reports before 2026-12-06
 # make test       same set-up, then the test suite (reference, CPU kernel, Triton kernels
 #                 under TRITON_INTERPRET=1, the CUDA kernels on the emulated backend cuda_emu;
 #                 the tests that need a GPU skip without one)
@@ -39,7 +41,7 @@ HARDLOSS_CUDA_EMU ?= 1
 # The wheel checks run from here, outside the source tree.
 OUTSIDE = $(shell mktemp -d)
 
-.PHONY: all setup test bench bench-quick cmake-test emu-sanitize wheel-cpu wheel-cuda cuda-build \
+.PHONY: all setup test bench bench-full bench-quick cmake-test emu-sanitize wheel-cpu wheel-cuda cuda-build \
         cu12-toolkit wheel-cu12 cu12-build wheels clean
 
 all: test
@@ -63,6 +65,9 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/report.py
+
+bench-full: setup
+	$(PY) benchmarks/report.py --full
 
 bench-quick: setup
 	$(PY) benchmarks/report.py --quick

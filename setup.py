@@ -57,7 +57,27 @@ def _real_nvcc():
 if "CUDA_HOME" not in os.environ and _real_nvcc():
     os.environ["CUDA_HOME"] = str(Path(_real_nvcc()).parent.parent)
 
-import torch  # noqa: E402
+# What to run instead, when torch is missing: under pip's default build isolation the build
+# environment never has it (pyproject.toml says why it is not a build requirement).
+NO_TORCH = """hardloss_cuda is compiled against the torch it will run with, and no torch is
+importable here. Either install torch first, then build against it without build isolation:
+
+    pip install torch
+    pip install --no-build-isolation .        (or: pip install --no-build-isolation <git url>)
+
+or let pip put a torch release into the isolated build environment (it must be the release you
+run with: the compiled library refuses any other, README "Wheels"):
+
+    HARDLOSS_BUILD_TORCH=2.13.0 pip install .
+
+docs/BUILDING.md has the details."""
+
+try:
+    import torch  # noqa: E402
+except ModuleNotFoundError as e:
+    if e.name != "torch":  # torch is there but broken: its own traceback says more
+        raise
+    raise SystemExit(NO_TORCH) from None
 from torch.utils import cpp_extension  # noqa: E402
 
 

@@ -14,6 +14,8 @@ Reports the mean and standard deviation over the seeds of the test accuracy and 
 expected calibration error (15 bins), as a markdown table and a PNG under examples/results/.
 
     python examples/study.py [--seeds 5] [--epochs 20] [--quick] [--trim-in-loss] [--out examples/results]
+
+Run time: about 82 s on 2 idle cores (two worker processes); --quick under a minute.
 """
 
 from __future__ import annotations

@@ -41,3 +41,78 @@ def test_report_writes_table_json_and_plot(tmp_path, capsys):
     assert result["rows"] == rows
     lm_head = {r["backend"] for r in rows if r["hidden"] == 16}
     assert {"reference", "torch"} <= lm_head and "32x300 fp32 k=1 lm-head D=16" in txt.read_text()
+    assert record["schedule"] == "default" and all(r["calls"] >= 1 for r in rows)
+
+
+def _calls_of(schedule_module, paces, full, device="cpu", repeat=10):
+    """How many calls each fake candidate gets, and how many of them are timed."""
+    import time
+
+    calls = {name: 0 for name in paces}
+
+    def step_of(name):
+        def step(x):
+            calls[name] += 1
+            time.sleep(paces[name])
+        return step
+
+    samples = schedule_module._timed_calls({n: step_of(n) for n in paces}, [None], device, repeat, full)
+    return calls, {n: len(s) for n, s in samples.items()}
+
+
+def test_default_schedule_spends_fewer_calls_on_long_ones(monkeypatch):
+    report = _report()
+    monkeypatch.setattr(report, "LONG_S", 0.01)
+    monkeypatch.setattr(report, "SLOW_S", 0.05)
+    paces = {"cpu": 0.0, "torch": 0.02, "reference": 0.06}
+    calls, timed = _calls_of(report, paces, full=False)
+    assert timed == {"cpu": 9, "torch": 3, "reference": 1}  # repeat 10: 3 a round; long: 1 a round; slow: once
+    assert calls == {"cpu": 9 + 4, "torch": 3 + 1, "reference": 1}  # warm-ups: 1 + 1 + 1 + 1; the first call
+    # a slow candidate other than the reference is never timed by its first call alone (it may compile there)
+    calls, timed = _calls_of(report, {"cpu": 0.06, "reference": 0.0}, full=False)
+    assert timed == {"cpu": 3, "reference": 9} and calls["cpu"] == 4
+    # --full, and any GPU run: the schedule of the earlier reports, whatever the pace
+    for kw in ({"full": True}, {"full": False, "device": "cuda"}):
+        if kw.get("device") == "cuda":
+            monkeypatch.setattr(report.common, "sync", lambda device: None)
+            monkeypatch.setattr(report.common, "time_samples", _cpu_clock(report.common.time_samples))
+        calls, timed = _calls_of(report, paces, **kw)
+        ref = 9 if kw.get("device") == "cuda" else 3  # the CPU's reference: repeat / 9 a round
+        assert timed == {"cpu": 9, "torch": 9, "reference": ref}
+        assert calls == {"cpu": 9 + 5, "torch": 9 + 5, "reference": ref + (5 if ref == 9 else 3)}
+
+
+def _cpu_clock(time_samples):
+    def timed(step, xs, device, warmup, repeat):
+        return time_samples(step, xs, "cpu", warmup, repeat)
+    return timed
+
+
+def test_progress_lines_and_full_flag(tmp_path, capsys):
+    report = _report()
+    report.main(["--device", "cpu", "--out", str(tmp_path), "--repeat", "3", "--full",
+                 "--shape", "64x37:fp32:0.5", "--shape", "32x30:fp32:1"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[")]
+    assert len(lines) == 2 and lines[0].startswith("[ 1/2] 64x37 fp32 k=0.5") and lines[1].startswith("[ 2/2]")
+    assert all("page faults" in ln and "min left" in ln for ln in lines) and "about 0.0 min left" in lines[1]
+    (js,) = tmp_path.glob("report-*-full.json")
+    assert json.loads(js.read_text())["schedule"] == "full"
+    with pytest.raises(SystemExit):
+        report.main(["--quick", "--full"])
+
+
+def test_mixture_input_is_simple_mixture_built_in_place():
+    import sys
+
+    import torch
+
+    import hardloss_cuda as H
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import common
+
+    _, _, W = common.make_inputs(common.Case(16, 37, mixture=True), "cpu", copies=1)
+    A = W.clone().fill_diagonal_(0) / 0.2  # the similarity it was built from (zero diagonal)
+    assert torch.allclose(A.sum(1), torch.ones(37)) and torch.all(W.diagonal() == 0.8)
+    torch.testing.assert_close(W, H.mcel.simple_mixture(A, 0.2), rtol=0, atol=1e-7)
