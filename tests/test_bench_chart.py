@@ -3,11 +3,11 @@ its label (a one-backend case among four-backend LM-head cases too), bars that s
 and end at the speed-up, slower ones leftward in their own colour, and a caption that says
 what the bandwidth floor and the "mix" rows are."""
 
-import importlib.util
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
+
+from ._scripts import load_script
 
 pytest.importorskip("matplotlib")
 
@@ -22,11 +22,7 @@ SPEEDUPS = {  # case -> backend -> speed-up vs F.cross_entropy
 
 
 def _chart():
-    path = Path(__file__).parents[1] / "benchmarks" / "chart.py"
-    spec = importlib.util.spec_from_file_location("bench_chart", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", "chart")
 
 
 def _result():

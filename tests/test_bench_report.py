@@ -1,21 +1,18 @@
 """benchmarks/report.py end to end on a tiny case: the table, the JSON record and the plot,
 with speed-ups computed from times of the same run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from ._scripts import load_script
+
 pytest.importorskip("matplotlib")
 
 
 def _report():
-    path = Path(__file__).parents[1] / "benchmarks" / "report.py"
-    spec = importlib.util.spec_from_file_location("bench_report", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks", "report")
 
 
 def test_report_writes_table_json_and_plot(tmp_path, capsys):

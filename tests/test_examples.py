@@ -2,21 +2,16 @@
 lm_head.py trains the same next-word model with the fused and the materialised head;
 hf_finetune.py trains a tiny Llama through the Transformers integration."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+
+from ._scripts import load_script
 
 pytest.importorskip("sklearn")
 
 
 def _example(name: str):
     """examples/<name>.py imported as a module."""
-    path = Path(__file__).parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples", name)
 
 
 def test_digits_example_learns_with_every_technique():

@@ -14,6 +14,8 @@ from torch.nn import functional as F
 
 import hardloss_cuda as hl
 
+from ._scripts import load_script
+
 D, C = 6, 5
 
 
@@ -299,13 +301,7 @@ def test_trimmed_step_on_a_patched_lm_equals_the_unpatched_one():
 
 def test_benchmark_section_runs():
     """benchmarks/trimmed_step.py (the report's TrimmedStep section) on tiny models, one round."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "trimmed_step.py"
-    spec = importlib.util.spec_from_file_location("bench_trimmed_step", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks", "trimmed_step")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: no thread hand-offs (CI runs beside other workers)
     try:
