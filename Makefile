@@ -1,6 +1,6 @@
 # make bench      set up .venv from nothing (torch CPU, the package with its C++ kernels,
 #                 test/bench deps) and print the benchmark report (writes benchmarks/results/;
-#                 about 10 min of CPU time, the long calls timed fewer times: benchmarks/report.py)
+#                 8 min on 2 idle cores, the long calls timed fewer times: benchmarks/report.py)
 # make bench-full the same report with the timing schedule of the reports before 2026-12-06
 # make test       same set-up, then the test suite (reference, CPU kernel, Triton kernels
 #                 under TRITON_INTERPRET=1, the CUDA kernels on the emulated backend cuda_emu;

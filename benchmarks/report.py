@@ -9,7 +9,7 @@ JSON record and a PNG plot to DIR (default benchmarks/results/), named for the d
 date, stamped with device, torch, CUDA and library versions. A progress line per case goes to
 stderr, with the case's CPU time (user, system, page faults) and an estimate of the time left.
 
-On the CPU the default report (`make bench`, about 10 min of CPU time: 5 min on 2 idle cores) times every case, but
+On the CPU the default report (`make bench`: 8 min on 2 idle cores) times every case, but
 spends fewer calls where calls are long: where a warm call takes over LONG_S seconds, one
 timed call per round and no further warm-up, and where the reference's first call takes over
 SLOW_S seconds (the 32000-class shapes: 7-10 s a call) that call alone. --full (`make bench-full`)
