@@ -275,6 +275,7 @@ class _SmoothShard(torch.autograd.Function):
         s_loc = s * CL / (s * CL + (1 - s) * C)
         w_kernel = (w_loc * alpha).contiguous()  # the class weights the slice's kernels take
         stand_in = valid & ~owned
+        w_y = torch.ones(N, dtype=acc, device=local.device) if w is None else w[torch.where(valid, tgt, 0)]
         if CL > 0:
             top = local.argmax(1)  # the cap is monotone: also the capped logits' argmax
             lbl = torch.where(stand_in, top, lbl)
@@ -288,7 +289,6 @@ class _SmoothShard(torch.autograd.Function):
             corr = dq * ((hi_r - z_a) + lo_r)  # dq log s_r; non-finite for NaN / all -inf rows
             loss = torch.where(torch.isfinite(corr), loss - corr, loss)
             # t_r = sum of the slice's q: s / C of its weights, plus (1 - s) w_y where it owns the label
-            w_y = torch.ones_like(hi_r) if w is None else w[torch.where(valid, tgt, 0)]
             t_r = torch.where(valid, s / C * w_loc.sum() + torch.where(owned, (1 - s) * w_y, 0), 0)
             q_a = torch.where(stand_in, w_loc[top] * (s / C), 0)  # the global target at a
             # A slice whose row is all -inf is a bad row to the kernel (NaN); in the whole row its
@@ -306,8 +306,7 @@ class _SmoothShard(torch.autograd.Function):
         loss, t = _all_reduce(part, "sum", group).unbind(1)
         # t - q_y, the target off the label, from the full weights every rank holds: no cancelling
         # (0 at C = 1), no collective
-        w_sum, w_y = (float(C), 1.0) if w is None else (w.sum(), w[torch.where(valid, tgt, 0)])
-        other = torch.where(valid, torch.as_tensor(s / C * (w_sum - w_y), dtype=t.dtype, device=t.device), 0)
+        other = torch.where(valid, s / C * ((C if w is None else w.sum()) - w_y), 0)
         loss = loss.masked_fill(M == -_INF, torch.nan)  # -inf on every rank: a bad row
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
         stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
@@ -332,7 +331,7 @@ class _SmoothShard(torch.autograd.Function):
         # the label cancels: t and q' are rounded apart (t all-reduced, q' from the slice's scaled
         # weights), so a row whose p_y is 1 (C = 1) got ulps of g instead of 0. Written as
         # t (p_y - 1) + (t - q_y), with p_y - 1 = expm1(z_y - lse) and t - q_y the target off the
-        # label summed over the ranks, as the single-device kernel's sums do. The stand-in's
+        # label from the full class weights (forward), as the single-device kernel's sums do. The stand-in's
         # column: g (t p_a - q_a). Both plus g_lse p, times the slope.
         x_a = ctx.x_a
         t, hi, lo = stats[:, SCALE_COL], stats[:, LSE_COL], stats[:, LSE_LO_COL]
