@@ -71,6 +71,9 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
               stats.scalar_type(), " ", stats.sizes());
 }
 
+// _schema.py softcap_range in C++ (the normal positive numbers of the accumulation type), for
+// calls through torch.ops that skip the Python checks; tests/test_bad_inputs.py
+// test_op_softcap_range_is_schemas holds the two to the same ends.
 void check_softcap(double softcap, at::ScalarType logits_dtype) {
   if (softcap == 0.0) return;
   const bool dbl = acc_scalar_type(logits_dtype) == at::kDouble;

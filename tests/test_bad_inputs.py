@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
 
 import datetime
+import math
 import re
 
 import numpy as np
@@ -30,7 +31,7 @@ from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
 from hardloss_cuda._schema import STATS_COLS
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
 
-from ._backends import backend_names
+from ._backends import cpu_backends
 from .test_distributed import _free_port, _spawn
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Triton interpreter's NaN rows
@@ -38,7 +39,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Triton 
 V, T = ValueError, TypeError
 _long = torch.long
 N, C, D = 4, 5, 3
-BACKENDS = backend_names(leave_out=("cuda_emu", "cuda"))
+# Every backend that takes CPU tensors (the inputs below are CPU tensors): the compiled cpu and
+# cuda_emu ops check in C++ (csrc/checks.cpp), reference and Triton in _schema.py.
+BACKENDS = cpu_backends()
 
 
 def _x(*shape, dtype=torch.float32):
@@ -621,3 +624,28 @@ def _vp_worker(rank, world, port):
 
 def test_vocab_parallel_bad_inputs():
     _spawn(_vp_worker, 2, _free_port())
+
+
+# ---------------------------------------------------------------------------- softcap's range
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_op_softcap_range_is_schemas(backend, dtype):
+    """_schema.softcap_range is the one statement of the caps the ops take; the compiled ops
+    restate it in C++ (csrc/checks.cpp check_softcap: called through torch.ops directly, they
+    check their own arguments). Every backend's op takes both ends and refuses the next number
+    outside, naming softcap."""
+    from hardloss_cuda._schema import softcap_range
+
+    lo, hi = softcap_range(dtype)
+    x, y = _x(dtype=dtype), _y()
+    fwd = fwd_op(backend)
+    for cap in (lo, hi):
+        loss, _ = fwd(x, y, None, None, -100, 0.0, 1.0, False, cap)
+        assert loss.shape == (N,)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    below = torch.nextafter(torch.tensor(lo, dtype=acc), torch.tensor(0.0, dtype=acc)).item()
+    for cap in (below, math.inf if acc == torch.float64 else float(torch.finfo(torch.float64).max)):
+        exc = (ValueError, *backends.get(backend).op_check_errors)
+        failure = _failure(lambda: fwd(x, y, None, None, -100, 0.0, 1.0, False, cap), exc, "softcap")
+        assert failure is None, (cap, failure)
