@@ -3,7 +3,7 @@ processes on the CPU (one launch: the world of 3, then a group of ranks 0 and 1)
 different sizes per rank (one rank of one sample). With scope="global" every rank's gradient
 after DDP's average, and the returned loss, equal one process's on the concatenated batch
 (float64, 1e-12): the kept samples are the hardest fraction of the global batch. A rank that
-keeps none still joins the all-reduce. With scope="local", DDP averages the ranks' own trimmed
+keeps none, or whose batch is empty, still joins the all-reduce. With scope="local", DDP averages the ranks' own trimmed
 means. Launched as test_distributed.py launches the vocab-parallel ones."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .test_distributed import _free_port, _spawn
 
 D, C = 5, 4
 SIZES = {2: [7, 1], 3: [6, 9, 4]}
+EMPTY = [6, 9, 0]  # the world of 3 with rank 2's batch empty (scope "global" takes it)
 
 
 def _model():
@@ -28,19 +29,20 @@ def _model():
     return nn.Sequential(nn.Linear(D, 12, bias=False), nn.Tanh(), nn.Linear(12, C, bias=False)).double()
 
 
-def _batches(world):
+def _batches(world, sizes=None):
     """Every rank's (x, y), the same on every rank; rank 1's samples zero, with a zero target
     in the regression: losses of 0, so that at small fractions rank 1 keeps none."""
     g = torch.Generator().manual_seed(world)
     out = []
-    for rank, n in enumerate(SIZES[world]):
+    for rank, n in enumerate(sizes or SIZES[world]):
         x = torch.randn(n, D, generator=g, dtype=torch.float64)
         y = torch.randint(0, C, (n,), generator=g)
         if rank == 1:
             x.zero_()
         out.append((x, y))
-    out[0][0][1] = out[-1][0][0]  # a tie across ranks: the same sample
-    out[0][1][1] = out[-1][1][0]
+    last = max(r for r, (x, _y) in enumerate(out) if len(x))
+    out[0][0][1] = out[last][0][0]  # a tie across ranks: the same sample
+    out[0][1][1] = out[last][1][0]
     return out
 
 
@@ -61,12 +63,12 @@ def _close(got, want, what):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=lambda m: f"{what}: {m}")
 
 
-def _case(ddp, group, rank, world, loss_fn, f, mode, scope):
+def _case(ddp, group, rank, world, loss_fn, f, mode, scope, sizes=None):
     ddp.module.load_state_dict(_model().state_dict())
     ddp.zero_grad(set_to_none=True)
-    batches = _batches(world)
+    batches = _batches(world, sizes)
     loss = hl.TrimmedStep(ddp, loss_fn, f, mode=mode, scope=scope, group=group)(*batches[rank])
-    what = f"rank {rank}/{world} {loss_fn.__name__} f={f} {mode} {scope}"
+    what = f"rank {rank}/{world} {loss_fn.__name__} f={f} {mode} {scope} sizes={sizes}"
     if scope == "global":  # one process, the concatenated batch
         one = _model()
         x, y = (torch.cat(t) for t in zip(*batches))
@@ -89,6 +91,10 @@ def _cases(rank, world, group):
             _case(ddp, group, rank, world, ce, f, mode, "global")
         _case(ddp, group, rank, world, ce, 0.4, mode, "local")
         _case(ddp, group, rank, world, mse, 0.2, mode, "global")  # rank 1 keeps none
+    if world == 3:  # a rank with an empty batch: it keeps none, and still joins every collective
+        for mode in ("subset", "full"):
+            for f in (0.3, 1.0):
+                _case(ddp, group, rank, world, ce, f, mode, "global", EMPTY)
     with torch.no_grad():
         x, y = _batches(world)[1]
         assert (mse(_model()(x), y) == 0).all()
