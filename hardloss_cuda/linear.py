@@ -24,7 +24,6 @@ accumulators for half inputs). Peak extra memory is one chunk of logits plus O(N
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -34,7 +33,7 @@ from . import _ops
 from ._batch import op_inputs, reduce_rows, row_lse, row_weights
 from ._schema import STATS_COLS, acc_dtype
 from .options import loss_options
-from .validation import autocast_dtype, check_chunk_size, float_labels_message
+from .validation import autocast_dtype, autocast_off, check_chunk_size, float_labels_message
 from .trimming import keep_mask
 
 __all__ = ["linear_cross_entropy"]
@@ -194,9 +193,7 @@ class _LinearCE(torch.autograd.Function):
     def backward(ctx, grad_out, grad_lse):
         if torch.is_grad_enabled():
             raise RuntimeError("hardloss_cuda.linear_cross_entropy: double backward is not supported")
-        if autocast_dtype(ctx.device) is None:
-            return _LinearCE._backward(ctx, grad_out, grad_lse)
-        with torch.autocast(ctx.device.type, enabled=False):  # the dtypes are the forward's (custom_bwd)
+        with autocast_off(ctx.device):  # the dtypes are the forward's (custom_bwd)
             return _LinearCE._backward(ctx, grad_out, grad_lse)
 
     @staticmethod
@@ -310,7 +307,7 @@ def linear_cross_entropy(
                          "cross_entropy on materialised logits")
     if ignore_index is None:  # as F.linear_cross_entropy: None is -100 (for class indices)
         ignore_index = -100
-    with torch.autocast(input.device.type, enabled=False) if amp is not None else contextlib.nullcontext():
+    with autocast_off(input.device):
         out, lse = _linear_ce(h_in, W_run, b_run, linear_weight, linear_bias, target, lead, C, D, weight, ignore_index,
                               reduction, label_smoothing, k, mixture, trim, softcap, z_loss, return_lse, chunk_size,
                               backend)

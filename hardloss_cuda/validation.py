@@ -5,6 +5,7 @@ out-of-range label gives a NaN row and is never read."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from numbers import Integral, Real
 
@@ -38,6 +39,12 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return None
+
+
+def autocast_off(device: torch.device):
+    """A context with autocast off for tensors of ``device`` where it is on (custom_fwd /
+    custom_bwd: the work inside runs in the dtypes it is given); else a no-op."""
+    return torch.autocast(device.type, enabled=False) if autocast_dtype(device) is not None else contextlib.nullcontext()
 
 
 # k is used in fp32 by the kernels for every dtype but float64: it must stay a positive
