@@ -56,8 +56,8 @@ _WRITES = {"cpu": "row_max", "triton": "c_pos-k1-no-f_star", "cuda": "c_pos", "c
 def _reads_ok(reader: str, written: str, k: float, dtype) -> bool:
     if reader == "reference":  # recomputes everything from the logits
         return True
-    if reader == "cpu":  # m and log s; at k = 1 only lse, t and star, but for the float64 rows'
-        return written == "row_max" or (k == 1 and dtype != torch.float64)  # dominant class
+    if reader == "cpu":  # takes both forms (column 5's tag), but Triton's k = 1 f_star is 0
+        return written != "c_pos-k1-no-f_star" or k != 1
     if reader == "triton":  # k = 1: f_star from its own pass
         return written != "row_max" if k != 1 else True
     # the CUDA kernels read c_pos and f_star at every k
