@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import LSE_COL, LSE_LO_COL
+from ._schema import LSE_COL, LSE_LO_COL, STATS_SOFT_COMPLETE
 
 __all__ = ["target_rows", "RowReductions", "ROW", "soft_rows", "softcap_logits", "softcap_slope",
            "true_rows_grad", "target_grads"]
@@ -84,7 +84,8 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReduc
     """Soft targets on max-shifted rows: f = t F_k(p - q / t) (ROW_MATH.md section 3), log
     domain throughout. Returns (loss, gradient or None, lse of zs); ``red`` reduces over the
     classes. With ``cols`` (and ``compute_grad``) a fourth item: the stats columns 2..5 of the
-    rows as the kernels write them, (t, c_pos, f_star, star) (csrc/row_math.h SoftRow)."""
+    rows in the complete form, (t, c_pos, f_star, STATS_SOFT_COMPLETE + star) (csrc/row_math.h
+    SoftRow, _schema.py)."""
     lse = red.logsumexp(zs)
     log_p = zs - lse[:, None]
     loss = -red.sum(torch.where(q != 0, q * log_p, 0))  # q = 0 skipped: -inf logits add 0
@@ -102,7 +103,8 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReduc
         q_rest = red.sum(torch.where(star, 0, q), keepdim=True)
         f = torch.where(star, q_rest - tc * log_p_rest.exp(), f)
         if cols:  # c_pos is not used at k == 1 (row_math.h soft_row_k1)
-            return loss, f, lse, (t, torch.zeros_like(t), torch.where(star, f, 0).sum(1), star.any(1).to(t.dtype))
+            return loss, f, lse, (t, torch.zeros_like(t), torch.where(star, f, 0).sum(1),
+                                  star.any(1).to(t.dtype) + STATS_SOFT_COMPLETE)
         return loss, f, lse
     qh = q / torch.where(t != 0, t, 1)[:, None]
     # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
@@ -129,7 +131,7 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReduc
     if cols:  # f_j = sign(t) exp(k log eps_j + c_pos) on the positive classes: c_pos = log|t| S_neg / S_pos
         c_pos = torch.where(torch.isfinite(lse_pos), torch.log(t.abs()) + lse_neg - lse_pos, float("-inf"))
         f_star = torch.where(star, f * t[:, None], 0).sum(1)
-        return loss, f * t[:, None], lse, (t, c_pos, f_star, star.any(1).to(t.dtype))
+        return loss, f * t[:, None], lse, (t, c_pos, f_star, star.any(1).to(t.dtype) + STATS_SOFT_COMPLETE)
     return loss, f * t[:, None], lse
 
 

@@ -4,13 +4,9 @@ For every ordered pair (A, B) of backends that run on the same device: bwd on B 
 equals A's own bwd, within the same-input tolerance (tests/_backends.py), for one-hot and soft
 rows (label smoothing with and without a dominant class, a mixture, probability targets),
 k = 1 and k != 1, softcap off and on, float32 / float64 / bfloat16 (_schema.py /
-csrc/row_math.h "What a row keeps").
-
-known_mismatch (from _WRITES and _reads_ok) names the pairs that do not agree yet (issue #30,
-part B: the CPU kernel keeps the row max and log sum exp in columns 3 and 4 of a soft row where
-the other kernels keep c_pos and f_star; Triton leaves f_star to its bwd at k = 1, where the
-CUDA bwd reads it). Those run
-as strict xfails: a fix makes them pass, and then its entry must go.
+csrc/row_math.h "What a row keeps"). A soft row's columns 3 and 4 come in two forms, told apart
+by column 5 (STATS_SOFT_COMPLETE: c_pos, f_star; STATS_SOFT_DEFERRED: the row max and log sum
+exp, written by the CPU forward and by Triton's at k = 1), and every bwd takes both (#30).
 """
 
 import os
@@ -20,7 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU
 import pytest
 import torch
 
-from hardloss_cuda._ops import bwd_op, fwd_op
+from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op
 
 from ._backends import SAME_INPUT, backend_devices
 
@@ -41,39 +37,8 @@ CASES = [
     ("probs-k0.5-cap", "probs", 0.0, 0.5, 4.0, False),
 ]
 
-# The cases with a row whose dominant class takes f_star at k = 1 (q* >= 15/16 t).
-K1_STAR = {"smooth-star-k1", "probs-k1"}
 
-# What a backend's fwd leaves in columns 3..5 of a soft row, and what its bwd reads there.
-#   "c_pos": c_pos, f_star, star (row_math.h SoftRow), f_star at k = 1 too;
-#   "c_pos-k1-no-f_star": the same, but 0 for f_star at k = 1 (Triton: its bwd makes the pass);
-#   "row_max": the row max m and log sum exp(z - m), then star (the CPU kernel's; its bwd makes
-#   the |eps|^k pass itself).
-_WRITES = {"cpu": "row_max", "triton": "c_pos-k1-no-f_star", "cuda": "c_pos", "cuda_emu": "c_pos",
-           "reference": "c_pos"}
-
-
-def _reads_ok(reader: str, written: str, k: float, dtype) -> bool:
-    if reader == "reference":  # recomputes everything from the logits
-        return True
-    if reader == "cpu":  # m and log s; at k = 1 only lse, t and star, but for the float64 rows'
-        return written == "row_max" or (k == 1 and dtype != torch.float64)  # dominant class
-    if reader == "triton":  # k = 1: f_star from its own pass
-        return written != "row_max" if k != 1 else True
-    # the CUDA kernels read c_pos and f_star at every k
-    return written == "c_pos" or (written == "c_pos-k1-no-f_star" and k != 1)
-
-
-def known_mismatch(a: str, b: str, case, dtype) -> bool:
-    _id, kind, smoothing, k, _cap, _w = case
-    if kind == "index" and smoothing == 0.0:  # one-hot rows: (f_y, m, log_c, 0) everywhere
-        return False
-    if k == 1 and _id not in K1_STAR:  # at k = 1 only a dominant class's f_star is read from 3..5
-        return False
-    return not _reads_ok(b, _WRITES[a], k, dtype)
-
-
-def _inputs(kind, smoothing, weighted, device, dtype):
+def _inputs(kind, smoothing, weighted, device, dtype, N=N, C=C):
     g = torch.Generator().manual_seed(1234)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     z = (torch.randn(N, C, generator=g, dtype=torch.float64) * 3).to(device, dtype)
@@ -101,15 +66,8 @@ _PAIRS = [(a, b, d) for a, d in backend_devices() for b, d2 in backend_devices()
 
 
 def _params():
-    out = []
-    for a, b, d in _PAIRS:
-        for case in CASES:
-            for dt in DTYPES:
-                marks = [pytest.mark.xfail(strict=True, reason="#30: soft stats columns 3..5 differ")] \
-                    if known_mismatch(a, b, case, dt) else []
-                out.append(pytest.param(a, b, d, case, dt, marks=marks,
-                                        id=f"{a}->{b}-{d}-{case[0]}-{str(dt).removeprefix('torch.')}"))
-    return out
+    return [pytest.param(a, b, d, case, dt, id=f"{a}->{b}-{d}-{case[0]}-{str(dt).removeprefix('torch.')}")
+            for a, b, d in _PAIRS for case in CASES for dt in DTYPES]
 
 
 _FWD = {}
@@ -136,3 +94,51 @@ def test_bwd_takes_another_backends_stats(a, b, device, case, dtype):
     tol = SAME_INPUT[z.dtype]
     torch.testing.assert_close(got, own, rtol=tol, atol=tol * own.abs().max().item(),
                                msg=lambda m: f"bwd on {b} with {a}'s stats differs from {a}'s own bwd: {m}")
+
+
+_LONG = [("smooth-k0.5", "index", 0.1, 0.5, 0.0, True), ("probs-k1", "probs", 0.0, 1.0, 0.0, False)]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", _LONG, ids=[c[0] for c in _LONG])
+@pytest.mark.parametrize("a,b,device", _PAIRS, ids=[f"{a}->{b}-{d}" for a, b, d in _PAIRS])
+def test_long_rows_in_place(a, b, device, case):
+    """Rows of several chunks, blocks and tiles (C = 5003: the CPU's 2048-class chunks, the CUDA
+    completion kernel's block loop), bwd and bwd_inplace on B with A's stats: A's own bwd."""
+    _id, kind, s, k, cap, weighted = case
+    z, target, w, mix, gl = _inputs(kind, s, weighted, device, torch.float32, N=4, C=5003)
+    _loss, stats = fwd_op(a)(z, target, w, mix, IGNORE, s, k, True, cap)
+    own = bwd_op(a)(gl, z, target, w, mix, stats, IGNORE, s, k, cap)
+    kept = stats.clone()
+    got = bwd_op(b)(gl, z, target, w, mix, stats, IGNORE, s, k, cap)
+    z2 = z.clone()
+    bwd_inplace_op(b)(gl, z2, target, w, mix, stats, IGNORE, s, k, cap)
+    assert torch.equal(stats, kept), f"bwd on {b} wrote into the stats"
+    tol = SAME_INPUT[torch.float32]
+    for out in (got, z2):
+        torch.testing.assert_close(out, own, rtol=tol, atol=tol * own.abs().max().item(),
+                                   msg=lambda m: f"bwd on {b} with {a}'s stats differs from {a}'s own bwd: {m}")
+
+
+_MIXED = [c for c in CASES if c[0] in ("smooth-k0.5", "smooth-star-k1", "probs-k0.5-cap")]
+_READERS = sorted({(b, d) for _a, b, d in _PAIRS})
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", _MIXED, ids=[c[0] for c in _MIXED])
+@pytest.mark.parametrize("b,device", _READERS, ids=[f"{b}-{d}" for b, d in _READERS])
+def test_both_forms_in_one_call(b, device, case):
+    """Stats whose rows alternate between the deferred form (the CPU's) and the complete one (the
+    reference's): each row's gradient as from its own form (Triton's programs hold several
+    rows, the CUDA completion kernel skips the complete ones)."""
+    if "cpu" not in {bb for bb, _d in backend_devices() if _d == device}:
+        pytest.skip("needs the CPU kernel's stats")
+    _id, kind, s, k, cap, weighted = case
+    z, target, w, mix, gl = _inputs(kind, s, weighted, device, torch.float32)
+    deferred = fwd_op("cpu")(z, target, w, mix, IGNORE, s, k, True, cap)[1]
+    complete = fwd_op("reference")(z, target, w, mix, IGNORE, s, k, True, cap)[1]
+    mixed = torch.where((torch.arange(N, device=device) % 2 == 0)[:, None], deferred, complete)
+    want = bwd_op("reference")(gl, z, target, w, mix, complete, IGNORE, s, k, cap)
+    got = bwd_op(b)(gl, z, target, w, mix, mixed, IGNORE, s, k, cap)
+    tol = SAME_INPUT[torch.float32]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
