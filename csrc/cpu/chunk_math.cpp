@@ -283,15 +283,35 @@ HL_CLONES void soft_grad_complete(const float* __restrict x, const float* __rest
                                   float lse_lo, float t, float t_div, float c_pos, float star_t, float k, float g,
                                   float g_f_star, float* __restrict out) {
   const float sign_t = t < 0.0f ? -1.0f : 1.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float log_p = (x[i] - lse) - lse_lo;
-    const float qh = q[i] / t_div;
-    const float e = exp_of(log_p) - qh;
-    const bool neg = qh != 0.0f && e < 0.0f;  // row_math.h soft_log_abs_eps
-    const float kla = k * (qh == 0.0f ? log_p : log_of(neg ? -e : e));
-    // soft_f, one exp: -t exp(kla) on the negatives, sign(t) exp(kla + c_pos) on the others
-    const float f = (neg ? -t : sign_t) * exp_of(neg ? kla : kla + c_pos);
-    out[i] = 2.0f * q[i] > star_t ? g_f_star : g * f;
+  float near[kEpsBlock];
+  for (int64_t a = 0; a < n; a += kEpsBlock) {
+    const int64_t b = n - a < kEpsBlock ? n - a : kEpsBlock;
+    const float* xa = x + a;
+    const float* qa = q + a;
+    float* oa = out + a;
+    float any = 0.0f;
+#pragma omp simd reduction(max : any)
+    for (int64_t i = 0; i < b; ++i) {
+      const float log_p = (xa[i] - lse) - lse_lo;
+      const float qh = qa[i] / t_div;
+      const float p = exp_of(log_p), e = p - qh;
+      const bool neg = qh != 0.0f && e < 0.0f;  // row_math.h soft_log_abs_eps
+      const float kla = k * (qh == 0.0f ? log_p : log_of(neg ? -e : e));
+      // soft_f, one exp: -t exp(kla) on the negatives, sign(t) exp(kla + c_pos) on the others
+      const float f = (neg ? -t : sign_t) * exp_of(neg ? kla : kla + c_pos);
+      const bool star = 2.0f * qa[i] > star_t;
+      oa[i] = star ? g_f_star : g * f;
+      near[i] = !star && near_cancel(e, p, qh) ? 1.0f : 0.0f;
+      any = near[i] > any ? near[i] : any;
+    }
+    if (any == 0.0f) continue;
+    for (int64_t i = 0; i < b; ++i) {  // a cancelling eps again in double, as soft_eps
+      if (near[i] == 0.0f) continue;
+      const double e = std::exp((static_cast<double>(xa[i]) - lse) - lse_lo) - static_cast<double>(qa[i]) / t_div;
+      const bool neg = e < 0.0;
+      const double kla = k * std::log(neg ? -e : e);
+      oa[i] = static_cast<float>(g * (neg ? -t : sign_t) * std::exp(neg ? kla : kla + c_pos));
+    }
   }
 }
 
