@@ -9,16 +9,18 @@ JSON record and a PNG plot to DIR (default benchmarks/results/), named for the d
 date, stamped with device, torch, CUDA and library versions. A progress line per case goes to
 stderr, with the case's CPU time (user, system, page faults) and an estimate of the time left.
 
-On the CPU the default report (`make bench`: TIME_PLACEHOLDER) times every case, but
-spends fewer calls where calls are long: where a warm call takes over LONG_S seconds, one
-timed call per round and no further warm-up, and where a reference's first call takes over
-SLOW_S seconds (the 32000-class shapes: 7-30 s a call; the LM head's "reference-linear" too)
-that call alone. Two cases are smaller than in --full, each of them over a minute before
-(#33): the mixtures at 2048 x 8192, not 2048 x 32000 (their C x C matrix was 4 GB, and
-building it and paging in the reference's temporaries took 69-76 s a case), and the D = 512
-LM head at 1024 rows, not 4096 (93 s). --full (`make bench-full`) keeps the cases and the
-schedule of the reports committed before 2026-12-06: three warm-up calls and repeat / 3 calls
-per round, the reference repeat / 9. The header names the schedule that ran.
+On the CPU the default report (`make bench`: about 5 min on 2 idle cores) times every case
+family of --full, but spends fewer calls where calls are long: where a warm call takes over
+LONG_S seconds, one timed call per round and no further warm-up, and where a reference's first
+call takes over SLOW_S seconds (the 32000-class shapes: 7-30 s a call; the LM head's
+"reference-linear" too) that call alone. Its slowest cases are smaller than --full's (#33:
+the report took 8 min 12 s with them): the 2048 x 32000 soft targets at 1024 rows (15-36 s a
+case, the reference's call at k = 0.5 up to 33 s), their mixtures at C = 8192 too (the C x C
+mixture matrix was 4 GB: building it and paging in the reference's temporaries took 69-76 s a
+case), and the D = 512 LM head at 1024 rows, not 4096 (93 s); docs/BENCHMARKS.md has the
+figures. --full (`make bench-full`) keeps the cases and the schedule of the reports committed
+before 2026-12-06: three warm-up calls and repeat / 3 calls per round, the reference
+repeat / 9. The header names the schedule that ran.
 
 The estimate of the time left on the progress lines: each case's seconds predicted from its
 size, its candidates and the calls the schedule gives them (predicted_s), scaled by how long
@@ -70,10 +72,10 @@ def cases(device: str, quick: bool, full: bool = False) -> list[Case]:
     if device == "cpu":  # the CPU speed targets: 8192 x 1000 and 4096 x 32000, fp32, k = 0.5 and 1;
         # soft targets at 8192 x 1000, 16384 x 128 and 2048 x 32000
         big = soft_cases(2048, 32000)
-        if not full:  # make bench in about 5 min (#33): the two slowest cases made smaller
-            # the mixture W is C x C: 4 GB at C = 32000, 69-76 s a case (most of it page faults)
-            big = [Case(2048, 8192, k=c.k, mixture=True) if c.mixture else c for c in big]
-        head_rows = 4096 if full else 1024  # the D = 512 head: 93 s at 4096 rows
+        if not full:  # make bench in about 5 min (#33): the slowest cases made smaller (docstring)
+            big = [Case(1024, 8192 if c.mixture else 32000, k=c.k, mixture=c.mixture, target=c.target)
+                   for c in big]
+        head_rows = 4096 if full else 1024
         return [Case(8192, 1000, k=0.5), Case(8192, 1000, k=1.0), Case(4096, 32000, k=0.5),
                 Case(4096, 32000, k=1.0), Case(8192, 1000, k=0.5, trim=0.5), Case(4096, 32000, "bf16", k=0.5),
                 Case(16384, 128, k=0.5), Case(16384, 128, k=1.0), Case(1024, 8192, k=0.5),
