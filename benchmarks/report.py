@@ -161,7 +161,10 @@ NS_REF = {("index", True): 22.0, ("index", False): 30.0,  # (targets, k == 1) ->
 NS_REF_HEAD = 60.0  # the reference on an LM head, above the matmuls
 NS_INPUT = 6.0  # building the inputs, per element written (randn, softmax, the C x C mixture)
 CALL_S = 1e-3  # a call's fixed overhead
-TRIMMED_STEP_S = 15.0  # the TrimmedStep section after the cases (--quick: a third)
+CASE_S = 0.5  # a case's (its candidates, its inputs' Python)
+# The TrimmedStep section after the cases (--quick: a third): the idle report of 2026-12-06
+# spent about 40 s outside the cases' calls and inputs; 90 s on a machine at load 5.
+TRIMMED_STEP_S = 30.0
 
 
 def _pace_s(case: Case, name: str) -> float:
@@ -195,7 +198,7 @@ def predicted_s(case: Case, names, full: bool = False, repeat: int = 10) -> floa
     width = case.hidden or case.C
     inputs = 3 * case.N * width + case.C * case.hidden + (case.N * case.C if case.target == "probs" else 0) \
         + (4 * case.C * case.C if case.mixture else 0)
-    return NS_INPUT * inputs * 1e-9 + sum(
+    return CASE_S + NS_INPUT * inputs * 1e-9 + sum(
         _calls(p, name, full, repeat) * p for name in names for p in [_pace_s(case, name)])
 
 

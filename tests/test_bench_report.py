@@ -132,7 +132,7 @@ def test_estimate_of_the_time_left():
     p = {n: report._pace_s(big, n) for n in names}
     assert p["reference"] >= report.SLOW_S and report.LONG_S <= p["cpu"] < report.SLOW_S
     assert report.predicted_s(big, names) == pytest.approx(
-        report.NS_INPUT * 3 * 4096 * 32000 * 1e-9 + p["reference"] + 4 * (p["cpu"] + p["torch"]))
+        report.CASE_S + report.NS_INPUT * 3 * 4096 * 32000 * 1e-9 + p["reference"] + 4 * (p["cpu"] + p["torch"]))
     assert report._calls(report._pace_s(small, "reference"), "reference", False, 10) == 13
     assert report._calls(report._pace_s(small, "cpu"), "cpu", True, 10) == 14  # --full: 3 warm-ups, 3 x 3 timed
     assert report._calls(p["reference"], "reference", True, 10) == 6
