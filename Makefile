@@ -1,7 +1,8 @@
 # make bench      set up .venv from nothing (torch CPU, the package with its C++ kernels,
 #                 test/bench deps) and print the benchmark report (writes benchmarks/results/;
-#                 8 min on 2 idle cores, the long calls timed fewer times: benchmarks/report.py)
-# make bench-full the same report with the timing schedule of the reports before 2026-12-06
+#                 about 4.5 min expected on 2 idle cores: the long calls timed fewer times, the slowest
+#                 cases smaller; benchmarks/report.py, docs/BENCHMARKS.md)
+# make bench-full the same report with the cases and timing schedule of the reports before 2026-12-06
 # make test       same set-up, then the test suite (reference, CPU kernel, Triton kernels
 #                 under TRITON_INTERPRET=1, the CUDA kernels on the emulated backend cuda_emu;
 #                 the tests that need a GPU skip without one)

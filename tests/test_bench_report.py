@@ -2,6 +2,7 @@
 with speed-ups computed from times of the same run."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,9 @@ def test_default_schedule_spends_fewer_calls_on_long_ones(monkeypatch):
     # a slow candidate other than the reference is never timed by its first call alone (it may compile there)
     calls, timed = _calls_of(report, {"cpu": 0.06, "reference": 0.0}, full=False)
     assert timed == {"cpu": 3, "reference": 9} and calls["cpu"] == 4
+    # the LM head's reference-linear is the reference too: a slow first call stands for its time
+    calls, timed = _calls_of(report, {"torch-chunked": 0.06, "reference-linear": 0.06}, full=False)
+    assert timed == {"torch-chunked": 3, "reference-linear": 1} and calls["reference-linear"] == 1
     # --full, and any GPU run: the schedule of the earlier reports, whatever the pace
     for kw in ({"full": True}, {"full": False, "device": "cuda"}):
         if kw.get("device") == "cuda":
@@ -92,7 +96,8 @@ def test_progress_lines_and_full_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("[")]
     assert len(lines) == 2 and lines[0].startswith("[ 1/2] 64x37 fp32 k=0.5") and lines[1].startswith("[ 2/2]")
-    assert all("page faults" in ln and "min left" in ln for ln in lines) and "about 0.0 min left" in lines[1]
+    # the estimate itself: test_estimate_of_the_time_left (here the TrimmedStep section is still to run)
+    assert all("page faults" in ln and re.search(r"about \d+\.\d min left$", ln) for ln in lines)
     (js,) = tmp_path.glob("report-*-full.json")
     assert json.loads(js.read_text())["schedule"] == "full"
     with pytest.raises(SystemExit):
@@ -113,3 +118,26 @@ def test_mixture_input_is_simple_mixture_built_in_place():
     A = W.clone().fill_diagonal_(0) / 0.2  # the similarity it was built from (zero diagonal)
     assert torch.allclose(A.sum(1), torch.ones(37)) and torch.all(W.diagonal() == 0.8)
     torch.testing.assert_close(W, H.mcel.simple_mixture(A, 0.2), rtol=0, atol=1e-7)
+
+
+def test_estimate_of_the_time_left():
+    """time_left scales the predictions still to come by how the parts done compare with theirs;
+    predicted_s counts the calls the default schedule makes (a slow reference: one)."""
+    report = _report()
+    assert report.time_left(30.0, [10.0, 20.0, 30.0, 5.0], 2) == pytest.approx(35.0)  # ran at 1x
+    assert report.time_left(60.0, [10.0, 20.0, 30.0, 5.0], 2) == pytest.approx(70.0)  # at half speed
+    assert report.time_left(9.0, [1.0, 2.0], 2) == 0.0
+    assert report.time_left(0.0, [0.0, 2.0], 1) == 0.0  # nothing measured yet: no division by zero
+    small, big = report.Case(64, 37), report.Case(4096, 32000)
+    names = ["cpu", "reference", "torch"]
+    p = {n: report._pace_s(big, n) for n in names}
+    assert p["reference"] >= report.SLOW_S and report.LONG_S <= p["cpu"] < report.SLOW_S
+    assert report.predicted_s(big, names) == pytest.approx(
+        report.CASE_S + report.NS_INPUT * 3 * 4096 * 32000 * 1e-9 + p["reference"] + 4 * (p["cpu"] + p["torch"]))
+    assert report._calls(report._pace_s(small, "reference"), "reference", False, 10) == 13
+    assert report._calls(report._pace_s(small, "cpu"), "cpu", True, 10) == 14  # --full: 3 warm-ups, 3 x 3 timed
+    assert report._calls(p["reference"], "reference", True, 10) == 6
+    # bigger cases are predicted to take longer (not always harder ones: a reference call over
+    # SLOW_S is made once, one under it four times)
+    assert report.predicted_s(big, names) > report.predicted_s(report.Case(8192, 1000), names) > \
+        report.predicted_s(small, names)
