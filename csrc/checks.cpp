@@ -71,6 +71,17 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
               stats.scalar_type(), " ", stats.sizes());
 }
 
+void check_soft_shard_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& mixture, const at::Tensor& stats) {
+  check_fwd_args(logits, target, weight, mixture);
+  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
+  check_same_device(stats, logits, "stats");
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == logits.size(0) && stats.size(1) == kStatsCols &&
+                  stats.scalar_type() == acc,
+              "hardloss_cuda: stats: expected ", acc, " of shape (", logits.size(0), ", ", kStatsCols, "), got ",
+              stats.scalar_type(), " ", stats.sizes());
+}
+
 void check_softcap(double softcap, at::ScalarType logits_dtype) {
   if (softcap == 0.0) return;
   const bool dbl = acc_scalar_type(logits_dtype) == at::kDouble;

@@ -11,4 +11,6 @@
 #define HL_SHARD_STATS_ARGS "(Tensor logits, Tensor target, float k, float softcap=0.) -> Tensor"
 #define HL_STATS_COLS 6
 #define HL_SHARD_STATS_COLS 3
+#define HL_SOFT_SHARD_STATS_ARGS "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0.) -> Tensor"
+#define HL_SOFT_SHARD_STATS_COLS 7
 // clang-format on
