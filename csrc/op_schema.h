@@ -1,7 +1,8 @@
 // op_schema.h: GENERATED from hardloss_cuda/_schema.py by `python scripts/gen_op_schema.py`;
 // edit _schema.py and rerun it (tests/test_ops.py fails while this file differs).
 // The ops' argument lists, for csrc/ops.cpp and the emulated backend's cuda_emu_* ops
-// (csrc/cuda/emu/ops_emu.cpp), and the widths of stats and shard_stats (csrc/row_math.h).
+// (csrc/cuda/emu/ops_emu.cpp), the widths of stats and shard_stats and the soft rows' stats
+// tags (csrc/row_math.h).
 #pragma once
 
 // clang-format off
@@ -13,4 +14,6 @@
 #define HL_SHARD_STATS_COLS 3
 #define HL_SOFT_SHARD_STATS_ARGS "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0.) -> Tensor"
 #define HL_SOFT_SHARD_STATS_COLS 7
+#define HL_STATS_SOFT_COMPLETE 0
+#define HL_STATS_SOFT_DEFERRED 2
 // clang-format on

@@ -154,13 +154,19 @@ HL_HOST_DEVICE inline OneHotStats<T> onehot_merge(OneHotStats<T> a, OneHotStats<
 //             and finite scale has gradient 0 without its logits being read (trimmed rows).
 // then, per path:
 //   one-hot: 3 m, 4 log_c, 5 unused      f_j = w_y exp(k (z_j - m) + log_c), j != y
-//   soft:    3 c_pos, 4 f_star, 5 star   see SoftRow
+//   soft:    3, 4 as column 5, the tag, says (soft_tag; star = 1 for a row with a dominant class):
+//            kSoftComplete + star: 3 c_pos, 4 f_star (SoftRow; f_star at k == 1 too)
+//            kSoftDeferred + star: 3 the row max m, 4 log s = log sum exp(z - m)
 // Ignored / out-of-range rows, and every row when no gradient was asked for, keep 2..5 at 0.
-// c_pos and f_star (k != 1 only) come from a pass over the row that the GPU kernels make in
-// the forward; the CPU kernel makes it in the backward and keeps the row max and log sum
-// exp(z - m) in columns 3 and 4 instead (csrc/cpu/rows.h put_soft_stats), and Triton leaves
-// f_star to its backward at k == 1: which backends can take each other's stats, and what one
-// meaning would cost each, is docs/ROW_MATH.md's (tests/test_stats_exchange.py checks it).
+// c_pos and f_star come from a second pass over the row (pass 2: soft_eps_class,
+// soft_row_finalize; at k == 1 only a dominant class's f_star, soft_row_k1). The CUDA forward
+// and the reference make it and write the complete form, as Triton's forward does at k != 1.
+// The CPU forward leaves it to its backward (it would cost the forward ~5x) and writes the
+// deferred form, as Triton's does at k == 1 (its backward sums f* in the same pass). Every
+// backward takes both: the CPU and Triton make pass 2 for deferred rows in the row's own
+// backward, the CUDA backward in a kernel before its elementwise one (one more read of those rows
+// only, csrc/cuda/bwd_kernels.cuh). docs/ROW_MATH.md has the table; tests/test_stats_exchange.py
+// hands every backend's stats to every other's backward.
 // ---------------------------------------------------------------------------------------
 constexpr int kStatsCols = HL_STATS_COLS;  // op_schema.h, generated from _schema.py STATS_COLS
 // shard_stats (a vocab-parallel loss's per-shard half of the forward, _schema.py): the raw
@@ -170,6 +176,23 @@ constexpr int kShardStatsCols = HL_SHARD_STATS_COLS;
 // the classes of the shard, unfinalised (put_soft_shard_stats).
 constexpr int kSoftShardStatsCols = HL_SOFT_SHARD_STATS_COLS;
 enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2, kColStar = 5 };
+
+// A soft row's column 5 (kColStar): the form of its columns 3 and 4, plus its star flag
+// (_schema.py STATS_SOFT_COMPLETE / STATS_SOFT_DEFERRED).
+constexpr int kSoftComplete = HL_STATS_SOFT_COMPLETE;  // 3 c_pos, 4 f_star
+constexpr int kSoftDeferred = HL_STATS_SOFT_DEFERRED;  // 3 m, 4 log s: pass 2 is the backward's
+static_assert(kSoftComplete + 1 < kSoftDeferred, "the tags must not overlap");
+
+template <typename T>
+HL_HOST_DEVICE inline T soft_tag(bool deferred, bool star) {
+  return T((deferred ? kSoftDeferred : kSoftComplete) + (star ? 1 : 0));
+}
+template <typename T>
+HL_HOST_DEVICE inline bool soft_tag_deferred(T tag) { return tag >= T(kSoftDeferred); }
+template <typename T>
+HL_HOST_DEVICE inline bool soft_tag_star(T tag) {
+  return tag - T(soft_tag_deferred(tag) ? kSoftDeferred : kSoftComplete) != T(0);
+}
 
 // lse = m + L, L = log sum exp(z - m), as a rounded sum hi and its error lo.
 template <typename T>
@@ -471,7 +494,7 @@ struct SoftRow {
   T t;
   T c_pos;
   T f_star;
-  T star;  // 1 or 0
+  T star;  // column 5: soft_tag(false, star), the complete form
 };
 
 template <typename T>
@@ -493,7 +516,7 @@ HL_HOST_DEVICE inline SoftRow<T> soft_finalize(SoftEpsStats<T> st, T t, bool sta
   const bool has_pos = st.s_pos > T(0);
   const T log_s_neg = lse_value(LseStats<T>{st.m_neg, st.s_neg});  // -inf: no negative class
   r.c_pos = has_pos ? (hl_log(hl_abs(t)) + log_s_neg) - hl_log(st.s_pos) - st.m_pos : -hl_inf<T>();
-  r.star = star ? T(1) : T(0);
+  r.star = soft_tag<T>(false, star);
   r.f_star = star ? soft_f(r, kla_star, negative_star) : T(0);
   return r;
 }
@@ -570,7 +593,7 @@ HL_HOST_DEVICE inline T star_f1(T rest_f, T lse) {
 template <typename T>
 HL_HOST_DEVICE inline SoftRow<T> soft_row_k1(StarRest<T> rest, T t, bool star, T lse) {
   const T f_star = star ? star_f1(t * hl_exp(lse_value(rest.p)) - csum_value(rest.q), lse) : T(0);
-  return {t, T(0), f_star, star ? T(1) : T(0)};
+  return {t, T(0), f_star, soft_tag<T>(false, star)};
 }
 
 // f_j of a soft row in the backward pass, from its stats: log p_j = (z_j - lse) - lse_lo.
@@ -581,14 +604,20 @@ template <typename T>
 HL_HOST_DEVICE inline T soft_fj(const SoftRow<T>& r, T z_j, T lse, T lse_lo, T q_j, T k) {
   const T log_p = (z_j - lse) - lse_lo;
   if (k == T(1)) {
-    if (is_star_k1(r.star != T(0), q_j, r.t)) return r.f_star;
+    if (is_star_k1(soft_tag_star(r.star), q_j, r.t)) return r.f_star;
     return r.t * hl_exp(log_p) - q_j;  // t == 0: 0, NaN in a row without a finite lse (as PyTorch)
   }
-  if (is_star(r.star != T(0), q_j, r.t)) return r.f_star;
+  if (is_star(soft_tag_star(r.star), q_j, r.t)) return r.f_star;
   const T t_div = r.t != T(0) ? r.t : T(1);
   bool neg;
   const T la = soft_log_abs_eps(log_p, q_j / t_div, &neg);
   return soft_f(r, k * la, neg);
+}
+
+// The SoftRow of a soft row's stats in the complete form (soft_tag_deferred false).
+template <typename T>
+HL_HOST_DEVICE inline SoftRow<T> soft_row_of_stats(const T* st) {
+  return {st[kColScale], st[3], st[4], soft_tag<T>(false, soft_tag_star(st[kColStar]))};
 }
 
 // Whether the forward pass of a soft row needs the |eps|^k statistics (pass 2): only for a

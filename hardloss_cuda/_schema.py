@@ -202,20 +202,34 @@ BWD_INPLACE_ARGS = (
 #   LSE_LO_COL what the rounding lost: -log p_j = (lse - z_j) + lse_lo, exact for huge logits;
 #   SCALE_COL  one-hot rows f_y, soft rows t = sum q. A row with incoming gradient 0 and a
 #              finite lse and scale has gradient 0 without its logits being read.
-# 3..5 are the path's own (row_math.h OneHotRow / SoftRow; the CPU's soft rows differ there,
-# docs/ROW_MATH.md). Columns 2..5 are 0 for ignored and
-# out-of-range rows and when the forward was run without compute_grad.
+# 3..5 are the path's own (row_math.h OneHotRow / SoftRow). A soft row's TAG_COL says what its
+# columns 3 and 4 hold (docs/ROW_MATH.md), plus 1 when the row has a dominant class (star):
+#   STATS_SOFT_COMPLETE + star: c_pos, f_star (the CUDA kernels' and the reference's forward,
+#                               Triton's at k != 1);
+#   STATS_SOFT_DEFERRED + star: the row max m and log sum exp(z - m); the backward makes the
+#                               |eps|^k pass itself (the CPU's forward, Triton's at k = 1).
+# Every backward takes both. Columns 2..5 are 0 for ignored and out-of-range rows and when the
+# forward was run without compute_grad.
 STATS_COLS = 6
 LSE_COL = 0
 LSE_LO_COL = 1
 SCALE_COL = 2
+TAG_COL = 5
+STATS_SOFT_COMPLETE = 0
+STATS_SOFT_DEFERRED = 2
+
+
+def soft_tag_star(tag):
+    """Whether soft rows have a dominant class, from their TAG_COL (row_math.h soft_tag_star)."""
+    return (tag - torch.where(tag >= STATS_SOFT_DEFERRED, STATS_SOFT_DEFERRED, STATS_SOFT_COMPLETE)) != 0
 
 
 # The C++ side of the above (csrc/op_schema.h): the macro each value becomes, in order.
 _C_MACROS = (("HL_FWD_ARGS", FWD_ARGS), ("HL_BWD_ARGS", BWD_ARGS), ("HL_BWD_INPLACE_ARGS", BWD_INPLACE_ARGS),
              ("HL_SHARD_STATS_ARGS", SHARD_STATS_ARGS), ("HL_STATS_COLS", STATS_COLS),
              ("HL_SHARD_STATS_COLS", SHARD_STATS_COLS), ("HL_SOFT_SHARD_STATS_ARGS", SOFT_SHARD_STATS_ARGS),
-             ("HL_SOFT_SHARD_STATS_COLS", SOFT_SHARD_STATS_COLS))
+             ("HL_SOFT_SHARD_STATS_COLS", SOFT_SHARD_STATS_COLS), ("HL_STATS_SOFT_COMPLETE", STATS_SOFT_COMPLETE),
+             ("HL_STATS_SOFT_DEFERRED", STATS_SOFT_DEFERRED))
 
 
 def c_header() -> str:
@@ -224,7 +238,8 @@ def c_header() -> str:
         "// op_schema.h: GENERATED from hardloss_cuda/_schema.py by `python scripts/gen_op_schema.py`;",
         "// edit _schema.py and rerun it (tests/test_ops.py fails while this file differs).",
         "// The ops' argument lists, for csrc/ops.cpp and the emulated backend's cuda_emu_* ops",
-        "// (csrc/cuda/emu/ops_emu.cpp), and the widths of stats and shard_stats (csrc/row_math.h).",
+        "// (csrc/cuda/emu/ops_emu.cpp), the widths of stats and shard_stats and the soft rows' stats",
+        "// tags (csrc/row_math.h).",
         "#pragma once",
         "",
         "// clang-format off",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import LSE_COL, LSE_LO_COL
+from ._schema import LSE_COL, LSE_LO_COL, STATS_SOFT_COMPLETE
 
 __all__ = ["target_rows", "soft_rows", "soft_pass2", "soft_cols", "lse_pair", "softcap_logits", "softcap_slope",
            "true_rows_grad", "target_grads"]
@@ -113,7 +113,7 @@ def soft_pass2(log_p: Tensor, q: Tensor, t: Tensor, star: Tensor, k: float) -> t
 
 
 def soft_cols(t: Tensor, star: Tensor, k: float, lse: Tensor, raw) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Stats columns 2..5 (t, c_pos, f_star, star) of soft rows from their pass-2 statistics
+    """Stats columns 2..5 (t, c_pos, f_star, tag: the complete form) of soft rows from their pass-2 statistics
     ``raw`` (``soft_pass2``'s seven, merged over the row): row_math.h soft_row_finalize (k != 1)
     and soft_row_k1, in O(N) torch ops. ``lse``: the rows' logsumexp (a row without a finite one
     is NaN)."""
@@ -123,7 +123,7 @@ def soft_cols(t: Tensor, star: Tensor, k: float, lse: Tensor, raw) -> tuple[Tens
     zero = torch.zeros_like(t)
     if k == 1:  # star_f1: f* = -(t P - q_rest)
         f_star = torch.where(bad, torch.nan, -(t * torch.exp(log_P) - q_rest))
-        return t, zero, torch.where(star, f_star, 0), star.to(t.dtype)
+        return t, zero, torch.where(star, f_star, 0), STATS_SOFT_COMPLETE + star.to(t.dtype)
     # star_log_abs_eps: eps* = A - P, A = q_rest / t
     A = q_rest / torch.where(star, t, 1)
     e = A - torch.exp(log_P)
@@ -136,7 +136,7 @@ def soft_cols(t: Tensor, star: Tensor, k: float, lse: Tensor, raw) -> tuple[Tens
     c_pos = torch.where(s_pos > 0, (torch.log(t.abs()) + _lse_value(m_neg, s_neg)) - torch.log(s_pos) - m_pos, -_INF)
     f_pos = torch.exp(kla + c_pos)
     f_star = torch.where(neg_star, -t * torch.exp(kla), torch.where(t < 0, -f_pos, f_pos))  # soft_f
-    return t, c_pos, torch.where(star, f_star, 0), star.to(t.dtype)
+    return t, c_pos, torch.where(star, f_star, 0), STATS_SOFT_COMPLETE + star.to(t.dtype)
 
 
 def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, cols: bool = False):

@@ -37,7 +37,7 @@ from . import _torch_rows
 from ._autograd import DOUBLE_BACKWARD, lse_grad
 from ._batch import finish_rows, op_inputs
 from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_stats_op
-from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype
+from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, TAG_COL, acc_dtype, soft_tag_star
 from .backends import get
 from .options import loss_options
 
@@ -424,23 +424,12 @@ def _soft_raw_reduce(raw: Tensor, group) -> tuple[Tensor, ...]:
     return M[:, 0], S[:, 0], M[:, 1], S[:, 1], M[:, 2], S[:, 2], S[:, 3]
 
 
-def _reads_soft_stats(backend: str, k: float) -> bool:
-    """Whether the backend's bwd op computes a soft row's gradient from the stats it is given
-    alone (t, c_pos, f_star, star: row_math.h soft_fj). Not the reference (it recomputes from the
-    logits), nor the CPU's until its bwd reads c_pos and f_star (it recomputes them from the
-    row), nor Triton's at k = 1 (it takes the dominant class's f* from the row's other classes):
-    on a slice the row is not all there. Those take ``_soft_grad_from_stats``."""
-    if not get(backend).bwd_reads_stats or backend == "cpu":
-        return False
-    return not (backend == "triton" and k == 1)
-
-
 def _soft_grad_from_stats(g, x, q, stats, k, softcap, g_lse):
     """What the bwd kernels compute for soft rows from the stats (row_math.h ``soft_fj``, then
     ``finish_grad``), in torch ops, on the slice's rows in the accumulation dtype."""
     z = _capped(x, softcap)
     hi, lo, t, c_pos, f_star = (stats[:, i, None] for i in range(5))
-    star = stats[:, 5, None] != 0
+    star = soft_tag_star(stats[:, TAG_COL, None])
     log_p = (z - hi) - lo
     if k == 1:
         f = torch.where(star & (16 * (t - q) <= t), f_star, t * torch.exp(log_p) - q)
@@ -537,7 +526,7 @@ class _SoftShard(torch.autograd.Function):
             g_lse = torch.where(ignored, 0, g_lse).contiguous()
         stats = torch.where(valid[:, None], stats, 0)
         q_args = (tgt, valid, w, mix, s, layout, CL, acc)
-        kernels = _reads_soft_stats(backend, k)
+        kernels = get(backend).bwd_reads_stats  # the complete form (c_pos, f_star); the reference recomputes
         for rows in _row_chunks(N, CL):
             x, q = _acc_rows(local, rows, acc), _slice_q(rows, *q_args)
             gl = None if g_lse is None else g_lse[rows]

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
-                      check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap)
+                      TAG_COL, check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap,
+                      soft_tag_star)
 from ._torch_rows import soft_pass2, soft_rows, softcap_logits, softcap_slope, target_grads, target_rows
 
 __all__ = ["rows", "fwd", "bwd", "shard_stats", "soft_shard_stats", "acc_dtype", "target_rows", "target_grads"]
@@ -212,7 +213,7 @@ def soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label
     C = z.shape[1]
     q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, z.dtype)
     hi, lo, t = stats[:, LSE_COL], stats[:, LSE_LO_COL], stats[:, SCALE_COL]
-    out = torch.stack(soft_pass2((z - hi[:, None]) - lo[:, None], q, t, stats[:, 5] != 0, k), 1)
+    out = torch.stack(soft_pass2((z - hi[:, None]) - lo[:, None], q, t, soft_tag_star(stats[:, TAG_COL]), k), 1)
     if not target.is_floating_point():
         valid = (target != ignore_index) & (target >= 0) & (target < C)
         out = torch.where(valid[:, None], out, out.new_tensor([-float("inf"), 0, -float("inf"), 0, -float("inf"), 0, 0]))

@@ -4,13 +4,9 @@ For every ordered pair (A, B) of backends that run on the same device: bwd on B 
 equals A's own bwd, within the same-input tolerance (tests/_backends.py), for one-hot and soft
 rows (label smoothing with and without a dominant class, a mixture, probability targets),
 k = 1 and k != 1, softcap off and on, float32 / float64 / bfloat16 (_schema.py /
-csrc/row_math.h "What a row keeps").
-
-known_mismatch (from _WRITES and _reads_ok) names the pairs that do not agree yet (issue #30,
-part B: the CPU kernel keeps the row max and log sum exp in columns 3 and 4 of a soft row where
-the other kernels keep c_pos and f_star; Triton leaves f_star to its bwd at k = 1, where the
-CUDA bwd reads it). Those run
-as strict xfails: a fix makes them pass, and then its entry must go.
+csrc/row_math.h "What a row keeps"). A soft row's columns 3 and 4 come in two forms, told apart
+by column 5 (STATS_SOFT_COMPLETE: c_pos, f_star; STATS_SOFT_DEFERRED: the row max and log sum
+exp, written by the CPU forward and by Triton's at k = 1), and every bwd takes both (#30).
 """
 
 import os
@@ -41,37 +37,6 @@ CASES = [
     ("probs-k0.5-cap", "probs", 0.0, 0.5, 4.0, False),
 ]
 
-# The cases with a row whose dominant class takes f_star at k = 1 (q* >= 15/16 t).
-K1_STAR = {"smooth-star-k1", "probs-k1"}
-
-# What a backend's fwd leaves in columns 3..5 of a soft row, and what its bwd reads there.
-#   "c_pos": c_pos, f_star, star (row_math.h SoftRow), f_star at k = 1 too;
-#   "c_pos-k1-no-f_star": the same, but 0 for f_star at k = 1 (Triton: its bwd makes the pass);
-#   "row_max": the row max m and log sum exp(z - m), then star (the CPU kernel's; its bwd makes
-#   the |eps|^k pass itself).
-_WRITES = {"cpu": "row_max", "triton": "c_pos-k1-no-f_star", "cuda": "c_pos", "cuda_emu": "c_pos",
-           "reference": "c_pos"}
-
-
-def _reads_ok(reader: str, written: str, k: float, dtype) -> bool:
-    if reader == "reference":  # recomputes everything from the logits
-        return True
-    if reader == "cpu":  # m and log s; at k = 1 only lse, t and star, but for the float64 rows'
-        return written == "row_max" or (k == 1 and dtype != torch.float64)  # dominant class
-    if reader == "triton":  # k = 1: f_star from its own pass
-        return written != "row_max" if k != 1 else True
-    # the CUDA kernels read c_pos and f_star at every k
-    return written == "c_pos" or (written == "c_pos-k1-no-f_star" and k != 1)
-
-
-def known_mismatch(a: str, b: str, case, dtype) -> bool:
-    _id, kind, smoothing, k, _cap, _w = case
-    if kind == "index" and smoothing == 0.0:  # one-hot rows: (f_y, m, log_c, 0) everywhere
-        return False
-    if k == 1 and _id not in K1_STAR:  # at k = 1 only a dominant class's f_star is read from 3..5
-        return False
-    return not _reads_ok(b, _WRITES[a], k, dtype)
-
 
 def _inputs(kind, smoothing, weighted, device, dtype):
     g = torch.Generator().manual_seed(1234)
@@ -101,15 +66,8 @@ _PAIRS = [(a, b, d) for a, d in backend_devices() for b, d2 in backend_devices()
 
 
 def _params():
-    out = []
-    for a, b, d in _PAIRS:
-        for case in CASES:
-            for dt in DTYPES:
-                marks = [pytest.mark.xfail(strict=True, reason="#30: soft stats columns 3..5 differ")] \
-                    if known_mismatch(a, b, case, dt) else []
-                out.append(pytest.param(a, b, d, case, dt, marks=marks,
-                                        id=f"{a}->{b}-{d}-{case[0]}-{str(dt).removeprefix('torch.')}"))
-    return out
+    return [pytest.param(a, b, d, case, dt, id=f"{a}->{b}-{d}-{case[0]}-{str(dt).removeprefix('torch.')}")
+            for a, b, d in _PAIRS for case in CASES for dt in DTYPES]
 
 
 _FWD = {}

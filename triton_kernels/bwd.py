@@ -27,8 +27,10 @@ from .rowmath import (
     q_tile,
     row_setup,
     skip_rows,
+    soft_eps_pass,
     soft_fj,
     soft_labels,
+    soft_tag_read,
     store_tile,
 )
 
@@ -88,13 +90,27 @@ def soft_bwd_kernel(
     rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
     yc, ignored, bad = soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE, ROWS)
     gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0).to(ACC)
-    lse, lse_lo, t, c_pos, f_star, star = load_stats(stats_ptr, rows, rmask, ACC)
+    lse, lse_lo, t, c3, c4, tag = load_stats(stats_ptr, rows, rmask, ACC)
+    deferred, star = soft_tag_read(tag)
     glse = _load_glse(glse_ptr, rows, rmask, ACC, HAS_GLSE)
     # Rows that read their logits (and target row): valid, and not a zero-gradient row.
     live = rmask & (~ignored) & (~bad) & (~(skip_rows(gl, lse, t) & (glse == 0.0)))
+    # Columns 3, 4: c_pos, f_star (complete form), or m, log s (deferred: the CPU's forward, or
+    # this backend's at k = 1). k != 1: the deferred rows make pass 2 here first, one more read
+    # of those rows only. k = 1: c_pos is not read, f_star only as the complete form's (below).
+    c_pos = c3
+    f_star = c4
+    if not K_IS_ONE:
+        redo = live & deferred
+        if tl.max(redo.to(tl.int32), 0) > 0:
+            cp2, fs2 = soft_eps_pass(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, redo, yc, cols0, C, s, c3, c4, lse, t,
+                                     star, k, cap, MODE, HAS_W, HAS_CAP, ROWS, BLOCK, ACC)
+            c_pos = tl.where(redo, cp2, c3)
+            f_star = tl.where(redo, fs2, c4)
     # k == 1 and a dominant class with q* >= 15/16 t (rowmath.is_star_k1; stats column 5 from
-    # the forward): its f* is minus the other classes' sum of f (the row sums to 0), written
-    # after the loop, which skips it (so each element is still stored once).
+    # the forward): its f* is the complete form's f_star, or for the deferred form minus the
+    # other classes' sum of f (the row sums to 0), written after the loop, which skips it (so
+    # each element is still stored once).
     # Per-lane partials, reduced once after the loop (no cross-lane reduction per tile).
     rest = tl.zeros([ROWS, BLOCK], ACC)
     z_star = tl.zeros([ROWS, BLOCK], ACC)
@@ -109,7 +125,7 @@ def soft_bwd_kernel(
         g = finish_tile(tl.where(live[:, None], g, 0.0), ignored, bad)
         store_mask = rmask[:, None] & (cols < C)[None, :]
         if K_IS_ONE:
-            at_star = mask & is_star_k1(star[:, None] != 0.0, q, t[:, None])
+            at_star = mask & is_star_k1(star[:, None], q, t[:, None])
             rest += tl.where(mask & ~at_star, f, 0.0)
             z_star += tl.where(at_star, z, 0.0)
             slope_star += tl.where(at_star, slope, 0.0)
@@ -117,7 +133,7 @@ def soft_bwd_kernel(
             store_mask = store_mask & ~at_star
         store_tile(out_ptr, row_off, cols, store_mask, g)
     if K_IS_ONE:
-        f1 = tl.where(finite(lse), -tl.sum(rest, 1), float("nan"))  # row_math.h star_f1
+        f1 = tl.where(deferred, tl.where(finite(lse), -tl.sum(rest, 1), float("nan")), f_star)  # row_math.h star_f1
         z1, slope1 = tl.sum(z_star, 1), tl.sum(slope_star, 1)
         g = finish_grad((gl * f1)[:, None], z1[:, None], glse, lse, lse_lo, slope1[:, None], HAS_GLSE, HAS_CAP)
         col = tl.max(col_star, 1)

@@ -14,10 +14,12 @@ class weights; the target row q is recomputed from (target, weight, mixture) whe
 needed, never stored):
   pass 1: online logsumexp, t = sum q, min / max q and the loss sum q (m - z) + t log s
           (rowmath.online_lse_loss: without a gradient the row is read once);
-  pass 2, only when the gradient is wanted with k != 1: log|eps_j| per class, S_neg and an online
-          max/sum of k log eps over the positive classes (so k = 8 cannot underflow S_pos),
-          the dominant class (qh > 1/2) from the other classes, reduced to
-          stats = (lse, lse_lo, t, c_pos, f_star, star) (rowmath.soft_finalize).
+  pass 2, only when the gradient is wanted with k != 1 (rowmath.soft_eps_pass): log|eps_j| per
+          class, S_neg and an online max/sum of k log eps over the positive classes (so k = 8
+          cannot underflow S_pos), the dominant class (qh > 1/2) from the other classes,
+          reduced to stats = (lse, lse_lo, t, c_pos, f_star, STATS_SOFT_COMPLETE + star)
+          (rowmath.soft_finalize). At k = 1 the stats are the deferred form (lse, lse_lo, t,
+          m, log s, STATS_SOFT_DEFERRED + star) (_schema.py): the backward sums f* itself.
 
 ``soft_shard_kernel`` (the op ``soft_shard_stats``): a soft row's pass 2 over the classes at hand
 given the row's global (lse, lse_lo, t, star) in stats, its statistics stored unfinalised:
@@ -38,20 +40,21 @@ from .rowmath import (
     load_labels,
     load_logits,
     load_stats,
-    lse_split,
     log_abs_eps,
+    lse_split,
     onehot_finalize,
     online_lse,
     online_lse2,
     online_lse_loss,
     q_tile,
     row_setup,
-    soft_finalize,
+    soft_eps_pass,
     soft_labels,
     soft_loss,
     soft_star,
+    soft_tag,
+    soft_tag_read,
     softcap,
-    star_log_abs_eps,
     store_stats,
 )
 
@@ -138,44 +141,24 @@ def soft_fwd_kernel(
     tl.store(loss_ptr + rows, finish_rows(soft_loss(m, se, t, acc), ignored, bad), mask=rmask)
 
     if EPS:  # a gradient with k != 1 (k == 1 needs only lse and t: rowmath.soft_fj)
-        # Pass 2: online (max, sum) of k log|eps| over the negative and the positive classes;
-        # the dominant class (if any) apart, from the logsumexp and the q of the others.
-        t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # qh = q / t; t == 0 gives f = t F = 0
+        # Pass 2: the |eps|^k statistics, written in the complete form (c_pos, f_star).
         star = soft_star(t, qmin, qmax)
-        m_neg = tl.full([ROWS], float("-inf"), ACC)
-        s_neg = tl.zeros([ROWS], ACC)
-        m_pos = tl.full([ROWS], float("-inf"), ACC)
-        s_pos = tl.zeros([ROWS], ACC)
-        m_rest = tl.full([ROWS], float("-inf"), ACC)
-        s_rest = tl.zeros([ROWS], ACC)
-        q_rest = tl.zeros([ROWS], ACC)
-        for start in range(0, C, BLOCK):
-            cols = start + cols0
-            z, mask = load_logits(z_ptr, row_off, rmask & valid, cols, C, 0.0, ACC, cap, HAS_CAP)
-            q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s,
-                       MODE, HAS_W, ACC)
-            log_p = (z - m[:, None]) - log_s[:, None]
-            other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
-            le, neg = log_abs_eps(log_p, q * t_inv[:, None])
-            kl = k * le
-            m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
-            m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
-            m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
-            q_rest += tl.sum(tl.where(other, q, 0.0), 1)
-        le_star, neg_star = star_log_abs_eps(m_rest, s_rest, q_rest, t, lse)
-        c_pos, f_star = soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, k * le_star, neg_star)
+        c_pos, f_star = soft_eps_pass(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rmask & valid, yc, cols0, C, s, m,
+                                      log_s, lse, t, star, k, cap, MODE, HAS_W, HAS_CAP, ROWS, BLOCK, ACC)
         store_stats(stats_ptr, rows, rmask, lse, lse_lo, tl.where(valid, t, 0.0),
                     tl.where(valid, c_pos, 0.0), tl.where(valid, f_star, 0.0),
-                    tl.where(valid & star, 1.0, 0.0))
+                    tl.where(valid, soft_tag(star, False), 0.0))
     else:
         zero = tl.zeros([ROWS], ACC)
-        if GRAD:  # k == 1: t, and whether the dominant class takes f* from the others (bwd.py)
+        if GRAD:  # k == 1: the deferred form (m, log s, and whether the dominant class takes f*
+            # from the others): bwd.py sums f* in its one pass, no pass 2 here
             t_kept = tl.where(valid, t, 0.0)
-            star_k1 = tl.where(valid & is_star_k1(soft_star(t, qmin, qmax), qmax, t), 1.0, 0.0)
+            star_k1 = is_star_k1(soft_star(t, qmin, qmax), qmax, t)
+            tag = tl.where(valid, soft_tag(star_k1, True), 0.0)
+            store_stats(stats_ptr, rows, rmask, lse, lse_lo, t_kept, tl.where(valid, m, 0.0),
+                        tl.where(valid, log_s, 0.0), tag)
         else:
-            t_kept = zero
-            star_k1 = zero
-        store_stats(stats_ptr, rows, rmask, lse, lse_lo, t_kept, zero, zero, star_k1)
+            store_stats(stats_ptr, rows, rmask, lse, lse_lo, zero, zero, zero, zero)
 
 
 @triton.jit
@@ -193,7 +176,7 @@ def soft_shard_kernel(
     yc, ignored, bad = soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE, ROWS)
     valid = (~ignored) & (~bad)
     lse, lse_lo, t, _c_pos, _f_star, star_col = load_stats(st_ptr, rows, rmask, ACC)
-    star = star_col != 0.0
+    _deferred, star = soft_tag_read(star_col)
     t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)
     m_neg = tl.full([ROWS], float("-inf"), ACC)
     s_neg = tl.zeros([ROWS], ACC)

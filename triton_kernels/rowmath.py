@@ -12,7 +12,9 @@ numbers (``onehot_finalize``, ``soft_finalize``) and those that consume them (``
 
 stats per row: (lse, lse_lo, scale, ...):
   one-hot row: (lse, lse_lo, f_y, m, log_c, 0)      f_j = w_y exp(k (z_j - m) + log_c), j != y
-  soft row:    (lse, lse_lo, t, c_pos, f_star, star)   f_j = soft_fj(...)
+  soft row:    (lse, lse_lo, t, c_pos, f_star, COMPLETE + star)   f_j = soft_fj(...)
+               (lse, lse_lo, t, m, log_s, DEFERRED + star)     pass 2 first (soft_eps_pass)
+  (soft_tag; _schema.py STATS_SOFT_COMPLETE / STATS_SOFT_DEFERRED, csrc/row_math.h)
 Ignored / out-of-range rows, and every row when the gradient was not asked for, keep columns
 2..5 at 0.
 """
@@ -20,9 +22,11 @@ Ignored / out-of-range rows, and every row when the gradient was not asked for, 
 import triton
 import triton.language as tl
 
-from .._schema import STATS_COLS
+from .._schema import STATS_COLS, STATS_SOFT_COMPLETE, STATS_SOFT_DEFERRED
 
 _COLS: tl.constexpr = tl.constexpr(STATS_COLS)
+_SOFT_COMPLETE: tl.constexpr = tl.constexpr(STATS_SOFT_COMPLETE)
+_SOFT_DEFERRED: tl.constexpr = tl.constexpr(STATS_SOFT_DEFERRED)
 
 
 @triton.jit
@@ -138,6 +142,21 @@ def load_stats(ptr, rows, rmask, ACC: tl.constexpr):
     c4 = tl.load(base + 4, mask=rmask, other=0.0).to(ACC)
     c5 = tl.load(base + 5, mask=rmask, other=0.0).to(ACC)
     return c0, c1, c2, c3, c4, c5
+
+
+@triton.jit
+def soft_tag(star, DEFERRED: tl.constexpr):
+    """row_math.h's soft_tag: a soft row's column 5, the form of columns 3, 4 plus its star
+    flag (_schema.py STATS_SOFT_COMPLETE / STATS_SOFT_DEFERRED)."""
+    base = _SOFT_DEFERRED if DEFERRED else _SOFT_COMPLETE
+    return tl.where(star, 1.0, 0.0) + base
+
+
+@triton.jit
+def soft_tag_read(tag):
+    """(deferred, star) of a soft row's column 5 (row_math.h soft_tag_deferred / soft_tag_star)."""
+    deferred = tag >= _SOFT_DEFERRED
+    return deferred, tag - tl.where(deferred, _SOFT_DEFERRED, _SOFT_COMPLETE) != 0.0
 
 
 @triton.jit
@@ -348,6 +367,40 @@ def soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, kl_star, neg_star):
 
 
 @triton.jit
+def soft_eps_pass(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, s, m, log_s, lse, t, star, k,
+                  cap, MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_CAP: tl.constexpr, ROWS: tl.constexpr,
+                  BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """A soft row's pass 2 (row_math.h soft_eps_class, soft_row_finalize) over the rows
+    ``rows_in`` (no other row is read): online (max, sum) of k log|eps| over the negative and
+    the positive classes, the dominant class (``star``) apart from the logsumexp and the q of
+    the others, from the row max m and log_s = log sum exp(z - m) of pass 1. Returns
+    (c_pos, f_star) (soft_finalize). The forward's (fwd.py) at k != 1, and the backward's
+    (bwd.py) for rows whose stats are in the deferred form (_schema.py STATS_SOFT_DEFERRED)."""
+    t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # qh = q / t; t == 0 gives f = t F = 0
+    m_neg = tl.full([ROWS], float("-inf"), ACC)
+    s_neg = tl.zeros([ROWS], ACC)
+    m_pos = tl.full([ROWS], float("-inf"), ACC)
+    s_pos = tl.zeros([ROWS], ACC)
+    m_rest = tl.full([ROWS], float("-inf"), ACC)
+    s_rest = tl.zeros([ROWS], ACC)
+    q_rest = tl.zeros([ROWS], ACC)
+    for start in range(0, C, BLOCK):
+        cols = start + cols0
+        z, mask = load_logits(z_ptr, row_off, rows_in, cols, C, 0.0, ACC, cap, HAS_CAP)
+        q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, rows_in, cols, mask, C, s, MODE, HAS_W, ACC)
+        log_p = (z - m[:, None]) - log_s[:, None]
+        other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
+        le, neg = log_abs_eps(log_p, q * t_inv[:, None])
+        kl = k * le
+        m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
+        m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
+        m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
+        q_rest += tl.sum(tl.where(other, q, 0.0), 1)
+    le_star, neg_star = star_log_abs_eps(m_rest, s_rest, q_rest, t, lse)
+    return soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, k * le_star, neg_star)
+
+
+@triton.jit
 def soft_f1(kl, neg, t, c_pos):
     """row_math.h's soft_f, elementwise on matching shapes: kl = k log|eps_j|."""
     pos = tl.exp(kl + c_pos)
@@ -356,8 +409,8 @@ def soft_f1(kl, neg, t, c_pos):
 
 @triton.jit
 def soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE: tl.constexpr):
-    """row_math.h's soft_fj on a (ROWS, BLOCK) tile (per-row lse, lse_lo, t, c_pos, f_star,
-    star): the backward's f_j of a soft row, log p_j = (z_j - lse) - lse_lo. K_IS_ONE: the
+    """row_math.h's soft_fj on a (ROWS, BLOCK) tile (per-row lse, lse_lo, t, c_pos, f_star, and
+    star as a bool, soft_tag_read): the backward's f_j of a soft row, log p_j = (z_j - lse) - lse_lo. K_IS_ONE: the
     true gradient t p - q, which needs only lse and t (one exp per class)."""
     log_p = (z - lse[:, None]) - lse_lo[:, None]
     if K_IS_ONE:
@@ -366,7 +419,7 @@ def soft_fj(z, q, lse, lse_lo, t, c_pos, f_star, star, k, K_IS_ONE: tl.constexpr
         t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)
         le, neg = log_abs_eps(log_p, q * t_inv[:, None])
         f = soft_f1(k * le, neg, t[:, None], c_pos[:, None])
-        is_star = (star[:, None] != 0.0) & (2.0 * q > t[:, None])
+        is_star = star[:, None] & (2.0 * q > t[:, None])
         f = tl.where(is_star, f_star[:, None], f)
     return f
 

@@ -257,6 +257,22 @@ HL_CLONES void soft_scale(const float* __restrict w, const float* __restrict ref
   }
 }
 
+HL_CLONES void soft_grad_complete(const float* __restrict x, const float* __restrict q, int64_t n, float lse,
+                                  float lse_lo, float t, float t_div, float c_pos, float star_t, float k, float g,
+                                  float g_f_star, float* __restrict out) {
+  const float sign_t = t < 0.0f ? -1.0f : 1.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float log_p = (x[i] - lse) - lse_lo;
+    const float qh = q[i] / t_div;
+    const float e = exp_of(log_p) - qh;
+    const bool neg = qh != 0.0f && e < 0.0f;  // row_math.h soft_log_abs_eps
+    const float kla = k * (qh == 0.0f ? log_p : log_of(neg ? -e : e));
+    // soft_f, one exp: -t exp(kla) on the negatives, sign(t) exp(kla + c_pos) on the others
+    const float f = (neg ? -t : sign_t) * exp_of(neg ? kla : kla + c_pos);
+    out[i] = 2.0f * q[i] > star_t ? g_f_star : g * f;
+  }
+}
+
 HL_CLONES K1Rest soft_grad_k1(const float* __restrict x, const float* __restrict q, int64_t n, float lse,
                               float lse_lo, float t, float g, float star_t, float* __restrict out) {
   K1Rest r{0.0, -1};

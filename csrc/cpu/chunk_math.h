@@ -79,6 +79,13 @@ SoftEpsChunk soft_eps(const float* x, const float* q, int64_t n, float m, float 
 void soft_scale(const float* w, const float* refs, int64_t n, float g_sign, float c_neg, float c_pos,
                 float g_f_star, float* out);
 
+// g f_j of a soft row at k != 1 from stats in the complete form (row_math.h soft_fj; another
+// backend's forward made pass 2): log p_j = (x_j - lse) - lse_lo, qh_j = q_j / t_div (t_div:
+// t, or 1 when t == 0), f_j = -t |eps_j|^k (eps_j < 0), sign(t) exp(k log eps_j + c_pos)
+// (eps_j >= 0), and g_f_star = g f_star on the dominant class, 2 q_j > star_t (+inf: none).
+void soft_grad_complete(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float t_div,
+                        float c_pos, float star_t, float k, float g, float g_f_star, float* out);
+
 // g f_j of a soft row at k == 1 over a chunk: g (t p_j - q_j), log p_j = (x_j - lse) - lse_lo
 // (the caller handles t == 0). In a row whose dominant class takes f_star at k == 1
 // (star_t = t; +inf: none) it also returns the other classes' sum of f_j = t p_j - q_j and the

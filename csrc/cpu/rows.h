@@ -138,16 +138,17 @@ inline OneHotStats<acc_t> row_stats(const scalar_t* row, int64_t C, int64_t skip
   return st;
 }
 
-// The stats of a soft row on the CPU: lse, t, the row max m and log s = log sum exp(z - m),
-// and the dominant-class flag. c_pos and f_star are the backward's (row_math.h kStatsCols);
-// it takes log p = (z - m) - log s as the reference does, which holds p - q / t to a few ulp
-// of p where they nearly cancel ((z - lse) - lse_lo rounds at the scale of lse).
+// The stats of a soft row on the CPU, the deferred form (row_math.h soft_tag): lse, t, the row
+// max m and log s = log sum exp(z - m), and kSoftDeferred + the dominant-class flag. c_pos and
+// f_star are the backward's; it takes log p = (z - m) - log s as the reference does, which
+// holds p - q / t to a few ulp of p where they nearly cancel ((z - lse) - lse_lo rounds at the
+// scale of lse).
 enum SoftCol : int { kColMax = 3, kColLogS = 4 };
 template <typename T>
 inline void put_soft_stats(T* stats, T m, T log_s, T t, bool star, bool compute_grad) {
   const LseSplit<T> lse = m == -hl_inf<T>() ? LseSplit<T>{m, T(0)} : lse_split(m, log_s);
   if (!compute_grad) return put_stats(stats, lse, T(0), T(0), T(0), T(0));
-  put_stats(stats, lse, t, m, log_s, star ? T(1) : T(0));
+  put_stats(stats, lse, t, m, log_s, soft_tag<T>(true, star));
 }
 
 // Sums over [0, C) in a two-level tree of blocks (kLeaf classes a leaf, kLeaf leaves a node)
@@ -264,7 +265,7 @@ inline void onehot_grad_row(const scalar_t* row, scalar_t* out, int64_t C, int64
 template <typename scalar_t, typename acc_t, typename Q>
 inline SoftRow<acc_t> soft_eps_row(const scalar_t* row, int64_t C, acc_t k, const Q& q, const acc_t* stats) {
   const acc_t m = stats[kColMax], log_s = stats[kColLogS], t = stats[kColScale];
-  const bool star = stats[kColStar] != acc_t(0);
+  const bool star = soft_tag_star(stats[kColStar]);
   const acc_t t_div = t != acc_t(0) ? t : acc_t(1);  // qh = q / t; t == 0 gives f = 0
   struct Eps {
     SoftEpsStats<acc_t> es;
@@ -284,7 +285,7 @@ inline SoftRow<acc_t> soft_eps_row(const scalar_t* row, int64_t C, acc_t k, cons
 template <typename scalar_t, typename acc_t, typename Q>
 inline SoftRow<acc_t> soft_k1_row(const scalar_t* row, int64_t C, const Q& q, const acc_t* stats) {
   const acc_t m = stats[kColMax], log_s = stats[kColLogS], t = stats[kColScale];
-  const bool star = stats[kColStar] != acc_t(0);
+  const bool star = soft_tag_star(stats[kColStar]);
   StarRest<acc_t> rest = star_rest_init<acc_t>();
   auto push = [&](StarRest<acc_t>& st, int64_t j) {
     star_k1_rest_class(st, static_cast<acc_t>(row[j]), q(j), m, log_s, t, star);
@@ -294,20 +295,23 @@ inline SoftRow<acc_t> soft_k1_row(const scalar_t* row, int64_t C, const Q& q, co
   return soft_row_k1(rest, t, star, stats[kColLse]);
 }
 
+// Stats in the complete form (another backend's forward) need no pass 2: f_j from them alone
+// (row_math.h soft_fj); the deferred form (this kernel's forward) makes it first.
 template <typename scalar_t, typename acc_t, typename Q>
 inline void soft_grad_row(const scalar_t* row, scalar_t* out, int64_t C, acc_t k, const Q& q, acc_t g,
                           const acc_t* stats) {
-  const acc_t lse = stats[kColLse], lse_lo = stats[kColLseLo], t = stats[kColScale];
-  if (k == acc_t(1)) {
-    const SoftRow<acc_t> r = soft_k1_row(row, C, q, stats);
+  const bool deferred = soft_tag_deferred(stats[kColStar]);
+  if (deferred && k != acc_t(1)) {
+    const SoftRow<acc_t> r = soft_eps_row(row, C, k, q, stats);  // log p as there: (z - m) - log s
     for (int64_t j = 0; j < C; ++j)
-      out[j] = static_cast<scalar_t>(g * soft_fj(r, static_cast<acc_t>(row[j]), lse, lse_lo, q(j), k));
+      out[j] = static_cast<scalar_t>(
+          g * soft_fj(r, static_cast<acc_t>(row[j]), stats[kColMax], stats[kColLogS], q(j), k));
     return;
   }
-  const SoftRow<acc_t> r = soft_eps_row(row, C, k, q, stats);  // log p as there: (z - m) - log s
+  const SoftRow<acc_t> r = deferred ? soft_k1_row(row, C, q, stats) : soft_row_of_stats(stats);
   for (int64_t j = 0; j < C; ++j)
     out[j] = static_cast<scalar_t>(
-        g * soft_fj(r, static_cast<acc_t>(row[j]), stats[kColMax], stats[kColLogS], q(j), k));
+        g * soft_fj(r, static_cast<acc_t>(row[j]), stats[kColLse], stats[kColLseLo], q(j), k));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -47,14 +47,17 @@ inline void soft_row_vec(const scalar_t* row, int64_t C, const Q& q, float k, bo
 }
 
 // Backward. k == 1: g (t p_j - q_j) chunk by chunk; a dominant class that takes f_star
-// (row_math.h is_star_k1) is rewritten at the end as minus the others' sum, gathered in the
-// same pass (the row may be the output). k != 1: pass 1 (chunk_math.h soft_eps)
-// gathers the |eps|^k statistics and leaves each class's |eps|^k in s.w, pass 2 scales them by
-// the row's constants (soft_scale); both passes read the row (and q) once.
+// (row_math.h is_star_k1) is rewritten at the end: with f_star from stats in the complete form
+// (row_math.h soft_tag), or in the deferred form (this kernel's forward) as minus the others'
+// sum, gathered in the same pass (the row may be the output). k != 1, complete form: g f_j in
+// one pass (chunk_math.h soft_grad_complete). k != 1, deferred form: pass 1 (chunk_math.h
+// soft_eps) gathers the |eps|^k statistics and leaves each class's |eps|^k in s.w, pass 2
+// scales them by the row's constants (soft_scale); both passes read the row (and q) once.
 template <typename scalar_t, typename Q>
 inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, float k, const Q& q, float g,
                               const float* stats, Scratch<float>& s) {
   const float lse = stats[kColLse], lse_lo = stats[kColLseLo], t = stats[kColScale];
+  const bool deferred = soft_tag_deferred(stats[kColStar]);
   auto put = [&](int64_t a, int64_t n, auto&& write) {  // write n values at out + a
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (out != row) return write(out + a);
@@ -68,7 +71,7 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
       const float f = hl_abs(lse) < hl_inf<float>() ? 0.0f : hl_nan<float>();
       return std::fill(out, out + C, static_cast<scalar_t>(g * f));
     }
-    const float star_t = stats[kColStar] != 0.0f ? t : hl_inf<float>();
+    const float star_t = soft_tag_star(stats[kColStar]) ? t : hl_inf<float>();
     double rest = 0.0;
     int64_t star = -1;
     for (int64_t a = 0; a < C; a += kChunk) {
@@ -81,10 +84,23 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
         if (r.star >= 0) star = a + r.star;
       });
     }
-    if (star >= 0) out[star] = static_cast<scalar_t>(g * static_cast<float>(star_f1<double>(rest, lse)));
+    if (star < 0) return;
+    const float f_star = deferred ? static_cast<float>(star_f1<double>(rest, lse)) : stats[4];
+    out[star] = static_cast<scalar_t>(g * f_star);
     return;
   }
-  const bool star = stats[kColStar] != 0.0f;
+  const bool star = soft_tag_star(stats[kColStar]);
+  if (!deferred) {
+    const float t_div = t != 0.0f ? t : 1.0f, star_t = star ? t : hl_inf<float>();
+    const float c_pos = stats[3], g_f_star = g * stats[4];
+    for (int64_t a = 0; a < C; a += kChunk) {
+      const int64_t n = std::min(kChunk, C - a);
+      const float* x = load(row, a, n, s.x);
+      const float* qc = q.fill(a, n, s.q);
+      put(a, n, [&](float* o) { soft_grad_complete(x, qc, n, lse, lse_lo, t, t_div, c_pos, star_t, k, g, g_f_star, o); });
+    }
+    return;
+  }
   const float m = stats[kColMax], log_s = stats[kColLogS];  // log p = (z - m) - log s (put_soft_stats)
   const float t_div = t != 0.0f ? t : 1.0f, star_t = star ? t : hl_inf<float>();
   s.w.resize(C);

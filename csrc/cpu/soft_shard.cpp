@@ -87,7 +87,7 @@ void shard_rows(const at::Tensor& z, const at::Tensor& target, const at::Tensor&
     for (int64_t i = begin; i < end; ++i) {
       const acc_t* st = sp + i * kStatsCols;
       const acc_t hi = st[kColLse], lo = st[kColLseLo], t = st[kColScale];
-      const bool star = st[kColStar] != acc_t(0);
+      const bool star = soft_tag_star(st[kColStar]);
       auto put = [&](const ShardRow<acc_t>& r) { put_soft_shard_stats(op + i * kSoftShardStatsCols, r.es, r.rest); };
       auto soft = [&](const auto& q) {
         auto go = [&](const auto* row) {

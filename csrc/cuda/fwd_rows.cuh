@@ -176,7 +176,7 @@ __device__ __forceinline__ SoftRowCtx<A> soft_ctx_given(const A* row_stats, int6
   c.log_s = c.lse.lo;
   c.t = st[kColScale];
   c.t_div = c.t != A(0) ? c.t : A(1);
-  c.star = st[kColStar] != A(0);
+  c.star = soft_tag_star(st[kColStar]);
   return c;
 }
 
