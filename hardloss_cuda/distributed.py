@@ -13,11 +13,16 @@ slice with these global stats: no communication at all. Forward: 2 collectives o
 
 Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_SmoothShard``):
 3 all-reduces of O(N) values forward, none backward. Other soft rows (mixtures, smoothing at
-k != 1) go through the torch soft-row math (``_torch_rows.soft_rows``) with every
-reduction over the classes followed by an all-reduce over the ranks, in float64 and in chunks
-of rows (9 collectives a chunk at k = 1, 13 otherwise); their gradient is computed in the
-forward and kept (an (N, C_local) buffer in the accumulation dtype). Probability targets are
-not accepted (they would be sharded like the logits; not needed by the models this is for).
+k != 1) also run the backend's kernels on the slice (``_SoftShard``), the global rows' q on the
+slice's classes given as probability targets (built in torch a chunk of rows at a time; fp16 /
+bf16 logits go through a float32 copy of the chunk, so that q is not rounded): the ``fwd`` op
+(the slice's loss, lse and t), an all-reduce MAX of 3 N and a SUM of 3 N values (lse, t, the
+dominant-class flag, the loss), the op ``soft_shard_stats`` (the soft row's second pass over the
+slice given them), an all-reduce MAX of 3 N and a SUM of 4 N values of its statistics, finalised
+in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward is the ``bwd``
+op on the slice with these stats, no communication. Forward: 4 collectives, 13 N values (52 B a
+row in float32). Probability targets are not accepted (they would be sharded like the logits;
+not needed by the models this is for).
 
 Collectives are torch's functional collectives (traceable by torch.compile); nothing else
 synchronises with the host, except the layout exchange when ``class_start`` / ``num_classes``
@@ -388,21 +393,50 @@ def _row_chunks(N: int, CL: int):
     return [slice(a, min(a + step, N)) for a in range(0, N, step)]
 
 
-def _slice_q(rows, tgt, valid, w, mix, s, layout, CL, acc):
-    """The global rows' targets q on this rank's classes [start, start + CL), class weights
-    folded in: ``_torch_rows.target_rows`` of the concatenated logits, restricted to the slice
-    (the same products, so the same roundings as the single-device op); 0 on rows whose label
-    is not valid. What the slice's ops take as probability targets."""
-    start, C = layout
-    v = valid[rows]
-    y = torch.where(v, tgt[rows], 0)
-    if mix is not None:
-        q = mix[:, start:start + CL][y]
-    else:
-        q = (y[:, None] == torch.arange(start, start + CL, device=y.device)).to(acc) * (1 - s) + s / C
-    if w is not None:
-        q = q * w[start:start + CL]
-    return q * v[:, None]
+class _SliceTargets:
+    """The global rows' targets q on this rank's classes [start, start + CL), class weights folded
+    in, as the slice's ops take them (probability targets): ``_torch_rows.target_rows`` of the
+    concatenated logits restricted to the slice, with the same products (so the same roundings as
+    the single-device kernels' q). Filled a chunk of rows at a time into one buffer (no fresh
+    pages a chunk). Rows whose label is not valid get some q (their results are masked)."""
+
+    def __init__(self, tgt, valid, w, mix, s, layout, CL, acc):
+        start, C = layout
+        dev = tgt.device
+        self.y = torch.where(valid, tgt, 0)
+        self.w = None if w is None else w[start:start + CL]
+        self.mix = None if mix is None else mix[:, start:start + CL]
+        self.CL, self.acc, self.buf = CL, acc, None
+        if mix is None:  # smoothing: w_j s / C off the label, w_y ((1 - s) + s / C) at it (row_math.h q_smoothed)
+            s_over_C = torch.tensor(s / C, dtype=acc, device=dev)
+            self.base = s_over_C.expand(CL) if w is None else self.w * s_over_C
+            owned = valid & (self.y >= start) & (self.y < start + CL)
+            self.col = torch.where(owned, self.y - start, 0)
+            at = (torch.tensor(1 - s, dtype=acc, device=dev) + s_over_C) * (1 if w is None else w[self.y])
+            self.at = torch.where(owned, at, self.base[0] if CL else 0)  # else column 0 keeps its own q
+            self.at_max = torch.where(owned, at, -_INF)
+
+    def rows(self, rows) -> Tensor:
+        """q of the rows ``rows`` (a slice), in the shared buffer."""
+        n = rows.stop - rows.start
+        if self.buf is None:
+            self.buf = torch.empty(n, self.CL, dtype=self.acc, device=self.y.device)
+        q = self.buf[:n]
+        if self.mix is None:
+            q.copy_(self.base.expand(n, self.CL))
+            q.scatter_(1, self.col[rows, None], self.at[rows, None])
+        else:
+            torch.index_select(self.mix, 0, self.y[rows], out=q)
+            if self.w is not None:
+                q.mul_(self.w)
+        return q
+
+    def range(self, rows, q) -> tuple[Tensor, Tensor]:
+        """(min, max) of the rows' q on the slice: for smoothing from the class weights (the min as
+        base's: its sign is the row's, which is all the dominant-class test reads)."""
+        if self.mix is None:
+            return self.base.min().expand(q.shape[0]), torch.maximum(self.base.max(), self.at_max[rows])
+        return q.amin(1), q.amax(1)
 
 
 def _acc_rows(local: Tensor, rows, acc) -> Tensor:
@@ -450,7 +484,7 @@ def _soft_grad_from_stats(g, x, q, stats, k, softcap, g_lse):
 class _SoftShard(torch.autograd.Function):
     """Mixture rows, and smoothed rows at k != 1, through the backend's kernels on the slice.
     The slice's targets are the global q on its classes, given as probability targets (q built
-    in torch a chunk of rows at a time, ``_slice_q``; the kernels read q_j as is). Forward: the
+    in torch a chunk of rows at a time, ``_SliceTargets``; the kernels read q_j as is). Forward: the
     ``fwd`` op on the slice (loss_r, lse_r, t_r = sum of the slice's q), one all-reduce MAX of
     (lse_r, max q, -min q) and one SUM of (exp(lse_r - M), loss_r + t_r (M - lse_r), t_r) give lse,
     t, the dominant-class flag and loss = sum_r (loss_r + t_r (M - lse_r)) + t (lse - M), every
@@ -466,18 +500,18 @@ class _SoftShard(torch.autograd.Function):
         acc = acc_dtype(local.dtype)
         dev = local.device
         ignored, valid, _owned, _lbl = _labels(tgt, ignore_index, start, C, CL)
-        q_args = (tgt, valid, w, mix, s, layout, CL, acc)
+        targets = _SliceTargets(tgt, valid, w, mix, s, layout, CL, acc)
         hi_r = torch.full((N,), -_INF, dtype=acc, device=dev)
         lo_r, loss_r, t_r = (torch.zeros(N, dtype=acc, device=dev) for _ in range(3))
         q_max = torch.full((N,), -_INF, dtype=acc, device=dev)
         q_min = torch.full((N,), _INF, dtype=acc, device=dev)
         chunks = _row_chunks(N, CL) if CL > 0 else []  # an empty slice adds nothing
         for rows in chunks:
-            q = _slice_q(rows, *q_args)
+            q = targets.rows(rows)
             # k = 1: t_r (the kernels' compensated sum) without the |eps| pass, which needs the global lse
             l, st = fwd_op(backend)(_acc_rows(local, rows, acc), q, None, None, -1, 0.0, 1.0, True, softcap)
             loss_r[rows], hi_r[rows], lo_r[rows], t_r[rows] = l, st[:, LSE_COL], st[:, LSE_LO_COL], st[:, SCALE_COL]
-            q_min[rows], q_max[rows] = torch.aminmax(q, dim=1)
+            q_min[rows], q_max[rows] = targets.range(rows, q)
         M, q_max, q_min = _all_reduce(torch.stack([hi_r, q_max, -q_min], 1), "max", group).unbind(1)
         q_min = -q_min
         shift = torch.where(torch.isfinite(M), M, 0)
@@ -497,8 +531,8 @@ class _SoftShard(torch.autograd.Function):
             given = torch.stack([hi, lo, t, torch.zeros_like(t), torch.zeros_like(t), star.to(acc)], 1)
             raw = torch.tensor([-_INF, 0, -_INF, 0, -_INF, 0, 0], dtype=acc, device=dev).repeat(N, 1)
             for rows in chunks:
-                raw[rows] = soft_shard_stats_op(backend)(_acc_rows(local, rows, acc), _slice_q(rows, *q_args), None,
-                                                         None, given[rows], -1, 0.0, k, softcap)
+                raw[rows] = soft_shard_stats_op(backend)(_acc_rows(local, rows, acc), targets.rows(rows), None, None,
+                                                         given[rows], -1, 0.0, k, softcap)
             cols = _torch_rows.soft_cols(t, star, k, hi, _soft_raw_reduce(raw, group))
             stats[:, SCALE_COL:] = torch.where(valid[:, None], torch.stack(cols, 1), 0)
             ctx.save_for_backward(local, stats)
@@ -525,21 +559,24 @@ class _SoftShard(torch.autograd.Function):
         if g_lse is not None:
             g_lse = torch.where(ignored, 0, g_lse).contiguous()
         stats = torch.where(valid[:, None], stats, 0)
-        q_args = (tgt, valid, w, mix, s, layout, CL, acc)
+        targets = _SliceTargets(tgt, valid, w, mix, s, layout, CL, acc)
         kernels = get(backend).bwd_reads_stats  # the complete form (c_pos, f_star); the reference recomputes
         for rows in _row_chunks(N, CL):
-            x, q = _acc_rows(local, rows, acc), _slice_q(rows, *q_args)
+            q = targets.rows(rows)
             gl = None if g_lse is None else g_lse[rows]
-            if not kernels:
-                out = _soft_grad_from_stats(g[rows], x, q, stats[rows], k, softcap, gl)
-                out = torch.where(ignored[rows, None], 0, out)
-            elif inplace and x.data_ptr() == local[rows].data_ptr():  # the slice's own rows, in place
-                bwd_inplace_op(backend)(g[rows], x, q, None, None, stats[rows], -1, 0.0, k, softcap, gl)
-                continue
-            else:
-                out = bwd_op(backend)(g[rows], x, q, None, None, stats[rows], -1, 0.0, k, softcap, gl)
+            args = (q, None, None, stats[rows], -1, 0.0, k, softcap, gl)
             with torch.no_grad():
-                grad[rows] = out
+                if not kernels:
+                    out = _soft_grad_from_stats(g[rows], _acc_rows(local, rows, acc), q, stats[rows], k, softcap, gl)
+                    grad[rows] = torch.where(ignored[rows, None], 0, out)
+                elif local.dtype == acc:  # the gradient written over its rows' copy of the logits (or over them)
+                    if not inplace:
+                        grad[rows] = local[rows]
+                    bwd_inplace_op(backend)(g[rows], grad[rows], *args)
+                else:  # fp16 / bf16: over the rows' float32 copy, then rounded once
+                    x = _acc_rows(local, rows, acc)
+                    bwd_inplace_op(backend)(g[rows], x, *args)
+                    grad[rows] = x
         return (_marked(grad, local, inplace),) + (None,) * 12
 
 

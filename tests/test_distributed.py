@@ -418,7 +418,8 @@ def test_soft_shard_stats_op(backend, device, dtype, C):
 
 def test_benchmark_counts_the_bytes(tmp_path):
     """benchmarks/vocab_parallel.py on a small problem: the one-hot and k = 1 smoothing rows hand
-    16 bytes a row to the collectives, gathering hands over the whole logits."""
+    16 bytes a row to the collectives, the other soft rows 52 in 4 collectives, gathering hands
+    over the whole logits."""
     import subprocess
 
     n, c, out = 64, 300, tmp_path / "r.txt"
@@ -430,3 +431,6 @@ def test_benchmark_counts_the_bytes(tmp_path):
         _ms, _x, calls, payload, per_row = rows[(case, "vocab-parallel")]
         assert int(calls) in (2, 3) and int(payload) == 16 * n and float(per_row) == 16.0, (case, rows[(case, "vocab-parallel")])
         assert int(rows[(case, "all-gather")][3]) == n * c * 4
+    for case in ("k=0.5 smoothing=0.1", "k=1 mixture", "k=0.5 mixture"):  # _SoftShard: 13 values a row
+        _ms, _x, calls, payload, per_row = rows[(case, "vocab-parallel")]
+        assert int(calls) == 4 and int(payload) == 52 * n, (case, rows[(case, "vocab-parallel")])
