@@ -161,6 +161,14 @@ def _single(args, mixture):
     return out
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,6 +186,7 @@ def main(argv=None) -> str:
     ap.add_argument("--cases", nargs="+", metavar="LABEL", help=f"only these cases (of {[c for c, _ in CASES]})")
     args = ap.parse_args(argv)
 
+    load = os.getloadavg()
     mixture = _mixture(args.c) if any(opts.get("mixture") for _, opts in _cases(args)) else None
     with mp.Manager() as manager:
         results = manager.dict()
@@ -190,8 +199,8 @@ def main(argv=None) -> str:
     lines = [
         f"vocab-parallel loss, {W} ranks (gloo, CPU), fp32 logits {N} x {C} ({C // W} classes a rank), "
         f"{args.threads} threads in all, torch {torch.__version__}",
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"{datetime.date.today().isoformat()}",
+        f"machine: {_cpu_model()}, {os.cpu_count()} cores; {datetime.date.today().isoformat()}; load average "
+        f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after (other work shares the cores: times scale with it)",
         f"logits: {gathered / 2**20:.1f} MiB; bytes = payload per rank and step handed to the collectives "
         f"(wrapped and counted)",
         "",
