@@ -42,7 +42,7 @@ from . import _torch_rows
 from ._autograd import DOUBLE_BACKWARD, lse_grad
 from ._batch import finish_rows, op_inputs
 from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_stats_op
-from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, TAG_COL, acc_dtype, soft_tag_star
+from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, STATS_SOFT_COMPLETE, TAG_COL, acc_dtype, soft_tag_star
 from .backends import get
 from .options import loss_options
 
@@ -314,7 +314,10 @@ class _SmoothShard(torch.autograd.Function):
         other = torch.where(valid, s / C * ((C if w is None else w.sum()) - w_y), 0)
         loss = loss.masked_fill(M == -_INF, torch.nan)  # -inf on every rank: a bad row
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
-        stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 3], 1)
+        # the complete form without a dominant class (_schema.py STATS_SOFT_COMPLETE): at k = 1 the
+        # backward reads lse and t only
+        stats = torch.stack([hi, lo, torch.where(valid, t, 0), *(torch.zeros_like(hi),) * 2,
+                             torch.full_like(hi, STATS_SOFT_COMPLETE)], 1)
         ctx.save_for_backward(local, stats)
         ctx.lbl, ctx.stand_in, ctx.x_a, ctx.q_a = lbl, stand_in, x_a, q_a  # x_a: in place overwrites the logits
         ctx.owned, ctx.other, ctx.z_a = owned, other, z_a

@@ -126,7 +126,8 @@ def _onehot_cols(zs: Tensor, shift: Tensor, y: Tensor, w_y: Tensor, k: float):
 def _grad_cols(z: Tensor, target, weight, mixture, ignore_index, label_smoothing, k) -> Tensor:
     """Stats columns 2..5 (SCALE_COL on) of the rows of the (capped) logits z in the kernels'
     meaning (_schema.py, csrc/row_math.h "What a row keeps"): one-hot rows (f_y, m, log_c, 0),
-    soft rows (t, c_pos, f_star, star); 0 for ignored and out-of-range rows. The reference's
+    soft rows in the complete form (t, c_pos, f_star, STATS_SOFT_COMPLETE + star); 0 for ignored
+    and out-of-range rows. The reference's
     own bwd does not read them; the kernels' bwd can take them (tests/test_stats_exchange.py)."""
     N, C = z.shape
     zs, shift, _bad = _max_shift(z)

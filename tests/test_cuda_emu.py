@@ -2,10 +2,10 @@
 
 - Every launch path is reached: the emulator's launch log names each kernel with its template
   arguments, grid, block and dynamic shared memory, and the tests assert them against the
-  launchers' rules restated here (csrc/cuda/fwd_launch.cuh, bwd_kernels.cuh), on both device
-  profiles: "h100" (132 SMs, 227 KB opt-in shared memory) and "small" (2 SMs, 16 KB), where
-  the streaming kernels' row cache is partial at small C and every kernel's grid-stride loop
-  takes several turns.
+  launchers' rules restated here (csrc/cuda/fwd_launch.cuh, bwd_kernels.cuh, bwd_complete.cuh),
+  on both device profiles: "h100" (132 SMs, 227 KB opt-in shared memory) and "small" (2 SMs,
+  16 KB), where the streaming kernels' row cache is partial at small C and every kernel's
+  grid-stride loop takes several turns.
 - The results do not depend on the order of the blocks and threads (shuffled per launch from
   the seed) nor on the profile: bitwise the same. (Every other test runs on the profile its
   seed picks, tests/conftest.py.)
@@ -108,6 +108,12 @@ def bwd_launch(dtype, N, C, soft, prof):
     return f"hl::cuda::bwd_kernel<{S}, 256, {tpr}, {u}, {str(soft).lower()}>", grid, 256, 0
 
 
+def complete_launch(dtype, N, prof):
+    """The kernel the backward of soft rows launches first: it completes the stats of the rows
+    in the deferred form (csrc/cuda/bwd_complete.cuh), a block per row, resident blocks only."""
+    return f"hl::cuda::soft_stats_complete_kernel<{DTYPES[dtype]}, 256>", min(N, PROFILES[prof]["sms"] * 8), 256, 0
+
+
 def path_lengths(dtype):
     """C one vector below and at each switch point of the forward (and so of the backward's
     tiles below 256 vectors), then the streaming rows."""
@@ -125,20 +131,24 @@ CASES = [(dt, C) for dt in DTYPES for C in path_lengths(dt)]
 @pytest.mark.parametrize("dtype,C", CASES, ids=[f"{DTYPES[d]}-C{C}" for d, C in CASES])
 def test_every_launch_path(prof, dtype, C):
     """fwd (one-hot, at k = 1 and not, and soft rows) and bwd take the kernel, grid and shared
-    memory the launchers' rules give; the one-hot results match the float64 reference."""
+    memory the launchers' rules give; the one-hot results match the float64 reference, and
+    the soft rows' backward from the CPU forward's stats (the deferred form, completed by the
+    first kernel) matches the one from the kernels' own."""
     N = 3
     x = torch.randn(N, C).to(dtype)
     y = torch.randint(0, C, (N,))
+    _, cpu_stats = _ops.fwd_op("cpu")(x, y, None, None, -100, 0.1, 0.5, True)
     with profile(prof), logged() as log:
         loss, stats = fwd(x, y, k=1.0)
         fwd(x, y, k=0.5)
         _, soft_stats = fwd(x, y, k=0.5, smoothing=0.1)
         gl = torch.randn(N, dtype=loss.dtype)
         g = bwd(gl, x, y, stats, k=1.0)
-        bwd(gl, x, y, soft_stats, k=0.5, smoothing=0.1)
+        g_soft = bwd(gl, x, y, soft_stats, k=0.5, smoothing=0.1)
+        g_deferred = bwd(gl, x, y, cpu_stats, k=0.5, smoothing=0.1)
+    soft_bwd = [complete_launch(dtype, N, prof), bwd_launch(dtype, N, C, True, prof)]
     want = [fwd_launch(dtype, N, C, False, 1.0, prof), fwd_launch(dtype, N, C, False, 0.5, prof),
-            fwd_launch(dtype, N, C, True, 0.5, prof), bwd_launch(dtype, N, C, False, prof),
-            bwd_launch(dtype, N, C, True, prof)]
+            fwd_launch(dtype, N, C, True, 0.5, prof), bwd_launch(dtype, N, C, False, prof)] + soft_bwd * 2
     got = [(name, grid[0], block[0], smem) for name, grid, block, smem, _p in log]
     assert got == want
     assert all(p == prof for *_r, p in log)
@@ -146,6 +156,8 @@ def test_every_launch_path(prof, dtype, C):
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(loss.double(), ref_loss, rtol=tol, atol=tol)
     torch.testing.assert_close(g.double(), gl.double()[:, None] * ref_grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(g_deferred.double(), g_soft.double(), rtol=tol,
+                               atol=tol * g_soft.double().abs().max().item())
 
 
 def test_the_paths_cover_every_kernel():
@@ -205,6 +217,7 @@ def test_grid_stride_loops(C, N):
     y = torch.randint(0, C, (N,))
     y[::5] = -100
     gl = torch.randn(N)
+    _, cpu_stats = _ops.fwd_op("cpu")(x, y, None, None, -100, 0.1, 0.5, True)  # deferred: completed first
     out = {}
     for prof in ("h100", "small"):
         with profile(prof), logged() as log:
@@ -212,10 +225,13 @@ def test_grid_stride_loops(C, N):
             sloss, sstats = fwd(x, y, smoothing=0.1)
             g = bwd(gl, x, y, stats)
             sg = bwd(gl, x, y, sstats, smoothing=0.1)
-        out[prof] = (loss, stats, sloss, sstats, g, sg)
+            dg = bwd(gl, x, y, cpu_stats, smoothing=0.1)
+        out[prof] = (loss, stats, sloss, sstats, g, sg, dg)
         if prof == "small":
             for name, grid, block, _smem, _p in log:
-                if "bwd" in name:
+                if "complete" in name:  # a block per row, 2 SMs x 8 resident blocks
+                    assert grid[0] == min(N, 16), name
+                elif "bwd" in name:
                     tpr = int(name.split(", ")[2])
                     u = int(name.split(", ")[3])
                     tiles = N * -(-C // (4 * tpr * u))
@@ -249,6 +265,9 @@ def test_results_do_not_depend_on_block_and_thread_order(dtype, C):
                 loss, stats = _ops.fwd_op("cuda_emu")(x, target, None, None, -100, sm, 0.5, True)
                 g = _ops.bwd_op("cuda_emu")(gl, x, target, None, None, stats, -100, sm, 0.5)
                 res += [loss, stats, g]
+                if sm or target is P:  # the CPU's stats, the deferred form: completed by a reduction
+                    _, cpu_stats = _ops.fwd_op("cpu")(x, target, None, None, -100, sm, 0.5, True)
+                    res.append(_ops.bwd_op("cuda_emu")(gl, x, target, None, None, cpu_stats, -100, sm, 0.5))
             runs.append(res)
     finally:
         EMU.set_seed(seed)

@@ -16,7 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU
 import pytest
 import torch
 
-from hardloss_cuda._ops import bwd_op, fwd_op
+from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op
 
 from ._backends import SAME_INPUT, backend_devices
 
@@ -38,7 +38,7 @@ CASES = [
 ]
 
 
-def _inputs(kind, smoothing, weighted, device, dtype):
+def _inputs(kind, smoothing, weighted, device, dtype, N=N, C=C):
     g = torch.Generator().manual_seed(1234)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     z = (torch.randn(N, C, generator=g, dtype=torch.float64) * 3).to(device, dtype)
@@ -94,3 +94,51 @@ def test_bwd_takes_another_backends_stats(a, b, device, case, dtype):
     tol = SAME_INPUT[z.dtype]
     torch.testing.assert_close(got, own, rtol=tol, atol=tol * own.abs().max().item(),
                                msg=lambda m: f"bwd on {b} with {a}'s stats differs from {a}'s own bwd: {m}")
+
+
+_LONG = [("smooth-k0.5", "index", 0.1, 0.5, 0.0, True), ("probs-k1", "probs", 0.0, 1.0, 0.0, False)]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", _LONG, ids=[c[0] for c in _LONG])
+@pytest.mark.parametrize("a,b,device", _PAIRS, ids=[f"{a}->{b}-{d}" for a, b, d in _PAIRS])
+def test_long_rows_in_place(a, b, device, case):
+    """Rows of several chunks, blocks and tiles (C = 5003: the CPU's 2048-class chunks, the CUDA
+    completion kernel's block loop), bwd and bwd_inplace on B with A's stats: A's own bwd."""
+    _id, kind, s, k, cap, weighted = case
+    z, target, w, mix, gl = _inputs(kind, s, weighted, device, torch.float32, N=4, C=5003)
+    _loss, stats = fwd_op(a)(z, target, w, mix, IGNORE, s, k, True, cap)
+    own = bwd_op(a)(gl, z, target, w, mix, stats, IGNORE, s, k, cap)
+    kept = stats.clone()
+    got = bwd_op(b)(gl, z, target, w, mix, stats, IGNORE, s, k, cap)
+    z2 = z.clone()
+    bwd_inplace_op(b)(gl, z2, target, w, mix, stats, IGNORE, s, k, cap)
+    assert torch.equal(stats, kept), f"bwd on {b} wrote into the stats"
+    tol = SAME_INPUT[torch.float32]
+    for out in (got, z2):
+        torch.testing.assert_close(out, own, rtol=tol, atol=tol * own.abs().max().item(),
+                                   msg=lambda m: f"bwd on {b} with {a}'s stats differs from {a}'s own bwd: {m}")
+
+
+_MIXED = [c for c in CASES if c[0] in ("smooth-k0.5", "smooth-star-k1", "probs-k0.5-cap")]
+_READERS = sorted({(b, d) for _a, b, d in _PAIRS})
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", _MIXED, ids=[c[0] for c in _MIXED])
+@pytest.mark.parametrize("b,device", _READERS, ids=[f"{b}-{d}" for b, d in _READERS])
+def test_both_forms_in_one_call(b, device, case):
+    """Stats whose rows alternate between the deferred form (the CPU's) and the complete one (the
+    reference's): each row's gradient as from its own form (Triton's programs hold several
+    rows, the CUDA completion kernel skips the complete ones)."""
+    if "cpu" not in {bb for bb, _d in backend_devices() if _d == device}:
+        pytest.skip("needs the CPU kernel's stats")
+    _id, kind, s, k, cap, weighted = case
+    z, target, w, mix, gl = _inputs(kind, s, weighted, device, torch.float32)
+    deferred = fwd_op("cpu")(z, target, w, mix, IGNORE, s, k, True, cap)[1]
+    complete = fwd_op("reference")(z, target, w, mix, IGNORE, s, k, True, cap)[1]
+    mixed = torch.where((torch.arange(N, device=device) % 2 == 0)[:, None], deferred, complete)
+    want = bwd_op("reference")(gl, z, target, w, mix, complete, IGNORE, s, k, cap)
+    got = bwd_op(b)(gl, z, target, w, mix, mixed, IGNORE, s, k, cap)
+    tol = SAME_INPUT[torch.float32]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())

@@ -6,8 +6,12 @@ same program). Rows with a zero incoming gradient and a finite lse and scale (tr
 are not read (rowmath.skip_rows).
 
 ``onehot_bwd_kernel``: g_j = gl w_y exp(k (z_j - m) + log_c) for j != y, gl f_y at the label.
-``soft_bwd_kernel``: g_j = gl soft_fj(z_j, q_j, stats), q_j recomputed; at k = 1 a dominant
-class with q* >= 15/16 t takes minus the others' sum instead (rowmath.is_star_k1), stored last.
+``soft_bwd_kernel``: g_j = gl soft_fj(z_j, q_j, stats), q_j recomputed. Stats in the deferred
+form (_schema.py STATS_SOFT_DEFERRED: the CPU forward's, this backend's at k = 1) have no c_pos,
+f_star: at k != 1 the program makes pass 2 for those rows first (rowmath.soft_eps_pass, the
+forward's), one more read of them; at k = 1 a dominant class with q* >= 15/16 t
+(rowmath.is_star_k1) takes minus the others' sum, gathered in the same pass and stored last
+(the complete form's f_star where the stats have one).
 Both then add the logsumexp's gradient glse p_j and apply the softcap's slope when asked
 (rowmath.finish_grad; the logits are read soft-capped with the cap's slope, rowmath.load_logits_slope).
 """

@@ -10,7 +10,12 @@
 //   one-hot row: f_j = onehot_fj(r, z_j, k) for j != y, f_y = r.f_y, with r.m, r.log_c, r.f_y
 //                from stats and r.w_y = weight[y] (1 without weights);
 //   soft row:    f_j = soft_fj(r, z_j, lse, lse_lo, q_j, k), q_j from q_smoothed / q_mixture /
-//                q_probability, r = (t, c_pos, f_star, star) from stats.
+//                q_probability, r = (t, c_pos, f_star, star) from stats in the complete form
+//                (row_math.h soft_tag). A row in the deferred form (the CPU's forward, Triton's
+//                at k = 1) has no c_pos, f_star yet, and making them takes a reduction over the
+//                row: soft_stats_complete_kernel (bwd_complete.cuh), launched first, writes them
+//                into a scratch copy (BwdParams::stats_work), which this kernel reads for those
+//                rows. One more read of the deferred rows only.
 // Then row_math.h's finish_grad: g_lse p_j added (the incoming gradient of the row's logsumexp,
 // grad_lse), times the softcap's slope at the raw logit; z_j above is the capped one (unpack_logits).
 // Rows whose gradient does not depend on the logits are written without reading them:
@@ -35,6 +40,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/bwd_complete.cuh"
 #include "cuda/common.cuh"
 #include "cuda/launch.h"
 
@@ -49,6 +55,7 @@ struct BwdArgs {
   const S* logits;     // (N, C)
   S* out;              // (N, C); may alias logits
   const A* stats;      // (N, kStatsCols)
+  const A* work;       // soft rows: (N, kStatsCols), the deferred rows completed (bwd_complete.cuh)
   TargetArgs<S> tg;
   int64_t N;
   int64_t tiles_per_row;
@@ -127,7 +134,9 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
         store_pack_stream(orow, v, C, a.aligned, f);
       }
     } else {
-      const SoftRow<A> sr = {scale, ldg(st + 3), ldg(st + 4), ldg(st + 5)};
+      const A tag = ldg(st + kColStar);
+      const A* cs = soft_tag_deferred(tag) ? a.work + row * kStatsCols : st;  // c_pos, f_star from here
+      const SoftRow<A> sr = {scale, ldg(cs + 3), ldg(cs + 4), soft_tag<A>(false, soft_tag_star(tag))};
       const S* prow = a.tg.probs != nullptr ? a.tg.probs + row * C : nullptr;
       // A mixture comes only with class indices; the label is valid here.
       const A* wrow = (a.tg.mixture != nullptr && ri.y >= 0)
@@ -219,6 +228,7 @@ cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream) {
   a.logits = static_cast<const S*>(p.logits);
   a.out = static_cast<S*>(p.out);
   a.stats = static_cast<const A*>(p.stats);
+  a.work = static_cast<const A*>(p.stats_work);
   a.tg = make_target_args<S>(p.tg, p.C);
   a.N = p.N;
   a.tiles_per_row = 1;  // set by launch_bwd_cfg
@@ -228,7 +238,22 @@ cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream) {
   const bool c_vec = p.C % Pack<S>::kN == 0;
   a.aligned = c_vec && al16(p.logits) && al16(p.out);
   a.probs_aligned = c_vec && p.tg.probs != nullptr && al16(p.tg.probs);
-  return is_soft(p.tg) ? launch_bwd_path<S, true>(a, d, stream) : launch_bwd_path<S, false>(a, d, stream);
+  if (!is_soft(p.tg)) return launch_bwd_path<S, false>(a, d, stream);
+  CompleteArgs<S> c;
+  c.grad_loss = a.grad_loss;
+  c.grad_lse = a.grad_lse;
+  c.logits = a.logits;
+  c.stats = a.stats;
+  c.work = static_cast<A*>(p.stats_work);
+  c.tg = a.tg;
+  c.N = a.N;
+  c.C = a.C;
+  c.k = a.k;
+  c.cap = a.cap;
+  c.aligned = c_vec && al16(p.logits);
+  const cudaError_t e = launch_soft_stats_complete(c, d, stream);
+  if (e != cudaSuccess) return e;
+  return launch_bwd_path<S, true>(a, d, stream);
 }
 
 }  // namespace cuda

@@ -217,12 +217,6 @@ inline TargetArgs<S> make_target_args(const TargetParams& p, int64_t C) {
   return t;
 }
 
-// The soft path exactly where the reference takes it (reference.rows): probability targets,
-// a mixture, or label smoothing. Otherwise the one-hot path.
-inline bool is_soft(const TargetParams& p) {
-  return p.probs != nullptr || p.mixture != nullptr || p.label_smoothing > 0.0;
-}
-
 struct RowInfo {
   int status;  // kLabelValid / kLabelIgnored / kLabelBad (always valid for probabilities)
   int y;       // the label when it is valid (< C <= 2^30), else -1: the only value ever

@@ -207,7 +207,7 @@ __device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowC
 // merged statistics before they are finalised (soft_shard_stats).
 template <int TPR, typename A>
 __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx<A>& c, A k, bool grad,
-                                                ReduceSmem<A>& red, SoftRow<A>* sr, SoftPassB<A>* raw) {
+                                                ReduceSmem<A>& red, SoftRow<A>* sr, SoftPassB<A>* raw = nullptr) {
   const A loss = soft_loss_value(group_reduce<TPR>(csum_value(b.loss), SumOp{}, red), c.t, c.m, c.log_s);
   *sr = {c.t, A(0), A(0), A(0)};
   if (!grad) return loss;
@@ -215,7 +215,7 @@ __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx
   if (soft_needs_eps(grad, k)) b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
   b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
   b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
-  *raw = b;
+  if (raw != nullptr) *raw = b;
   *sr = soft_needs_eps(grad, k) ? soft_row_finalize(b.es, b.rest, c.t, c.star, k, c.lse.hi)
                                 : soft_row_k1(b.rest, c.t, c.star, c.lse.hi);
   return loss;

@@ -183,6 +183,12 @@ struct Ops {
     p.out = out.data_ptr();
     p.tg = target_params(in, ignore_index, label_smoothing);
     p.stats = st.data_ptr();
+    // The soft rows' completed stats (bwd_complete.cuh): the rows of the deferred form only, so
+    // the emulator's NaN fill shows a read of any other row. Freed on return: the caching
+    // allocator hands it out again only to work queued after the kernels on this stream.
+    at::Tensor work;
+    if (is_soft(p.tg)) work = empty(st.sizes(), st.options());
+    p.stats_work = work.defined() ? work.data_ptr() : nullptr;
     p.N = N;
     p.C = z.size(1);
     p.k = k;

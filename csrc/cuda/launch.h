@@ -37,6 +37,12 @@ struct TargetParams {
   double label_smoothing;
 };
 
+// The soft path exactly where the reference takes it (reference.rows): probability targets,
+// a mixture, or label smoothing. Otherwise the one-hot path.
+inline bool is_soft(const TargetParams& p) {
+  return p.probs != nullptr || p.mixture != nullptr || p.label_smoothing > 0.0;
+}
+
 struct FwdParams {
   const void* logits;      // (N, C) logits, only read
   TargetParams tg;
@@ -63,7 +69,11 @@ struct BwdParams {
   const void* logits;      // (N, C)
   void* out;               // (N, C) gradient in the logits' dtype; == logits for bwd_inplace
   TargetParams tg;
-  const void* stats;       // (N, kStatsCols) acc, written by launch_fwd (compute_grad = true)
+  const void* stats;       // (N, kStatsCols) acc, written by a forward (compute_grad = true):
+                           // a soft row's columns 3, 4 in either form of row_math.h soft_tag
+  void* stats_work;        // soft rows (is_soft): (N, kStatsCols) acc scratch, where the launcher
+                           // completes the rows of the deferred form before the bwd kernel
+                           // reads them (the caller's stats are never written); else unused
   int64_t N;
   int64_t C;
   double k;

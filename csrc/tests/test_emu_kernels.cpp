@@ -290,7 +290,8 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   if (cuda::launch_fwd(fp2, E::kType, nullptr) != cudaSuccess) return fail("fwd launch", c, E::kName, prof);
 
   std::vector<S> grad(N * C, E::from(NAN));
-  cuda::BwdParams bp{glbuf.data(), zbuf.data() + off, grad.data(), tg, stats.data(), N, C, c.k, c.cap,
+  std::vector<A> work(N * kStatsCols, NAN);
+  cuda::BwdParams bp{glbuf.data(), zbuf.data() + off, grad.data(), tg, stats.data(), work.data(), N, C, c.k, c.cap,
                      glsebuf.empty() ? nullptr : glsebuf.data()};
   if (cuda::launch_bwd(bp, E::kType, nullptr) != cudaSuccess) return fail("bwd launch", c, E::kName, prof);
   std::vector<S> inplace = zbuf;
@@ -301,8 +302,36 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     fail("bwd_inplace != bwd", c, E::kName, prof);
   }
 
-  std::vector<A> raw(N * kStatsCols, NAN), raw_loss(N, NAN);
   const bool onehot = c.kind == Kind::kOneHot || c.kind == Kind::kWeighted;
+  // Soft rows: the same backward from the deferred form of their stats (row_math.h soft_tag, the
+  // CPU forward's: the row max m and log sum exp(z - m) in columns 3, 4), which the launcher
+  // completes in stats_work first (bwd_complete.cuh); the caller's stats stay as they were.
+  std::vector<S> dgrad;
+  if (!onehot) {
+    std::vector<A> dstats = stats;
+    for (int64_t i = 0; i < N; ++i) {
+      A* st = &dstats[i * kStatsCols];
+      if (!in.y.empty() && label_status(in.y[i], C, in.ignore) != kLabelValid) continue;  // 2..5 are 0
+      LseStats<double> ls = lse_init<double>();
+      for (int64_t j = 0; j < C; ++j) lse_push(ls, in.z[i * C + j]);
+      st[3] = static_cast<A>(ls.m);
+      st[4] = static_cast<A>(std::log(ls.s));
+      st[kColStar] = soft_tag<A>(true, soft_tag_star(st[kColStar]));
+    }
+    const std::vector<A> dcopy = dstats;
+    dgrad.assign(N * C, E::from(NAN));
+    std::vector<A> dwork(N * kStatsCols, NAN);
+    cuda::BwdParams bpd = bp;
+    bpd.stats = dstats.data();
+    bpd.stats_work = dwork.data();
+    bpd.out = dgrad.data();
+    if (cuda::launch_bwd(bpd, E::kType, nullptr) != cudaSuccess) return fail("bwd launch (deferred)", c, E::kName, prof);
+    if (std::memcmp(dstats.data(), dcopy.data(), dstats.size() * sizeof(A)) != 0) {
+      fail("bwd wrote into the caller's stats", c, E::kName, prof);
+    }
+  }
+
+  std::vector<A> raw(N * kStatsCols, NAN), raw_loss(N, NAN);
   if (onehot) {
     cuda::FwdParams rp = fp;
     rp.tg.ignore_index = INT64_MIN;
@@ -336,17 +365,21 @@ void run_case(const Case& c, std::mt19937_64& rng) {
                                                 0.0, c.cap);
       if (std::isfinite(want_row[j])) scale = std::max(scale, std::fabs(want_row[j]));
     }
-    for (int64_t j = 0; j < C; ++j) {
-      const double want = want_row[j], got = E::to(grad[i * C + j]);
-      const bool exact_zero = ignored || (in.gl[i] == 0 && g_lse == 0 && std::isfinite(r.lse));
-      const bool ok = std::isnan(want) ? std::isnan(got)
-                      : exact_zero        ? got == 0
-                                          : std::fabs(got - want) <= tol * (std::fabs(want) + scale) + E::kTiny;
-      if (!ok) {
-        fail("grad row " + std::to_string(i) + " class " + std::to_string(j) + ": got " + std::to_string(got) +
-                 " want " + std::to_string(want),
-             c, E::kName, prof);
-        break;
+    for (const std::vector<S>* g : {&grad, &dgrad}) {
+      if (g->empty()) continue;  // one-hot rows: no deferred form
+      const char* form = g == &grad ? "" : " (deferred stats)";
+      for (int64_t j = 0; j < C; ++j) {
+        const double want = want_row[j], got = E::to((*g)[i * C + j]);
+        const bool exact_zero = ignored || (in.gl[i] == 0 && g_lse == 0 && std::isfinite(r.lse));
+        const bool ok = std::isnan(want) ? std::isnan(got)
+                        : exact_zero        ? got == 0
+                                            : std::fabs(got - want) <= tol * (std::fabs(want) + scale) + E::kTiny;
+        if (!ok) {
+          fail("grad row " + std::to_string(i) + " class " + std::to_string(j) + form + ": got " +
+                   std::to_string(got) + " want " + std::to_string(want),
+               c, E::kName, prof);
+          break;
+        }
       }
     }
     if (onehot) {
