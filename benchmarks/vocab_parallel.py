@@ -121,20 +121,22 @@ def _worker(rank, world, port, args, results, mixture):
     for label, opts in _cases(args):
         opts = _options(opts, mixture)
         for name, step in (("vocab-parallel", _vocab_parallel), ("all-gather", _all_gather)):
-            times, counter = [], _Counter()
+            times, cpu, counter = [], [], _Counter()
             for i in range(args.repeat + 1):
                 local = copies[i % len(copies)].clone().requires_grad_()
                 dist.barrier()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 with _Counter() as c:
                     step(local, y, start, C, c, opts)
+                c1 = time.process_time()
                 dist.barrier()
                 if i:
                     times.append(time.perf_counter() - t0)
+                    cpu.append(c1 - c0)
                     counter = c
             out[(label, name)] = (statistics.median(times), counter.bytes, counter.calls)
-    if rank == 0:
-        results.update(out)
+            out[(label, name, rank)] = statistics.median(cpu)
+    results.update({key: v for key, v in out.items() if rank == 0 or len(key) == 3})
     dist.destroy_process_group()
 
 
@@ -150,14 +152,15 @@ def _single(args, mixture):
     out = {}
     for label, opts in _cases(args):
         opts = _options(opts, mixture)
-        times = []
+        times, cpu = [], []
         for i in range(args.repeat + 1):
             z = copies[i % 3].clone().requires_grad_()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             hl.cross_entropy(z, y, backend="cpu", **opts).backward()
             if i:
                 times.append(time.perf_counter() - t0)
-        out[label] = statistics.median(times)
+                cpu.append(time.process_time() - c0)
+        out[label] = (statistics.median(times), statistics.median(cpu))
     return out
 
 
@@ -203,17 +206,21 @@ def main(argv=None) -> str:
         f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after (other work shares the cores: times scale with it)",
         f"logits: {gathered / 2**20:.1f} MiB; bytes = payload per rank and step handed to the collectives "
         f"(wrapped and counted)",
+        "cpu ms: CPU time a step, of every rank together (time.process_time around the step): unlike the "
+        "wall time, it hardly moves with the load",
         "",
-        f"{'case':<20} {'way':<16} {'ms/step':>9} {'x single':>9} {'collectives':>12} {'payload B':>12} "
-        f"{'B / row':>8}",
+        f"{'case':<20} {'way':<16} {'ms/step':>9} {'x single':>9} {'cpu ms':>9} {'x single':>9} {'collectives':>12} "
+        f"{'payload B':>12} {'B / row':>8}",
     ]
     for label, _ in _cases(args):
+        one, one_cpu = single[label]
         for name in ("vocab-parallel", "all-gather"):
             t, nbytes, calls = results[(label, name)]
-            lines.append(f"{label:<20} {name:<16} {t * 1e3:9.1f} {single[label] / t:9.2f} {calls:12d} "
-                         f"{nbytes:12d} {nbytes / N:8.1f}")
-        lines.append(f"{label:<20} {'single process':<16} {single[label] * 1e3:9.1f} {1.0:9.2f} {0:12d} {0:12d} "
-                     f"{0:8.1f}")
+            cpu = sum(results[(label, name, r)] for r in range(W))
+            lines.append(f"{label:<20} {name:<16} {t * 1e3:9.1f} {one / t:9.2f} {cpu * 1e3:9.1f} {one_cpu / cpu:9.2f} "
+                         f"{calls:12d} {nbytes:12d} {nbytes / N:8.1f}")
+        lines.append(f"{label:<20} {'single process':<16} {one * 1e3:9.1f} {1.0:9.2f} {one_cpu * 1e3:9.1f} {1.0:9.2f} "
+                     f"{0:12d} {0:12d} {0:8.1f}")
     text = "\n".join(lines)
     print(text)
     if args.out:

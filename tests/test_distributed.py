@@ -426,11 +426,11 @@ def test_benchmark_counts_the_bytes(tmp_path):
     script = Path(__file__).parents[1] / "benchmarks" / "vocab_parallel.py"
     subprocess.run([sys.executable, str(script), "--n", str(n), "--c", str(c), "--repeat", "1", "--threads", "2",
                     "--out", str(out)], check=True, timeout=300, capture_output=True)
-    rows = {(line[:20].strip(), line[21:37].strip()): line[37:].split() for line in out.read_text().splitlines()[5:]}
+    rows = {(line[:20].strip(), line[21:37].strip()): line[37:].split() for line in out.read_text().splitlines()[6:]}
     for case in ("k=1", "k=0.5", "k=1 smoothing=0.1"):
-        _ms, _x, calls, payload, per_row = rows[(case, "vocab-parallel")]
+        _ms, _x, _cpu, _x_cpu, calls, payload, per_row = rows[(case, "vocab-parallel")]
         assert int(calls) in (2, 3) and int(payload) == 16 * n and float(per_row) == 16.0, (case, rows[(case, "vocab-parallel")])
-        assert int(rows[(case, "all-gather")][3]) == n * c * 4
+        assert int(rows[(case, "all-gather")][5]) == n * c * 4
     for case in ("k=0.5 smoothing=0.1", "k=1 mixture", "k=0.5 mixture"):  # _SoftShard: 13 values a row
-        _ms, _x, calls, payload, per_row = rows[(case, "vocab-parallel")]
+        _ms, _x, _cpu, _x_cpu, calls, payload, per_row = rows[(case, "vocab-parallel")]
         assert int(calls) == 4 and int(payload) == 52 * n, (case, rows[(case, "vocab-parallel")])
