@@ -531,7 +531,8 @@ class _SoftShard(torch.autograd.Function):
         if compute_grad:
             # row_math.h soft_star on the global row
             star = (t > 0) & (q_min >= 0) & ((16 * (t - q_max) <= t) if k == 1 else (2 * q_max > t))
-            given = torch.stack([hi, lo, t, torch.zeros_like(t), torch.zeros_like(t), star.to(acc)], 1)
+            given = torch.stack([hi, lo, t, torch.zeros_like(t), torch.zeros_like(t),
+                                 STATS_SOFT_COMPLETE + star.to(acc)], 1)  # the flag in the tag column
             raw = torch.tensor([-_INF, 0, -_INF, 0, -_INF, 0, 0], dtype=acc, device=dev).repeat(N, 1)
             for rows in chunks:
                 raw[rows] = soft_shard_stats_op(backend)(_acc_rows(local, rows, acc), targets.rows(rows), None, None,
