@@ -165,7 +165,7 @@ HL_HOST_DEVICE inline OneHotStats<T> onehot_merge(OneHotStats<T> a, OneHotStats<
 // deferred form, as Triton's does at k == 1 (its backward sums f* in the same pass). Every
 // backward takes both: the CPU and Triton make pass 2 for deferred rows in the row's own
 // backward, the CUDA backward in a kernel before its elementwise one (one more read of those rows
-// only, csrc/cuda/bwd_kernels.cuh). docs/ROW_MATH.md has the table; tests/test_stats_exchange.py
+// only, csrc/cuda/bwd_complete.cuh). docs/ROW_MATH.md has the table; tests/test_stats_exchange.py
 // hands every backend's stats to every other's backward.
 // ---------------------------------------------------------------------------------------
 constexpr int kStatsCols = HL_STATS_COLS;  // op_schema.h, generated from _schema.py STATS_COLS

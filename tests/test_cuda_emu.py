@@ -133,11 +133,13 @@ def test_every_launch_path(prof, dtype, C):
     """fwd (one-hot, at k = 1 and not, and soft rows) and bwd take the kernel, grid and shared
     memory the launchers' rules give; the one-hot results match the float64 reference, and
     the soft rows' backward from the CPU forward's stats (the deferred form, completed by the
-    first kernel) matches the one from the kernels' own."""
+    first kernel; on the h100 profile, test_grid_stride_loops has the small one's loop) matches
+    the one from the kernels' own."""
     N = 3
     x = torch.randn(N, C).to(dtype)
     y = torch.randint(0, C, (N,))
-    _, cpu_stats = _ops.fwd_op("cpu")(x, y, None, None, -100, 0.1, 0.5, True)
+    if prof == "h100":
+        _, cpu_stats = _ops.fwd_op("cpu")(x, y, None, None, -100, 0.1, 0.5, True)
     with profile(prof), logged() as log:
         loss, stats = fwd(x, y, k=1.0)
         fwd(x, y, k=0.5)
@@ -145,10 +147,12 @@ def test_every_launch_path(prof, dtype, C):
         gl = torch.randn(N, dtype=loss.dtype)
         g = bwd(gl, x, y, stats, k=1.0)
         g_soft = bwd(gl, x, y, soft_stats, k=0.5, smoothing=0.1)
-        g_deferred = bwd(gl, x, y, cpu_stats, k=0.5, smoothing=0.1)
+        if prof == "h100":
+            g_deferred = bwd(gl, x, y, cpu_stats, k=0.5, smoothing=0.1)
     soft_bwd = [complete_launch(dtype, N, prof), bwd_launch(dtype, N, C, True, prof)]
     want = [fwd_launch(dtype, N, C, False, 1.0, prof), fwd_launch(dtype, N, C, False, 0.5, prof),
-            fwd_launch(dtype, N, C, True, 0.5, prof), bwd_launch(dtype, N, C, False, prof)] + soft_bwd * 2
+            fwd_launch(dtype, N, C, True, 0.5, prof), bwd_launch(dtype, N, C, False, prof)]
+    want += soft_bwd * (2 if prof == "h100" else 1)
     got = [(name, grid[0], block[0], smem) for name, grid, block, smem, _p in log]
     assert got == want
     assert all(p == prof for *_r, p in log)
@@ -156,8 +160,9 @@ def test_every_launch_path(prof, dtype, C):
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(loss.double(), ref_loss, rtol=tol, atol=tol)
     torch.testing.assert_close(g.double(), gl.double()[:, None] * ref_grad, rtol=tol, atol=tol)
-    torch.testing.assert_close(g_deferred.double(), g_soft.double(), rtol=tol,
-                               atol=tol * g_soft.double().abs().max().item())
+    if prof == "h100":
+        torch.testing.assert_close(g_deferred.double(), g_soft.double(), rtol=tol,
+                                   atol=tol * g_soft.double().abs().max().item())
 
 
 def test_the_paths_cover_every_kernel():
@@ -217,7 +222,9 @@ def test_grid_stride_loops(C, N):
     y = torch.randint(0, C, (N,))
     y[::5] = -100
     gl = torch.randn(N)
-    _, cpu_stats = _ops.fwd_op("cpu")(x, y, None, None, -100, 0.1, 0.5, True)  # deferred: completed first
+    # the CPU's stats, the deferred form: completed first, a block per row (not for 4100 rows: slow
+    # in the emulator, and 110 rows already loop on the small profile's 16 blocks)
+    cpu_stats = _ops.fwd_op("cpu")(x, y, None, None, -100, 0.1, 0.5, True)[1] if N < 1000 else None
     out = {}
     for prof in ("h100", "small"):
         with profile(prof), logged() as log:
@@ -225,7 +232,7 @@ def test_grid_stride_loops(C, N):
             sloss, sstats = fwd(x, y, smoothing=0.1)
             g = bwd(gl, x, y, stats)
             sg = bwd(gl, x, y, sstats, smoothing=0.1)
-            dg = bwd(gl, x, y, cpu_stats, smoothing=0.1)
+            dg = bwd(gl, x, y, cpu_stats, smoothing=0.1) if cpu_stats is not None else sg
         out[prof] = (loss, stats, sloss, sstats, g, sg, dg)
         if prof == "small":
             for name, grid, block, _smem, _p in log:

@@ -97,7 +97,9 @@ inline void soft_grad_row_vec(const scalar_t* row, scalar_t* out, int64_t C, flo
       const int64_t n = std::min(kChunk, C - a);
       const float* x = load(row, a, n, s.x);
       const float* qc = q.fill(a, n, s.q);
-      put(a, n, [&](float* o) { soft_grad_complete(x, qc, n, lse, lse_lo, t, t_div, c_pos, star_t, k, g, g_f_star, o); });
+      put(a, n, [&](float* o) {
+        soft_grad_complete(x, qc, n, lse, lse_lo, t, t_div, c_pos, star_t, k, g, g_f_star, o);
+      });
     }
     return;
   }

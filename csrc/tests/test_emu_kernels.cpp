@@ -325,7 +325,9 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     bpd.stats = dstats.data();
     bpd.stats_work = dwork.data();
     bpd.out = dgrad.data();
-    if (cuda::launch_bwd(bpd, E::kType, nullptr) != cudaSuccess) return fail("bwd launch (deferred)", c, E::kName, prof);
+    if (cuda::launch_bwd(bpd, E::kType, nullptr) != cudaSuccess) {
+      return fail("bwd launch (deferred)", c, E::kName, prof);
+    }
     if (std::memcmp(dstats.data(), dcopy.data(), dstats.size() * sizeof(A)) != 0) {
       fail("bwd wrote into the caller's stats", c, E::kName, prof);
     }
