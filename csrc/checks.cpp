@@ -55,6 +55,18 @@ void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
   }
 }
 
+namespace {
+// The stats a bwd or soft_shard_stats call reads: (N, kStatsCols) in the accumulation dtype.
+void check_stats(const at::Tensor& stats, const at::Tensor& logits) {
+  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
+  check_same_device(stats, logits, "stats");
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == logits.size(0) && stats.size(1) == kStatsCols &&
+                  stats.scalar_type() == acc,
+              "hardloss_cuda: stats: expected ", acc, " of shape (", logits.size(0), ", ", kStatsCols, "), got ",
+              stats.scalar_type(), " ", stats.sizes());
+}
+}  // namespace
+
 void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                     const at::Tensor& stats) {
@@ -62,13 +74,16 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
   const int64_t N = logits.size(0);
   const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
   check_same_device(grad_loss, logits, "grad_loss");
-  check_same_device(stats, logits, "stats");
   TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == N && grad_loss.scalar_type() == acc,
               "hardloss_cuda: grad_loss: expected ", acc, " of shape (", N, "), got ",
               grad_loss.scalar_type(), " ", grad_loss.sizes());
-  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == N && stats.size(1) == kStatsCols && stats.scalar_type() == acc,
-              "hardloss_cuda: stats: expected ", acc, " of shape (", N, ", ", kStatsCols, "), got ",
-              stats.scalar_type(), " ", stats.sizes());
+  check_stats(stats, logits);
+}
+
+void check_soft_shard_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& mixture, const at::Tensor& stats) {
+  check_fwd_args(logits, target, weight, mixture);
+  check_stats(stats, logits);
 }
 
 // _schema.py softcap_range in C++ (the normal positive numbers of the accumulation type), for

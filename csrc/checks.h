@@ -28,6 +28,10 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                     const at::Tensor& stats);
 
+// soft_shard_stats: the fwd checks, plus the rows' stats (N, kStatsCols) in acc on the logits' device.
+void check_soft_shard_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& mixture, const at::Tensor& stats);
+
 // softcap: 0 (off), or a normal positive number of the logits' accumulation type (a float
 // cap below FLT_MIN would round to 0, "off"; above FLT_MAX to inf). grad_lse: absent, or acc
 // of shape (N,) on the logits' device.

@@ -12,6 +12,8 @@
 #define HL_SHARD_STATS_ARGS "(Tensor logits, Tensor target, float k, float softcap=0.) -> Tensor"
 #define HL_STATS_COLS 6
 #define HL_SHARD_STATS_COLS 3
+#define HL_SOFT_SHARD_STATS_ARGS "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0.) -> Tensor"
+#define HL_SOFT_SHARD_STATS_COLS 7
 #define HL_STATS_SOFT_COMPLETE 0
 #define HL_STATS_SOFT_DEFERRED 2
 // clang-format on

@@ -172,6 +172,9 @@ constexpr int kStatsCols = HL_STATS_COLS;  // op_schema.h, generated from _schem
 // shard_stats (a vocab-parallel loss's per-shard half of the forward, _schema.py): the raw
 // OneHotStats {m, s1, sk} of a row over the classes j != y (every class when y is not valid).
 constexpr int kShardStatsCols = HL_SHARD_STATS_COLS;
+// soft_shard_stats (the same for soft rows, _schema.py): a row's SoftEpsStats and StarRest over
+// the classes of the shard, unfinalised (put_soft_shard_stats).
+constexpr int kSoftShardStatsCols = HL_SOFT_SHARD_STATS_COLS;
 enum StatsCol : int { kColLse = 0, kColLseLo = 1, kColScale = 2, kColStar = 5 };
 
 // A soft row's column 5 (kColStar): the form of its columns 3 and 4, plus its star flag
@@ -537,6 +540,28 @@ HL_HOST_DEVICE inline void soft_eps_class(SoftEpsStats<T>& es, StarRest<T>& rest
   bool neg;
   const T la = soft_log_abs_eps(log_p, q_j / t_div, &neg);
   soft_eps_push(es, k * la, neg);
+}
+
+// soft_shard_stats, one class: the soft row's pass 2 over a shard of its classes given the
+// row's global lse = hi + lo, t and star flag (log p_j = (z_j - hi) - lo): soft_eps_class, or at
+// k == 1 only the dominant class's rest (star_k1_rest_class; no |eps| statistics needed).
+template <typename T>
+HL_HOST_DEVICE inline void soft_shard_class(SoftEpsStats<T>& es, StarRest<T>& rest, T z_j, T q_j, T hi, T lo, T t,
+                                            bool star, T k) {
+  if (k == T(1)) return star_k1_rest_class(rest, z_j, q_j, hi, lo, t, star);
+  soft_eps_class(es, rest, z_j, q_j, hi, lo, t, t != T(0) ? t : T(1), star, k);
+}
+
+// soft_shard_stats' kSoftShardStatsCols columns of a row: es, then rest (log p: m, s; sum q).
+template <typename T>
+HL_HOST_DEVICE inline void put_soft_shard_stats(T* out, SoftEpsStats<T> es, StarRest<T> rest) {
+  out[0] = es.m_neg;
+  out[1] = es.s_neg;
+  out[2] = es.m_pos;
+  out[3] = es.s_pos;
+  out[4] = rest.p.m;
+  out[5] = rest.p.s;
+  out[6] = csum_value(rest.q);
 }
 
 // After pass 2 (statistics merged over the whole row): the dominant class joins, then

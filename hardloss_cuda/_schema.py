@@ -53,6 +53,18 @@ over the classes ``j != target[i]`` (every class when ``target[i]`` lies outside
 the row is finalised: a vocab-parallel loss (``hardloss_cuda.distributed``) computes it on
 each rank's slice of the classes, reduces it over the ranks and finalises it in O(N) torch
 ops, then calls ``bwd`` on the slice with the global stats.
+
+``soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label_smoothing, k,
+softcap)`` is the same for soft rows (the targets as fwd takes them): the second pass of a soft
+row over the classes of ``logits``, given the row's global logsumexp, t = sum q and dominant-class
+flag in ``stats`` (N, STATS_COLS) (columns LSE_COL, LSE_LO_COL, SCALE_COL and 5, as fwd writes
+them): per row, (N, SOFT_SHARD_STATS_COLS) acc, row_math.h's mergeable statistics unfinalised,
+``(m_neg, s_neg, m_pos, s_pos)`` of ``k log|eps_j|`` over the negative and the positive classes
+(the dominant class left out), then over the classes but the dominant one ``(m, s)`` of
+``log p_j`` and ``sum q_j`` (0 on rows without a dominant class); at k = 1 only the latter three
+(the dominant class by the k = 1 rule, ``is_star_k1``), the first four are then ``(-inf, 0,
+-inf, 0)``. Ignored rows and bad labels: ``(-inf, 0, -inf, 0, -inf, 0, 0)``. The vocab-parallel
+loss reduces them over the ranks and finalises them (``_torch_rows.soft_cols``).
 """
 
 import torch
@@ -142,6 +154,17 @@ def check_op_shard_stats_args(logits, target) -> None:
         raise ValueError("target: shard_stats takes class indices")
 
 
+def check_op_soft_shard_stats_args(logits, target, weight, mixture, stats) -> None:
+    """soft_shard_stats' own arguments: fwd's (check_op_args), and the row's stats (N, STATS_COLS)
+    in the accumulation dtype on the logits' device (csrc/checks.cpp check_soft_shard_args)."""
+    check_op_args(logits, target, weight, mixture)
+    N, acc = logits.shape[0], acc_dtype(logits.dtype)
+    if stats.shape != (N, STATS_COLS) or stats.dtype != acc:
+        raise ValueError(f"stats: expected {acc} of shape {(N, STATS_COLS)}, got {stats.dtype} {tuple(stats.shape)}")
+    if stats.device != logits.device:
+        raise ValueError(f"stats: on {stats.device}, logits on {logits.device}")
+
+
 def check_op_softcap(softcap: float, dtype: torch.dtype) -> None:
     """The ops' own check of ``softcap`` (csrc/checks.cpp check_softcap says the same)."""
     if softcap != 0.0:
@@ -160,6 +183,13 @@ BWD_ARGS = (
 )
 SHARD_STATS_ARGS = "(Tensor logits, Tensor target, float k, float softcap=0.) -> Tensor"
 SHARD_STATS_COLS = 3
+SOFT_SHARD_STATS_ARGS = (
+    "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, Tensor stats, int ignore_index, "
+    "float label_smoothing, float k, float softcap=0.) -> Tensor"
+)
+# soft_shard_stats' columns: row_math.h SoftEpsStats {m_neg, s_neg, m_pos, s_pos}, then StarRest
+# {log p: m, s; sum q} (csrc/row_math.h SoftShardCol)
+SOFT_SHARD_STATS_COLS = 7
 BWD_INPLACE_ARGS = (
     "(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
     "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
@@ -189,10 +219,16 @@ STATS_SOFT_COMPLETE = 0
 STATS_SOFT_DEFERRED = 2
 
 
+def soft_tag_star(tag):
+    """Whether soft rows have a dominant class, from their TAG_COL (row_math.h soft_tag_star)."""
+    return (tag - torch.where(tag >= STATS_SOFT_DEFERRED, STATS_SOFT_DEFERRED, STATS_SOFT_COMPLETE)) != 0
+
+
 # The C++ side of the above (csrc/op_schema.h): the macro each value becomes, in order.
 _C_MACROS = (("HL_FWD_ARGS", FWD_ARGS), ("HL_BWD_ARGS", BWD_ARGS), ("HL_BWD_INPLACE_ARGS", BWD_INPLACE_ARGS),
              ("HL_SHARD_STATS_ARGS", SHARD_STATS_ARGS), ("HL_STATS_COLS", STATS_COLS),
-             ("HL_SHARD_STATS_COLS", SHARD_STATS_COLS), ("HL_STATS_SOFT_COMPLETE", STATS_SOFT_COMPLETE),
+             ("HL_SHARD_STATS_COLS", SHARD_STATS_COLS), ("HL_SOFT_SHARD_STATS_ARGS", SOFT_SHARD_STATS_ARGS),
+             ("HL_SOFT_SHARD_STATS_COLS", SOFT_SHARD_STATS_COLS), ("HL_STATS_SOFT_COMPLETE", STATS_SOFT_COMPLETE),
              ("HL_STATS_SOFT_DEFERRED", STATS_SOFT_DEFERRED))
 
 

@@ -1,8 +1,9 @@
 """The per-row math in torch ops that the shipped code needs besides the kernels: the target
-row q, the soft-target rows (loss and pseudo-gradient, with reductions that the vocab-parallel
-loss spreads over ranks), the softcap and its slope, and the true gradients of probability
-targets and of a mixture. Users: ``_autograd.py`` (double backward, forward mode, the
-target / mixture gradients), ``distributed.py`` (the composed soft path) and the reference.
+row q, the soft-target rows (loss and pseudo-gradient), the soft rows' stats columns from their
+mergeable statistics (``soft_pass2``, ``soft_cols``: the vocab-parallel loss finalises its
+ranks' reduced statistics with the same ``soft_cols``), the softcap and its slope, and the true
+gradients of probability targets and of a mixture. Users: ``_autograd.py`` (double backward,
+forward mode, the target / mixture gradients), ``distributed.py`` and the reference.
 
 The reference (``reference.py``, the oracle) reuses these rather than keeping its own copy:
 one copy of the math, not two that may drift. What checks them independently of the library
@@ -17,8 +18,10 @@ from torch import Tensor
 
 from ._schema import LSE_COL, LSE_LO_COL, STATS_SOFT_COMPLETE
 
-__all__ = ["target_rows", "RowReductions", "ROW", "soft_rows", "softcap_logits", "softcap_slope",
+__all__ = ["target_rows", "soft_rows", "soft_pass2", "soft_cols", "lse_pair", "softcap_logits", "softcap_slope",
            "true_rows_grad", "target_grads"]
+
+_INF = float("inf")
 
 
 def target_rows(
@@ -53,59 +56,116 @@ def target_rows(
     return q * w * valid[:, None]
 
 
-class RowReductions:
-    """The reductions over a row's classes that the soft path needs. Here over the whole row;
-    ``hardloss_cuda.distributed`` subclasses it to also reduce over the ranks that each hold a
-    slice of the classes, so that the same ``soft_rows`` serves both."""
-
-    def sum(self, x: Tensor, keepdim: bool = False) -> Tensor:
-        return x.sum(1, keepdim=keepdim)
-
-    def logsumexp(self, x: Tensor, keepdim: bool = False) -> Tensor:
-        """m + log1p(the sum of exp(x - m) over the classes but one max): summed onto the max's
-        1, classes of p ~ 1e-15 lost up to half an ulp of 1 each (a float64 confident row's
-        loss 1.5 ulp beyond PyTorch's error; found by the fuzz)."""
-        if x.shape[1] == 0:
-            return torch.logsumexp(x, 1, keepdim=keepdim)
-        m = x.amax(1, keepdim=True)
-        ok = torch.isfinite(m)  # NaN, +inf or all -inf rows: torch's logsumexp
-        e = torch.exp(x - torch.where(ok, m, 0)).scatter(1, x.argmax(1, keepdim=True), 0.0)
-        out = torch.where(ok, m + torch.log1p(e.sum(1, keepdim=True)), torch.logsumexp(x, 1, keepdim=True))
-        return out if keepdim else out.squeeze(1)
-
-    def all(self, x: Tensor) -> Tensor:
-        return x.all(1, keepdim=True)
+def _logsumexp(x: Tensor, keepdim: bool = False) -> Tensor:
+    """m + log1p(the sum of exp(x - m) over the classes but one max): summed onto the max's
+    1, classes of p ~ 1e-15 lost up to half an ulp of 1 each (a float64 confident row's
+    loss 1.5 ulp beyond PyTorch's error; found by the fuzz)."""
+    if x.shape[1] == 0:
+        return torch.logsumexp(x, 1, keepdim=keepdim)
+    m = x.amax(1, keepdim=True)
+    ok = torch.isfinite(m)  # NaN, +inf or all -inf rows: torch's logsumexp
+    e = torch.exp(x - torch.where(ok, m, 0)).scatter(1, x.argmax(1, keepdim=True), 0.0)
+    out = torch.where(ok, m + torch.log1p(e.sum(1, keepdim=True)), torch.logsumexp(x, 1, keepdim=True))
+    return out if keepdim else out.squeeze(1)
 
 
-ROW = RowReductions()
+def lse_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(m, s) = (max x, sum exp(x - m)) over dim 1, row_math.h's LseStats of the row: (-inf, 0)
+    when it holds nothing but -inf (or no column); NaN or +inf make s NaN (lse_push)."""
+    m = x.amax(1) if x.shape[1] > 0 else x.new_full(x.shape[:1], -_INF)
+    return m, torch.exp(x - torch.where(m == -_INF, 0, m)[:, None]).sum(1)
 
 
-def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReductions = ROW, cols: bool = False):
+def _lse_value(m: Tensor, s: Tensor) -> Tensor:
+    return torch.where(m == -_INF, m, m + torch.log(s))
+
+
+def _lse_push(m: Tensor, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """row_math.h lse_push of one value z per row."""
+    new = (z > m) | (z != z)
+    s = torch.where(new, s * torch.exp(m - z) + torch.exp(z - z), torch.where(z > -_INF, s + torch.exp(z - m), s))
+    return torch.where(new, z, m), s
+
+
+def soft_pass2(log_p: Tensor, q: Tensor, t: Tensor, star: Tensor, k: float) -> tuple[Tensor, ...]:
+    """The soft rows' pass 2 over the classes at hand (row_math.h soft_shard_class), given log p,
+    the rows' t = sum q and dominant-class flags ``star``: their mergeable statistics unfinalised,
+    (m_neg, s_neg, m_pos, s_pos) of k log|eps_j| over the negative / positive classes but the
+    dominant one, and over the classes but the dominant one (m, s) of log p_j and sum q_j (the
+    columns of the op ``soft_shard_stats``). At k == 1 only the latter (is_star_k1)."""
+    tc = t[:, None]
+    if k == 1:
+        at_star = star[:, None] & (16 * (tc - q) <= tc)
+        none = torch.full_like(t, -_INF)
+        eps = (none, torch.zeros_like(t), none, torch.zeros_like(t))
+    else:
+        at_star = star[:, None] & (2 * q > tc)
+        qh = q / torch.where(t != 0, t, 1)[:, None]
+        # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
+        # so that a small k does not lose classes whose probability underflows (soft_log_abs_eps)
+        e = log_p.exp() - qh
+        k_log = k * torch.where(qh == 0, log_p, torch.log(e.abs()))
+        neg = (qh != 0) & (e < 0)
+        eps = (*lse_pair(torch.where(neg & ~at_star, k_log, -_INF)),
+               *lse_pair(torch.where(~neg & ~at_star, k_log, -_INF)))
+    rest = star[:, None] & ~at_star
+    return (*eps, *lse_pair(torch.where(rest, log_p, -_INF)), torch.where(rest, q, 0).sum(1))
+
+
+def soft_cols(t: Tensor, star: Tensor, k: float, lse: Tensor, raw) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stats columns 2..5 (t, c_pos, f_star, tag: the complete form) of soft rows from their pass-2 statistics
+    ``raw`` (``soft_pass2``'s seven, merged over the row): row_math.h soft_row_finalize (k != 1)
+    and soft_row_k1, in O(N) torch ops. ``lse``: the rows' logsumexp (a row without a finite one
+    is NaN)."""
+    m_neg, s_neg, m_pos, s_pos, m_p, s_p, q_rest = raw
+    log_P = _lse_value(m_p, s_p)  # the other classes' log sum p
+    bad = ~(lse.abs() < _INF)
+    zero = torch.zeros_like(t)
+    if k == 1:  # star_f1: f* = -(t P - q_rest)
+        f_star = torch.where(bad, torch.nan, -(t * torch.exp(log_P) - q_rest))
+        return t, zero, torch.where(star, f_star, 0), STATS_SOFT_COMPLETE + star.to(t.dtype)
+    # star_log_abs_eps: eps* = A - P, A = q_rest / t
+    A = q_rest / torch.where(star, t, 1)
+    e = A - torch.exp(log_P)
+    neg_star = torch.where(A == 0, log_P > -_INF, e < 0)
+    kla = k * torch.where(bad, torch.nan, torch.where(A == 0, log_P, torch.log(e.abs())))
+    # soft_finalize: the dominant class joins its side's statistics
+    pn, pp = _lse_push(m_neg, s_neg, kla), _lse_push(m_pos, s_pos, kla)
+    m_neg, s_neg = (torch.where(star & neg_star, a, b) for a, b in zip(pn, (m_neg, s_neg)))
+    m_pos, s_pos = (torch.where(star & ~neg_star, a, b) for a, b in zip(pp, (m_pos, s_pos)))
+    c_pos = torch.where(s_pos > 0, (torch.log(t.abs()) + _lse_value(m_neg, s_neg)) - torch.log(s_pos) - m_pos, -_INF)
+    f_pos = torch.exp(kla + c_pos)
+    f_star = torch.where(neg_star, -t * torch.exp(kla), torch.where(t < 0, -f_pos, f_pos))  # soft_f
+    return t, c_pos, torch.where(star, f_star, 0), STATS_SOFT_COMPLETE + star.to(t.dtype)
+
+
+def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, cols: bool = False):
     """Soft targets on max-shifted rows: f = t F_k(p - q / t) (ROW_MATH.md section 3), log
-    domain throughout. Returns (loss, gradient or None, lse of zs); ``red`` reduces over the
-    classes. With ``cols`` (and ``compute_grad``) a fourth item: the stats columns 2..5 of the
-    rows in the complete form, (t, c_pos, f_star, STATS_SOFT_COMPLETE + star) (csrc/row_math.h
-    SoftRow, _schema.py)."""
-    lse = red.logsumexp(zs)
+    domain throughout. Returns (loss, gradient or None, lse of zs). With ``cols`` (and
+    ``compute_grad``) a fourth item: the stats columns 2..5 of the rows as the kernels write
+    them, (t, c_pos, f_star, star) (csrc/row_math.h SoftRow; ``soft_pass2``, ``soft_cols``)."""
+    lse = _logsumexp(zs)
     log_p = zs - lse[:, None]
-    loss = -red.sum(torch.where(q != 0, q * log_p, 0))  # q = 0 skipped: -inf logits add 0
+    loss = -torch.where(q != 0, q * log_p, 0).sum(1)  # q = 0 skipped: -inf logits add 0
     if not compute_grad:
         return loss, None, lse
-    t = red.sum(q)
+    t = q.sum(1)
+    if cols:  # row_math.h soft_star, then pass 2 and the finalise the kernels make
+        qmax = q.amax(1) if q.shape[1] > 0 else torch.zeros_like(t)
+        star = (t > 0) & (q >= 0).all(1) & ((16 * (t - qmax) <= t) if k == 1 else (2 * qmax > t))
+        extra = (soft_cols(t, star, k, lse, soft_pass2(log_p, q, t, star, k)),)
+    else:
+        extra = ()
     if k == 1:  # F_1(eps) = eps (S_neg = S_pos): the true gradient t p - q, no |eps| statistics
         f = t[:, None] * log_p.exp() - q
         # A dominant class with q* >= 15/16 t: t p* - q* cancels, f* = q_rest - t P is taken from
-        # the other classes (ROW_MATH.md section 3; row_math.h is_star_k1, star_f1). Computed for
-        # every row: no data-dependent branch (under ``red`` each rank must reduce alike).
+        # the other classes (ROW_MATH.md section 3; row_math.h is_star_k1, star_f1).
         tc = t[:, None]
-        star = (tc > 0) & red.all(q >= 0) & (16 * (tc - q) <= tc)
-        log_p_rest = red.logsumexp(log_p.masked_fill(star, float("-inf")), keepdim=True)
-        q_rest = red.sum(torch.where(star, 0, q), keepdim=True)
+        star = (tc > 0) & (q >= 0).all(1, keepdim=True) & (16 * (tc - q) <= tc)
+        log_p_rest = _logsumexp(log_p.masked_fill(star, float("-inf")), keepdim=True)
+        q_rest = torch.where(star, 0, q).sum(1, keepdim=True)
         f = torch.where(star, q_rest - tc * log_p_rest.exp(), f)
-        if cols:  # c_pos is not used at k == 1 (row_math.h soft_row_k1)
-            return loss, f, lse, (t, torch.zeros_like(t), torch.where(star, f, 0).sum(1),
-                                  star.any(1).to(t.dtype) + STATS_SOFT_COMPLETE)
-        return loss, f, lse
+        return (loss, f, lse, *extra)
     qh = q / torch.where(t != 0, t, 1)[:, None]
     # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
     # so that a small k does not lose classes whose probability underflows.
@@ -114,25 +174,21 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, red: RowReduc
     # The dominant class (qh > 1/2, at most one when q >= 0): eps = (1 - qh) - (1 - p) with
     # both sums taken over the other classes, 1 - p in the log domain (p - qh cancels when
     # both are near 1).
-    star = (qh > 0.5) & (t > 0)[:, None] & red.all(q >= 0)
-    log_p_rest = red.logsumexp(log_p.masked_fill(star, float("-inf")), keepdim=True)
-    q_rest = red.sum(torch.where(star, 0, qh), keepdim=True)
+    star = (qh > 0.5) & (t > 0)[:, None] & (q >= 0).all(1, keepdim=True)
+    log_p_rest = _logsumexp(log_p.masked_fill(star, float("-inf")), keepdim=True)
+    q_rest = torch.where(star, 0, qh).sum(1, keepdim=True)
     eps_star = q_rest - log_p_rest.exp()
     log_abs_eps = torch.where(star, torch.where(q_rest == 0, log_p_rest, eps_star.abs().log()), log_abs_eps)
     neg = torch.where(star, (eps_star < 0) | ((q_rest == 0) & (log_p_rest > float("-inf"))), neg)
     k_log = k * log_abs_eps
     # log S_neg and log S_pos in the log domain: |eps|^k of a large k underflows, their ratio not
-    lse_neg = red.logsumexp(torch.where(neg, k_log, float("-inf")))
+    lse_neg = _logsumexp(torch.where(neg, k_log, float("-inf")))
     k_log_pos = torch.where(neg, float("-inf"), k_log)
-    lse_pos = red.logsumexp(k_log_pos)
+    lse_pos = _logsumexp(k_log_pos)
     f_pos = torch.exp(lse_neg[:, None] + k_log_pos - lse_pos[:, None])
     f_pos = torch.where(torch.isfinite(lse_pos)[:, None], f_pos, 0)
     f = torch.where(neg, -k_log.exp(), f_pos)
-    if cols:  # f_j = sign(t) exp(k log eps_j + c_pos) on the positive classes: c_pos = log|t| S_neg / S_pos
-        c_pos = torch.where(torch.isfinite(lse_pos), torch.log(t.abs()) + lse_neg - lse_pos, float("-inf"))
-        f_star = torch.where(star, f * t[:, None], 0).sum(1)
-        return loss, f * t[:, None], lse, (t, c_pos, f_star, star.any(1).to(t.dtype) + STATS_SOFT_COMPLETE)
-    return loss, f * t[:, None], lse
+    return (loss, f * t[:, None], lse, *extra)
 
 
 def softcap_logits(z: Tensor, softcap: float) -> Tensor:

@@ -62,7 +62,7 @@ def _no_inplace(info, in_dims, *args):
     raise RuntimeError("hardloss_cuda: inplace_backward=True is not supported under torch.func.vmap")
 
 
-for _fwd, _bwd, _inplace, _shard in {b.op_names for b in LOADED}:
+for _fwd, _bwd, _inplace, *_shard in {b.op_names for b in LOADED}:
     torch.library.register_vmap(f"hardloss_cuda::{_fwd}", _fwd_rule(getattr(torch.ops.hardloss_cuda, _fwd)))
     torch.library.register_vmap(f"hardloss_cuda::{_bwd}", _bwd_rule(getattr(torch.ops.hardloss_cuda, _bwd)))
     torch.library.register_vmap(f"hardloss_cuda::{_inplace}", _no_inplace)

@@ -23,13 +23,13 @@ from . import _library, _version_check
 # inside compiled code.
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
-OP_KINDS = ("fwd", "bwd", "bwd_inplace", "shard_stats")  # the ops of every backend (_schema.py)
+OP_KINDS = ("fwd", "bwd", "bwd_inplace", "shard_stats", "soft_shard_stats")  # the ops of every backend (_schema.py)
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
-    op_names: tuple[str, str, str, str]  # its OP_KINDS under torch.ops.hardloss_cuda
+    op_names: tuple[str, ...]  # its OP_KINDS under torch.ops.hardloss_cuda
     loaded: bool  # whether those ops are defined in this process (the compiled ones may not be)
     unavailable: Callable[[], str | None]  # why it cannot run here, or None
     wrong_device: Callable[[torch.device], str | None]  # why it cannot take tensors on that device, or None
@@ -42,11 +42,11 @@ class Backend:
     op_check_errors: tuple[type, ...] = ()
 
     def op(self, kind: str):
-        """The op ``kind`` ("fwd", "bwd", "bwd_inplace", "shard_stats") of this backend."""
+        """The op ``kind`` (one of OP_KINDS) of this backend."""
         return getattr(torch.ops.hardloss_cuda, self.op_names[OP_KINDS.index(kind)])
 
 
-def _named_ops(prefix: str) -> tuple[str, str, str, str]:
+def _named_ops(prefix: str) -> tuple[str, ...]:
     return tuple(f"{prefix}{op}" for op in OP_KINDS)
 
 

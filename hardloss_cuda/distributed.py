@@ -13,11 +13,16 @@ slice with these global stats: no communication at all. Forward: 2 collectives o
 
 Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_SmoothShard``):
 3 all-reduces of O(N) values forward, none backward. Other soft rows (mixtures, smoothing at
-k != 1) go through the torch soft-row math (``_torch_rows.soft_rows``) with every
-reduction over the classes followed by an all-reduce over the ranks, in float64 and in chunks
-of rows (9 collectives a chunk at k = 1, 13 otherwise); their gradient is computed in the
-forward and kept (an (N, C_local) buffer in the accumulation dtype). Probability targets are
-not accepted (they would be sharded like the logits; not needed by the models this is for).
+k != 1) also run the backend's kernels on the slice (``_SoftShard``), the global rows' q on the
+slice's classes given as probability targets (built in torch a chunk of rows at a time; fp16 /
+bf16 logits go through a float32 copy of the chunk, so that q is not rounded): the ``fwd`` op
+(the slice's loss, lse and t), an all-reduce MAX of 3 N and a SUM of 3 N values (lse, t, the
+dominant-class flag, the loss), the op ``soft_shard_stats`` (the soft row's second pass over the
+slice given them), an all-reduce MAX of 3 N and a SUM of 4 N values of its statistics, finalised
+in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward is the ``bwd``
+op on the slice with these stats, no communication. Forward: 4 collectives, 13 N values (52 B a
+row in float32). Probability targets are not accepted (they would be sharded like the logits;
+not needed by the models this is for).
 
 Collectives are torch's functional collectives (traceable by torch.compile); nothing else
 synchronises with the host, except the layout exchange when ``class_start`` / ``num_classes``
@@ -36,8 +41,8 @@ from torch.distributed import _functional_collectives as funcol
 from . import _torch_rows
 from ._autograd import DOUBLE_BACKWARD, lse_grad
 from ._batch import finish_rows, op_inputs
-from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
-from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, STATS_SOFT_COMPLETE, acc_dtype
+from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_stats_op
+from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, STATS_SOFT_COMPLETE, TAG_COL, acc_dtype, soft_tag_star
 from .backends import get
 from .options import loss_options
 
@@ -379,97 +384,204 @@ def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, soft
     return _finish_slice_grad(grad, x, tgt, softcap, local.dtype)
 
 
-class _GroupRows(_torch_rows.RowReductions):
-    """Reductions over the classes of a row whose classes are split over the ranks of a group:
-    the local reduction, then an all-reduce."""
-
-    def __init__(self, group):
-        self.group = group
-
-    def sum(self, x, keepdim=False):
-        return _all_reduce(x.sum(1, keepdim=keepdim), "sum", self.group)
-
-    def logsumexp(self, x, keepdim=False):
-        local = torch.logsumexp(x, 1, keepdim=keepdim)  # -inf for an empty slice
-        M = _all_reduce(local, "max", self.group)
-        shift = torch.where(torch.isfinite(M), M, 0)
-        return shift + torch.log(_all_reduce(torch.exp(local - shift), "sum", self.group))
-
-    def all(self, x):
-        return _all_reduce(x.all(1, keepdim=True).to(torch.int32), "min", self.group).bool()
+# Rows per chunk of the soft path's slice ops, from the slice's class count (the same chunks on
+# every rank is not needed: the collectives run on all N rows at once): the slice's targets q,
+# built in torch, and for fp16 / bf16 logits their float32 copy, are held a chunk at a time
+# (about 2^22 elements, 16 MiB in float32).
+_CHUNK_ELEMS = 1 << 22
 
 
-# Rows per chunk of the composed soft path, from the total class count (the same on every rank:
-# all ranks must walk the same chunks, each with its own collectives): float64 temporaries of
-# about 2^21 elements stay in cache instead of faulting in fresh pages for every op.
-_CHUNK_ELEMS = 1 << 21
+def _row_chunks(N: int, CL: int):
+    step = max(1, _CHUNK_ELEMS // max(CL, 1))
+    return [slice(a, min(a + step, N)) for a in range(0, N, step)]
+
+
+class _SliceTargets:
+    """The global rows' targets q on this rank's classes [start, start + CL), class weights folded
+    in, as the slice's ops take them (probability targets): ``_torch_rows.target_rows`` of the
+    concatenated logits restricted to the slice, with the same products (so the same roundings as
+    the single-device kernels' q). Filled a chunk of rows at a time into one buffer (no fresh
+    pages a chunk). Rows whose label is not valid get some q (their results are masked)."""
+
+    def __init__(self, tgt, valid, w, mix, s, layout, CL, acc):
+        start, C = layout
+        dev = tgt.device
+        self.y = torch.where(valid, tgt, 0)
+        self.w = None if w is None else w[start:start + CL]
+        self.mix = None if mix is None else mix[:, start:start + CL]
+        self.CL, self.acc, self.buf = CL, acc, None
+        if mix is None:  # smoothing: w_j s / C off the label, w_y ((1 - s) + s / C) at it (row_math.h q_smoothed)
+            s_over_C = torch.tensor(s / C, dtype=acc, device=dev)
+            self.base = s_over_C.expand(CL) if w is None else self.w * s_over_C
+            owned = valid & (self.y >= start) & (self.y < start + CL)
+            self.col = torch.where(owned, self.y - start, 0)
+            at = (torch.tensor(1 - s, dtype=acc, device=dev) + s_over_C) * (1 if w is None else w[self.y])
+            self.at = torch.where(owned, at, self.base[0] if CL else 0)  # else column 0 keeps its own q
+            self.at_max = torch.where(owned, at, -_INF)
+
+    def rows(self, rows) -> Tensor:
+        """q of the rows ``rows`` (a slice), in the shared buffer."""
+        n = rows.stop - rows.start
+        if self.buf is None:
+            self.buf = torch.empty(n, self.CL, dtype=self.acc, device=self.y.device)
+        q = self.buf[:n]
+        if self.mix is None:
+            q.copy_(self.base.expand(n, self.CL))
+            q.scatter_(1, self.col[rows, None], self.at[rows, None])
+        else:
+            torch.index_select(self.mix, 0, self.y[rows], out=q)
+            if self.w is not None:
+                q.mul_(self.w)
+        return q
+
+    def range(self, rows, q) -> tuple[Tensor, Tensor]:
+        """(min, max) of the rows' q on the slice: for smoothing from the class weights (the min as
+        base's: its sign is the row's, which is all the dominant-class test reads)."""
+        if self.mix is None:
+            return self.base.min().expand(q.shape[0]), torch.maximum(self.base.max(), self.at_max[rows])
+        return q.amin(1), q.amax(1)
+
+
+def _acc_rows(local: Tensor, rows, acc) -> Tensor:
+    """The slice's rows in the accumulation dtype (fp16 / bf16: a float32 copy, the values the
+    kernels would compute with: the probability targets must be in the logits' dtype, and q in
+    bf16 would round the targets)."""
+    x = local[rows]
+    return x if x.dtype == acc else x.to(acc)
+
+
+def _soft_raw_reduce(raw: Tensor, group) -> tuple[Tensor, ...]:
+    """The ranks' ``soft_shard_stats`` merged (row_math.h soft_eps_merge, star_rest_merge): one
+    all-reduce MAX of the three maxima, one all-reduce SUM of the three sums rescaled to them and
+    of sum q. Returns the seven columns in their order."""
+    m = raw[:, 0:6:2]
+    M = _all_reduce(m, "max", group)
+    shift = torch.where(M == -_INF, 0, M)  # nothing anywhere: (-inf, 0)
+    S = _all_reduce(torch.cat([raw[:, 1:6:2] * torch.exp(m - shift), raw[:, 6:]], 1), "sum", group)
+    return M[:, 0], S[:, 0], M[:, 1], S[:, 1], M[:, 2], S[:, 2], S[:, 3]
+
+
+def _soft_grad_from_stats(g, x, q, stats, k, softcap, g_lse):
+    """What the bwd kernels compute for soft rows from the stats (row_math.h ``soft_fj``, then
+    ``finish_grad``), in torch ops, on the slice's rows in the accumulation dtype."""
+    z = _capped(x, softcap)
+    hi, lo, t, c_pos, f_star = (stats[:, i, None] for i in range(5))
+    star = soft_tag_star(stats[:, TAG_COL, None])
+    log_p = (z - hi) - lo
+    if k == 1:
+        f = torch.where(star & (16 * (t - q) <= t), f_star, t * torch.exp(log_p) - q)
+    else:
+        qh = q / torch.where(t != 0, t, 1)
+        e = torch.exp(log_p) - qh
+        kla = k * torch.where(qh == 0, log_p, torch.log(e.abs()))
+        neg = (qh != 0) & (e < 0)
+        f_pos = torch.exp(kla + c_pos)
+        f = torch.where(neg, -t * torch.exp(kla), torch.where(t < 0, -f_pos, f_pos))
+        f = torch.where(star & (2 * q > t), f_star, f)
+    grad = g[:, None] * f
+    if g_lse is not None:
+        grad = grad + g_lse[:, None] * torch.exp(log_p)
+    return grad * _slope(x, softcap)
 
 
 class _SoftShard(torch.autograd.Function):
-    """Mixture rows, and smoothed rows at k != 1: the soft-row math (``_torch_rows.soft_rows``)
-    with group-wide reductions, in float64 and in chunks of rows; the (pseudo-)gradient is
-    computed here and kept for the backward, in the accumulation dtype."""
+    """Mixture rows, and smoothed rows at k != 1, through the backend's kernels on the slice.
+    The slice's targets are the global q on its classes, given as probability targets (q built
+    in torch a chunk of rows at a time, ``_SliceTargets``; the kernels read q_j as is). Forward: the
+    ``fwd`` op on the slice (loss_r, lse_r, t_r = sum of the slice's q), one all-reduce MAX of
+    (lse_r, max q, -min q) and one SUM of (exp(lse_r - M), loss_r + t_r (M - lse_r), t_r) give lse,
+    t, the dominant-class flag and loss = sum_r (loss_r + t_r (M - lse_r)) + t (lse - M), every
+    term >= 0 (no cancellation); then ``soft_shard_stats`` on the slice with them, two
+    all-reduces of its raw statistics (``_soft_raw_reduce``), finalised by
+    ``_torch_rows.soft_cols`` (the reference's own finalise). The backward is the ``bwd`` op on
+    the slice with the global stats: no communication."""
 
     @staticmethod
-    def forward(ctx, local, tgt, w, mix, ignore_index, smoothing, k, softcap, layout, group, compute_grad, inplace):
+    def forward(ctx, local, tgt, w, mix, ignore_index, s, k, softcap, layout, group, backend, compute_grad,
+                inplace):
         (start, C), (N, CL) = layout, local.shape
         acc = acc_dtype(local.dtype)
+        dev = local.device
         ignored, valid, _owned, _lbl = _labels(tgt, ignore_index, start, C, CL)
-        w = None if w is None else w.double()[start:start + CL]
-        mix = None if mix is None else mix.double()[:, start:start + CL]  # the slice's columns of W
-        yv = torch.where(valid, tgt, 0)
-        classes = torch.arange(start, start + CL, device=local.device)
-        red = _GroupRows(group)
-        loss = torch.empty(N, dtype=torch.float64, device=local.device)
-        lse = torch.empty(N, 2, dtype=torch.float64, device=local.device)
-        f = torch.empty(N, CL, dtype=acc, device=local.device) if compute_grad else None
-        step = max(1, _CHUNK_ELEMS // C)
-        for a in range(0, N, step):
-            rows = slice(a, min(a + step, N))
-            # in float64: composed from torch ops, this path rounds more often than a kernel, and
-            # in float32 it would differ from the single-device kernel by more than either's error
-            z = _capped(local[rows].to(torch.float64), softcap)
-            M = _all_reduce(z.amax(1) if CL > 0 else z.new_full(z.shape[:1], -_INF), "max", group)
-            bad_row = torch.isnan(M) | torch.isinf(M)  # NaN, +inf, nothing but -inf (as reference._max_shift)
-            shift = torch.where(torch.isfinite(M), M, 0)
-            if mix is not None:
-                q = mix[yv[rows]]
-            else:
-                q = (yv[rows, None] == classes).to(torch.float64) * (1 - smoothing) + smoothing / C
-            q = q * valid[rows, None] if w is None else q * w * valid[rows, None]
-            l_c, f_c, lse_c = _torch_rows.soft_rows(z - shift[:, None], q, k, compute_grad, red)
-            loss[rows] = l_c.masked_fill(bad_row, torch.nan)
-            lse[rows] = torch.stack(_split(shift, lse_c), 1)
-            if compute_grad:
-                f[rows] = f_c.masked_fill(bad_row[:, None], torch.nan)
-        bad = ~ignored & ~valid
-        loss = torch.where(ignored, 0, loss).masked_fill(bad, torch.nan)
-        hi, lo = lse.unbind(1)
-        stats = torch.zeros(N, STATS_COLS, dtype=acc, device=local.device)
-        stats[:, LSE_COL] = hi.to(acc)  # hi + lo re-split at the accumulation dtype
-        stats[:, LSE_LO_COL] = torch.where(torch.isfinite(hi), (hi - stats[:, LSE_COL].double()) + lo, 0).to(acc)
+        targets = _SliceTargets(tgt, valid, w, mix, s, layout, CL, acc)
+        hi_r = torch.full((N,), -_INF, dtype=acc, device=dev)
+        lo_r, loss_r, t_r = (torch.zeros(N, dtype=acc, device=dev) for _ in range(3))
+        q_max = torch.full((N,), -_INF, dtype=acc, device=dev)
+        q_min = torch.full((N,), _INF, dtype=acc, device=dev)
+        chunks = _row_chunks(N, CL) if CL > 0 else []  # an empty slice adds nothing
+        for rows in chunks:
+            q = targets.rows(rows)
+            # k = 1: t_r (the kernels' compensated sum) without the |eps| pass, which needs the global lse
+            l, st = fwd_op(backend)(_acc_rows(local, rows, acc), q, None, None, -1, 0.0, 1.0, True, softcap)
+            loss_r[rows], hi_r[rows], lo_r[rows], t_r[rows] = l, st[:, LSE_COL], st[:, LSE_LO_COL], st[:, SCALE_COL]
+            q_min[rows], q_max[rows] = targets.range(rows, q)
+        M, q_max, q_min = _all_reduce(torch.stack([hi_r, q_max, -q_min], 1), "max", group).unbind(1)
+        q_min = -q_min
+        shift = torch.where(torch.isfinite(M), M, 0)
+        # relative to the max of the ranks' lse: (M - lse_r) >= 0 (a slice with no target mass adds 0)
+        rel = torch.where(t_r != 0, loss_r + t_r * ((shift - hi_r) - lo_r), 0)
+        S, loss, t = _all_reduce(torch.stack([torch.exp((hi_r - shift) + lo_r), rel, t_r], 1), "sum", group).unbind(1)
+        L = torch.log(S)
+        hi, lo = _split(shift, L)
+        # a row without a finite lse (a NaN or +inf logit, or -inf only) is NaN, as on one device
+        loss = torch.where(t != 0, loss + t * L, loss).masked_fill(~torch.isfinite(hi), torch.nan)
+        loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)
+        stats = torch.zeros(N, STATS_COLS, dtype=acc, device=dev)
+        stats[:, LSE_COL], stats[:, LSE_LO_COL] = hi, lo
         if compute_grad:
-            f = torch.where(ignored[:, None], 0, f).masked_fill(bad[:, None], torch.nan)
-            stats[:, SCALE_COL] = torch.where(valid, 1, 0)
-            ctx.save_for_backward(local, f, stats)
-            ctx.args = (softcap, inplace, ignored)
-        return loss.to(acc), stats
+            # row_math.h soft_star on the global row
+            star = (t > 0) & (q_min >= 0) & ((16 * (t - q_max) <= t) if k == 1 else (2 * q_max > t))
+            given = torch.stack([hi, lo, t, torch.zeros_like(t), torch.zeros_like(t),
+                                 STATS_SOFT_COMPLETE + star.to(acc)], 1)  # the flag in the tag column
+            raw = torch.tensor([-_INF, 0, -_INF, 0, -_INF, 0, 0], dtype=acc, device=dev).repeat(N, 1)
+            for rows in chunks:
+                raw[rows] = soft_shard_stats_op(backend)(_acc_rows(local, rows, acc), targets.rows(rows), None, None,
+                                                         given[rows], -1, 0.0, k, softcap)
+            cols = _torch_rows.soft_cols(t, star, k, hi, _soft_raw_reduce(raw, group))
+            stats[:, SCALE_COL:] = torch.where(valid[:, None], torch.stack(cols, 1), 0)
+            ctx.save_for_backward(local, stats)
+            ctx.rows = (tgt, valid, ignored, w, mix)
+            ctx.args = (s, k, softcap, layout, backend, inplace)
+        return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, grad_stats):
         _no_double_backward()
-        local, f, stats = ctx.saved_tensors
-        softcap, inplace, ignored = ctx.args
-        grad = f * (0 if grad_loss is None else grad_loss.to(f.dtype)[:, None])
+        local, stats = ctx.saved_tensors
+        tgt, valid, ignored, w, mix = ctx.rows
+        s, k, softcap, layout, backend, inplace = ctx.args
+        N, CL = local.shape
+        acc = stats.dtype
+        grad = local if inplace else torch.empty_like(local)
+        if CL == 0:
+            return (grad,) + (None,) * 12
+        # Ignored rows: g = g_lse = 0 and stats 0 (finite), which the kernels turn into 0 without
+        # reading the row (row_math.h grad_row_is_zero); bad labels: g = NaN, a NaN row.
+        g = torch.zeros(N, dtype=acc, device=local.device) if grad_loss is None else grad_loss.to(acc)
+        g = torch.where(valid, g, torch.where(ignored, 0, torch.nan)).contiguous()
         g_lse = lse_grad(grad_stats)
-        x = local.to(f.dtype)
-        z = _capped(x, softcap)
         if g_lse is not None:
-            grad = grad + g_lse[:, None] * torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
-        grad = torch.where(ignored[:, None], 0, grad * _slope(x, softcap))  # 0 whatever the ignored rows' logits
-        if inplace and local.numel():
-            grad = local.copy_(grad)
-        return (_marked(grad.to(local.dtype), local, inplace),) + (None,) * 11
+            g_lse = torch.where(ignored, 0, g_lse).contiguous()
+        stats = torch.where(valid[:, None], stats, 0)
+        targets = _SliceTargets(tgt, valid, w, mix, s, layout, CL, acc)
+        kernels = get(backend).bwd_reads_stats  # the complete form (c_pos, f_star); the reference recomputes
+        for rows in _row_chunks(N, CL):
+            q = targets.rows(rows)
+            gl = None if g_lse is None else g_lse[rows]
+            args = (q, None, None, stats[rows], -1, 0.0, k, softcap, gl)
+            with torch.no_grad():
+                if not kernels:
+                    out = _soft_grad_from_stats(g[rows], _acc_rows(local, rows, acc), q, stats[rows], k, softcap, gl)
+                    grad[rows] = torch.where(ignored[rows, None], 0, out)
+                elif local.dtype == acc:  # the gradient written over its rows' copy of the logits (or over them)
+                    if not inplace:
+                        grad[rows] = local[rows]
+                    bwd_inplace_op(backend)(g[rows], grad[rows], *args)
+                else:  # fp16 / bf16: over the rows' float32 copy, then rounded once
+                    x = _acc_rows(local, rows, acc)
+                    bwd_inplace_op(backend)(g[rows], x, *args)
+                    grad[rows] = x
+        return (_marked(grad, local, inplace),) + (None,) * 12
 
 
 def vocab_parallel_cross_entropy(
@@ -551,8 +663,8 @@ def vocab_parallel_cross_entropy(
         loss, stats = _SmoothShard.apply(logits, tgt, w, ignore_index, s, cap, layout, group, which, inplace)
     elif mix is not None or s > 0:
         compute_grad = torch.is_grad_enabled() and logits.requires_grad
-        loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, s, k, cap, layout, group, compute_grad,
-                                       inplace)
+        loss, stats = _SoftShard.apply(logits, tgt, w, mix, ignore_index, s, k, cap, layout, group, which,
+                                       compute_grad, inplace)
     else:
         loss, stats = _OneHotShard.apply(logits, tgt, w, ignore_index, k, cap, layout, group, which, inplace)
     return finish_rows(loss, stats, tgt, w, opts, out_shape, logits.dtype)

@@ -6,7 +6,7 @@ the loss ``-sum q log p``, and the normalised ``|eps|^k`` pseudo-gradient, evalu
 log domain where the contract asks for it. It is readable first and fast second.
 
 The oracle only: no shipped code path calls it, besides the ``reference`` backend itself
-(``_ops.py`` registers ``fwd`` / ``bwd`` / ``shard_stats`` as its ops). It takes the target
+(``_ops.py`` registers ``fwd`` / ``bwd`` / ``shard_stats`` / ``soft_shard_stats`` as its ops). It takes the target
 row, the soft-target rows and the softcap from ``_torch_rows.py``, which the shipped torch
 code uses too (one copy of that math; ``tests/fuzz_oracle.py`` checks both independently).
 """
@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 
 from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
-                      check_op_shard_stats_args, check_op_softcap)
-from ._torch_rows import soft_rows, softcap_logits, softcap_slope, target_grads, target_rows
+                      TAG_COL, check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap,
+                      soft_tag_star)
+from ._torch_rows import soft_pass2, soft_rows, softcap_logits, softcap_slope, target_grads, target_rows
 
-__all__ = ["rows", "fwd", "bwd", "shard_stats", "acc_dtype", "target_rows", "target_grads"]
+__all__ = ["rows", "fwd", "bwd", "shard_stats", "soft_shard_stats", "acc_dtype", "target_rows", "target_grads"]
 
 
 def _softplus(x: Tensor) -> Tensor:
@@ -200,3 +201,21 @@ def shard_stats(logits, target, k, softcap=0.0):
     s1 = torch.exp(z - shift).sum(1)
     sk = torch.exp(k * (z - shift)).sum(1)
     return torch.stack([m, s1, sk], 1)
+
+
+def soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0):
+    """A soft row's pass 2 over the classes of ``logits`` given the row's global lse (hi, lo), t and
+    star flag (stats columns 0, 1, 2, 5): ``_torch_rows.soft_pass2``'s seven statistics (_schema.py);
+    a class-index row without smoothing is the soft row q = w_y onehot(y); ignored and bad rows
+    (-inf, 0, -inf, 0, -inf, 0, 0)."""
+    check_op_soft_shard_stats_args(logits, target, weight, mixture, stats)
+    check_op_softcap(softcap, logits.dtype)
+    z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
+    C = z.shape[1]
+    q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, z.dtype)
+    hi, lo, t = stats[:, LSE_COL], stats[:, LSE_LO_COL], stats[:, SCALE_COL]
+    out = torch.stack(soft_pass2((z - hi[:, None]) - lo[:, None], q, t, soft_tag_star(stats[:, TAG_COL]), k), 1)
+    if not target.is_floating_point():
+        valid = (target != ignore_index) & (target >= 0) & (target < C)
+        out = torch.where(valid[:, None], out, out.new_tensor([-float("inf"), 0, -float("inf"), 0, -float("inf"), 0, 0]))
+    return out

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import hardloss_cuda as hl
 from hardloss_cuda import backends
-from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op
+from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_stats_op
 from hardloss_cuda._schema import STATS_COLS
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
 
@@ -361,6 +361,11 @@ def _shard(b, z=None, y=None, softcap=0.0):
     return shard_stats_op(b)(_x() if z is None else z, _y() if y is None else y, 1.0, softcap)
 
 
+def _soft_shard(b, z=None, y=None, w=None, mix=None, stats=None, softcap=0.0):
+    return soft_shard_stats_op(b)(_x() if z is None else z, _y() if y is None else y, w, mix,
+                                  torch.zeros(N, STATS_COLS) if stats is None else stats, -100, 0.1, 0.5, softcap)
+
+
 OPS = [
     ("fwd: logits 1-D", lambda b: _fwd(b, z=_x(C), y=torch.tensor(0)), V, "logits"),
     ("fwd: logits 3-D", lambda b: _fwd(b, z=_x(N, C, 2), y=torch.zeros(N, 2, dtype=_long)), V, "logits"),
@@ -424,6 +429,17 @@ OPS = [
     ("shard_stats: target (1,)", lambda b: _shard(b, y=torch.tensor([1])), V, "target"),
     ("shard_stats: target on meta", lambda b: _shard(b, y=_meta(_y())), V, "target"),
     ("shard_stats: softcap -1", lambda b: _shard(b, softcap=-1.0), V, "softcap"),
+    ("soft_shard_stats: logits 1-D", lambda b: _soft_shard(b, z=_x(C), y=torch.tensor(0)), V, "logits"),
+    ("soft_shard_stats: logits int64", lambda b: _soft_shard(b, z=torch.ones(N, C, dtype=_long)), T, "logits"),
+    ("soft_shard_stats: target int32", lambda b: _soft_shard(b, y=_y().int()), V, "target"),
+    ("soft_shard_stats: weight (C + 1,)", lambda b: _soft_shard(b, w=torch.ones(C + 1)), V, "weight"),
+    ("soft_shard_stats: mixture (C, C + 1)", lambda b: _soft_shard(b, mix=torch.rand(C, C + 1)), V, "mixture"),
+    ("soft_shard_stats: stats (N, STATS_COLS - 1)",
+     lambda b: _soft_shard(b, stats=torch.zeros(N, STATS_COLS - 1)), V, "stats"),
+    ("soft_shard_stats: stats float64", lambda b: _soft_shard(b, stats=torch.zeros(N, STATS_COLS, dtype=torch.float64)),
+     V, "stats"),
+    ("soft_shard_stats: stats on meta", lambda b: _soft_shard(b, stats=_meta(torch.zeros(N, STATS_COLS))), V, "stats"),
+    ("soft_shard_stats: softcap -1", lambda b: _soft_shard(b, softcap=-1.0), V, "softcap"),
 ]
 
 

@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import hardloss_cuda as hl
-from hardloss_cuda._ops import shard_stats_op
+from hardloss_cuda import _library, _torch_rows
+from hardloss_cuda._ops import fwd_op, shard_stats_op, soft_shard_stats_op
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
 
 from ._backends import backend_devices, cpu_backends
@@ -47,6 +48,13 @@ OPTIONS = [
     {"trim": 0.4, "label_smoothing": 0.1, "z_loss": 1e-3},
 ]
 REDUCTIONS = ("mean", "sum", "none")
+# Soft rows through the kernels (distributed._SoftShard) on every CPU-side backend, cuda_emu and bf16
+# included: a mixture whose rows all have a dominant class (0.95 on the diagonal: one at k = 1 too),
+# smoothing at k != 1, ignored rows, a NaN row, softcap.
+SOFT_OPTIONS = [
+    {"mixture": "dominant", "ignore": True, "nan": True},
+    {"label_smoothing": 0.05, "weight": True, "ignore": True, "nan": True, "softcap": 5.0, "z_loss": 1e-2},
+]
 
 
 def _data(seed: int, dtype: torch.dtype, opts: dict):
@@ -60,10 +68,14 @@ def _data(seed: int, dtype: torch.dtype, opts: dict):
     z[2, (torch.arange(C) != target[2]) & (torch.arange(C) % 3 == 0)] = float("-inf")
     if opts.get("ignore"):
         target[3] = target[7] = -100
+    if opts.get("nan"):
+        z[5, 0] = float("nan")
     weight = torch.rand(C, generator=g, dtype=torch.float64) + 0.5 if opts.get("weight") else None
     mixture = None
     if opts.get("mixture"):
         mixture = torch.softmax(torch.randn(C, C, generator=g, dtype=torch.float64) * 3, 1)
+        if opts["mixture"] == "dominant":
+            mixture = 0.05 * mixture + 0.95 * torch.eye(C, dtype=torch.float64)
     grad_out = torch.randn(N, generator=g, dtype=torch.float64)
     return z.to(dtype), target, weight, mixture, grad_out
 
@@ -254,6 +266,15 @@ def _worker(rank, world, port, quick):
                     _run_case(rank, world, layout, given, "cpu", torch.float64, opts, k, "mean", 99, inplace=True)
                     _inplace_needs_logits_raises(rank, layout, opts, k)
             _run_case(rank, world, layout, given, "cpu", torch.bfloat16, {"weight": True}, 0.5, "mean", 5)
+            if li == len(LAYOUTS[world]) - 1:  # the last layout (uneven, one empty slice at 3 ranks)
+                for backend, dtype, opts, k in itertools.product(cpu_backends(), (torch.float64, torch.float32,
+                                                                                   torch.bfloat16), SOFT_OPTIONS,
+                                                                 (0.5, 2.0, 1.0)):
+                    seed += 1
+                    if quick and backend == "triton" and (seed % 3):
+                        continue
+                    _run_case(rank, world, layout, given, backend, dtype, opts, k, REDUCTIONS[seed % 3], seed,
+                              inplace=dtype == torch.bfloat16 and backend != "reference")
         _one_class_case(rank, world)
         _dtensor_case(rank, world)
         _compile_case(rank, world, LAYOUTS[world][0][1])
@@ -325,17 +346,91 @@ def test_shard_stats_op(backend, device, dtype, C):
 
 
 
+def _lse_values(raw):
+    """soft_shard_stats' (m, s) pairs as log-sums (backends may split a sum differently), and sum q."""
+    def v(m, s):
+        return torch.where(m == -float("inf"), m, m + torch.log(s))
+    return torch.stack([v(raw[:, 0], raw[:, 1]), v(raw[:, 2], raw[:, 3]), v(raw[:, 4], raw[:, 5]), raw[:, 6]], 1)
+
+
+def _soft_targets(kind, N, C, g, dtype):
+    """(target, weight, mixture, label_smoothing) of a soft case, the mixture's rows dominant."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    y = torch.randint(0, C, (N,), generator=g)
+    y[1], y[2] = -100, C  # ignored, bad
+    w = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(acc)
+    if kind == "mixture":
+        mix = 0.05 * torch.softmax(torch.randn(C, C, generator=g, dtype=torch.float64), 1) + 0.95 * torch.eye(C)
+        return y, w, mix.to(acc), 0.0
+    if kind == "probs":
+        return torch.softmax(torch.randn(N, C, generator=g) * 3, 1).to(dtype), None, None, 0.0
+    return y, w, None, 0.1
+
+
+@api_backends()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 3, 300])
+def test_soft_shard_stats_op(backend, device, dtype, C):
+    """soft_shard_stats against the reference on every backend (its (m, s) pairs compared as
+    log-sums), for a mixture with dominant classes, smoothing and probabilities, k = 1, 0.5, 3,
+    softcap, -inf classes, ignored and bad labels. Then the statistics of two slices of the
+    classes merged (as distributed._soft_raw_reduce) and finalised (_torch_rows.soft_cols) against
+    the CUDA kernels' own finalise of whole rows (cuda_emu's fwd, the complete form)."""
+    g = torch.Generator().manual_seed(C)
+    N = 9
+    z = torch.randn(N, C, generator=g, dtype=torch.float64) * 3
+    z[3, ::2] = float("-inf")
+    z[4, 0] = 40.0  # confident
+    z = z.to(dtype)
+    tight = dtype == torch.float64
+    for kind, k, cap in (("mixture", 0.5, 0.0), ("mixture", 1.0, 5.0), ("smooth", 3.0, 5.0), ("smooth", 1.0, 0.0),
+                         ("probs", 0.5, 5.0), ("probs", 3.0, 0.0)):
+        target, w, mix, s = _soft_targets(kind, N, C, g, dtype)
+        _loss, given = fwd_op("reference")(z, target, w, mix, -100, s, k, True, cap)
+        args = (target, w, mix, given, -100, s, k, cap)
+        want = soft_shard_stats_op("reference")(z, *args)
+        got = soft_shard_stats_op(backend)(z.to(device), *(a.to(device) if isinstance(a, torch.Tensor) else a
+                                                          for a in args)).cpu()
+        assert got.shape == (N, 7) and got.dtype == want.dtype, (got.shape, got.dtype)
+        # in float32 |eps| = |p - q / t| carries p's rounding where the two nearly cancel: k log|eps| too
+        torch.testing.assert_close(_lse_values(got), _lse_values(want), rtol=1e-10 if tight else 1e-4,
+                                   atol=1e-12 if tight else 2e-5, equal_nan=True, msg=lambda m: f"{kind} {k} {cap}: {m}")
+        if C < 2 or _library.CUDA_EMU is None or kind == "probs":
+            continue
+        kernels = fwd_op("cuda_emu")(z, target, w, mix, -100, s, k, True, cap)[1]
+        parts = []
+        for cols in (slice(0, C // 2), slice(C // 2, C)):  # the slices' own targets: probabilities
+            q = _torch_rows.target_rows(C, target, w, mix, -100, s, want.dtype)[:, cols]
+            parts.append(soft_shard_stats_op(backend)(z[:, cols].to(want.dtype).to(device), q.to(device), None,
+                                                      None, kernels.to(device), -100, 0.0, k, cap).cpu())
+        (a, b) = parts
+        M = torch.maximum(a[:, 0:6:2], b[:, 0:6:2])
+        shift = torch.where(M == -float("inf"), 0, M)
+        S = a[:, 1:6:2] * torch.exp(a[:, 0:6:2] - shift) + b[:, 1:6:2] * torch.exp(b[:, 0:6:2] - shift)
+        raw = (M[:, 0], S[:, 0], M[:, 1], S[:, 1], M[:, 2], S[:, 2], a[:, 6] + b[:, 6])
+        star = kernels[:, 5] == 1
+        cols = torch.stack(_torch_rows.soft_cols(kernels[:, 2], star, k, kernels[:, 0], raw), 1)
+        valid = (target >= 0) & (target < C)
+        torch.testing.assert_close(cols[valid], kernels[valid, 2:], rtol=1e-9 if tight else 2e-4,
+                                   atol=1e-12 if tight else 1e-6, equal_nan=True,
+                                   msg=lambda m: f"merged {kind} {k} {cap}: {m}")
+
+
 def test_benchmark_counts_the_bytes(tmp_path):
     """benchmarks/vocab_parallel.py on a small problem: the one-hot and k = 1 smoothing rows hand
-    16 bytes a row to the collectives, gathering hands over the whole logits."""
+    16 bytes a row to the collectives, the other soft rows 52 in 4 collectives, gathering hands
+    over the whole logits."""
     import subprocess
 
     n, c, out = 64, 300, tmp_path / "r.txt"
     script = Path(__file__).parents[1] / "benchmarks" / "vocab_parallel.py"
     subprocess.run([sys.executable, str(script), "--n", str(n), "--c", str(c), "--repeat", "1", "--threads", "2",
                     "--out", str(out)], check=True, timeout=300, capture_output=True)
-    rows = {(line[:20].strip(), line[21:37].strip()): line[37:].split() for line in out.read_text().splitlines()[5:]}
+    rows = {(line[:20].strip(), line[21:37].strip()): line[37:].split() for line in out.read_text().splitlines()[6:]}
     for case in ("k=1", "k=0.5", "k=1 smoothing=0.1"):
-        _ms, _x, calls, payload, per_row = rows[(case, "vocab-parallel")]
+        _ms, _x, _cpu, _x_cpu, calls, payload, per_row = rows[(case, "vocab-parallel")]
         assert int(calls) in (2, 3) and int(payload) == 16 * n and float(per_row) == 16.0, (case, rows[(case, "vocab-parallel")])
-        assert int(rows[(case, "all-gather")][3]) == n * c * 4
+        assert int(rows[(case, "all-gather")][5]) == n * c * 4
+    for case in ("k=0.5 smoothing=0.1", "k=1 mixture", "k=0.5 mixture"):  # _SoftShard: 13 values a row
+        _ms, _x, _cpu, _x_cpu, calls, payload, per_row = rows[(case, "vocab-parallel")]
+        assert int(calls) == 4 and int(payload) == 52 * n, (case, rows[(case, "vocab-parallel")])

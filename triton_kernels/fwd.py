@@ -21,6 +21,11 @@ needed, never stored):
           (rowmath.soft_finalize). At k = 1 the stats are the deferred form (lse, lse_lo, t,
           m, log s, STATS_SOFT_DEFERRED + star) (_schema.py): the backward sums f* itself.
 
+``soft_shard_kernel`` (the op ``soft_shard_stats``): a soft row's pass 2 over the classes at hand
+given the row's global (lse, lse_lo, t, star) in stats, its statistics stored unfinalised:
+(m_neg, s_neg, m_pos, s_pos) of k log|eps| (k != 1), then over the classes but the dominant one
+of a row that has one, (m, s) of log p and sum q (row_math.h soft_shard_class).
+
 Together with the backward (bwd.py) that is 3 N C s bytes (read, read, write) and a few
 numbers a row kept in between, instead of producing the gradient in the forward pass (an
 (N, C) buffer held until backward and a read + write to scale it: 4 N C s).
@@ -34,8 +39,11 @@ from .rowmath import (
     is_star_k1,
     load_labels,
     load_logits,
+    load_stats,
+    log_abs_eps,
     lse_split,
     onehot_finalize,
+    online_lse,
     online_lse2,
     online_lse_loss,
     q_tile,
@@ -45,6 +53,7 @@ from .rowmath import (
     soft_loss,
     soft_star,
     soft_tag,
+    soft_tag_read,
     softcap,
     store_stats,
 )
@@ -150,3 +159,54 @@ def soft_fwd_kernel(
                         tl.where(valid, log_s, 0.0), tag)
         else:
             store_stats(stats_ptr, rows, rmask, lse, lse_lo, zero, zero, zero, zero)
+
+
+@triton.jit
+def soft_shard_kernel(
+    z_ptr, t_ptr, w_ptr, mix_ptr, st_ptr, out_ptr,
+    N, C, ignore_index, s: tl.float64, k: tl.float64, cap: tl.float64,
+    MODE: tl.constexpr, HAS_W: tl.constexpr, K_IS_ONE: tl.constexpr, HAS_CAP: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    ACC: tl.constexpr = out_ptr.dtype.element_ty
+    s = tl.full([], s, ACC)
+    k = tl.full([], k, ACC)
+    cap = tl.full([], cap, ACC)
+    rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
+    yc, ignored, bad = soft_labels(t_ptr, rows, rmask, C, ignore_index, MODE, ROWS)
+    valid = (~ignored) & (~bad)
+    lse, lse_lo, t, _c_pos, _f_star, star_col = load_stats(st_ptr, rows, rmask, ACC)
+    _deferred, star = soft_tag_read(star_col)
+    t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)
+    m_neg = tl.full([ROWS], float("-inf"), ACC)
+    s_neg = tl.zeros([ROWS], ACC)
+    m_pos = tl.full([ROWS], float("-inf"), ACC)
+    s_pos = tl.zeros([ROWS], ACC)
+    m_rest = tl.full([ROWS], float("-inf"), ACC)
+    s_rest = tl.zeros([ROWS], ACC)
+    q_rest = tl.zeros([ROWS], ACC)
+    for start in range(0, C, BLOCK):
+        cols = start + cols0
+        z, mask = load_logits(z_ptr, row_off, rmask & valid, cols, C, 0.0, ACC, cap, HAS_CAP)
+        q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s, MODE, HAS_W, ACC)
+        log_p = (z - lse[:, None]) - lse_lo[:, None]
+        if K_IS_ONE:  # only the dominant class's rest (is_star_k1)
+            other = mask & star[:, None] & ~is_star_k1(star[:, None], q, t[:, None])
+        else:
+            other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
+            le, neg = log_abs_eps(log_p, q * t_inv[:, None])
+            kl = k * le
+            m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
+            m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
+            other = other & star[:, None]
+        m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
+        q_rest += tl.sum(tl.where(other, q, 0.0), 1)
+    base = out_ptr + rows.to(tl.int64) * 7
+    ninf = float("-inf")
+    tl.store(base, tl.where(valid, m_neg, ninf), mask=rmask)
+    tl.store(base + 1, tl.where(valid, s_neg, 0.0), mask=rmask)
+    tl.store(base + 2, tl.where(valid, m_pos, ninf), mask=rmask)
+    tl.store(base + 3, tl.where(valid, s_pos, 0.0), mask=rmask)
+    tl.store(base + 4, tl.where(valid, m_rest, ninf), mask=rmask)
+    tl.store(base + 5, tl.where(valid, s_rest, 0.0), mask=rmask)
+    tl.store(base + 6, tl.where(valid, q_rest, 0.0), mask=rmask)

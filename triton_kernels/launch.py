@@ -22,15 +22,15 @@ import torch
 import triton
 from torch import Tensor
 
-from .._schema import (SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
-                      check_op_shard_stats_args, check_op_softcap)
+from .._schema import (SHARD_STATS_COLS, SOFT_SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args,
+                      check_op_bwd_args, check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap)
 
 from .bwd import onehot_bwd_kernel, soft_bwd_kernel
 from .config import plan
-from .fwd import onehot_fwd_kernel, soft_fwd_kernel
+from .fwd import onehot_fwd_kernel, soft_fwd_kernel, soft_shard_kernel
 from .rowmath import MIXTURE, PROBS, SMOOTH
 
-__all__ = ["fwd", "bwd", "bwd_inplace", "shard_stats"]
+__all__ = ["fwd", "bwd", "bwd_inplace", "shard_stats", "soft_shard_stats"]
 
 def _interpreting() -> bool:
     # triton.jit picks the interpreter when the kernel is decorated (module import), so ask
@@ -215,3 +215,28 @@ def shard_stats(logits: Tensor, target: Tensor, k: float, softcap: float = 0.0, 
             HAS_W=False, GRAD=True, HAS_CAP=float(softcap) != 0.0, ROWS=rows, BLOCK=block, num_warps=num_warps,
             RAW=True)
     return stats[:, :SHARD_STATS_COLS].contiguous()
+
+
+def soft_shard_stats(logits: Tensor, target: Tensor, weight: Tensor | None, mixture: Tensor | None, stats: Tensor,
+                     ignore_index: int, label_smoothing: float, k: float, softcap: float = 0.0, *,
+                     block_cap: int | None = None) -> Tensor:
+    """A soft row's pass 2 over the classes of ``logits`` given the rows' global lse, t and star
+    flag in ``stats``: (N, SOFT_SHARD_STATS_COLS) in the accumulation dtype, unfinalised
+    (the op ``triton_soft_shard_stats``; a class-index row without smoothing is q = w_y onehot)."""
+    check_op_soft_shard_stats_args(logits, target, weight, mixture, stats)
+    _check_device(logits)
+    check_op_softcap(softcap, logits.dtype)
+    logits = logits.contiguous()
+    N, C = logits.shape
+    out = torch.empty((N, SOFT_SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype), device=logits.device)
+    if N > 0:
+        block, rows, num_warps = plan(N, C, block_cap)
+        stats = stats.contiguous()
+        w = weight.contiguous() if weight is not None else stats
+        mix = mixture.contiguous() if mixture is not None else stats
+        soft_shard_kernel[(triton.cdiv(N, rows),)](
+            logits, target.contiguous(), w, mix, stats, out, N, C, int(ignore_index), float(label_smoothing),
+            float(k), float(softcap), MODE=_mode(target, mixture, label_smoothing) or SMOOTH,
+            HAS_W=weight is not None, K_IS_ONE=float(k) == 1.0, HAS_CAP=float(softcap) != 0.0, ROWS=rows,
+            BLOCK=block, num_warps=num_warps)
+    return out

@@ -1,4 +1,4 @@
-// CPU kernels of hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats} (csrc/cpu/ops_cpu.cpp registers them; the
+// CPU kernels of hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats, soft_shard_stats} (csrc/cpu/ops_cpu.cpp registers them; the
 // contract is hardloss_cuda/_schema.py).
 #pragma once
 
@@ -26,6 +26,10 @@ void bwd_inplace(const at::Tensor& grad_loss, at::Tensor& logits, const at::Tens
                const std::optional<at::Tensor>& grad_lse);
 
 at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k, double softcap);
+
+at::Tensor soft_shard_stats(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                            const std::optional<at::Tensor>& mixture, const at::Tensor& stats, int64_t ignore_index,
+                            double label_smoothing, double k, double softcap);
 
 }  // namespace cpu
 }  // namespace hl

@@ -115,17 +115,20 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
       const OneHotStats<A> st = group_reduce<TPR>(loc, OneHotMergeOp<A>{k}, red);
       if (active && lane == 0) finish_onehot_row(a, row, ri, st, z_y);
     } else {
-      // Pass A: lse, t = sum q, min / max q.
+      // Pass A: lse, t = sum q, min / max q; soft_shard_stats: given (a.row_stats).
       QMass<A> pa = qmass_init<A>();
+      if (a.row_stats == nullptr) {
 #pragma unroll
-      for (int i = 0; i < NV; ++i) {
+        for (int i = 0; i < NV; ++i) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const int j = (i * TPR + lane) * VEC + e;
-          if (j < C) qmass_push(pa, soft_q(a.tg, r, ri, j));
+          for (int e = 0; e < VEC; ++e) {
+            const int j = (i * TPR + lane) * VEC + e;
+            if (j < C) qmass_push(pa, soft_q(a.tg, r, ri, j));
+          }
         }
       }
-      const SoftRowCtx<A> ctx = soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, k, red);
+      const SoftRowCtx<A> ctx = a.row_stats != nullptr ? soft_ctx_given(a.row_stats, r)
+                                                       : soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, k, red);
       // Pass B: loss and, for the backward, the |eps|^k statistics.
       SoftPassB<A> pb = soft_pass_b_init<A>();
 #pragma unroll
@@ -137,8 +140,9 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
         }
       }
       SoftRow<A> sr;
-      const A loss = soft_pass_b_finish<TPR>(pb, ctx, k, a.compute_grad, red, &sr);
-      if (active && lane == 0) finish_soft_row(a, row, ri, loss, ctx.lse, sr);
+      SoftPassB<A> raw = pb;
+      const A loss = soft_pass_b_finish<TPR>(pb, ctx, k, a.compute_grad, red, &sr, &raw);
+      if (active && lane == 0) finish_soft_row(a, row, ri, loss, ctx.lse, sr, raw);
     }
   }
 }
@@ -193,9 +197,10 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
       if (tid == 0) finish_onehot_row(a, r, ri, st, z_y);
     } else {
       // Pass A: lse, t and min / max q; the row goes to the shared-memory cache.
+      // soft_shard_stats: given (a.row_stats), no pass A (the launcher sets no cache).
       LseStats<A> ls = lse_init<A>();
       QMass<A> pa = qmass_init<A>();
-      for (int vb = 0; vb < nvec; vb += STEP) {
+      for (int vb = 0; a.row_stats == nullptr && vb < nvec; vb += STEP) {
         A x[E];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -214,7 +219,8 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
           }
         }
       }
-      const SoftRowCtx<A> ctx = soft_pass_a_reduce<BLOCK>(ls, pa, k, red);
+      const SoftRowCtx<A> ctx = a.row_stats != nullptr ? soft_ctx_given(a.row_stats, r)
+                                                       : soft_pass_a_reduce<BLOCK>(ls, pa, k, red);
       // Pass B: loss and, for the backward, the |eps|^k statistics.
       SoftPassB<A> pb = soft_pass_b_init<A>();
       for (int vb = 0; vb < nvec; vb += STEP) {
@@ -231,8 +237,9 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
         }
       }
       SoftRow<A> sr;
-      const A loss = soft_pass_b_finish<BLOCK>(pb, ctx, k, a.compute_grad, red, &sr);
-      if (tid == 0) finish_soft_row(a, r, ri, loss, ctx.lse, sr);
+      SoftPassB<A> raw = pb;
+      const A loss = soft_pass_b_finish<BLOCK>(pb, ctx, k, a.compute_grad, red, &sr, &raw);
+      if (tid == 0) finish_soft_row(a, r, ri, loss, ctx.lse, sr, raw);
     }
   }
 }

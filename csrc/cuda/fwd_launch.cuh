@@ -48,7 +48,8 @@ cudaError_t launch_stream(FwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream
       if (d.device < kMaxDevices) opted_in[d.device].store(true, std::memory_order_relaxed);
     }
     const int nvec = (a.C + Pack<S>::kN - 1) / Pack<S>::kN;
-    a.ncache = std::min(nvec, std::max(0, (d.smem_optin - kScratch) / 16));
+    // soft_shard_stats reads the row once (no pass A): no cache
+    a.ncache = a.row_stats != nullptr ? 0 : std::min(nvec, std::max(0, (d.smem_optin - kScratch) / 16));
     smem += static_cast<size_t>(a.ncache) * 16;
   }
   int per_sm = 1;
@@ -112,8 +113,9 @@ cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
   a.k_is_one = p.k == 1.0;
   a.compute_grad = p.compute_grad;
   a.raw_stats = p.raw_stats;
+  a.row_stats = static_cast<const A*>(p.row_stats);
   a.aligned = p.C % Pack<S>::kN == 0 && reinterpret_cast<uintptr_t>(p.logits) % 16 == 0;
-  return is_soft(p.tg) ? launch_fwd_path<S, true>(a, d, stream) : launch_fwd_path<S, false>(a, d, stream);
+  return is_soft(p.tg) || p.row_stats != nullptr ? launch_fwd_path<S, true>(a, d, stream) : launch_fwd_path<S, false>(a, d, stream);
 }
 
 }  // namespace cuda

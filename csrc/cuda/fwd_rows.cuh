@@ -27,7 +27,8 @@ struct FwdArgs {
   bool aligned;
   bool k_is_one;
   bool compute_grad;
-  bool raw_stats;  // FwdParams::raw_stats (shard_stats)
+  bool raw_stats;  // FwdParams::raw_stats (shard_stats, soft_shard_stats)
+  const A* row_stats;  // FwdParams::row_stats (soft_shard_stats), or nullptr
 };
 
 template <typename A>
@@ -65,12 +66,23 @@ __device__ __forceinline__ void finish_onehot_row(const FwdArgs<S>& a, int64_t r
   }
 }
 
-// Soft row: loss (before the label rule), lse and the finalised |eps|^k row. One thread.
+template <typename A>
+struct SoftPassB;
+
+// Soft row: loss (before the label rule), lse and the finalised |eps|^k row; soft_shard_stats
+// (raw_stats): the group's merged pass-B statistics `raw` instead. One thread.
 template <typename S>
 __device__ __forceinline__ void finish_soft_row(const FwdArgs<S>& a, int64_t row, const RowInfo& ri,
                                                 acc_type<S> loss, LseSplit<acc_type<S>> lse,
-                                                const SoftRow<acc_type<S>>& sr) {
+                                                const SoftRow<acc_type<S>>& sr,
+                                                const SoftPassB<acc_type<S>>& raw) {
   using A = acc_type<S>;
+  if (a.raw_stats) {
+    A* out = a.stats + row * kSoftShardStatsCols;
+    if (ri.status == kLabelValid) put_soft_shard_stats(out, raw.es, raw.rest);
+    else put_soft_shard_stats(out, soft_eps_init<A>(), star_rest_init<A>());
+    return;
+  }
   if (ri.status == kLabelValid && a.compute_grad) {
     write_row(a.loss, a.stats, row, loss, lse, sr.t, sr.c_pos, sr.f_star, sr.star);
   } else {
@@ -153,6 +165,21 @@ __device__ __forceinline__ SoftRowCtx<A> soft_pass_a_reduce(LseStats<A> ls, QMas
   return c;
 }
 
+// soft_shard_stats: the row's view as given (FwdArgs::row_stats, the global row's lse, t and
+// star): log p_j = (z_j - hi) - lo, as row_math.h soft_shard_class.
+template <typename A>
+__device__ __forceinline__ SoftRowCtx<A> soft_ctx_given(const A* row_stats, int64_t row) {
+  const A* st = row_stats + row * kStatsCols;
+  SoftRowCtx<A> c;
+  c.lse = {st[kColLse], st[kColLseLo]};
+  c.m = c.lse.hi;
+  c.log_s = c.lse.lo;
+  c.t = st[kColScale];
+  c.t_div = c.t != A(0) ? c.t : A(1);
+  c.star = soft_tag_star(st[kColStar]);
+  return c;
+}
+
 template <typename A>
 struct SoftPassB {
   CSum<A> loss;
@@ -176,10 +203,11 @@ __device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowC
   }
 }
 
-// Loss and SoftRow of the group's row (the same in every thread of the group).
+// Loss and SoftRow of the group's row (the same in every thread of the group); `raw` gets the
+// merged statistics before they are finalised (soft_shard_stats).
 template <int TPR, typename A>
 __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx<A>& c, A k, bool grad,
-                                                ReduceSmem<A>& red, SoftRow<A>* sr) {
+                                                ReduceSmem<A>& red, SoftRow<A>* sr, SoftPassB<A>* raw = nullptr) {
   const A loss = soft_loss_value(group_reduce<TPR>(csum_value(b.loss), SumOp{}, red), c.t, c.m, c.log_s);
   *sr = {c.t, A(0), A(0), A(0)};
   if (!grad) return loss;
@@ -187,6 +215,7 @@ __device__ __forceinline__ A soft_pass_b_finish(SoftPassB<A> b, const SoftRowCtx
   if (soft_needs_eps(grad, k)) b.es = group_reduce<TPR>(b.es, SoftEpsMergeOp{}, red);
   b.rest.p = group_reduce<TPR>(b.rest.p, LseMergeOp{}, red);
   b.rest.q = {group_reduce<TPR>(csum_value(b.rest.q), SumOp{}, red), A(0)};
+  if (raw != nullptr) *raw = b;
   *sr = soft_needs_eps(grad, k) ? soft_row_finalize(b.es, b.rest, c.t, c.star, k, c.lse.hi)
                                 : soft_row_k1(b.rest, c.t, c.star, c.lse.hi);
   return loss;

@@ -89,7 +89,8 @@ struct Ops {
 
   // One forward launch over the N >= 1 rows of z: losses and stats (raw_stats: shard_stats' columns).
   static void launch_fwd_into(const at::Tensor& z, const TargetParams& tg, double k, bool compute_grad,
-                              bool raw_stats, double softcap, const at::Tensor& loss, const at::Tensor& stats) {
+                              bool raw_stats, double softcap, const at::Tensor& loss, const at::Tensor& stats,
+                              const at::Tensor& row_stats = at::Tensor()) {
     FwdParams p;
     p.logits = z.data_ptr();
     p.tg = tg;
@@ -101,6 +102,7 @@ struct Ops {
     p.compute_grad = compute_grad;
     p.raw_stats = raw_stats;
     p.softcap = softcap;
+    p.row_stats = row_stats.defined() ? row_stats.data_ptr() : nullptr;
     Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
   }
 
@@ -141,6 +143,28 @@ struct Ops {
                       empty({N}, acc), stats);
     }
     return stats.narrow(1, 0, hl::kShardStatsCols).contiguous();
+  }
+
+  // soft_shard_stats (_schema.py): the soft forward kernels given each row's global lse, t and
+  // star flag (FwdParams::row_stats), with FwdParams::raw_stats: no pass A, and pass B's
+  // statistics written unfinalised (put_soft_shard_stats).
+  static at::Tensor soft_shard_stats(const at::Tensor& logits, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                                     const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
+                                     double softcap) {
+    hl::check_soft_shard_args(logits, target, weight, mixture, stats);
+    hl::check_softcap(softcap, logits.scalar_type());
+    Prepared in = prepare(logits, target, weight, mixture);
+    typename Dev::Guard guard(logits.device());
+    const at::Tensor z = logits.contiguous();
+    const int64_t N = z.size(0);
+    const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
+    at::Tensor out = empty({N, hl::kSoftShardStatsCols}, acc);
+    if (N > 0) {
+      launch_fwd_into(z, target_params(in, ignore_index, label_smoothing), k, true, true, softcap, empty({N}, acc),
+                      out, stats.contiguous());
+    }
+    return out;
   }
 
   // grad_loss, stats and grad_lse: checked by hl::check_bwd_args / check_grad_lse (acc dtype,

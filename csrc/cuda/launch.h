@@ -54,9 +54,14 @@ struct FwdParams {
   bool compute_grad;       // false: the soft rows skip their |eps|^k statistics
   bool raw_stats;          // shard_stats: one-hot rows write their OneHotStats {m, s1, sk}
                            // unfinalised into stats columns 0..2 (every class when the label is
-                           // not valid), nothing else
+                           // not valid), nothing else; soft rows given row_stats their
+                           // SoftEpsStats and StarRest (put_soft_shard_stats) into stats, then
+                           // (N, kSoftShardStatsCols): soft_shard_stats
   double softcap;          // 0, or c > 0: every logit is read as c tanh(z / c) (row_math.h
                            // section 6); the padding past C stays -inf
+  const void* row_stats = nullptr;  // soft_shard_stats: (N, kStatsCols) acc, each row's global
+                           // lse, t and star flag (columns 0, 1, 2, 5); every row takes the soft
+                           // path (a class-index row without smoothing: q = w_y onehot(y))
 };
 
 struct BwdParams {

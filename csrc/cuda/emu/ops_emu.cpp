@@ -1,5 +1,5 @@
 // ops_emu.cpp: the cuda_emu backend. The ops hardloss_cuda::cuda_emu_{fwd, bwd, bwd_inplace,
-// shard_stats} (the schemas of csrc/op_schema.h) on CPU tensors, through the same glue as the
+// shard_stats, soft_shard_stats} (the schemas of csrc/op_schema.h) on CPU tensors, through the same glue as the
 // device build (csrc/cuda/glue.h) and the same launchers and kernels (csrc/cuda/*.cuh, compiled
 // for the host by emu/kernels_*.cpp), run by the emulator (docs/CUDA_EMU.md).
 //
@@ -49,6 +49,7 @@ TORCH_LIBRARY_FRAGMENT(hardloss_cuda, m) {
   m.def("cuda_emu_bwd" HL_BWD_ARGS);
   m.def("cuda_emu_bwd_inplace" HL_BWD_INPLACE_ARGS);
   m.def("cuda_emu_shard_stats" HL_SHARD_STATS_ARGS);
+  m.def("cuda_emu_soft_shard_stats" HL_SOFT_SHARD_STATS_ARGS);
 }
 
 TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
@@ -56,6 +57,7 @@ TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
   m.impl("cuda_emu_bwd", &hl::cuda::EmuOps::bwd);
   m.impl("cuda_emu_bwd_inplace", &hl::cuda::EmuOps::bwd_inplace);
   m.impl("cuda_emu_shard_stats", &hl::cuda::EmuOps::shard_stats);
+  m.impl("cuda_emu_soft_shard_stats", &hl::cuda::EmuOps::soft_shard_stats);
 }
 
 // ---------------------------------------------------------------------------------------
