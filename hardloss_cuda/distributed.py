@@ -45,6 +45,7 @@ from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_sta
 from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, STATS_SOFT_COMPLETE, TAG_COL, acc_dtype, soft_tag_star
 from .backends import get
 from .options import loss_options
+from .validation import autocast_dtype
 
 __all__ = ["vocab_parallel_cross_entropy", "shard_layout"]
 
@@ -667,4 +668,6 @@ def vocab_parallel_cross_entropy(
                                        compute_grad, inplace)
     else:
         loss, stats = _OneHotShard.apply(logits, tgt, w, ignore_index, k, cap, layout, group, which, inplace)
-    return finish_rows(loss, stats, tgt, w, opts, out_shape, logits.dtype)
+    # autocast: a float32 loss for half logits, as cross_entropy (functional.py)
+    amp = logits.dtype in (torch.float16, torch.bfloat16) and autocast_dtype(logits.device) is not None
+    return finish_rows(loss, stats, tgt, w, opts, out_shape, torch.float32 if amp else logits.dtype)

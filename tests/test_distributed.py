@@ -9,6 +9,7 @@ is checked against the reference on every backend."""
 from __future__ import annotations
 
 import itertools
+import math
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (CPU tensors)
@@ -92,11 +93,38 @@ def _tol(dtype):
     return {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 2e-2)
 
 
-def _check(name, got, want, dtype):
+def _check(name, got, want, dtype, cancel=None):
+    """got against want within the dtype's tolerance; ``cancel``: an extra relative tolerance
+    per element (_cancel_tol)."""
     tol = _tol(dtype)
     scale = want.detach().abs().nan_to_num(posinf=0).max().item() if want.numel() else 1.0
+    if cancel is not None:  # assert_close takes one rtol: the elements' own bound first
+        extra = want.detach().double().abs() * cancel
+        near = (got.detach().double() - want.detach().double()).abs() <= extra
+        got = torch.where(near, want.detach(), got)
     torch.testing.assert_close(got, want, rtol=tol, atol=tol * max(scale, 1.0), equal_nan=True,
                                msg=lambda m: f"{name}: {m}")
+
+
+def _cancel_tol(z, target, weight, mixture, ignore_index, s, k, softcap, dtype):
+    """Per element of a soft row at k != 1, the relative error two fp32 evaluations of
+    |eps_j|^k may each carry where eps_j = p_j - q_j / t cancels: p_j's few roundings
+    (log p_j = z_j - lse, rounded at the scale of |log p_j| + log2 C) magnified p_j / |eps_j|
+    times, then k-fold (tests/fuzz_oracle.py pseudo_grad_tolerance's model, 4 roundings).
+    The single-device kernel takes log p from the row max and log s, the vocab-parallel one
+    from the global lse: at p_j / |eps_j| = 4e4 (seed 83) they differed by 0.46%, both within
+    this of the float64 truth. None for one-hot rows, k = 1 and float64."""
+    if k == 1 or dtype == torch.float64 or (mixture is None and s == 0):
+        return None
+    zc = z.double() if not softcap else hl._torch_rows.softcap_logits(z.double(), softcap)
+    logp = torch.log_softmax(zc, 1)
+    q = hl._torch_rows.target_rows(z.shape[1], target, None if weight is None else weight.double(),
+                                   None if mixture is None else mixture.double(), ignore_index, s, torch.float64)
+    t = q.sum(1, keepdim=True)
+    eps = (logp.exp() - q / torch.where(t != 0, t, 1)).abs()
+    u = torch.finfo(torch.float32).eps / 2
+    cond = torch.where(q != 0, logp.exp() / eps, 1.0)  # no q: eps = p, no cancellation
+    return (k * 4 * u * (logp.abs() + 1 + math.log2(z.shape[1])) * cond).nan_to_num(0.0, posinf=float("inf"))
 
 
 def _backward(out, grad_out, reduction):
@@ -120,11 +148,13 @@ def _run_case(rank, world, layout, given, backend, dtype, opts, k, reduction, se
     got = vocab_parallel_cross_entropy(local, target, class_start=start if given else None, backend=backend,
                                        inplace_backward=inplace, **kw)
     _backward(got, grad_out, reduction)
-    case = f"rank {rank}/{world} {backend} {dtype} k={k} {reduction} {opts} slice {start}:{start + size}"
+    case = f"rank {rank}/{world} {backend} {dtype} k={k} {reduction} {opts} slice {start}:{start + size} seed {seed}"
     for a, b, what in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,),
                           ("loss", "lse")):
         _check(f"{case} {what}", a, b, dtype)
-    _check(f"{case} grad", leaf.grad, full.grad[:, start:start + size], dtype)
+    cancel = _cancel_tol(z, target, weight, mixture, -100, opts.get("label_smoothing", 0.0), k, opts.get("softcap"), dtype)
+    _check(f"{case} grad", leaf.grad, full.grad[:, start:start + size], dtype,
+           None if cancel is None else cancel[:, start:start + size])
 
 
 def _inplace_needs_logits_raises(rank, layout, opts, k):
@@ -182,6 +212,22 @@ def _dtensor_case(rank, world):
         loss.backward()
         _check(f"dtensor rank {rank} k={k} loss", loss, hl.cross_entropy(z, target, weight=weight, k=k), torch.float64)
         _check(f"dtensor rank {rank} k={k} grad", dz.grad.full_tensor(), full.grad, torch.float64)
+
+
+def _autocast_case(rank, world, layout):
+    """Under autocast, half logits give a float32 loss as cross_entropy's (autocast's float32
+    list), and their gradient in their own dtype; the loss equals cross_entropy's there."""
+    start, size = layout[rank]
+    z, target, _w, _mix, _g = _data(13, torch.bfloat16, {})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for kw in ({"k": 0.5}, {"label_smoothing": 0.1, "k": 0.5}):
+            want = hl.cross_entropy(z, target, backend="cpu", **kw)
+            local = z[:, start:start + size].clone().requires_grad_()
+            got = vocab_parallel_cross_entropy(local, target, backend="cpu", **kw)
+            assert got.dtype == want.dtype == torch.float32, (got.dtype, want.dtype)
+            _check(f"autocast rank {rank} {kw}", got, want, torch.bfloat16)
+            got.backward()
+            assert local.grad.dtype == torch.bfloat16
 
 
 def _compile_case(rank, world, layout):
@@ -277,6 +323,7 @@ def _worker(rank, world, port, quick):
                               inplace=dtype == torch.bfloat16 and backend != "reference")
         _one_class_case(rank, world)
         _dtensor_case(rank, world)
+        _autocast_case(rank, world, LAYOUTS[world][0][1])
         _compile_case(rank, world, LAYOUTS[world][0][1])
         _errors(rank, world, LAYOUTS[world][0][1])
         dist.barrier()  # no rank tears its group down while a peer's last transfer is in flight
