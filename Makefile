@@ -1,6 +1,6 @@
 # make bench      set up .venv from nothing (torch CPU, the package with its C++ kernels,
 #                 test/bench deps) and print the benchmark report (writes benchmarks/results/;
-#                 about 4.5 min expected on 2 idle cores: the long calls timed fewer times, the slowest
+#                 3 min 34 s on 2 idle cores: the long calls timed fewer times, the slowest
 #                 cases smaller; benchmarks/report.py, docs/BENCHMARKS.md)
 # make bench-full the same report with the cases and timing schedule of the reports before 2026-12-06
 # make test       same set-up, then the test suite (reference, CPU kernel, Triton kernels

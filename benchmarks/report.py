@@ -9,8 +9,8 @@ JSON record and a PNG plot to DIR (default benchmarks/results/), named for the d
 date, stamped with device, torch, CUDA and library versions. A progress line per case goes to
 stderr, with the case's CPU time (user, system, page faults) and an estimate of the time left.
 
-On the CPU the default report (`make bench`: 267 s user + 125 s system time; 9 min 25 s wall
-at load 4-6, about 4.5 min expected on 2 idle cores) times every case family of --full, but
+On the CPU the default report (`make bench`: 3 min 34 s wall, 234 s user + 155 s system time
+on 2 idle cores; 9 min 25 s at load 4-6) times every case family of --full, but
 spends fewer calls where calls are long: where a warm call takes over
 LONG_S seconds, one timed call per round and no further warm-up, and where a reference's first
 call takes over SLOW_S seconds (the 32000-class shapes: 7-30 s a call; the LM head's
