@@ -40,15 +40,14 @@ from .rowmath import (
     load_labels,
     load_logits,
     load_stats,
-    log_abs_eps,
     lse_split,
     onehot_finalize,
-    online_lse,
     online_lse2,
     online_lse_loss,
     q_tile,
     row_setup,
     soft_eps_pass,
+    soft_eps_sums,
     soft_labels,
     soft_loss,
     soft_star,
@@ -177,30 +176,10 @@ def soft_shard_kernel(
     valid = (~ignored) & (~bad)
     lse, lse_lo, t, _c_pos, _f_star, star_col = load_stats(st_ptr, rows, rmask, ACC)
     _deferred, star = soft_tag_read(star_col)
-    t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)
-    m_neg = tl.full([ROWS], float("-inf"), ACC)
-    s_neg = tl.zeros([ROWS], ACC)
-    m_pos = tl.full([ROWS], float("-inf"), ACC)
-    s_pos = tl.zeros([ROWS], ACC)
-    m_rest = tl.full([ROWS], float("-inf"), ACC)
-    s_rest = tl.zeros([ROWS], ACC)
-    q_rest = tl.zeros([ROWS], ACC)
-    for start in range(0, C, BLOCK):
-        cols = start + cols0
-        z, mask = load_logits(z_ptr, row_off, rmask & valid, cols, C, 0.0, ACC, cap, HAS_CAP)
-        q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, valid, cols, mask, C, s, MODE, HAS_W, ACC)
-        log_p = (z - lse[:, None]) - lse_lo[:, None]
-        if K_IS_ONE:  # only the dominant class's rest (is_star_k1)
-            other = mask & star[:, None] & ~is_star_k1(star[:, None], q, t[:, None])
-        else:
-            other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
-            le, neg = log_abs_eps(log_p, q * t_inv[:, None])
-            kl = k * le
-            m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
-            m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
-            other = other & star[:, None]
-        m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
-        q_rest += tl.sum(tl.where(other, q, 0.0), 1)
+    # log p = (z - lse) - lse_lo: soft_eps_sums's (z - m) - log_s with the row's global lse
+    m_neg, s_neg, m_pos, s_pos, m_rest, s_rest, q_rest = soft_eps_sums(
+        z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rmask & valid, yc, cols0, C, s, lse, lse_lo, t, star, k, cap, MODE,
+        HAS_W, HAS_CAP, K_IS_ONE, ROWS, BLOCK, ACC)
     base = out_ptr + rows.to(tl.int64) * 7
     ninf = float("-inf")
     tl.store(base, tl.where(valid, m_neg, ninf), mask=rmask)

@@ -367,15 +367,16 @@ def soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, kl_star, neg_star):
 
 
 @triton.jit
-def soft_eps_pass(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, s, m, log_s, lse, t, star, k,
-                  cap, MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_CAP: tl.constexpr, ROWS: tl.constexpr,
-                  BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """A soft row's pass 2 (row_math.h soft_eps_class, soft_row_finalize) over the rows
-    ``rows_in`` (no other row is read): online (max, sum) of k log|eps| over the negative and
-    the positive classes, the dominant class (``star``) apart from the logsumexp and the q of
-    the others, from the row max m and log_s = log sum exp(z - m) of pass 1. Returns
-    (c_pos, f_star) (soft_finalize). The forward's (fwd.py) at k != 1, and the backward's
-    (bwd.py) for rows whose stats are in the deferred form (_schema.py STATS_SOFT_DEFERRED)."""
+def soft_eps_sums(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, s, m, log_s, t, star, k,
+                  cap, MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_CAP: tl.constexpr, K_IS_ONE: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """A soft row's pass 2 over the rows ``rows_in`` (no other row is read), unfinalised
+    (row_math.h soft_eps_class / soft_shard_class), with log p = (z - m) - log_s: the online
+    (max, sum) of k log|eps| over the negative and the positive classes (none at K_IS_ONE),
+    and, in a row with a dominant class (``star``: 2 q > t, at K_IS_ONE 16 (t - q) <= t), the
+    logsumexp of the others' log p and the sum of their q. Returns (m_neg, s_neg, m_pos, s_pos,
+    m_rest, s_rest, q_rest): finalised by soft_eps_pass, or reduced over ranks first
+    (fwd.py soft_shard_kernel, the op soft_shard_stats)."""
     t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # qh = q / t; t == 0 gives f = t F = 0
     m_neg = tl.full([ROWS], float("-inf"), ACC)
     s_neg = tl.zeros([ROWS], ACC)
@@ -389,13 +390,31 @@ def soft_eps_pass(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, 
         z, mask = load_logits(z_ptr, row_off, rows_in, cols, C, 0.0, ACC, cap, HAS_CAP)
         q = q_tile(t_ptr, w_ptr, mix_ptr, row_off, yc, rows_in, cols, mask, C, s, MODE, HAS_W, ACC)
         log_p = (z - m[:, None]) - log_s[:, None]
-        other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
-        le, neg = log_abs_eps(log_p, q * t_inv[:, None])
-        kl = k * le
-        m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
-        m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
+        if K_IS_ONE:
+            other = mask & star[:, None] & ~is_star_k1(star[:, None], q, t[:, None])
+        else:
+            other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
+            le, neg = log_abs_eps(log_p, q * t_inv[:, None])
+            kl = k * le
+            m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
+            m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
+            other = other & star[:, None]
         m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
         q_rest += tl.sum(tl.where(other, q, 0.0), 1)
+    return m_neg, s_neg, m_pos, s_pos, m_rest, s_rest, q_rest
+
+
+@triton.jit
+def soft_eps_pass(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, s, m, log_s, lse, t, star, k,
+                  cap, MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_CAP: tl.constexpr, ROWS: tl.constexpr,
+                  BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """A soft row's pass 2 (row_math.h soft_eps_class, soft_row_finalize) at k != 1 from the
+    row max m and log_s = log sum exp(z - m) of pass 1 (soft_eps_sums), finalised: returns
+    (c_pos, f_star) (soft_finalize). The forward's (fwd.py) at k != 1, and the backward's
+    (bwd.py) for rows whose stats are in the deferred form (_schema.py STATS_SOFT_DEFERRED)."""
+    m_neg, s_neg, m_pos, s_pos, m_rest, s_rest, q_rest = soft_eps_sums(
+        z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, s, m, log_s, t, star, k, cap, MODE, HAS_W,
+        HAS_CAP, False, ROWS, BLOCK, ACC)
     le_star, neg_star = star_log_abs_eps(m_rest, s_rest, q_rest, t, lse)
     return soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, k * le_star, neg_star)
 
