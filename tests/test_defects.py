@@ -689,6 +689,20 @@ def test_double_backward_at_k1_is_the_true_second_derivative(bd, kind):
 
 # ================================================= 9. soft rows at small k where p_j ~ q_j / t
 
+_S, _K = 0.1, 1 / 16  # label smoothing and k of the batches below
+
+
+def _p_near_q_batches(N=64, C=1000):
+    """(seed, labels, fp32 logits) for seeds 0-2: logits whose softmax is the smoothed target
+    to 1e-4, so that eps_j = p_j - q_j / t cancels on every class."""
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, C, (N,), generator=gen)
+        q = torch.full((N, C), _S / C, dtype=torch.float64)
+        q[torch.arange(N), y] += 1 - _S
+        yield seed, y, (q.log() + torch.randn(N, C, dtype=torch.float64, generator=gen) * 1e-4).float()
+
+
 @BACKENDS
 def test_soft_eps_cancelling_as_exact_as_fp32_math(bd):
     """Label smoothing at k = 1/16 on logits whose softmax is the smoothed target to 1e-4:
@@ -699,17 +713,11 @@ def test_soft_eps_cancelling_as_exact_as_fp32_math(bd):
     (test_api rows_sum_to_zero failed at seed 865161731); 0.54-0.65x once it takes those
     classes in double."""
     backend, device = bd
-    N, C, s, k = 64, 1000, 0.1, 1 / 16
-    for seed in range(3):
-        gen = torch.Generator().manual_seed(seed)
-        y = torch.randint(0, C, (N,), generator=gen)
-        q = torch.full((N, C), s / C, dtype=torch.float64)
-        q[torch.arange(N), y] += 1 - s
-        x = (q.log() + torch.randn(N, C, dtype=torch.float64, generator=gen) * 1e-4).float()
+    for seed, y, x in _p_near_q_batches():
 
         def grad(b, z):
             z = z.to(device).clone().requires_grad_(True)
-            ce(z, y.to(device), label_smoothing=s, k=k, backend=b, reduction="sum").backward()
+            ce(z, y.to(device), label_smoothing=_S, k=_K, backend=b, reduction="sum").backward()
             return z.grad.double().cpu()
 
         truth = grad("reference", x.double())
@@ -729,19 +737,13 @@ def test_soft_eps_cancelling_from_complete_stats(bd):
     from hardloss_cuda._ops import bwd_op, fwd_op
 
     backend, device = bd
-    N, C, s, k = 64, 1000, 0.1, 1 / 16
-    for seed in range(3):
-        gen = torch.Generator().manual_seed(seed)
-        y = torch.randint(0, C, (N,), generator=gen)
-        q = torch.full((N, C), s / C, dtype=torch.float64)
-        q[torch.arange(N), y] += 1 - s
-        x = (q.log() + torch.randn(N, C, dtype=torch.float64, generator=gen) * 1e-4).float()
-        g = torch.ones(N)
+    for seed, y, x in _p_near_q_batches():
+        g = torch.ones(x.shape[0])
 
         def grad(b, z):
             z, yy = z.to(device), y.to(device)
-            _loss, stats = fwd_op("reference")(z, yy, None, None, -100, s, k, True, 0.0)
-            return bwd_op(b)(g.to(device, stats.dtype), z, yy, None, None, stats, -100, s, k, 0.0).double().cpu()
+            _loss, stats = fwd_op("reference")(z, yy, None, None, -100, _S, _K, True, 0.0)
+            return bwd_op(b)(g.to(device, stats.dtype), z, yy, None, None, stats, -100, _S, _K, 0.0).double().cpu()
 
         truth = grad("reference", x.double())
         err = (grad(backend, x) - truth).abs().mean()
