@@ -519,8 +519,11 @@ class _SoftShard(torch.autograd.Function):
         M, q_max, q_min = _all_reduce(torch.stack([hi_r, q_max, -q_min], 1), "max", group).unbind(1)
         q_min = -q_min
         shift = torch.where(torch.isfinite(M), M, 0)
-        # relative to the max of the ranks' lse: (M - lse_r) >= 0 (a slice with no target mass adds 0)
-        rel = torch.where(t_r != 0, loss_r + t_r * ((shift - hi_r) - lo_r), 0)
+        # relative to the max of the ranks' lse: (M - lse_r) >= 0 (a slice with no target mass adds 0).
+        # A slice whose row is all -inf is a bad row to its kernel (NaN); in the whole row its
+        # classes have probability 0, and target mass there makes the loss +inf, as on one device.
+        rel = torch.where(hi_r == -_INF, _INF, loss_r + t_r * ((shift - hi_r) - lo_r))
+        rel = torch.where(t_r != 0, rel, 0)
         S, loss, t = _all_reduce(torch.stack([torch.exp((hi_r - shift) + lo_r), rel, t_r], 1), "sum", group).unbind(1)
         L = torch.log(S)
         hi, lo = _split(shift, L)
