@@ -393,6 +393,21 @@ def mp_row(z, q, k, onehot_label=None, dps=50):
 C_MODEL = 8.0  # roundings per element in the rounding model (tests/test_fuzz.py docstring)
 
 
+def soft_cancel_rtol(zc: torch.Tensor, q: torch.Tensor, k: float, u: float, c: float = C_MODEL) -> torch.Tensor:
+    """Per element of soft rows (capped logits ``zc`` and target rows ``q``, float64), the
+    relative error an evaluation in arithmetic of unit roundoff ``u`` may carry in its
+    |eps_j|^k term where eps_j = p_j - q_j / t cancels: p_j's ``c`` roundings at the scale of
+    |log p_j| + log2 C, magnified p_j / |eps_j| times, then k-fold (pseudo_grad_tolerance's
+    model for lp_j, elementwise). Classes without target mass do not cancel (eps = p)."""
+    logp = torch.log_softmax(zc, 1)
+    p = logp.exp()
+    t = q.sum(1, keepdim=True)
+    eps = (p - q / torch.where(t != 0, t, 1)).abs()
+    cond = torch.where(q != 0, p / eps, 1.0)
+    L2 = 1 + math.log2(max(zc.shape[1], 1))
+    return (k * c * u * (logp.abs() + L2) * cond).nan_to_num(0.0, posinf=float("inf"))
+
+
 def _event(text):
     """hypothesis.event inside a hypothesis test, nothing elsewhere."""
     try:

@@ -10,6 +10,7 @@ from hardloss_cuda import reference
 
 from . import oracle
 from ._backends import SAME_INPUT
+from .fuzz_oracle import soft_cancel_rtol
 
 
 def _grad(fn, x, *args, **kw):
@@ -106,15 +107,26 @@ def test_rows_sum_to_zero(backend, device, k, kind):
     elif kind == "weighted":
         kw["weight"] = torch.rand(C, device=device) + 0.1
     _, g = _grad(H.cross_entropy, x, y, reduction="sum", k=k, backend=backend, **kw)
-    # fp32 summation error is bounded by C * eps * (the row's absolute sum)
-    atol = C * torch.finfo(g.dtype).eps * g.abs().sum(1).max().item()
-    torch.testing.assert_close(g.sum(1), torch.zeros(20, device=device), atol=atol, rtol=0)
+    # Soft targets: eps = p - q cancels where p ~ q, and small k magnifies what is left: each
+    # element may carry the rounding model's share there (fuzz_oracle.soft_cancel_rtol; the
+    # fp32 reference's own error is luck: seed 1313113786, p / |eps| = 2e4, gave it 7e-5 and the
+    # CUDA kernels' formula 5.6e-4, within the model's 1.2e-3).
+    cancel = torch.zeros_like(g, dtype=torch.float64)
+    if kind not in ("onehot", "weighted"):
+        q = H._torch_rows.target_rows(C, y.double() if y.is_floating_point() else y, None,
+                                      kw["mixture"].double() if "mixture" in kw else None, -100,
+                                      kw.get("label_smoothing", 0.0), torch.float64)
+        cancel = soft_cancel_rtol(x.double(), q, k, torch.finfo(torch.float32).eps / 2)
+    # fp32 summation error is bounded by C * eps * (the row's absolute sum); a kernel whose
+    # forward sums and backward elements round log p apart (the CUDA kernels) adds their error
+    atol = C * torch.finfo(g.dtype).eps * g.abs().sum(1).max().item() + (g.double().abs() * cancel).sum(1)
+    assert (g.double().sum(1).abs() <= atol).all(), (g.double().sum(1).abs() - atol).max()
     _, g_ref = _grad(H.cross_entropy, x.double(), y.double() if y.is_floating_point() else y, reduction="sum",
                      k=k, backend="reference", **{n: v.double() if torch.is_tensor(v) else v for n, v in kw.items()})
-    # Soft targets: eps = p - q cancels where p ~ q, and small k magnifies what is left, so
-    # an fp32 evaluation is allowed twice the error of the same math in fp32 (the reference).
+    # an fp32 evaluation is allowed twice the error of the same math in fp32 (the reference)
+    # and the cancellation share
     _, g_fp32 = _grad(H.cross_entropy, x, y, reduction="sum", k=k, backend="reference", **kw)
-    allowed = 2e-5 * g_ref.abs() + 2e-6 * g_ref.abs().max() + 2 * (g_fp32.double() - g_ref).abs()
+    allowed = 2e-5 * g_ref.abs() + 2e-6 * g_ref.abs().max() + 2 * (g_fp32.double() - g_ref).abs() + g_ref.abs() * cancel
     assert ((g.double() - g_ref).abs() <= allowed).all(), (g.double() - g_ref).abs().max()
 
 
