@@ -18,8 +18,8 @@ from torch import Tensor
 
 from ._schema import LSE_COL, LSE_LO_COL, STATS_SOFT_COMPLETE
 
-__all__ = ["target_rows", "soft_rows", "soft_pass2", "soft_cols", "lse_pair", "softcap_logits", "softcap_slope",
-           "true_rows_grad", "target_grads"]
+__all__ = ["target_rows", "soft_rows", "soft_log_abs_eps", "soft_f", "soft_pass2", "soft_cols", "lse_pair",
+           "softcap_logits", "softcap_slope", "true_rows_grad", "target_grads"]
 
 _INF = float("inf")
 
@@ -87,6 +87,21 @@ def _lse_push(m: Tensor, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(new, z, m), s
 
 
+def soft_log_abs_eps(log_p: Tensor, qh: Tensor) -> tuple[Tensor, Tensor]:
+    """row_math.h soft_log_abs_eps, elementwise: (log|eps_j|, eps_j < 0) with eps = p - qh.
+    Classes with no target mass are positive with eps = p, kept in log space, so that a small k
+    does not lose classes whose probability underflows."""
+    e = log_p.exp() - qh
+    return torch.where(qh == 0, log_p, torch.log(e.abs())), (qh != 0) & (e < 0)
+
+
+def soft_f(kla: Tensor, neg: Tensor, t: Tensor, c_pos: Tensor) -> Tensor:
+    """row_math.h soft_f, elementwise (kla = k log|eps_j|): -t |eps_j|^k on the negative classes,
+    sign(t) exp(kla + c_pos) on the others."""
+    f_pos = torch.exp(kla + c_pos)
+    return torch.where(neg, -t * torch.exp(kla), torch.where(t < 0, -f_pos, f_pos))
+
+
 def soft_pass2(log_p: Tensor, q: Tensor, t: Tensor, star: Tensor, k: float) -> tuple[Tensor, ...]:
     """The soft rows' pass 2 over the classes at hand (row_math.h soft_shard_class), given log p,
     the rows' t = sum q and dominant-class flags ``star``: their mergeable statistics unfinalised,
@@ -100,12 +115,8 @@ def soft_pass2(log_p: Tensor, q: Tensor, t: Tensor, star: Tensor, k: float) -> t
         eps = (none, torch.zeros_like(t), none, torch.zeros_like(t))
     else:
         at_star = star[:, None] & (2 * q > tc)
-        qh = q / torch.where(t != 0, t, 1)[:, None]
-        # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
-        # so that a small k does not lose classes whose probability underflows (soft_log_abs_eps)
-        e = log_p.exp() - qh
-        k_log = k * torch.where(qh == 0, log_p, torch.log(e.abs()))
-        neg = (qh != 0) & (e < 0)
+        log_abs_eps, neg = soft_log_abs_eps(log_p, q / torch.where(t != 0, t, 1)[:, None])
+        k_log = k * log_abs_eps
         eps = (*lse_pair(torch.where(neg & ~at_star, k_log, -_INF)),
                *lse_pair(torch.where(~neg & ~at_star, k_log, -_INF)))
     rest = star[:, None] & ~at_star
@@ -134,8 +145,7 @@ def soft_cols(t: Tensor, star: Tensor, k: float, lse: Tensor, raw) -> tuple[Tens
     m_neg, s_neg = (torch.where(star & neg_star, a, b) for a, b in zip(pn, (m_neg, s_neg)))
     m_pos, s_pos = (torch.where(star & ~neg_star, a, b) for a, b in zip(pp, (m_pos, s_pos)))
     c_pos = torch.where(s_pos > 0, (torch.log(t.abs()) + _lse_value(m_neg, s_neg)) - torch.log(s_pos) - m_pos, -_INF)
-    f_pos = torch.exp(kla + c_pos)
-    f_star = torch.where(neg_star, -t * torch.exp(kla), torch.where(t < 0, -f_pos, f_pos))  # soft_f
+    f_star = soft_f(kla, neg_star, t, c_pos)
     return t, c_pos, torch.where(star, f_star, 0), STATS_SOFT_COMPLETE + star.to(t.dtype)
 
 
@@ -167,10 +177,7 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, cols: bool = 
         f = torch.where(star, q_rest - tc * log_p_rest.exp(), f)
         return (loss, f, lse, *extra)
     qh = q / torch.where(t != 0, t, 1)[:, None]
-    # log |eps_j|: classes with no target mass are positive with eps = p, kept in log space
-    # so that a small k does not lose classes whose probability underflows.
-    log_abs_eps = torch.where(qh == 0, log_p, torch.log(torch.abs(log_p.exp() - qh)))
-    neg = (qh != 0) & (log_p.exp() < qh)
+    log_abs_eps, neg = soft_log_abs_eps(log_p, qh)
     # The dominant class (qh > 1/2, at most one when q >= 0): eps = (1 - qh) - (1 - p) with
     # both sums taken over the other classes, 1 - p in the log domain (p - qh cancels when
     # both are near 1).

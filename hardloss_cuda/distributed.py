@@ -472,12 +472,8 @@ def _soft_grad_from_stats(g, x, q, stats, k, softcap, g_lse):
     if k == 1:
         f = torch.where(star & (16 * (t - q) <= t), f_star, t * torch.exp(log_p) - q)
     else:
-        qh = q / torch.where(t != 0, t, 1)
-        e = torch.exp(log_p) - qh
-        kla = k * torch.where(qh == 0, log_p, torch.log(e.abs()))
-        neg = (qh != 0) & (e < 0)
-        f_pos = torch.exp(kla + c_pos)
-        f = torch.where(neg, -t * torch.exp(kla), torch.where(t < 0, -f_pos, f_pos))
+        log_abs_eps, neg = _torch_rows.soft_log_abs_eps(log_p, q / torch.where(t != 0, t, 1))
+        f = _torch_rows.soft_f(k * log_abs_eps, neg, t, c_pos)
         f = torch.where(star & (2 * q > t), f_star, f)
     grad = g[:, None] * f
     if g_lse is not None:
