@@ -17,6 +17,12 @@ HL_INLINE double exp_of(double x) { return std::exp(x); }
 // eps = p - qh lost most of p's digits (|eps| < p / 256) on a class with target mass: see soft_eps.
 HL_INLINE bool near_cancel(float e, float p, float qh) { return qh != 0.0f && 256.0f * (e < 0.0f ? -e : e) < p; }
 
+// Such a class's eps again in double, from log p = (x - a) - b as the float loop takes it
+// ((m, log s) of the deferred stats, or (lse, lse_lo) of the complete ones) and q / t.
+HL_INLINE double eps_in_double(float x, float a, float b, float q, float t_div) {
+  return std::exp((static_cast<double>(x) - a) - b) - static_cast<double>(q) / t_div;
+}
+
 // 1, 2, ..., kEpsBlock: positions within a block as floats (soft_grad_k1).
 struct Iota {
   float v[kEpsBlock];
@@ -234,7 +240,7 @@ HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restri
     if (near > 1.0f)
       for (int64_t i = 0; i < b; ++i) {
         if (wa[i] != 2.0f && wa[i] != -2.0f) continue;
-        const double e = std::exp((static_cast<double>(xa[i]) - m) - log_s) - static_cast<double>(qa[i]) / t_div;
+        const double e = eps_in_double(xa[i], m, log_s, qa[i], t_div);
         const bool neg = e < 0.0;
         v[i] = static_cast<float>(k * std::log(neg ? -e : e));
         if (neg) mn = v[i] > mn ? v[i] : mn;
@@ -307,7 +313,7 @@ HL_CLONES void soft_grad_complete(const float* __restrict x, const float* __rest
     if (any == 0.0f) continue;
     for (int64_t i = 0; i < b; ++i) {  // a cancelling eps again in double, as soft_eps
       if (near[i] == 0.0f) continue;
-      const double e = std::exp((static_cast<double>(xa[i]) - lse) - lse_lo) - static_cast<double>(qa[i]) / t_div;
+      const double e = eps_in_double(xa[i], lse, lse_lo, qa[i], t_div);
       const bool neg = e < 0.0;
       const double kla = k * std::log(neg ? -e : e);
       oa[i] = static_cast<float>(g * (neg ? -t : sign_t) * std::exp(neg ? kla : kla + c_pos));
