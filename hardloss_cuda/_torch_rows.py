@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import LSE_COL, LSE_LO_COL, STATS_SOFT_COMPLETE
+from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_SOFT_COMPLETE, STATS_SOFT_DEFERRED, TAG_COL, soft_tag_star
 
 __all__ = ["target_rows", "soft_rows", "soft_log_abs_eps", "soft_f", "soft_pass2", "soft_cols", "lse_pair",
-           "softcap_logits", "softcap_slope", "true_rows_grad", "target_grads"]
+           "grad_from_stats", "softcap_logits", "softcap_slope", "true_rows_grad", "target_grads"]
 
 _INF = float("inf")
 
@@ -196,6 +196,63 @@ def soft_rows(zs: Tensor, q: Tensor, k: float, compute_grad: bool, cols: bool = 
     f_pos = torch.where(torch.isfinite(lse_pos)[:, None], f_pos, 0)
     f = torch.where(neg, -k_log.exp(), f_pos)
     return (loss, f * t[:, None], lse, *extra)
+
+
+def _soft_f_from_stats(log_p: Tensor, q: Tensor, stats: Tensor, k: float) -> Tensor:
+    """f_j of soft rows from their stats in either form (row_math.h soft_fj, is_star, is_star_k1):
+    a deferred row (columns 3, 4 = m, log s) is first completed by pass 2 over its classes here,
+    as the CPU and Triton backwards do; every row goes through it (no data-dependent branch)."""
+    t, tag = stats[:, SCALE_COL], stats[:, TAG_COL]
+    star = soft_tag_star(tag)
+    c_pos, f_star = soft_cols(t, star, k, stats[:, LSE_COL], soft_pass2(log_p, q, t, star, k))[1:3]
+    complete = tag < STATS_SOFT_DEFERRED
+    c_pos = torch.where(complete, stats[:, 3], c_pos)[:, None]
+    f_star = torch.where(complete, stats[:, 4], f_star)[:, None]
+    tc, star = t[:, None], star[:, None]
+    if k == 1:
+        return torch.where(star & (16 * (tc - q) <= tc), f_star, tc * torch.exp(log_p) - q)
+    log_abs_eps, neg = soft_log_abs_eps(log_p, q / torch.where(tc != 0, tc, 1))
+    return torch.where(star & (2 * q > tc), f_star, soft_f(k * log_abs_eps, neg, tc, c_pos))
+
+
+def grad_from_stats(grad_loss, x, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap,
+                    grad_lse=None) -> Tensor:
+    """What every backend's ``bwd`` computes (the op contract, _schema.py), in torch ops on the
+    logits x in the accumulation dtype (capped here), unrounded: g f_j from the stats
+    (one-hot rows: f_y = column 2 at the label, w_y exp(k (z_j - m) + log_c) off it, row_math.h
+    onehot_fj; soft rows: ``_soft_f_from_stats``), plus g_lse p_j, times the cap's slope. Rows as
+    the kernels treat them: ignored rows 0, bad labels NaN, a row with a non-finite lse NaN, and
+    a row with zero incoming gradients and finite stats 0 whatever its logits (row_math.h
+    grad_row_is_zero: a trimmed row whose stats were zeroed). The reference backend's bwd, so
+    that its stats mean what the kernels' do: the vocab-parallel loss hands every backend's bwd
+    the global stats of a slice of the classes."""
+    z = softcap_logits(x, softcap)
+    N, C = z.shape
+    hi, lo, scale = stats[:, LSE_COL], stats[:, LSE_LO_COL], stats[:, SCALE_COL]
+    log_p = (z - hi[:, None]) - lo[:, None]
+    g = grad_loss.to(z.dtype)
+    if target.is_floating_point() or mixture is not None or label_smoothing > 0:
+        q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, z.dtype)
+        f = _soft_f_from_stats(log_p, q, stats, k)
+    else:
+        valid = (target != ignore_index) & (target >= 0) & (target < C)
+        y = torch.where(valid, target, 0)
+        w_y = torch.ones_like(g) if weight is None else weight.to(z.dtype)[y]
+        f = w_y[:, None] * torch.exp(k * (z - stats[:, 3, None]) + stats[:, 4, None])
+        f = torch.where(y[:, None] == torch.arange(C, device=z.device), scale[:, None], f)
+    out = g[:, None] * f
+    zero = (g == 0) & (hi.abs() < _INF) & (scale.abs() < _INF)
+    if grad_lse is not None:
+        out = out + grad_lse.to(z.dtype)[:, None] * torch.exp(log_p)
+        zero = zero & (grad_lse == 0)
+    if softcap != 0:
+        out = out * softcap_slope(x, softcap)
+    out = torch.where(zero[:, None], 0, out.masked_fill(~(hi.abs() < _INF)[:, None], torch.nan))
+    if not target.is_floating_point():
+        ignored = target == ignore_index
+        bad = ~ignored & ((target < 0) | (target >= C))
+        out = torch.where(ignored[:, None], 0, out).masked_fill(bad[:, None], torch.nan)
+    return out
 
 
 def softcap_logits(z: Tensor, softcap: float) -> Tensor:

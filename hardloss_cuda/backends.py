@@ -34,9 +34,6 @@ class Backend:
     unavailable: Callable[[], str | None]  # why it cannot run here, or None
     wrong_device: Callable[[torch.device], str | None]  # why it cannot take tensors on that device, or None
     picked_by_auto: Callable[[torch.device], bool]  # whether "auto" may take it for tensors on that device
-    # whether its bwd op computes the gradient from the stats it is given alone (the kernels,
-    # csrc/row_math.h); the reference's recomputes everything from the logits
-    bwd_reads_stats: bool = True
     # what its ops' own argument checks may raise besides _schema.py's ValueError / TypeError:
     # the compiled ops check in C++ (csrc/checks.cpp), whose TORCH_CHECK raises RuntimeError
     op_check_errors: tuple[type, ...] = ()
@@ -106,7 +103,7 @@ _TABLE = (
             op_check_errors=(RuntimeError,)),
     # last: what "auto" falls back to on any device
     Backend("reference", _named_ops("reference_"), True, lambda: None, lambda device: None,
-            picked_by_auto=lambda device: True, bwd_reads_stats=False),
+            picked_by_auto=lambda device: True),
 )
 TABLE: dict[str, Backend] = {b.name: b for b in _TABLE}
 BACKENDS = tuple(TABLE)

@@ -42,8 +42,7 @@ from . import _torch_rows
 from ._autograd import DOUBLE_BACKWARD, lse_grad
 from ._batch import finish_rows, op_inputs
 from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_stats_op
-from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, STATS_SOFT_COMPLETE, TAG_COL, acc_dtype, soft_tag_star
-from .backends import get
+from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, STATS_SOFT_COMPLETE, acc_dtype
 from .options import loss_options
 from .validation import autocast_dtype
 
@@ -209,18 +208,13 @@ class _OneHotShard(torch.autograd.Function):
         g = torch.zeros_like(ctx.w_y) if grad_loss is None else grad_loss.to(stats.dtype) * ctx.w_y
         g_lse = lse_grad(grad_stats)
         args = (g.contiguous(), local, ctx.tgt, None, None, stats, -1, 0.0, k, softcap, g_lse)
-        grad = _slice_bwd(args, backend, inplace, _onehot_grad_from_stats)
+        grad = _slice_bwd(args, backend, inplace)
         return (_marked(grad, local, inplace),) + (None,) * 9
 
 
-def _slice_bwd(args, backend, inplace, from_stats):
-    """The bwd op on the slice with the global stats (``args`` as the op takes them). A backend
-    whose bwd recomputes from the logits instead of reading the stats (the reference: its table
-    entry says so) cannot see the other ranks' classes: ``from_stats`` is the kernels' math in
-    torch ops. In place, the logits' buffer is returned, not yet marked."""
-    if not get(backend).bwd_reads_stats:
-        grad = from_stats(*args)
-        return args[1].copy_(grad) if inplace else grad
+def _slice_bwd(args, backend, inplace):
+    """The bwd op on the slice with the global stats (``args`` as the op takes them). In place,
+    the logits' buffer is returned, not yet marked."""
     if inplace:
         bwd_inplace_op(backend)(*args)
         return args[1]
@@ -234,28 +228,6 @@ def _marked(grad, local, inplace):
         return grad
     torch.autograd.graph.increment_version(local)
     return local.detach()
-
-
-def _onehot_grad_from_stats(g, local, tgt, _w, _mix, stats, _ignore, _s, k, softcap, g_lse):
-    """What the bwd kernels compute for one-hot rows from the stats (row_math.h ``onehot_fj``,
-    ``finish_grad``), in torch ops: the reference backend's vocab-parallel backward."""
-    x = local.to(stats.dtype)
-    z = _capped(x, softcap)
-    CL = z.shape[1]
-    hi, lo, scale, m, log_c = (stats[:, i, None] for i in range(5))
-    grad = g[:, None] * torch.exp(k * (z - m) + log_c)
-    grad = torch.where(tgt[:, None] == torch.arange(CL, device=z.device), g[:, None] * scale, grad)
-    if g_lse is not None:
-        grad = grad + g_lse[:, None] * torch.exp((z - hi) - lo)
-    return _finish_slice_grad(grad, x, tgt, softcap, local.dtype)
-
-
-def _finish_slice_grad(grad, x, tgt, softcap, dtype):
-    """The end of the bwd kernels' row (row_math.h ``finish_grad``) for the stats-based twins:
-    0 on ignored rows (local label -1), NaN on bad labels (CL), times the softcap's slope."""
-    CL = x.shape[1]
-    grad = grad * _slope(x, softcap)  # before the masks: an ignored row is 0 whatever its logits
-    return torch.where((tgt == -1)[:, None], 0, grad).masked_fill((tgt >= CL)[:, None], torch.nan).to(dtype)
 
 
 class _SmoothShard(torch.autograd.Function):
@@ -335,7 +307,7 @@ class _SmoothShard(torch.autograd.Function):
         g = torch.zeros_like(ctx.q_a) if grad_loss is None else grad_loss.to(stats.dtype)
         g_lse = lse_grad(grad_stats)
         args = (g.contiguous(), local, ctx.lbl, w_kernel, None, stats, -1, s_loc, 1.0, softcap, g_lse)
-        grad = _slice_bwd(args, backend, inplace, _soft_k1_grad_from_stats)
+        grad = _slice_bwd(args, backend, inplace)
         # Column a of the label (or of its stand-in) again, from the stats. The kernel's t p - q' at
         # the label cancels: t and q' are rounded apart (t all-reduced, q' from the slice's scaled
         # weights), so a row whose p_y is 1 (C = 1) got ulps of g instead of 0. Written as
@@ -369,20 +341,6 @@ def _kernel_capped(x: Tensor, softcap: float, backend: str) -> Tensor:
                                 None, -1, 0.0, 1.0, True, softcap)
     z = st[:, LSE_COL]
     return torch.where(torch.isfinite(z), z, _capped(x[:, 0].to(z.dtype), softcap))
-
-
-def _soft_k1_grad_from_stats(g, local, tgt, w, _mix, stats, _ignore, s, _k, softcap, g_lse):
-    """What the bwd kernels compute for smoothed rows at k = 1 from the stats (g (t p - q), plus
-    g_lse p, times the softcap's slope), in torch ops: the reference backend's backward."""
-    x = local.to(stats.dtype)
-    z = _capped(x, softcap)
-    CL = z.shape[1]
-    p = torch.exp((z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None])
-    q = _torch_rows.target_rows(CL, tgt, w, None, -1, s, stats.dtype)
-    grad = g[:, None] * (stats[:, SCALE_COL, None] * p - q)
-    if g_lse is not None:
-        grad = grad + g_lse[:, None] * p
-    return _finish_slice_grad(grad, x, tgt, softcap, local.dtype)
 
 
 # Rows per chunk of the soft path's slice ops, from the slice's class count (the same chunks on
@@ -460,25 +418,6 @@ def _soft_raw_reduce(raw: Tensor, group) -> tuple[Tensor, ...]:
     shift = torch.where(M == -_INF, 0, M)  # nothing anywhere: (-inf, 0)
     S = _all_reduce(torch.cat([raw[:, 1:6:2] * torch.exp(m - shift), raw[:, 6:]], 1), "sum", group)
     return M[:, 0], S[:, 0], M[:, 1], S[:, 1], M[:, 2], S[:, 2], S[:, 3]
-
-
-def _soft_grad_from_stats(g, x, q, stats, k, softcap, g_lse):
-    """What the bwd kernels compute for soft rows from the stats (row_math.h ``soft_fj``, then
-    ``finish_grad``), in torch ops, on the slice's rows in the accumulation dtype."""
-    z = _capped(x, softcap)
-    hi, lo, t, c_pos, f_star = (stats[:, i, None] for i in range(5))
-    star = soft_tag_star(stats[:, TAG_COL, None])
-    log_p = (z - hi) - lo
-    if k == 1:
-        f = torch.where(star & (16 * (t - q) <= t), f_star, t * torch.exp(log_p) - q)
-    else:
-        log_abs_eps, neg = _torch_rows.soft_log_abs_eps(log_p, q / torch.where(t != 0, t, 1))
-        f = _torch_rows.soft_f(k * log_abs_eps, neg, t, c_pos)
-        f = torch.where(star & (2 * q > t), f_star, f)
-    grad = g[:, None] * f
-    if g_lse is not None:
-        grad = grad + g_lse[:, None] * torch.exp(log_p)
-    return grad * _slope(x, softcap)
 
 
 class _SoftShard(torch.autograd.Function):
@@ -564,16 +503,12 @@ class _SoftShard(torch.autograd.Function):
             g_lse = torch.where(ignored, 0, g_lse).contiguous()
         stats = torch.where(valid[:, None], stats, 0)
         targets = _SliceTargets(tgt, valid, w, mix, s, layout, CL, acc)
-        kernels = get(backend).bwd_reads_stats  # the complete form (c_pos, f_star); the reference recomputes
         for rows in _row_chunks(N, CL):
             q = targets.rows(rows)
             gl = None if g_lse is None else g_lse[rows]
             args = (q, None, None, stats[rows], -1, 0.0, k, softcap, gl)
             with torch.no_grad():
-                if not kernels:
-                    out = _soft_grad_from_stats(g[rows], _acc_rows(local, rows, acc), q, stats[rows], k, softcap, gl)
-                    grad[rows] = torch.where(ignored[rows, None], 0, out)
-                elif local.dtype == acc:  # the gradient written over its rows' copy of the logits (or over them)
+                if local.dtype == acc:  # the gradient written over its rows' copy of the logits (or over them)
                     if not inplace:
                         grad[rows] = local[rows]
                     bwd_inplace_op(backend)(g[rows], grad[rows], *args)

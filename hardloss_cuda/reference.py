@@ -19,7 +19,7 @@ from torch import Tensor
 from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
                       TAG_COL, check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap,
                       soft_tag_star)
-from ._torch_rows import soft_pass2, soft_rows, softcap_logits, softcap_slope, target_grads, target_rows
+from ._torch_rows import grad_from_stats, soft_pass2, soft_rows, softcap_logits, target_grads, target_rows
 
 __all__ = ["rows", "fwd", "bwd", "shard_stats", "soft_shard_stats", "acc_dtype", "target_rows", "target_grads"]
 
@@ -127,8 +127,7 @@ def _grad_cols(z: Tensor, target, weight, mixture, ignore_index, label_smoothing
     """Stats columns 2..5 (SCALE_COL on) of the rows of the (capped) logits z in the kernels'
     meaning (_schema.py, csrc/row_math.h "What a row keeps"): one-hot rows (f_y, m, log_c, 0),
     soft rows in the complete form (t, c_pos, f_star, STATS_SOFT_COMPLETE + star); 0 for ignored
-    and out-of-range rows. The reference's
-    own bwd does not read them; the kernels' bwd can take them (tests/test_stats_exchange.py)."""
+    and out-of-range rows. Every backend's bwd reads them (tests/test_stats_exchange.py)."""
     N, C = z.shape
     zs, shift, _bad = _max_shift(z)
     if target.is_floating_point() or mixture is not None or label_smoothing > 0:
@@ -146,9 +145,9 @@ def _grad_cols(z: Tensor, target, weight, mixture, ignore_index, label_smoothing
     return cols
 
 
-# The op contract of hardloss_cuda/_schema.py on top of ``rows``. The reference's bwd recomputes
-# everything from the logits (the oracle, not a fast path); its fwd still writes the stats the
-# kernels' bwd reads (_grad_cols), so that any backend's bwd can take them.
+# The op contract of hardloss_cuda/_schema.py on top of ``rows``: the fwd writes the stats as the
+# kernels do (_grad_cols) and the bwd reads them as the kernels do (_torch_rows.grad_from_stats),
+# so that stats pass between any two backends; ``rows`` recomputes everything from the logits.
 
 
 def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compute_grad, softcap=0.0):
@@ -172,19 +171,10 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
     check_op_args(logits, target, weight, mixture)
     check_op_bwd_args(grad_loss, logits, stats, grad_lse)
     check_op_softcap(softcap, logits.dtype)
-    # rows on the logits in the accumulation dtype: the gradient comes back unrounded and is
-    # rounded to the logits' dtype once, after the scaling.
+    # in the accumulation dtype, rounded to the logits' dtype once at the end
     x = logits.to(acc_dtype(logits.dtype))
-    z = softcap_logits(x, softcap)
-    _loss, grad, (m, L) = _rows(z, target, weight, mixture, ignore_index, label_smoothing, k, True)
-    out = grad_loss[:, None] * grad
-    if grad_lse is not None:  # d lse / d z = softmax(z), relative to the max (exact for huge logits)
-        out = out + grad_lse[:, None] * torch.exp((z - m[:, None]) - L[:, None])
-    if softcap != 0:
-        out = out * softcap_slope(x, softcap)
-    if not target.is_floating_point():  # ignored rows stay exactly 0 whatever grad_loss and their logits
-        out = torch.where((target == ignore_index)[:, None], 0, out)
-    return out.to(logits.dtype)
+    return grad_from_stats(grad_loss, x, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap,
+                           grad_lse).to(logits.dtype)
 
 
 def shard_stats(logits, target, k, softcap=0.0):
