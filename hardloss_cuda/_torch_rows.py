@@ -19,7 +19,7 @@ from torch import Tensor
 from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_SOFT_COMPLETE, STATS_SOFT_DEFERRED, TAG_COL, soft_tag_star
 
 __all__ = ["target_rows", "soft_rows", "soft_log_abs_eps", "soft_f", "soft_pass2", "soft_cols", "lse_pair",
-           "grad_from_stats", "softcap_logits", "softcap_slope", "true_rows_grad", "target_grads"]
+           "lse_split", "onehot_finalize", "grad_from_stats", "softcap_logits", "softcap_slope", "true_rows_grad", "target_grads"]
 
 _INF = float("inf")
 
@@ -85,6 +85,35 @@ def _lse_push(m: Tensor, s: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     new = (z > m) | (z != z)
     s = torch.where(new, s * torch.exp(m - z) + torch.exp(z - z), torch.where(z > -_INF, s + torch.exp(z - m), s))
     return torch.where(new, z, m), s
+
+
+def lse_split(m: Tensor, L: Tensor) -> tuple[Tensor, Tensor]:
+    """lse = m + L as its rounding hi and what that lost, lo (0 where hi is not finite):
+    row_math.h lse_split. -log p_j = (hi - z_j) + lo is exact for huge logits."""
+    hi = m + L
+    return hi, torch.where(torch.isfinite(hi), (m - hi) + L, 0)
+
+
+def onehot_finalize(M: Tensor, S1: Tensor, Sk: Tensor, z_y: Tensor, k: float):
+    """row_math.h ``onehot_finalize`` of one-hot rows from their statistics over the classes
+    j != y (M = max z_j, S1 = sum exp(z_j - M), Sk = sum exp(k (z_j - M)): the op
+    ``shard_stats``' columns, of a whole row or all-reduced over a vocab-parallel loss's ranks)
+    and the label's logit z_y; unweighted. Returns (loss, lse hi, lo, f_y, m, log_c) with
+    f_j = exp(k (z_j - m) + log_c) off the label; d = log of the odds against the label, no
+    cancellation in 1 - p_y (ROW_MATH.md section 3)."""
+    L1 = torch.log(S1)  # -inf when no other class
+    d = torch.where(z_y == _INF, torch.nan, (M - z_y) + L1)
+    tail = torch.log1p(torch.exp(-d.abs()))
+    sp, sp_neg = d.clamp_min(0) + tail, (-d).clamp_min(0) + tail
+    hi_a, lo_a = lse_split(M, L1 + sp_neg)
+    hi_b, lo_b = lse_split(z_y, sp)
+    hi, lo = torch.where(d > 0, hi_a, hi_b), torch.where(d > 0, lo_a, lo_b)
+    a = -sp_neg
+    f_y = 0 - torch.exp(k * a)
+    none = M == -_INF  # no non-target class with p > 0: all f_j = 0 (NaN for a NaN row)
+    m = torch.where(none, 0, M)
+    log_c = torch.where(none, torch.where(d == d, -_INF, d), k * a - (L1 if k == 1 else torch.log(Sk)))
+    return sp, hi, lo, f_y, m, log_c
 
 
 def soft_log_abs_eps(log_p: Tensor, qh: Tensor) -> tuple[Tensor, Tensor]:

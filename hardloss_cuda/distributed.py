@@ -120,30 +120,6 @@ def _slope(x: Tensor, softcap: float) -> Tensor:
     return _torch_rows.softcap_slope(x, softcap) if softcap != 0 else torch.ones_like(x)
 
 
-def _split(base: Tensor, L: Tensor):
-    """lse = base + L as hi and lo (row_math.h lse_split)."""
-    hi = base + L
-    return hi, torch.where(torch.isfinite(hi), (base - hi) + L, 0)
-
-
-def _onehot_finalize(M, S1, Sk, z_y, k):
-    """row_math.h ``onehot_finalize`` on the all-reduced statistics (unweighted: the class weight
-    is applied to the loss and to the incoming gradient): (loss, lse hi, lo, f_y, m, log_c)."""
-    L1 = torch.log(S1)  # -inf when no other class
-    d = torch.where(z_y == _INF, torch.nan, (M - z_y) + L1)
-    tail = torch.log1p(torch.exp(-d.abs()))
-    sp, sp_neg = d.clamp_min(0) + tail, (-d).clamp_min(0) + tail
-    hi_a, lo_a = _split(M, L1 + sp_neg)
-    hi_b, lo_b = _split(z_y, sp)
-    hi, lo = torch.where(d > 0, hi_a, hi_b), torch.where(d > 0, lo_a, lo_b)
-    a = -sp_neg
-    f_y = 0 - torch.exp(k * a)
-    none = M == -_INF  # no non-target class with p > 0: all f_j = 0 (NaN for a NaN row)
-    m = torch.where(none, 0, M)
-    log_c = torch.where(none, torch.where(d == d, -_INF, d), k * a - (L1 if k == 1 else torch.log(Sk)))
-    return sp, hi, lo, f_y, m, log_c
-
-
 def _labels(tgt: Tensor, ignore_index: int, start: int, C: int, CL: int):
     """(ignored, valid, owned, local label) of the global labels on this rank's slice. The local
     label is what the slice's kernels take: the label where this rank owns it; 0, a stand-in,
@@ -183,7 +159,7 @@ class _OneHotShard(torch.autograd.Function):
         part = torch.stack([st[:, 1] * torch.exp(m - shift), st[:, 2] * torch.exp(k * (m - shift)),
                             torch.where(owned, z_y, 0)], 1)
         S1, Sk, z_y = _all_reduce(part, "sum", group).unbind(1)
-        sp, hi, lo, f_y, m_out, log_c = _onehot_finalize(M, S1, Sk, z_y, k)
+        sp, hi, lo, f_y, m_out, log_c = _torch_rows.onehot_finalize(M, S1, Sk, z_y, k)
 
         w_y = torch.ones_like(sp) if w is None else w[torch.where(valid, tgt, 0)]
         loss = torch.where(ignored, 0, w_y * sp).masked_fill(~ignored & ~valid, torch.nan)
@@ -278,7 +254,7 @@ class _SmoothShard(torch.autograd.Function):
         M = _all_reduce(hi_r, "max", group)
         shift = torch.where(torch.isfinite(M), M, 0)
         L = torch.log(_all_reduce(torch.exp((hi_r - shift) + lo_r), "sum", group))
-        hi, lo = _split(shift, L)
+        hi, lo = _torch_rows.lse_split(shift, L)
         # loss_r + t_r (lse - lse_r); an empty slice (t_r = 0, lse_r = -inf) adds nothing
         part = torch.stack([loss + torch.where(t_r != 0, t_r * ((hi - hi_r) + (lo - lo_r)), 0), t_r], 1)
         loss, t = _all_reduce(part, "sum", group).unbind(1)
@@ -461,7 +437,7 @@ class _SoftShard(torch.autograd.Function):
         rel = torch.where(t_r != 0, rel, 0)
         S, loss, t = _all_reduce(torch.stack([torch.exp((hi_r - shift) + lo_r), rel, t_r], 1), "sum", group).unbind(1)
         L = torch.log(S)
-        hi, lo = _split(shift, L)
+        hi, lo = _torch_rows.lse_split(shift, L)
         # a row without a finite lse (a NaN or +inf logit, or -inf only) is NaN, as on one device
         loss = torch.where(t != 0, loss + t * L, loss).masked_fill(~torch.isfinite(hi), torch.nan)
         loss = torch.where(ignored, 0, loss).masked_fill(~ignored & ~valid, torch.nan)

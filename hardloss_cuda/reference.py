@@ -19,7 +19,7 @@ from torch import Tensor
 from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
                       TAG_COL, check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap,
                       soft_tag_star)
-from ._torch_rows import grad_from_stats, soft_pass2, soft_rows, softcap_logits, target_grads, target_rows
+from ._torch_rows import grad_from_stats, lse_split, onehot_finalize, soft_pass2, soft_rows, softcap_logits, target_grads, target_rows
 
 __all__ = ["rows", "fwd", "bwd", "shard_stats", "soft_shard_stats", "acc_dtype", "target_rows", "target_grads"]
 
@@ -106,21 +106,15 @@ def _rows(logits, target, weight, mixture, ignore_index, label_smoothing, k, com
     return loss, grad, (shift, lse)
 
 
-def _onehot_cols(zs: Tensor, shift: Tensor, y: Tensor, w_y: Tensor, k: float):
-    """Stats columns 2..5 of one-hot rows as the kernels write them (csrc/row_math.h
-    onehot_finalize): f_y, the max m of the other classes (of the unshifted logits), log_c with
-    f_j = w_y exp(k (z_j - m) + log_c), 0. No other class with p > 0: m = 0, log_c = -inf."""
-    is_y = torch.nn.functional.one_hot(y, zs.shape[1]).bool()
-    z_not = zs.masked_fill(is_y, float("-inf"))
-    d = torch.logsumexp(z_not, dim=1) - zs.gather(1, y[:, None]).squeeze(1)
-    a = -_softplus(-d)  # log(1 - p_y)
-    m_not = z_not.amax(1)
-    none = m_not == float("-inf")
-    m_safe = torch.where(none, 0, m_not)
-    log_c = k * a - torch.logsumexp(k * (z_not - m_safe[:, None]), dim=1)
-    log_c = torch.where(none, torch.where(torch.isnan(d), d, float("-inf")), log_c)
-    m = torch.where(none, 0, m_not + shift)
-    return 0 - w_y * torch.exp(k * a), m, log_c, torch.zeros_like(m)
+def _onehot_cols(z: Tensor, y: Tensor, w_y: Tensor, k: float):
+    """Stats columns 2..5 of one-hot rows of the (capped) logits z as the kernels make them: the
+    statistics over the classes j != y (``shard_stats``), finalised by
+    ``_torch_rows.onehot_finalize``, the vocab-parallel loss's finalise too: f_y, the max m of the
+    other classes, log_c with f_j = w_y exp(k (z_j - m) + log_c), 0. No other class with p > 0:
+    m = 0, log_c = -inf."""
+    M, S1, Sk = _shard_raw(z, y, k).unbind(1)
+    _loss, _hi, _lo, f_y, m, log_c = onehot_finalize(M, S1, Sk, z.gather(1, y[:, None])[:, 0], k)
+    return 0 - w_y * (0 - f_y), m, log_c, torch.zeros_like(m)
 
 
 def _grad_cols(z: Tensor, target, weight, mixture, ignore_index, label_smoothing, k) -> Tensor:
@@ -129,15 +123,14 @@ def _grad_cols(z: Tensor, target, weight, mixture, ignore_index, label_smoothing
     soft rows in the complete form (t, c_pos, f_star, STATS_SOFT_COMPLETE + star); 0 for ignored
     and out-of-range rows. Every backend's bwd reads them (tests/test_stats_exchange.py)."""
     N, C = z.shape
-    zs, shift, _bad = _max_shift(z)
     if target.is_floating_point() or mixture is not None or label_smoothing > 0:
         q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, z.dtype)
-        cols = soft_rows(zs, q, k, True, cols=True)[3]
+        cols = soft_rows(_max_shift(z)[0], q, k, True, cols=True)[3]
     else:
         valid = (target != ignore_index) & (target >= 0) & (target < C)
         y = torch.where(valid, target, 0)
         w_y = torch.ones(N, dtype=z.dtype, device=z.device) if weight is None else weight.to(z.dtype)[y]
-        cols = _onehot_cols(zs, shift, y, w_y, k)
+        cols = _onehot_cols(z, y, w_y, k)
     cols = torch.stack(cols, 1)
     if not target.is_floating_point():
         valid = (target != ignore_index) & (target >= 0) & (target < C)
@@ -159,8 +152,7 @@ def fwd(logits, target, weight, mixture, ignore_index, label_smoothing, k, compu
     stats = torch.zeros(logits.shape[0], STATS_COLS, dtype=loss.dtype, device=loss.device)
     # The logsumexp as hi = m + L rounded and lo = (m - hi) + L, what the rounding lost (0 where
     # hi is not finite): -log p_j = (hi - z_j) + lo is exact for huge logits.
-    hi = m + L
-    stats[:, LSE_COL], stats[:, LSE_LO_COL] = hi, torch.where(torch.isfinite(hi), (m - hi) + L, 0)
+    stats[:, LSE_COL], stats[:, LSE_LO_COL] = lse_split(m, L)
     if compute_grad:
         stats[:, SCALE_COL:] = _grad_cols(z, target, weight, mixture, ignore_index, label_smoothing, k)
     return loss, stats
@@ -177,12 +169,9 @@ def bwd(grad_loss, logits, target, weight, mixture, stats, ignore_index, label_s
                            grad_lse).to(logits.dtype)
 
 
-def shard_stats(logits, target, k, softcap=0.0):
-    """(m, s1, sk) per row over the classes j != target (every class for a target outside
-    [0, C)): the one-hot statistics of ROW_MATH.md section 3 before they are finalised."""
-    check_op_shard_stats_args(logits, target)
-    check_op_softcap(softcap, logits.dtype)
-    z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
+def _shard_raw(z: Tensor, target: Tensor, k: float) -> Tensor:
+    """(m, s1, sk) per row of z over the classes j != target (every class for a target outside
+    [0, C)): row_math.h OneHotStats."""
     C = z.shape[1]
     own = (target >= 0) & (target < C)
     z = z.masked_fill(own[:, None] & (target[:, None] == torch.arange(C, device=z.device)), float("-inf"))
@@ -191,6 +180,14 @@ def shard_stats(logits, target, k, softcap=0.0):
     s1 = torch.exp(z - shift).sum(1)
     sk = torch.exp(k * (z - shift)).sum(1)
     return torch.stack([m, s1, sk], 1)
+
+
+def shard_stats(logits, target, k, softcap=0.0):
+    """(m, s1, sk) per row over the classes j != target (every class for a target outside
+    [0, C)): the one-hot statistics of ROW_MATH.md section 3 before they are finalised."""
+    check_op_shard_stats_args(logits, target)
+    check_op_softcap(softcap, logits.dtype)
+    return _shard_raw(softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap), target, k)
 
 
 def soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0):
