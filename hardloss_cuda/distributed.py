@@ -7,8 +7,8 @@ One-hot rows (class indices without smoothing or mixture), every k: each rank's 
 computes its slice's statistics over the non-target classes (the op ``shard_stats``: max m,
 ``s1 = sum exp(z - m)``, ``sk = sum exp(k (z - m))``); one all-reduce MAX of m and one
 all-reduce SUM of ``(s1, sk, z_y)`` rescaled to the global max (the rank that owns the label
-contributes z_y) give the row's global statistics; they are finalised as row_math.h's
-``onehot_finalize`` does, in O(N) torch ops, and the backward is each rank's ``bwd`` op on its
+contributes z_y) give the row's global statistics; they are finalised in O(N) torch ops by
+``_torch_rows.onehot_finalize`` (row_math.h's, also the reference's), and the backward is each rank's ``bwd`` op on its
 slice with these global stats: no communication at all. Forward: 2 collectives of 4 N values.
 
 Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_SmoothShard``):
@@ -20,7 +20,9 @@ bf16 logits go through a float32 copy of the chunk, so that q is not rounded): t
 dominant-class flag, the loss), the op ``soft_shard_stats`` (the soft row's second pass over the
 slice given them), an all-reduce MAX of 3 N and a SUM of 4 N values of its statistics, finalised
 in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward is the ``bwd``
-op on the slice with these stats, no communication. Forward: 4 collectives, 13 N values (52 B a
+op on the slice with these stats, no communication. This module holds the reductions across
+ranks and no row math of its own: every backend's ``bwd`` reads the stats it is given (the
+reference's too). Forward: 4 collectives, 13 N values (52 B a
 row in float32). Probability targets are not accepted (they would be sharded like the logits;
 not needed by the models this is for).
 
