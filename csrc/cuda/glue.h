@@ -1,7 +1,7 @@
 // glue.h: the torch side of the CUDA kernels' ops hardloss_cuda::{fwd, bwd, bwd_inplace,
-// shard_stats}, written once for the device build (csrc/cuda/ops_cuda.cpp: CUDA tensors) and
-// the emulated one (csrc/cuda/emu/ops_emu.cpp: the cuda_emu backend, CPU tensors). The policy
-// `Dev` says where the tensors live and how a launch is reported:
+// shard_stats, soft_shard_stats}, written once for the device build (csrc/cuda/ops_cuda.cpp:
+// CUDA tensors) and the emulated one (csrc/cuda/emu/ops_emu.cpp: the cuda_emu backend, CPU
+// tensors). The policy `Dev` says where the tensors live and how a launch is reported:
 //   static void check_device(const at::Tensor& logits);
 //   struct Guard { explicit Guard(at::Device); };   the device guard (or nothing)
 //   static cudaStream_t stream();                   the stream the kernels are queued on
@@ -87,6 +87,29 @@ struct Ops {
     return t;
   }
 
+  // The forward ops' shared prologue, after each op's own argument check: the softcap's check,
+  // the targets as the kernels take them (prepare), the device guard, emplaced into the caller's
+  // `guard` (which holds it through the launch), then under it the contiguous logits, N and the
+  // options of the accumulation dtype (loss and stats).
+  struct FwdInputs {
+    Prepared in;
+    at::Tensor z;
+    int64_t N;
+    at::TensorOptions acc;
+  };
+  static FwdInputs fwd_inputs(const at::Tensor& logits, const at::Tensor& target,
+                              const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
+                              double softcap, std::optional<typename Dev::Guard>& guard) {
+    hl::check_softcap(softcap, logits.scalar_type());
+    FwdInputs f;
+    f.in = prepare(logits, target, weight, mixture);
+    guard.emplace(logits.device());
+    f.z = logits.contiguous();
+    f.N = f.z.size(0);
+    f.acc = f.z.options().dtype(hl::acc_scalar_type(f.z.scalar_type()));
+    return f;
+  }
+
   // One forward launch over the N >= 1 rows of z: losses and stats (raw_stats: shard_stats' columns).
   static void launch_fwd_into(const at::Tensor& z, const TargetParams& tg, double k, bool compute_grad,
                               bool raw_stats, double softcap, const at::Tensor& loss, const at::Tensor& stats,
@@ -111,16 +134,13 @@ struct Ops {
                                                 const std::optional<at::Tensor>& mixture, int64_t ignore_index,
                                                 double label_smoothing, double k, bool compute_grad, double softcap) {
     hl::check_fwd_args(logits, target, weight, mixture);
-    hl::check_softcap(softcap, logits.scalar_type());
-    Prepared in = prepare(logits, target, weight, mixture);
-    typename Dev::Guard guard(logits.device());
-    const at::Tensor z = logits.contiguous();
-    const int64_t N = z.size(0);
-    const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
-    at::Tensor loss = empty({N}, acc);
-    at::Tensor stats = empty({N, hl::kStatsCols}, acc);
-    if (N == 0) return {loss, stats};  // no zero-size grid
-    launch_fwd_into(z, target_params(in, ignore_index, label_smoothing), k, compute_grad, false, softcap, loss, stats);
+    std::optional<typename Dev::Guard> guard;
+    const FwdInputs f = fwd_inputs(logits, target, weight, mixture, softcap, guard);
+    at::Tensor loss = empty({f.N}, f.acc);
+    at::Tensor stats = empty({f.N, hl::kStatsCols}, f.acc);
+    if (f.N == 0) return {loss, stats};  // no zero-size grid
+    launch_fwd_into(f.z, target_params(f.in, ignore_index, label_smoothing), k, compute_grad, false, softcap, loss,
+                    stats);
     return {loss, stats};
   }
 
@@ -130,17 +150,13 @@ struct Ops {
   static at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, double k, double softcap) {
     hl::check_fwd_args(logits, target, std::nullopt, std::nullopt);
     TORCH_CHECK(!target.is_floating_point(), "hardloss_cuda: shard_stats: target must be class indices");
-    hl::check_softcap(softcap, logits.scalar_type());
-    Prepared in = prepare(logits, target, std::nullopt, std::nullopt);
-    typename Dev::Guard guard(logits.device());
-    const at::Tensor z = logits.contiguous();
-    const int64_t N = z.size(0);
-    const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
-    at::Tensor stats = empty({N, hl::kStatsCols}, acc);
-    if (N > 0) {
+    std::optional<typename Dev::Guard> guard;
+    const FwdInputs f = fwd_inputs(logits, target, std::nullopt, std::nullopt, softcap, guard);
+    at::Tensor stats = empty({f.N, hl::kStatsCols}, f.acc);
+    if (f.N > 0) {
       // No label is ignored: every row excludes its target when it lies in [0, C), none otherwise.
-      launch_fwd_into(z, target_params(in, std::numeric_limits<int64_t>::min(), 0.0), k, true, true, softcap,
-                      empty({N}, acc), stats);
+      launch_fwd_into(f.z, target_params(f.in, std::numeric_limits<int64_t>::min(), 0.0), k, true, true, softcap,
+                      empty({f.N}, f.acc), stats);
     }
     return stats.narrow(1, 0, hl::kShardStatsCols).contiguous();
   }
@@ -153,16 +169,12 @@ struct Ops {
                                      const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
                                      double softcap) {
     hl::check_soft_shard_args(logits, target, weight, mixture, stats);
-    hl::check_softcap(softcap, logits.scalar_type());
-    Prepared in = prepare(logits, target, weight, mixture);
-    typename Dev::Guard guard(logits.device());
-    const at::Tensor z = logits.contiguous();
-    const int64_t N = z.size(0);
-    const auto acc = z.options().dtype(hl::acc_scalar_type(z.scalar_type()));
-    at::Tensor out = empty({N, hl::kSoftShardStatsCols}, acc);
-    if (N > 0) {
-      launch_fwd_into(z, target_params(in, ignore_index, label_smoothing), k, true, true, softcap, empty({N}, acc),
-                      out, stats.contiguous());
+    std::optional<typename Dev::Guard> guard;
+    const FwdInputs f = fwd_inputs(logits, target, weight, mixture, softcap, guard);
+    at::Tensor out = empty({f.N, hl::kSoftShardStatsCols}, f.acc);
+    if (f.N > 0) {
+      launch_fwd_into(f.z, target_params(f.in, ignore_index, label_smoothing), k, true, true, softcap,
+                      empty({f.N}, f.acc), out, stats.contiguous());
     }
     return out;
   }

@@ -6,7 +6,10 @@
 // the 16-byte vector; one-hot rows (k = 1 and not, class weights, ignored and bad labels), label
 // smoothing, probability targets, mixtures; softcap and a logsumexp gradient; fwd with and
 // without the gradient, shard_stats's raw statistics, bwd and bwd_inplace (bitwise the same),
-// rows with a zero incoming gradient.
+// rows with a zero incoming gradient; soft_shard_stats (the soft forward with raw_stats and
+// row_stats) on every row, given its lse (some split floor + rest, so that lo counts), t and
+// star flag: rows with and without a dominant class at k == 1 and k != 1 (counted: each must
+// occur), one-hot rows as q = w_y onehot(y), ignored and bad rows (-inf, 0, -inf, 0, -inf, 0, 0).
 // Run by CTest under AddressSanitizer and UBSan (`make emu-sanitize`): memory errors abort.
 // Usage: test_emu_kernels [seed]
 #include <algorithm>
@@ -31,6 +34,7 @@ using hl::cuda::DType;
 
 int g_failures = 0;
 int g_cases = 0;
+int g_shard_rows[2][2] = {};  // soft_shard_stats rows by [k == 1][star]
 
 // ---------------------------------------------------------------------------------------
 // Element types
@@ -125,6 +129,15 @@ struct RowRef {
   OneHotStats<double> raw;
 };
 
+// q_j of row i (class weights folded in); a valid row only. A class-index row without smoothing
+// or mixture is q = w_y onehot(y).
+double oracle_q(const Inputs& in, int64_t i, int64_t C, int64_t j) {
+  const double w = in.weight.empty() ? 1.0 : in.weight[j];
+  if (!in.probs.empty()) return q_probability(in.probs[i * C + j], w, 1 - in.s, in.s / C);
+  if (!in.mix.empty()) return q_mixture(in.mix[in.y[i] * C + j], w);
+  return q_smoothed(j == in.y[i], w, 1 - in.s, in.s / C);
+}
+
 RowRef oracle_row(const Inputs& in, int64_t i, int64_t C, double k) {
   const double* z = &in.z[i * C];
   RowRef r;
@@ -156,11 +169,7 @@ RowRef oracle_row(const Inputs& in, int64_t i, int64_t C, double k) {
     for (int64_t j = 0; j < C; ++j) r.f[j] = j == y ? row.f_y : onehot_fj(row, z[j], k);
     return r;
   }
-  auto q = [&](int64_t j) {
-    if (!in.probs.empty()) return q_probability(in.probs[i * C + j], w(j), 1 - in.s, in.s / C);
-    if (!in.mix.empty()) return q_mixture(in.mix[y * C + j], w(j));
-    return q_smoothed(j == y, w(j), 1 - in.s, in.s / C);
-  };
+  auto q = [&](int64_t j) { return oracle_q(in, i, C, j); };
   QMass<double> qm = qmass_init<double>();
   for (int64_t j = 0; j < C; ++j) qmass_push(qm, q(j));
   const double t = csum_value(qm.t), m = ls.m, log_s = std::log(ls.s);
@@ -183,6 +192,38 @@ RowRef oracle_row(const Inputs& in, int64_t i, int64_t C, double k) {
   const LseSplit<double> sp = lse_split(ls);
   for (int64_t j = 0; j < C; ++j) r.f[j] = soft_fj(sr, z[j], sp.hi, sp.lo, q(j), k);
   return r;
+}
+
+// soft_shard_stats of row i (every row takes the soft path there): the row's given stats
+// (hi, lo, t, NaN, NaN, tag) in the accumulation type A, from a double computation of its lse
+// and t, tag = kSoftComplete + soft_star; and the seven columns soft_shard_class and
+// put_soft_shard_stats make of those same numbers in double. Not a valid label: q = 0, no
+// class pushed, (-inf, 0, -inf, 0, -inf, 0, 0). Returns the row's star flag.
+template <typename A>
+bool oracle_soft_shard(const Inputs& in, int64_t i, int64_t C, double k, A* given, double* want) {
+  const double* z = &in.z[i * C];
+  LseStats<double> ls = lse_init<double>();
+  for (int64_t j = 0; j < C; ++j) lse_push(ls, z[j]);
+  const LseSplit<double> sp = lse_split(ls);
+  // Odd rows split lse as floor(lse) + the rest: as valid (log p_j = (z_j - hi) - lo), and a
+  // kernel that drops lo is off by up to 1 there, not by a rounding error below the tolerance.
+  const A hi = static_cast<A>(i % 2 ? std::floor(sp.hi) : sp.hi);
+  const A lo = static_cast<A>((sp.hi - static_cast<double>(hi)) + sp.lo);
+  const bool valid = in.y.empty() || label_status(in.y[i], C, in.ignore) == kLabelValid;
+  QMass<double> qm = qmass_init<double>();
+  for (int64_t j = 0; valid && j < C; ++j) qmass_push(qm, oracle_q(in, i, C, j));
+  const double t_d = csum_value(qm.t);
+  const bool star = soft_star(qm, t_d, k);
+  const A t = static_cast<A>(t_d);
+  const A row[kStatsCols] = {hi, lo, t, static_cast<A>(NAN), static_cast<A>(NAN), soft_tag<A>(false, star)};
+  std::copy(row, row + kStatsCols, given);
+  SoftEpsStats<double> es = soft_eps_init<double>();
+  StarRest<double> rest = star_rest_init<double>();
+  for (int64_t j = 0; valid && j < C; ++j) {
+    soft_shard_class<double>(es, rest, z[j], oracle_q(in, i, C, j), hi, lo, t, star, k);
+  }
+  put_soft_shard_stats(want, es, rest);
+  return star;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -344,6 +385,26 @@ void run_case(const Case& c, std::mt19937_64& rng) {
     if (cuda::launch_fwd(rp, E::kType, nullptr) != cudaSuccess) return fail("shard_stats launch", c, E::kName, prof);
   }
 
+  // soft_shard_stats: the soft forward with raw_stats and each row's given stats (the case's
+  // targets; one-hot rows as q = w_y onehot(y)). Columns 3, 4 of the given stats are NaN: the
+  // kernel must not read them.
+  std::vector<A> given(N * kStatsCols), shard(N * kSoftShardStatsCols, NAN), shard_loss(N, NAN);
+  std::vector<double> shard_want(N * kSoftShardStatsCols);
+  for (int64_t i = 0; i < N; ++i) {
+    const bool star = oracle_soft_shard<A>(in, i, C, c.k, &given[i * kStatsCols], &shard_want[i * kSoftShardStatsCols]);
+    ++g_shard_rows[c.k == 1][star];
+  }
+  {
+    cuda::FwdParams sp = fp;
+    sp.loss = shard_loss.data();
+    sp.stats = shard.data();
+    sp.raw_stats = true;
+    sp.row_stats = given.data();
+    if (cuda::launch_fwd(sp, E::kType, nullptr) != cudaSuccess) {
+      return fail("soft_shard_stats launch", c, E::kName, prof);
+    }
+  }
+
   // k != 1 soft rows amplify the rounding of eps; with a softcap, p_j and f_j are of the
   // capped logit, rounded once more.
   const double tol = E::kTol * (c.k != 1 && !onehot ? 10 : 1) * (c.cap != 0 ? 10 : 1);
@@ -389,6 +450,17 @@ void run_case(const Case& c, std::mt19937_64& rng) {
       if (!close(st[0], r.raw.m, c.cap != 0 ? acc_tol : 0.0) || !close(st[1], r.raw.s1, acc_tol * 4) ||
           !close(st[2], r.raw.sk, acc_tol * 4))
         fail("shard_stats row " + std::to_string(i), c, E::kName, prof);
+    }
+    // a row whose label is not valid: exactly the empty statistics
+    const double shard_tol = in.y.empty() || label_status(in.y[i], C, in.ignore) == kLabelValid ? acc_tol * 4 : 0.0;
+    for (int col = 0; col < kSoftShardStatsCols; ++col) {
+      const double got = shard[i * kSoftShardStatsCols + col], want = shard_want[i * kSoftShardStatsCols + col];
+      if (!close(got, want, shard_tol)) {
+        fail("soft_shard_stats row " + std::to_string(i) + " column " + std::to_string(col) + ": got " +
+                 std::to_string(got) + " want " + std::to_string(want),
+             c, E::kName, prof);
+        break;
+      }
     }
   }
 }
@@ -439,6 +511,15 @@ int main(int argc, char** argv) {
     run_type<double>(rng);
     run_type<__half>(rng);
     run_type<__nv_bfloat16>(rng);
+  }
+  // soft_shard_stats saw rows with and without a dominant class, at k == 1 and k != 1
+  for (int k1 = 0; k1 < 2; ++k1) {
+    for (int star = 0; star < 2; ++star) {
+      if (g_shard_rows[k1][star] == 0) {
+        std::fprintf(stderr, "FAILED soft_shard_stats: no row with k %s 1 and star %d\n", k1 ? "==" : "!=", star);
+        ++g_failures;
+      }
+    }
   }
   std::printf("test_emu_kernels: %d cases, %d failures\n", g_cases, g_failures);
   return g_failures == 0 ? 0 : 1;
