@@ -8,7 +8,9 @@ accumulators for half inputs). Peak extra memory is one chunk of logits plus O(N
 
 - ``mean`` / ``sum``: the incoming gradient is a scalar, so the gradients are computed during
   the forward pass, on the chunk's logits still in the buffer (three matmuls in all, as the
-  materialised head), and scaled in backward. Not with ``return_lse``: see below.
+  materialised head), and scaled in backward. Not with ``return_lse`` (see below), and not for
+  fp16, whose small gradients would underflow at a unit scale before a loss scaler's factor
+  comes (as ``none``: four matmuls).
 - ``none``: the incoming gradient is per row; the backward recomputes each chunk's logits from
   the kept row statistics (a fourth matmul) and scales row by row.
 - ``trim``: the losses of every row first (matmul + forward op), then the kept rows only get
@@ -142,8 +144,14 @@ class _LinearCE(torch.autograd.Function):
         grad = any(need)
         loss = torch.empty(N, dtype=acc, device=h.device)
         stats = torch.empty((N, STATS_COLS), dtype=acc, device=h.device)
-        # The gradients in forward when the scale is known before the losses and no lse gradient may come.
-        direct = grad and reduction != "none" and frac is None and not with_lse
+        # The gradients in forward when the scale is known before the losses and no lse gradient may
+        # come. Not for fp16: there they would be rounded at a unit incoming gradient and scaled in
+        # backward, and fp16 flushes what lies below 6e-8 (subnormal from 6e-5): the small logit
+        # gradients that a loss scaler (torch.amp.GradScaler) multiplies the loss to keep would be
+        # lost. In backward they are rounded once, at the incoming gradient's scale, as the
+        # materialised head's (one more matmul a chunk). bf16 has float32's range.
+        in_forward = h.dtype != torch.float16
+        direct = grad and reduction != "none" and frac is None and not with_lse and in_forward
         scales = _scales(reduction, row_w, valid)  # trimming changes them below
         if direct:
             grads = _grad_buffers(h, W, b, need)
@@ -165,7 +173,7 @@ class _LinearCE(torch.autograd.Function):
         out = reduce_rows(loss, lse, kept, row_w, z_loss, reduction)
 
         ctx.head, ctx.need, ctx.z_loss, ctx.device = head, need, z_loss, h.device
-        if grad and reduction != "none" and frac is not None and not with_lse:
+        if grad and reduction != "none" and frac is not None and not with_lse and in_forward:
             # Trimming: the gradient matmuls on the kept rows only, in chunks.
             grads = _grad_buffers(h, W, b, need)
             scale, z_scale = scales

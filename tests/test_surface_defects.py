@@ -152,6 +152,45 @@ def test_linear_loss_and_lse_gradients_rounded_once(backend, device, reduction, 
         assert err <= 2 * err_t + floor, (what, err, err_t, floor)
 
 
+@api_backends()
+@pytest.mark.parametrize("reduction,trim", [("mean", None), ("sum", None), ("mean", 0.5)])
+def test_linear_fp16_gradients_survive_loss_scaling(backend, device, reduction, trim):
+    """fp16 under a loss scale (what torch.amp.GradScaler does: the loss times S, here 2^12, so
+    that small gradients are not flushed below fp16's 6e-8). The head computed its gradients in
+    forward at a unit incoming gradient, rounded them to fp16 there, and scaled them by S in
+    backward: the logit gradients below 3e-8 became 0 where the materialised head keeps them as
+    S times that (found by test_fuzz_linear: a 28% error in a subnormal grad_input). Now fp16
+    computes them in backward. 60 classes biased far down (p ~ 1e-10) have such gradients only:
+    every class's row of grad_weight, every entry of grad_bias and every row of grad_input
+    within 2x the materialised head's error there + 4 ulp of its largest entry."""
+    gen = torch.Generator().manual_seed(7)
+    N, D, C, S = 48, 16, 300, 2.0**12
+    h = torch.randn(N, D, generator=gen)
+    W = (torch.randn(C, D, generator=gen) * 0.5).index_fill_(0, torch.arange(C - 60, C), 0.0)
+    b = torch.zeros(C).index_fill_(0, torch.arange(C - 60, C), -12.0)
+    y = torch.randint(0, C - 60, (N,), generator=gen)
+    kw = dict(reduction=reduction, trim=trim)
+    grads = {}
+    for name, dtype in (("truth", torch.float64), ("torch", torch.float16), ("ours", torch.float16)):
+        leaves = [t.to(torch.float16).to(dtype).to(device).requires_grad_() for t in (h, W, b)]
+        if name == "ours":
+            loss = hl.linear_cross_entropy(*leaves[:2], y.to(device), linear_bias=leaves[2], backend=backend, **kw)
+        else:
+            z = F.linear(*leaves)
+            be = "reference" if name == "truth" else backend
+            loss = hl.cross_entropy(z, y.to(device), backend=be, **kw)
+        if name == "truth":  # the far classes' logit gradients: flushed at a unit scale, kept at S's
+            G = torch.autograd.grad(loss, z, retain_graph=True)[0][:, C - 60:].abs()
+            assert (G < 2.0**-25).all() and (G.amax(0) * S > 2.0**-24).all()
+        grads[name] = torch.autograd.grad(loss, leaves, torch.full_like(loss, S))
+    for i, what in enumerate(("input", "linear_weight", "linear_bias")):
+        t = grads["truth"][i].reshape(grads["truth"][i].shape[0], -1)
+        err = (grads["ours"][i].double().reshape(t.shape) - t).abs().amax(1)
+        err_t = (grads["torch"][i].double().reshape(t.shape) - t).abs().amax(1)
+        allowed = 2 * err_t + 4 * 2.0**-11 * t.abs().amax(1)
+        assert (err <= allowed).all(), (what, (err / allowed).max().item(), err.max().item())
+
+
 # ---------------------------------------------------------------------------- softcap
 
 
