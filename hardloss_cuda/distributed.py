@@ -8,8 +8,9 @@ computes its slice's statistics over the non-target classes (the op ``shard_stat
 ``s1 = sum exp(z - m)``, ``sk = sum exp(k (z - m))``); one all-reduce MAX of m and one
 all-reduce SUM of ``(s1, sk, z_y)`` rescaled to the global max (the rank that owns the label
 contributes z_y) give the row's global statistics; they are finalised in O(N) torch ops by
-``_torch_rows.onehot_finalize`` (row_math.h's, also the reference's), and the backward is each rank's ``bwd`` op on its
-slice with these global stats: no communication at all. Forward: 2 collectives of 4 N values.
+``_torch_rows.onehot_finalize`` (row_math.h's, also the reference's), and the backward is each
+rank's ``bwd`` op on its slice with these global stats: no communication at all. Forward: 2
+collectives of 4 N values.
 
 Label smoothing at k = 1 runs the backend's soft-row kernels on the slice (``_SmoothShard``):
 3 all-reduces of O(N) values forward, none backward. Other soft rows (mixtures, smoothing at
@@ -22,9 +23,9 @@ slice given them), an all-reduce MAX of 3 N and a SUM of 4 N values of its stati
 in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward is the ``bwd``
 op on the slice with these stats, no communication. This module holds the reductions across
 ranks and no row math of its own: every backend's ``bwd`` reads the stats it is given (the
-reference's too). Forward: 4 collectives, 13 N values (52 B a
-row in float32). Probability targets are not accepted (they would be sharded like the logits;
-not needed by the models this is for).
+reference's too). Forward: 4 collectives, 13 N values (52 B a row in float32). Probability
+targets are not accepted (they would be sharded like the logits; not needed by the models this
+is for).
 
 Collectives are torch's functional collectives (traceable by torch.compile); nothing else
 synchronises with the host, except the layout exchange when ``class_start`` / ``num_classes``

@@ -150,8 +150,8 @@ class _LinearCE(torch.autograd.Function):
         # gradients that a loss scaler (torch.amp.GradScaler) multiplies the loss to keep would be
         # lost. In backward they are rounded once, at the incoming gradient's scale, as the
         # materialised head's (one more matmul a chunk). bf16 has float32's range.
-        in_forward = h.dtype != torch.float16
-        direct = grad and reduction != "none" and frac is None and not with_lse and in_forward
+        in_forward = grad and reduction != "none" and not with_lse and h.dtype != torch.float16
+        direct = in_forward and frac is None
         scales = _scales(reduction, row_w, valid)  # trimming changes them below
         if direct:
             grads = _grad_buffers(h, W, b, need)
@@ -173,7 +173,7 @@ class _LinearCE(torch.autograd.Function):
         out = reduce_rows(loss, lse, kept, row_w, z_loss, reduction)
 
         ctx.head, ctx.need, ctx.z_loss, ctx.device = head, need, z_loss, h.device
-        if grad and reduction != "none" and frac is not None and not with_lse and in_forward:
+        if in_forward and frac is not None:
             # Trimming: the gradient matmuls on the kept rows only, in chunks.
             grads = _grad_buffers(h, W, b, need)
             scale, z_scale = scales
