@@ -32,6 +32,16 @@ void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const
 void check_soft_shard_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
                            const std::optional<at::Tensor>& mixture, const at::Tensor& stats);
 
+// soft_shard_stats' kept pass (_schema.py): eps and side both given or neither, at k != 1,
+// contiguous (N, C) in acc and int8 on the logits' device. Returns whether they are given.
+bool check_kept_eps(const at::Tensor& logits, const std::optional<at::Tensor>& eps,
+                    const std::optional<at::Tensor>& side, double k);
+
+// soft_shard_grad: grad_loss and stats as bwd's (logits' dtype and shape as fwd's), eps and
+// side as soft_shard_stats kept them, out contiguous (N, C) in the logits' dtype.
+void check_soft_shard_grad_args(const at::Tensor& grad_loss, const at::Tensor& eps, const at::Tensor& side,
+                                const at::Tensor& logits, const at::Tensor& stats, const at::Tensor& out);
+
 // softcap: 0 (off), or a normal positive number of the logits' accumulation type (a float
 // cap below FLT_MIN would round to 0, "off"; above FLT_MAX to inf). grad_lse: absent, or acc
 // of shape (N,) on the logits' device.

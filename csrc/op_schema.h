@@ -12,8 +12,9 @@
 #define HL_SHARD_STATS_ARGS "(Tensor logits, Tensor target, float k, float softcap=0.) -> Tensor"
 #define HL_STATS_COLS 6
 #define HL_SHARD_STATS_COLS 3
-#define HL_SOFT_SHARD_STATS_ARGS "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0.) -> Tensor"
+#define HL_SOFT_SHARD_STATS_ARGS "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., Tensor(a!)? eps=None, Tensor(b!)? side=None) -> Tensor"
 #define HL_SOFT_SHARD_STATS_COLS 7
 #define HL_STATS_SOFT_COMPLETE 0
 #define HL_STATS_SOFT_DEFERRED 2
+#define HL_SOFT_SHARD_GRAD_ARGS "(Tensor grad_loss, Tensor eps, Tensor side, Tensor logits, Tensor stats, Tensor(a!) out, float softcap=0., Tensor? grad_lse=None) -> ()"
 // clang-format on

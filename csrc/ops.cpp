@@ -1,4 +1,5 @@
-// The op library hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats, soft_shard_stats}: the schema alone, one for every
+// The op library hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats, soft_shard_stats,
+// soft_shard_grad}: the schema alone, one for every
 // compiled backend (op_schema.h; the strings are hardloss_cuda/_schema.py's, tests/test_ops.py
 // checks they agree). The CPU kernels register in csrc/cpu/ops_cpu.cpp, the CUDA kernels in
 // csrc/cuda/ops_cuda.cpp.
@@ -24,4 +25,5 @@ TORCH_LIBRARY(hardloss_cuda, m) {
   m.def("bwd_inplace" HL_BWD_INPLACE_ARGS);
   m.def("shard_stats" HL_SHARD_STATS_ARGS);
   m.def("soft_shard_stats" HL_SOFT_SHARD_STATS_ARGS);
+  m.def("soft_shard_grad" HL_SOFT_SHARD_GRAD_ARGS);
 }

@@ -552,6 +552,42 @@ HL_HOST_DEVICE inline void soft_shard_class(SoftEpsStats<T>& es, StarRest<T>& re
   soft_eps_class(es, rest, z_j, q_j, hi, lo, t, t != T(0) ? t : T(1), star, k);
 }
 
+// soft_shard_stats with its kept pass (the optional eps / side outputs, _schema.py): per class
+// what the backward's f_j needs besides the row's finalised stats, so that a vocab-parallel
+// backward does not take log|eps| and |eps|^k again (soft_shard_grad). kla = k log|eps_j| as
+// soft_eps_class pushes it; side kSideNeg for a negative class, kSidePos for the others,
+// kSideStar for the dominant class (kla 0, unused). Rows that are not valid: (-inf, kSidePos),
+// which soft_kept_f turns into 0 (their stats are 0).
+constexpr int8_t kSidePos = 0;
+constexpr int8_t kSideNeg = 1;
+constexpr int8_t kSideStar = 2;
+
+template <typename T>
+struct KeptEps {
+  T kla;
+  int8_t side;
+};
+
+// soft_shard_class at k != 1 and the class's KeptEps, from one evaluation.
+template <typename T>
+HL_HOST_DEVICE inline KeptEps<T> soft_shard_class_kept(SoftEpsStats<T>& es, StarRest<T>& rest, T z_j, T q_j, T hi,
+                                                       T lo, T t, bool star, T k) {
+  if (is_star(star, q_j, t)) return {T(0), kSideStar};
+  const T log_p = (z_j - hi) - lo;
+  if (star) star_rest_push(rest, log_p, q_j);
+  bool neg;
+  const T kla = k * soft_log_abs_eps(log_p, q_j / (t != T(0) ? t : T(1)), &neg);
+  soft_eps_push(es, kla, neg);
+  return {kla, neg ? kSideNeg : kSidePos};
+}
+
+// f_j of a soft row from its kept pass and the row's finalised stats (complete form): soft_f,
+// or f_star for the dominant class. The same numbers soft_fj computes from the logits.
+template <typename T>
+HL_HOST_DEVICE inline T soft_kept_f(const SoftRow<T>& r, T kla, int8_t side) {
+  return side == kSideStar ? r.f_star : soft_f(r, kla, side == kSideNeg);
+}
+
 // soft_shard_stats' kSoftShardStatsCols columns of a row: es, then rest (log p: m, s; sum q).
 template <typename T>
 HL_HOST_DEVICE inline void put_soft_shard_stats(T* out, SoftEpsStats<T> es, StarRest<T> rest) {

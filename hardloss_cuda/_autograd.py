@@ -18,7 +18,8 @@ from . import _torch_rows
 from .backends import LOADED, get
 from ._ops import bwd_inplace_op, fwd_op
 from ._schema import (LSE_COL, SHARD_STATS_COLS, SOFT_SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args,
-                      check_op_bwd_args, check_op_shard_stats_args, check_op_soft_shard_stats_args)
+                      check_op_bwd_args, check_op_kept_eps, check_op_shard_stats_args, check_op_soft_shard_grad_args,
+                      check_op_soft_shard_stats_args)
 from .validation import in_functorch
 
 
@@ -226,15 +227,23 @@ def _fake_shard_stats(logits, target, k, softcap=0.0):
     return logits.new_empty((logits.shape[0], SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype))
 
 
-def _fake_soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0):
+def _fake_soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0,
+                           eps=None, side=None):
     check_op_soft_shard_stats_args(logits, target, weight, mixture, stats)
+    check_op_kept_eps(logits, eps, side, k)
     return logits.new_empty((logits.shape[0], SOFT_SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype))
 
 
+def _fake_soft_shard_grad(grad_loss, eps, side, logits, stats, out, softcap=0.0, grad_lse=None):
+    check_op_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out, grad_lse)
+    return None
+
+
 # cpu and cuda share the compiled ops: each op once
-for _fwd_name, _bwd_name, _inplace_name, _shard_name, _soft_shard_name in {b.op_names for b in LOADED}:
+for _fwd_name, _bwd_name, _inplace_name, _shard_name, _soft_shard_name, _soft_grad_name in {b.op_names for b in LOADED}:
     torch.library.register_fake(f"hardloss_cuda::{_shard_name}")(_fake_shard_stats)
     torch.library.register_fake(f"hardloss_cuda::{_soft_shard_name}")(_fake_soft_shard_stats)
+    torch.library.register_fake(f"hardloss_cuda::{_soft_grad_name}")(_fake_soft_shard_grad)
     torch.library.register_fake(f"hardloss_cuda::{_fwd_name}")(_fake_fwd)
     torch.library.register_fake(f"hardloss_cuda::{_bwd_name}")(_fake_bwd)
     torch.library.register_fake(f"hardloss_cuda::{_inplace_name}")(_fake_bwd_inplace)

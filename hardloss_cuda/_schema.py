@@ -65,6 +65,23 @@ them): per row, (N, SOFT_SHARD_STATS_COLS) acc, row_math.h's mergeable statistic
 (the dominant class by the k = 1 rule, ``is_star_k1``), the first four are then ``(-inf, 0,
 -inf, 0)``. Ignored rows and bad labels: ``(-inf, 0, -inf, 0, -inf, 0, 0)``. The vocab-parallel
 loss reduces them over the ranks and finalises them (``_torch_rows.soft_cols``).
+
+Its kept pass, at k != 1: given ``eps`` (N, C) acc and ``side`` (N, C) int8 (contiguous, both or
+neither), soft_shard_stats also writes per class what the backward needs besides the row's
+finalised stats (row_math.h soft_shard_class_kept): ``eps`` = ``k log|eps_j|``, the very value its
+statistics sum, and ``side`` = SIDE_NEG for a negative class, SIDE_POS for the others, SIDE_STAR
+for the dominant class (eps 0, unused); ``(-inf, SIDE_POS)`` on ignored rows and bad labels.
+
+``soft_shard_grad(grad_loss, eps, side, logits, stats, out, softcap, grad_lse)`` is then ``bwd``
+for those rows without a second |eps|^k pass: with the row's finalised stats in the complete
+form (c_pos, f_star), ``f_j = f_star`` (SIDE_STAR), ``-t exp(eps_j)`` (SIDE_NEG), ``sign(t)
+exp(eps_j + c_pos)`` (SIDE_POS) (row_math.h soft_kept_f), written into ``out`` (N, C) in logits'
+dtype as bwd writes it (times grad_loss, plus grad_lse times softmax, times the softcap's
+slope; the logits are read only for those two). ``out`` may be ``eps`` itself (float32 /
+float64 logits: the buffer becomes the gradient). A row with grad_loss 0 (and grad_lse 0) and a
+finite lse and t is 0 without being read. Each pass reads what the other wrote: a vocab-parallel
+loss at k != 1 holds eps and side from forward to backward (5 bytes a class in float32) instead
+of taking log and exp twice more per class (docs/DISTRIBUTED.md).
 """
 
 import torch
@@ -165,6 +182,41 @@ def check_op_soft_shard_stats_args(logits, target, weight, mixture, stats) -> No
         raise ValueError(f"stats: on {stats.device}, logits on {logits.device}")
 
 
+def check_op_kept_eps(logits, eps, side, k) -> None:
+    """soft_shard_stats' optional outputs (csrc/checks.cpp check_kept_eps says the same)."""
+    if eps is None and side is None:
+        return
+    if eps is None or side is None:
+        raise ValueError("eps, side: give both or neither")
+    if k == 1:
+        raise ValueError("eps: the kept pass is for k != 1 (at k = 1 soft_shard_stats takes no |eps|)")
+    _check_kept(logits, eps, side)
+
+
+def _check_kept(logits, eps, side) -> None:
+    acc = acc_dtype(logits.dtype)
+    for name, x, dtype in (("eps", eps, acc), ("side", side, torch.int8)):
+        if x.shape != logits.shape or x.dtype != dtype or not x.is_contiguous():
+            raise ValueError(f"{name}: expected contiguous {dtype} of shape {tuple(logits.shape)}, got {x.dtype} "
+                             f"{tuple(x.shape)}")
+        if x.device != logits.device:
+            raise ValueError(f"{name}: on {x.device}, logits on {logits.device}")
+
+
+def check_op_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out, grad_lse) -> None:
+    """soft_shard_grad's arguments (csrc/checks.cpp check_soft_shard_grad_args)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
+    check_logit_dtype(logits.dtype)
+    check_op_bwd_args(grad_loss, logits, stats, grad_lse)
+    _check_kept(logits, eps, side)
+    if out.shape != logits.shape or out.dtype != logits.dtype or not out.is_contiguous():
+        raise ValueError(f"out: expected contiguous {logits.dtype} of shape {tuple(logits.shape)}, got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    if out.device != logits.device:
+        raise ValueError(f"out: on {out.device}, logits on {logits.device}")
+
+
 def check_op_softcap(softcap: float, dtype: torch.dtype) -> None:
     """The ops' own check of ``softcap`` (csrc/checks.cpp check_softcap says the same)."""
     if softcap != 0.0:
@@ -185,11 +237,17 @@ SHARD_STATS_ARGS = "(Tensor logits, Tensor target, float k, float softcap=0.) ->
 SHARD_STATS_COLS = 3
 SOFT_SHARD_STATS_ARGS = (
     "(Tensor logits, Tensor target, Tensor? weight, Tensor? mixture, Tensor stats, int ignore_index, "
-    "float label_smoothing, float k, float softcap=0.) -> Tensor"
+    "float label_smoothing, float k, float softcap=0., Tensor(a!)? eps=None, Tensor(b!)? side=None) -> Tensor"
 )
 # soft_shard_stats' columns: row_math.h SoftEpsStats {m_neg, s_neg, m_pos, s_pos}, then StarRest
 # {log p: m, s; sum q} (csrc/row_math.h SoftShardCol)
 SOFT_SHARD_STATS_COLS = 7
+SOFT_SHARD_GRAD_ARGS = (
+    "(Tensor grad_loss, Tensor eps, Tensor side, Tensor logits, Tensor stats, Tensor(a!) out, float softcap=0., "
+    "Tensor? grad_lse=None) -> ()"
+)
+# soft_shard_stats' kept pass (its eps / side outputs): the side of each class (row_math.h kSide*)
+SIDE_POS, SIDE_NEG, SIDE_STAR = 0, 1, 2
 BWD_INPLACE_ARGS = (
     "(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? mixture, "
     "Tensor stats, int ignore_index, float label_smoothing, float k, float softcap=0., "
@@ -229,7 +287,7 @@ _C_MACROS = (("HL_FWD_ARGS", FWD_ARGS), ("HL_BWD_ARGS", BWD_ARGS), ("HL_BWD_INPL
              ("HL_SHARD_STATS_ARGS", SHARD_STATS_ARGS), ("HL_STATS_COLS", STATS_COLS),
              ("HL_SHARD_STATS_COLS", SHARD_STATS_COLS), ("HL_SOFT_SHARD_STATS_ARGS", SOFT_SHARD_STATS_ARGS),
              ("HL_SOFT_SHARD_STATS_COLS", SOFT_SHARD_STATS_COLS), ("HL_STATS_SOFT_COMPLETE", STATS_SOFT_COMPLETE),
-             ("HL_STATS_SOFT_DEFERRED", STATS_SOFT_DEFERRED))
+             ("HL_STATS_SOFT_DEFERRED", STATS_SOFT_DEFERRED), ("HL_SOFT_SHARD_GRAD_ARGS", SOFT_SHARD_GRAD_ARGS))
 
 
 def c_header() -> str:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_SOFT_COMPLETE, STATS_SOFT_DEFERRED, TAG_COL, soft_tag_star
+from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, SIDE_NEG, SIDE_POS, SIDE_STAR, STATS_SOFT_COMPLETE,
+                      STATS_SOFT_DEFERRED, TAG_COL, soft_tag_star)
 
-__all__ = ["target_rows", "soft_rows", "soft_log_abs_eps", "soft_f", "soft_pass2", "soft_cols", "lse_pair",
-           "lse_split", "onehot_finalize", "grad_from_stats", "softcap_logits", "softcap_slope", "true_rows_grad", "target_grads"]
+__all__ = ["target_rows", "soft_rows", "soft_log_abs_eps", "soft_f", "soft_pass2", "soft_cols", "soft_kept",
+           "soft_kept_f", "lse_pair", "lse_split", "finish_grad", "onehot_finalize", "grad_from_stats", "softcap_logits", "softcap_slope", "true_rows_grad", "target_grads"]
 
 _INF = float("inf")
 
@@ -269,19 +270,43 @@ def grad_from_stats(grad_loss, x, target, weight, mixture, stats, ignore_index, 
         w_y = torch.ones_like(g) if weight is None else weight.to(z.dtype)[y]
         f = w_y[:, None] * torch.exp(k * (z - stats[:, 3, None]) + stats[:, 4, None])
         f = torch.where(y[:, None] == torch.arange(C, device=z.device), scale[:, None], f)
-    out = g[:, None] * f
-    zero = (g == 0) & (hi.abs() < _INF) & (scale.abs() < _INF)
-    if grad_lse is not None:
-        out = out + grad_lse.to(z.dtype)[:, None] * torch.exp(log_p)
-        zero = zero & (grad_lse == 0)
-    if softcap != 0:
-        out = out * softcap_slope(x, softcap)
-    out = torch.where(zero[:, None], 0, out.masked_fill(~(hi.abs() < _INF)[:, None], torch.nan))
+    out = finish_grad(g, f, x, log_p, stats, softcap, grad_lse)
     if not target.is_floating_point():
         ignored = target == ignore_index
         bad = ~ignored & ((target < 0) | (target >= C))
         out = torch.where(ignored[:, None], 0, out).masked_fill(bad[:, None], torch.nan)
     return out
+
+
+def finish_grad(g: Tensor, f: Tensor, x: Tensor, log_p: Tensor, stats: Tensor, softcap: float, grad_lse) -> Tensor:
+    """g f_j plus g_lse p_j, times the cap's slope at the logits x, with the kernels' row rules: a
+    row with a non-finite lse NaN, and one with zero incoming gradients and finite stats 0
+    (row_math.h grad_row_is_zero)."""
+    hi, scale = stats[:, LSE_COL], stats[:, SCALE_COL]
+    out = g[:, None] * f
+    zero = (g == 0) & (hi.abs() < _INF) & (scale.abs() < _INF)
+    if grad_lse is not None:
+        out = out + grad_lse.to(f.dtype)[:, None] * torch.exp(log_p)
+        zero = zero & (grad_lse == 0)
+    if softcap != 0:
+        out = out * softcap_slope(x, softcap)
+    return torch.where(zero[:, None], 0, out.masked_fill(~(hi.abs() < _INF)[:, None], torch.nan))
+
+
+def soft_kept(log_p: Tensor, q: Tensor, t: Tensor, star: Tensor, k: float) -> tuple[Tensor, Tensor]:
+    """soft_shard_stats' kept pass at k != 1 (row_math.h soft_shard_class_kept), elementwise:
+    (k log|eps_j|, side) with side SIDE_NEG / SIDE_POS, and (0, SIDE_STAR) at the dominant class."""
+    at_star = star[:, None] & (2 * q > t[:, None])
+    log_abs_eps, neg = soft_log_abs_eps(log_p, q / torch.where(t != 0, t, 1)[:, None])
+    side = torch.where(at_star, SIDE_STAR, torch.where(neg, SIDE_NEG, SIDE_POS)).to(torch.int8)
+    return torch.where(at_star, 0, k * log_abs_eps), side
+
+
+def soft_kept_f(kla: Tensor, side: Tensor, stats: Tensor) -> Tensor:
+    """row_math.h soft_kept_f, elementwise: f_j from the kept pass and the rows' finalised stats
+    (complete form: t, c_pos, f_star in columns 2..4)."""
+    t, c_pos, f_star = (stats[:, c, None] for c in (SCALE_COL, 3, 4))
+    return torch.where(side == SIDE_STAR, f_star, soft_f(kla, side == SIDE_NEG, t, c_pos))
 
 
 def softcap_logits(z: Tensor, softcap: float) -> Tensor:

@@ -23,7 +23,7 @@ from . import _library, _version_check
 # inside compiled code.
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 
-OP_KINDS = ("fwd", "bwd", "bwd_inplace", "shard_stats", "soft_shard_stats")  # the ops of every backend (_schema.py)
+OP_KINDS = ("fwd", "bwd", "bwd_inplace", "shard_stats", "soft_shard_stats", "soft_shard_grad")  # the ops of every backend (_schema.py)
 
 
 @dataclass(frozen=True)

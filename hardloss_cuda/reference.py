@@ -6,7 +6,8 @@ the loss ``-sum q log p``, and the normalised ``|eps|^k`` pseudo-gradient, evalu
 log domain where the contract asks for it. It is readable first and fast second.
 
 The oracle only: no shipped code path calls it, besides the ``reference`` backend itself
-(``_ops.py`` registers ``fwd`` / ``bwd`` / ``shard_stats`` / ``soft_shard_stats`` as its ops). It takes the target
+(``_ops.py`` registers ``fwd`` / ``bwd`` / ``shard_stats`` / ``soft_shard_stats`` /
+``soft_shard_grad`` as its ops). It takes the target
 row, the soft-target rows and the softcap from ``_torch_rows.py``, which the shipped torch
 code uses too (one copy of that math; ``tests/fuzz_oracle.py`` checks both independently).
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, acc_dtype, check_op_args, check_op_bwd_args,
-                      TAG_COL, check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap,
-                      soft_tag_star)
-from ._torch_rows import grad_from_stats, lse_split, onehot_finalize, soft_pass2, soft_rows, softcap_logits, target_grads, target_rows
+from ._schema import (LSE_COL, LSE_LO_COL, SCALE_COL, SIDE_POS, STATS_COLS, TAG_COL, acc_dtype, check_op_args,
+                      check_op_bwd_args, check_op_kept_eps, check_op_shard_stats_args, check_op_soft_shard_grad_args,
+                      check_op_soft_shard_stats_args, check_op_softcap, soft_tag_star)
+from ._torch_rows import (finish_grad, grad_from_stats, lse_split, onehot_finalize, soft_kept, soft_kept_f, soft_pass2,
+                          soft_rows, softcap_logits, target_grads, target_rows)
 
-__all__ = ["rows", "fwd", "bwd", "shard_stats", "soft_shard_stats", "acc_dtype", "target_rows", "target_grads"]
+__all__ = ["rows", "fwd", "bwd", "shard_stats", "soft_shard_stats", "soft_shard_grad", "acc_dtype", "target_rows", "target_grads"]
 
 
 def _softplus(x: Tensor) -> Tensor:
@@ -190,19 +192,40 @@ def shard_stats(logits, target, k, softcap=0.0):
     return _shard_raw(softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap), target, k)
 
 
-def soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0):
+def soft_shard_stats(logits, target, weight, mixture, stats, ignore_index, label_smoothing, k, softcap=0.0, eps=None,
+                     side=None):
     """A soft row's pass 2 over the classes of ``logits`` given the row's global lse (hi, lo), t and
     star flag (stats columns 0, 1, 2, 5): ``_torch_rows.soft_pass2``'s seven statistics (_schema.py);
     a class-index row without smoothing is the soft row q = w_y onehot(y); ignored and bad rows
-    (-inf, 0, -inf, 0, -inf, 0, 0)."""
+    (-inf, 0, -inf, 0, -inf, 0, 0). With ``eps`` and ``side``, also its kept pass
+    (``_torch_rows.soft_kept``), (-inf, SIDE_POS) on those rows."""
     check_op_soft_shard_stats_args(logits, target, weight, mixture, stats)
     check_op_softcap(softcap, logits.dtype)
+    check_op_kept_eps(logits, eps, side, k)
     z = softcap_logits(logits.to(acc_dtype(logits.dtype)), softcap)
     C = z.shape[1]
     q = target_rows(C, target, weight, mixture, ignore_index, label_smoothing, z.dtype)
     hi, lo, t = stats[:, LSE_COL], stats[:, LSE_LO_COL], stats[:, SCALE_COL]
-    out = torch.stack(soft_pass2((z - hi[:, None]) - lo[:, None], q, t, soft_tag_star(stats[:, TAG_COL]), k), 1)
+    log_p, star = (z - hi[:, None]) - lo[:, None], soft_tag_star(stats[:, TAG_COL])
+    out = torch.stack(soft_pass2(log_p, q, t, star, k), 1)
+    valid = torch.ones_like(t, dtype=torch.bool)
     if not target.is_floating_point():
         valid = (target != ignore_index) & (target >= 0) & (target < C)
         out = torch.where(valid[:, None], out, out.new_tensor([-float("inf"), 0, -float("inf"), 0, -float("inf"), 0, 0]))
+    if eps is not None:
+        kla, s = soft_kept(log_p, q, t, star, k)
+        eps.copy_(torch.where(valid[:, None], kla, -float("inf")))
+        side.copy_(torch.where(valid[:, None], s, SIDE_POS))
     return out
+
+
+def soft_shard_grad(grad_loss, eps, side, logits, stats, out, softcap=0.0, grad_lse=None) -> None:
+    """bwd of soft rows from soft_shard_stats' kept pass (_schema.py): ``_torch_rows.soft_kept_f``
+    finished as bwd finishes (``finish_grad``), into ``out`` (which may be ``eps``)."""
+    check_op_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out, grad_lse)
+    check_op_softcap(softcap, logits.dtype)
+    x = logits.to(acc_dtype(logits.dtype))
+    z = softcap_logits(x, softcap)
+    log_p = (z - stats[:, LSE_COL, None]) - stats[:, LSE_LO_COL, None]
+    f = soft_kept_f(eps, side, stats)
+    out.copy_(finish_grad(grad_loss, f, x, log_p, stats, softcap, grad_lse))

@@ -203,7 +203,7 @@ HL_CLONES SoftTerms soft_terms(const float* __restrict x, const float* __restric
 // for the positives (a large k must not underflow S_pos).
 HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restrict q, int64_t n, float m,
                                 float log_s, float t_div, float star_t, float k, float* __restrict w,
-                                float* __restrict refs) {
+                                float* __restrict refs, float* __restrict kla, int8_t* __restrict side) {
   const float inf = __builtin_inff();
   float v[kEpsBlock];
   SoftEpsChunk r{-inf, 0.0f, -inf, 0.0f, 0.0, 0.0f};
@@ -246,6 +246,12 @@ HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restri
         if (neg) mn = v[i] > mn ? v[i] : mn;
         else mp = v[i] > mp ? v[i] : mp;
         wa[i] = neg ? -1.0f : 1.0f;
+      }
+    if (kla != nullptr)  // wa: +inf at the dominant class, else the sign
+      for (int64_t i = 0; i < b; ++i) {
+        const bool star = wa[i] == inf;
+        kla[a + i] = star ? 0.0f : v[i];
+        side[a + i] = star ? kSideStar : (wa[i] < 0.0f ? kSideNeg : kSidePos);
       }
     const float ref_p = mp == -inf ? 0.0f : mp, ref_n = mn == -inf ? 0.0f : mn;
     refs[2 * (a / kEpsBlock)] = mp;
@@ -318,6 +324,16 @@ HL_CLONES void soft_grad_complete(const float* __restrict x, const float* __rest
       const double kla = k * std::log(neg ? -e : e);
       oa[i] = static_cast<float>(g * (neg ? -t : sign_t) * std::exp(neg ? kla : kla + c_pos));
     }
+  }
+}
+
+HL_CLONES void kept_grad_map(const float* kla, const int8_t* __restrict side, int64_t n, float g, float t,
+                             float c_pos, float g_f_star, float* out) {
+  const float sign_t = t < 0.0f ? -1.0f : 1.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool neg = side[i] == kSideNeg;
+    const float f = (neg ? -t : sign_t) * exp_of(neg ? kla[i] : kla[i] + c_pos);
+    out[i] = side[i] == kSideStar ? g_f_star : g * f;
   }
 }
 

@@ -71,8 +71,10 @@ struct SoftEpsChunk {
   double q_rest;
   float p_rest;
 };
+// kla / side: nullptr, or soft_shard_stats' kept pass over the chunk (row_math.h
+// soft_shard_class_kept: k log|eps_j| and the class's side, (0, kSideStar) at the dominant class).
 SoftEpsChunk soft_eps(const float* x, const float* q, int64_t n, float m, float log_s, float t_div,
-                      float star_t, float k, float* w, float* refs);
+                      float star_t, float k, float* w, float* refs, float* kla = nullptr, int8_t* side = nullptr);
 
 // Pass 2, soft_scale: out_j = g f_j from w once the row's c_pos and f_star are known:
 // g_sign = g sign(t), c_neg = log|t| (f_j = -t |eps_j|^k), g_f_star = g f_star.
@@ -85,6 +87,12 @@ void soft_scale(const float* w, const float* refs, int64_t n, float g_sign, floa
 // (eps_j >= 0), and g_f_star = g f_star on the dominant class, 2 q_j > star_t (+inf: none).
 void soft_grad_complete(const float* x, const float* q, int64_t n, float lse, float lse_lo, float t, float t_div,
                         float c_pos, float star_t, float k, float g, float g_f_star, float* out);
+
+// g f_j from soft_shard_stats' kept pass (row_math.h soft_kept_f), the numbers
+// soft_grad_complete computes from the logits: -t exp(kla_j) (kSideNeg), sign(t) exp(kla_j +
+// c_pos) (kSidePos), g_f_star = g f_star (kSideStar). out may be kla.
+void kept_grad_map(const float* kla, const int8_t* side, int64_t n, float g, float t, float c_pos, float g_f_star,
+                   float* out);
 
 // g f_j of a soft row at k == 1 over a chunk: g (t p_j - q_j), log p_j = (x_j - lse) - lse_lo
 // (the caller handles t == 0). In a row whose dominant class takes f_star at k == 1

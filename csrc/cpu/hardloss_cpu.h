@@ -1,4 +1,5 @@
-// CPU kernels of hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats, soft_shard_stats} (csrc/cpu/ops_cpu.cpp registers them; the
+// CPU kernels of hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats, soft_shard_stats,
+// soft_shard_grad} (csrc/cpu/ops_cpu.cpp registers them; the
 // contract is hardloss_cuda/_schema.py).
 #pragma once
 
@@ -29,7 +30,12 @@ at::Tensor shard_stats(const at::Tensor& logits, const at::Tensor& target, doubl
 
 at::Tensor soft_shard_stats(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
                             const std::optional<at::Tensor>& mixture, const at::Tensor& stats, int64_t ignore_index,
-                            double label_smoothing, double k, double softcap);
+                            double label_smoothing, double k, double softcap, const std::optional<at::Tensor>& eps,
+                            const std::optional<at::Tensor>& side);
+
+void soft_shard_grad(const at::Tensor& grad_loss, const at::Tensor& eps, const at::Tensor& side,
+                     const at::Tensor& logits, const at::Tensor& stats, at::Tensor& out, double softcap,
+                     const std::optional<at::Tensor>& grad_lse);
 
 }  // namespace cpu
 }  // namespace hl

@@ -167,8 +167,10 @@ struct Ops {
   static at::Tensor soft_shard_stats(const at::Tensor& logits, const at::Tensor& target,
                                      const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                                      const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
-                                     double softcap) {
+                                     double softcap, const std::optional<at::Tensor>& eps,
+                                     const std::optional<at::Tensor>& side) {
     hl::check_soft_shard_args(logits, target, weight, mixture, stats);
+    TORCH_CHECK(!hl::check_kept_eps(logits, eps, side, k), "hardloss_cuda: soft_shard_stats: eps: not implemented yet");
     std::optional<typename Dev::Guard> guard;
     const FwdInputs f = fwd_inputs(logits, target, weight, mixture, softcap, guard);
     at::Tensor out = empty({f.N, hl::kSoftShardStatsCols}, f.acc);
@@ -243,6 +245,16 @@ struct Ops {
     at::Tensor z = direct ? logits : logits.contiguous();
     launch_bwd_into(grad_loss, z, in, stats, ignore_index, label_smoothing, k, softcap, grad_lse, z);
     if (!direct) logits.copy_(z);
+  }
+
+  // soft_shard_grad (_schema.py): bwd of soft rows from soft_shard_stats' kept pass.
+  static void soft_shard_grad(const at::Tensor& grad_loss, const at::Tensor& eps, const at::Tensor& side,
+                              const at::Tensor& logits, const at::Tensor& stats, at::Tensor& out, double softcap,
+                              const std::optional<at::Tensor>& grad_lse) {
+    hl::check_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out);
+    hl::check_softcap(softcap, logits.scalar_type());
+    hl::check_grad_lse(grad_lse, logits);
+    TORCH_CHECK(false, "hardloss_cuda: soft_shard_grad: not implemented yet");
   }
 };
 

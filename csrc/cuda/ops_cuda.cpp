@@ -40,4 +40,5 @@ TORCH_LIBRARY_IMPL(hardloss_cuda, CUDA, m) {
   m.impl("bwd_inplace", &hl::cuda::CudaOps::bwd_inplace);
   m.impl("shard_stats", &hl::cuda::CudaOps::shard_stats);
   m.impl("soft_shard_stats", &hl::cuda::CudaOps::soft_shard_stats);
+  m.impl("soft_shard_grad", &hl::cuda::CudaOps::soft_shard_grad);
 }

@@ -50,6 +50,7 @@ TORCH_LIBRARY_FRAGMENT(hardloss_cuda, m) {
   m.def("cuda_emu_bwd_inplace" HL_BWD_INPLACE_ARGS);
   m.def("cuda_emu_shard_stats" HL_SHARD_STATS_ARGS);
   m.def("cuda_emu_soft_shard_stats" HL_SOFT_SHARD_STATS_ARGS);
+  m.def("cuda_emu_soft_shard_grad" HL_SOFT_SHARD_GRAD_ARGS);
 }
 
 TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
@@ -58,6 +59,7 @@ TORCH_LIBRARY_IMPL(hardloss_cuda, CPU, m) {
   m.impl("cuda_emu_bwd_inplace", &hl::cuda::EmuOps::bwd_inplace);
   m.impl("cuda_emu_shard_stats", &hl::cuda::EmuOps::shard_stats);
   m.impl("cuda_emu_soft_shard_stats", &hl::cuda::EmuOps::soft_shard_stats);
+  m.impl("cuda_emu_soft_shard_grad", &hl::cuda::EmuOps::soft_shard_grad);
 }
 
 // ---------------------------------------------------------------------------------------
