@@ -1,4 +1,4 @@
-// dispatch.cu: the dtype dispatch of the fwd / bwd launchers (launch.h) and the device
+// dispatch.cu: the dtype dispatch of the fwd / bwd / kept_grad launchers (launch.h) and the device
 // attribute cache the launchers size their grids with. Torch-free; the kernels themselves are
 // in fwd_kernels.cuh / bwd_kernels.cuh, instantiated per dtype in fwd_*.cu / bwd_*.cu.
 #include <algorithm>
@@ -54,6 +54,16 @@ cudaError_t launch_bwd(const BwdParams& p, DType dtype, cudaStream_t stream) {
     case DType::kFloat64: return launch_bwd_typed<double>(p, stream);
     case DType::kFloat16: return launch_bwd_typed<__half>(p, stream);
     case DType::kBFloat16: return launch_bwd_typed<__nv_bfloat16>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_kept_grad(const KeptGradParams& p, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: return launch_kept_grad_typed<float>(p, stream);
+    case DType::kFloat64: return launch_kept_grad_typed<double>(p, stream);
+    case DType::kFloat16: return launch_kept_grad_typed<__half>(p, stream);
+    case DType::kBFloat16: return launch_kept_grad_typed<__nv_bfloat16>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

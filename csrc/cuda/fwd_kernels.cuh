@@ -74,7 +74,10 @@ constexpr int kRegMinBlocks = (sizeof(acc_type<S>) == 8 ? 512 : 1024) / BLOCK > 
 
 // K_IS_ONE (one-hot rows with k == 1: one exp per element) is a template argument here: as a
 // runtime select inside the unrolled statistics it made ptxas spill at 32 values per thread.
-template <typename S, int BLOCK, int TPR, int NV, bool SOFT, bool K_IS_ONE>
+// KEPT (soft_shard_stats' kept pass, FwdArgs::kla): a template argument too, so that the plain
+// soft kernels keep their registers (as a runtime branch it doubled their spills); it implies
+// row_stats, so those kernels have no pass A.
+template <typename S, int BLOCK, int TPR, int NV, bool SOFT, bool K_IS_ONE, bool KEPT = false>
 __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kernel(const FwdArgs<S> a) {
   using A = acc_type<S>;
   constexpr int VEC = Pack<S>::kN;
@@ -117,7 +120,7 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
     } else {
       // Pass A: lse, t = sum q, min / max q; soft_shard_stats: given (a.row_stats).
       QMass<A> pa = qmass_init<A>();
-      if (a.row_stats == nullptr) {
+      if (!KEPT && a.row_stats == nullptr) {
 #pragma unroll
         for (int i = 0; i < NV; ++i) {
 #pragma unroll
@@ -127,17 +130,29 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
           }
         }
       }
-      const SoftRowCtx<A> ctx = a.row_stats != nullptr ? soft_ctx_given(a.row_stats, r)
-                                                       : soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, k, red);
-      // Pass B: loss and, for the backward, the |eps|^k statistics.
+      const SoftRowCtx<A> ctx = KEPT || a.row_stats != nullptr
+                                    ? soft_ctx_given(a.row_stats, r)
+                                    : soft_pass_a_reduce<TPR>(lse_stats_regs(x), pa, k, red);
+      // Pass B: loss and, for the backward, the |eps|^k statistics; soft_shard_stats' kept pass
+      // (KEPT) also stores each class's k log|eps| and side.
       SoftPassB<A> pb = soft_pass_b_init<A>();
+      auto pass_b = [&](auto push) {
 #pragma unroll
-      for (int i = 0; i < NV; ++i) {
+        for (int i = 0; i < NV; ++i) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          const int j = (i * TPR + lane) * VEC + e;
-          if (j < C) soft_pass_b_push(pb, ctx, x[i * VEC + e], soft_q(a.tg, r, ri, j), k, a.compute_grad);
+          for (int e = 0; e < VEC; ++e) {
+            const int j = (i * TPR + lane) * VEC + e;
+            if (j < C) push(x[i * VEC + e], soft_q(a.tg, r, ri, j), j);
+          }
         }
+      };
+      if constexpr (!KEPT) {
+        pass_b([&](A z, A q, int) { soft_pass_b_push(pb, ctx, z, q, k, a.compute_grad); });
+      } else {
+        const bool valid = ri.status == kLabelValid;
+        A* kla = a.kla + r * C;
+        int8_t* side = a.side + r * C;
+        pass_b([&](A z, A q, int j) { soft_pass_b_push_kept(pb, ctx, z, q, k, valid, active, kla + j, side + j); });
       }
       SoftRow<A> sr;
       SoftPassB<A> raw = pb;
@@ -160,7 +175,7 @@ __device__ __forceinline__ Pack<S> fetch_pack(const Pack<S>* cache, const S* zro
   return v < a.ncache ? cache[v] : load_pack(zrow, v, a.C, a.aligned);
 }
 
-template <typename S, int BLOCK, int U, bool SOFT>
+template <typename S, int BLOCK, int U, bool SOFT, bool KEPT = false>
 __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
   using A = acc_type<S>;
   constexpr int VEC = Pack<S>::kN;
@@ -200,7 +215,7 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
       // soft_shard_stats: given (a.row_stats), no pass A (the launcher sets no cache).
       LseStats<A> ls = lse_init<A>();
       QMass<A> pa = qmass_init<A>();
-      for (int vb = 0; a.row_stats == nullptr && vb < nvec; vb += STEP) {
+      for (int vb = 0; !KEPT && a.row_stats == nullptr && vb < nvec; vb += STEP) {
         A x[E];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -219,22 +234,33 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
           }
         }
       }
-      const SoftRowCtx<A> ctx = a.row_stats != nullptr ? soft_ctx_given(a.row_stats, r)
-                                                       : soft_pass_a_reduce<BLOCK>(ls, pa, k, red);
-      // Pass B: loss and, for the backward, the |eps|^k statistics.
+      const SoftRowCtx<A> ctx = KEPT || a.row_stats != nullptr ? soft_ctx_given(a.row_stats, r)
+                                                               : soft_pass_a_reduce<BLOCK>(ls, pa, k, red);
+      // Pass B: loss and, for the backward, the |eps|^k statistics; soft_shard_stats' kept pass
+      // (KEPT, as fwd_reg_kernel's) also stores each class's k log|eps| and side.
       SoftPassB<A> pb = soft_pass_b_init<A>();
-      for (int vb = 0; vb < nvec; vb += STEP) {
+      auto pass_b = [&](auto push) {
+        for (int vb = 0; vb < nvec; vb += STEP) {
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int v = vb + u * BLOCK + tid;
-          A x[VEC];
-          unpack_logits(fetch_pack(cache, zrow, v, a), v, C, a.cap, x);
+          for (int u = 0; u < U; ++u) {
+            const int v = vb + u * BLOCK + tid;
+            A x[VEC];
+            unpack_logits(fetch_pack(cache, zrow, v, a), v, C, a.cap, x);
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            const int j = v * VEC + e;
-            if (j < C) soft_pass_b_push(pb, ctx, x[e], soft_q(a.tg, r, ri, j), k, a.compute_grad);
+            for (int e = 0; e < VEC; ++e) {
+              const int j = v * VEC + e;
+              if (j < C) push(x[e], soft_q(a.tg, r, ri, j), j);
+            }
           }
         }
+      };
+      if constexpr (!KEPT) {
+        pass_b([&](A z, A q, int) { soft_pass_b_push(pb, ctx, z, q, k, a.compute_grad); });
+      } else {
+        const bool valid = ri.status == kLabelValid;
+        A* kla = a.kla + r * C;
+        int8_t* side = a.side + r * C;
+        pass_b([&](A z, A q, int j) { soft_pass_b_push_kept(pb, ctx, z, q, k, valid, true, kla + j, side + j); });
       }
       SoftRow<A> sr;
       SoftPassB<A> raw = pb;

@@ -14,7 +14,7 @@
 namespace hl {
 namespace cuda {
 
-template <typename S, int BLOCK, int TPR, int NV, bool SOFT>
+template <typename S, int BLOCK, int TPR, int NV, bool SOFT, bool KEPT>
 cudaError_t launch_reg(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t stream) {
   constexpr int RPB = BLOCK / TPR;
   const int64_t groups = (a.N + RPB - 1) / RPB;
@@ -24,15 +24,15 @@ cudaError_t launch_reg(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t st
   if (!SOFT && a.k_is_one) {
     return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT>>(grid, BLOCK, 0, stream, a);
   }
-  return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, false>>(grid, BLOCK, 0, stream, a);
+  return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, false, KEPT>>(grid, BLOCK, 0, stream, a);
 }
 
-template <typename S, bool SOFT>
+template <typename S, bool SOFT, bool KEPT>
 cudaError_t launch_stream(FwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream) {
   constexpr int BLOCK = 1024;
   // 16 fp32 values (4 fp32 / 2 fp16 vectors) per thread and step; 8 fp64 values.
   constexpr int U = sizeof(acc_type<S>) == 8 ? 4 : 16 / Pack<S>::kN;
-  constexpr auto kernel = fwd_stream_kernel<S, BLOCK, U, SOFT>;
+  constexpr auto kernel = fwd_stream_kernel<S, BLOCK, U, SOFT, KEPT>;
   // All of the kernel's shared memory is dynamic (fwd_stream_kernel): the reduction scratch,
   // then for soft rows the row cache, as much of the row as the opt-in maximum leaves room for.
   constexpr int kScratch = static_cast<int>(sizeof(ReduceSmem<acc_type<S>>));
@@ -64,8 +64,8 @@ cudaError_t launch_stream(FwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream
   return launch_kernel<kernel>(grid, BLOCK, smem, stream, a);
 }
 
-// Path by row length (see the top of this file).
-template <typename S, bool SOFT>
+// Path by row length (see the top of this file). KEPT: soft_shard_stats' kept pass (FwdArgs::kla).
+template <typename S, bool SOFT, bool KEPT = false>
 cudaError_t launch_fwd_path(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t stream) {
   using A = acc_type<S>;
   constexpr int VEC = Pack<S>::kN;
@@ -74,22 +74,22 @@ cudaError_t launch_fwd_path(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream
   constexpr bool kF64 = sizeof(A) == 8;
   constexpr int NVMAX = kF64 ? 4 : 32 / VEC;
   const int64_t nvec = (a.C + VEC - 1) / VEC;
-  if (nvec <= 4) return launch_reg<S, 128, 4, 1, SOFT>(a, d, stream);
-  if (nvec <= 8) return launch_reg<S, 128, 8, 1, SOFT>(a, d, stream);
-  if (nvec <= 16) return launch_reg<S, 128, 16, 1, SOFT>(a, d, stream);
-  if (nvec <= 32) return launch_reg<S, 128, 32, 1, SOFT>(a, d, stream);
-  if (nvec <= 64) return launch_reg<S, 128, 32, 2, SOFT>(a, d, stream);
-  if (nvec <= 128) return launch_reg<S, 128, 32, 4, SOFT>(a, d, stream);
+  if (nvec <= 4) return launch_reg<S, 128, 4, 1, SOFT, KEPT>(a, d, stream);
+  if (nvec <= 8) return launch_reg<S, 128, 8, 1, SOFT, KEPT>(a, d, stream);
+  if (nvec <= 16) return launch_reg<S, 128, 16, 1, SOFT, KEPT>(a, d, stream);
+  if (nvec <= 32) return launch_reg<S, 128, 32, 1, SOFT, KEPT>(a, d, stream);
+  if (nvec <= 64) return launch_reg<S, 128, 32, 2, SOFT, KEPT>(a, d, stream);
+  if (nvec <= 128) return launch_reg<S, 128, 32, 4, SOFT, KEPT>(a, d, stream);
   if constexpr (NVMAX >= 8) {
-    if (nvec <= 256) return launch_reg<S, 128, 32, 8, SOFT>(a, d, stream);
+    if (nvec <= 256) return launch_reg<S, 128, 32, 8, SOFT, KEPT>(a, d, stream);
   }
-  if (nvec <= 128 * NVMAX) return launch_reg<S, 128, 128, NVMAX, SOFT>(a, d, stream);
-  if (nvec <= 256 * NVMAX) return launch_reg<S, 256, 256, NVMAX, SOFT>(a, d, stream);
-  if (nvec <= 512 * NVMAX) return launch_reg<S, 512, 512, NVMAX, SOFT>(a, d, stream);
+  if (nvec <= 128 * NVMAX) return launch_reg<S, 128, 128, NVMAX, SOFT, KEPT>(a, d, stream);
+  if (nvec <= 256 * NVMAX) return launch_reg<S, 256, 256, NVMAX, SOFT, KEPT>(a, d, stream);
+  if (nvec <= 512 * NVMAX) return launch_reg<S, 512, 512, NVMAX, SOFT, KEPT>(a, d, stream);
   if constexpr (!kF64) {
-    if (nvec <= 1024 * NVMAX) return launch_reg<S, 1024, 1024, NVMAX, SOFT>(a, d, stream);
+    if (nvec <= 1024 * NVMAX) return launch_reg<S, 1024, 1024, NVMAX, SOFT, KEPT>(a, d, stream);
   }
-  return launch_stream<S, SOFT>(a, d, stream);
+  return launch_stream<S, SOFT, KEPT>(a, d, stream);
 }
 
 template <typename S>
@@ -114,7 +114,10 @@ cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
   a.compute_grad = p.compute_grad;
   a.raw_stats = p.raw_stats;
   a.row_stats = static_cast<const A*>(p.row_stats);
+  a.kla = static_cast<A*>(p.kept_eps);
+  a.side = p.kept_side;
   a.aligned = p.C % Pack<S>::kN == 0 && reinterpret_cast<uintptr_t>(p.logits) % 16 == 0;
+  if (a.kla != nullptr) return launch_fwd_path<S, true, true>(a, d, stream);  // soft_shard_stats' kept pass
   return is_soft(p.tg) || p.row_stats != nullptr ? launch_fwd_path<S, true>(a, d, stream) : launch_fwd_path<S, false>(a, d, stream);
 }
 

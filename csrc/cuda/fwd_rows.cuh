@@ -29,6 +29,8 @@ struct FwdArgs {
   bool compute_grad;
   bool raw_stats;  // FwdParams::raw_stats (shard_stats, soft_shard_stats)
   const A* row_stats;  // FwdParams::row_stats (soft_shard_stats), or nullptr
+  A* kla;              // FwdParams::kept_eps / kept_side (soft_shard_stats' kept pass), or nullptr:
+  int8_t* side;        // the pass-B loops test it once per row (soft_pass_b_push_kept)
 };
 
 template <typename A>
@@ -200,6 +202,21 @@ __device__ __forceinline__ void soft_pass_b_push(SoftPassB<A>& b, const SoftRowC
     soft_eps_class(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.t_div, c.star, k);
   } else if (grad) {
     star_k1_rest_class(b.rest, z, q, c.m, c.log_s, c.t, c.star);  // k == 1: the dominant class's f*
+  }
+}
+
+// soft_pass_b_push for soft_shard_stats' kept pass (FwdArgs::kla, so row_stats and k != 1:
+// c.m, c.log_s are the given hi, lo): the same statistics through row_math.h
+// soft_shard_class_kept, and class j's KeptEps stored at *kla, *side ((-inf, kSidePos) when the
+// row's label is not valid; nothing when !store: a register-path group past the last row).
+template <typename A>
+__device__ __forceinline__ void soft_pass_b_push_kept(SoftPassB<A>& b, const SoftRowCtx<A>& c, A z, A q, A k,
+                                                      bool valid, bool store, A* kla, int8_t* side) {
+  soft_loss_push(b.loss, q, z, c.m);
+  const KeptEps<A> e = soft_shard_class_kept(b.es, b.rest, z, q, c.m, c.log_s, c.t, c.star, k);
+  if (store) {
+    *kla = valid ? e.kla : -hl_inf<A>();
+    *side = valid ? e.side : kSidePos;
   }
 }
 

@@ -1,5 +1,5 @@
 // glue.h: the torch side of the CUDA kernels' ops hardloss_cuda::{fwd, bwd, bwd_inplace,
-// shard_stats, soft_shard_stats}, written once for the device build (csrc/cuda/ops_cuda.cpp:
+// shard_stats, soft_shard_stats, soft_shard_grad}, written once for the device build (csrc/cuda/ops_cuda.cpp:
 // CUDA tensors) and the emulated one (csrc/cuda/emu/ops_emu.cpp: the cuda_emu backend, CPU
 // tensors). The policy `Dev` says where the tensors live and how a launch is reported:
 //   static void check_device(const at::Tensor& logits);
@@ -110,10 +110,12 @@ struct Ops {
     return f;
   }
 
-  // One forward launch over the N >= 1 rows of z: losses and stats (raw_stats: shard_stats' columns).
+  // One forward launch over the N >= 1 rows of z: losses and stats (raw_stats: shard_stats' columns;
+  // row_stats: soft_shard_stats, with eps / side its kept pass).
   static void launch_fwd_into(const at::Tensor& z, const TargetParams& tg, double k, bool compute_grad,
                               bool raw_stats, double softcap, const at::Tensor& loss, const at::Tensor& stats,
-                              const at::Tensor& row_stats = at::Tensor()) {
+                              const at::Tensor& row_stats = at::Tensor(), const at::Tensor& eps = at::Tensor(),
+                              const at::Tensor& side = at::Tensor()) {
     FwdParams p;
     p.logits = z.data_ptr();
     p.tg = tg;
@@ -126,6 +128,8 @@ struct Ops {
     p.raw_stats = raw_stats;
     p.softcap = softcap;
     p.row_stats = row_stats.defined() ? row_stats.data_ptr() : nullptr;
+    p.kept_eps = eps.defined() ? eps.data_ptr() : nullptr;
+    p.kept_side = side.defined() ? side.data_ptr<int8_t>() : nullptr;
     Dev::check(launch_fwd(p, dtype_of(z.scalar_type()), Dev::stream()));
   }
 
@@ -163,20 +167,22 @@ struct Ops {
 
   // soft_shard_stats (_schema.py): the soft forward kernels given each row's global lse, t and
   // star flag (FwdParams::row_stats), with FwdParams::raw_stats: no pass A, and pass B's
-  // statistics written unfinalised (put_soft_shard_stats).
+  // statistics written unfinalised (put_soft_shard_stats). With eps / side (checked contiguous,
+  // so written in place) pass B also keeps each class's k log|eps| and side (FwdParams::kept_eps).
   static at::Tensor soft_shard_stats(const at::Tensor& logits, const at::Tensor& target,
                                      const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                                      const at::Tensor& stats, int64_t ignore_index, double label_smoothing, double k,
                                      double softcap, const std::optional<at::Tensor>& eps,
                                      const std::optional<at::Tensor>& side) {
     hl::check_soft_shard_args(logits, target, weight, mixture, stats);
-    TORCH_CHECK(!hl::check_kept_eps(logits, eps, side, k), "hardloss_cuda: soft_shard_stats: eps: not implemented yet");
     std::optional<typename Dev::Guard> guard;
     const FwdInputs f = fwd_inputs(logits, target, weight, mixture, softcap, guard);
+    const bool kept = hl::check_kept_eps(logits, eps, side, k);
     at::Tensor out = empty({f.N, hl::kSoftShardStatsCols}, f.acc);
     if (f.N > 0) {
       launch_fwd_into(f.z, target_params(f.in, ignore_index, label_smoothing), k, true, true, softcap,
-                      empty({f.N}, f.acc), out, stats.contiguous());
+                      empty({f.N}, f.acc), out, stats.contiguous(), kept ? *eps : at::Tensor(),
+                      kept ? *side : at::Tensor());
     }
     return out;
   }
@@ -247,14 +253,37 @@ struct Ops {
     if (!direct) logits.copy_(z);
   }
 
-  // soft_shard_grad (_schema.py): bwd of soft rows from soft_shard_stats' kept pass.
+  // soft_shard_grad (_schema.py): bwd of soft rows from soft_shard_stats' kept pass
+  // (kept_grad.cuh), into `out` (checked contiguous; it may be eps itself). The logits are passed
+  // (contiguous) only when a softcap or grad_lse may make the kernel read them.
   static void soft_shard_grad(const at::Tensor& grad_loss, const at::Tensor& eps, const at::Tensor& side,
                               const at::Tensor& logits, const at::Tensor& stats, at::Tensor& out, double softcap,
                               const std::optional<at::Tensor>& grad_lse) {
     hl::check_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out);
     hl::check_softcap(softcap, logits.scalar_type());
     hl::check_grad_lse(grad_lse, logits);
-    TORCH_CHECK(false, "hardloss_cuda: soft_shard_grad: not implemented yet");
+    Dev::check_device(logits);
+    const int64_t N = logits.size(0), C = logits.size(1);
+    TORCH_CHECK(N == 0 || C <= kMaxClasses, "hardloss_cuda: logits: the number of classes must be in [1, 2^30], got ",
+                C);
+    if (N == 0 || C == 0) return;  // no zero-size grid
+    typename Dev::Guard guard(logits.device());
+    const bool has_lse = grad_lse.has_value() && grad_lse->defined();
+    const at::Tensor z = softcap != 0.0 || has_lse ? logits.contiguous() : at::Tensor();
+    const at::Tensor gl = grad_loss.contiguous(), st = stats.contiguous();
+    const at::Tensor g_lse = has_lse ? grad_lse->contiguous() : at::Tensor();
+    KeptGradParams p;
+    p.grad_loss = gl.data_ptr();
+    p.grad_lse = g_lse.defined() ? g_lse.data_ptr() : nullptr;
+    p.eps = eps.data_ptr();
+    p.side = side.data_ptr<int8_t>();
+    p.logits = z.defined() ? z.data_ptr() : nullptr;
+    p.stats = st.data_ptr();
+    p.out = out.data_ptr();
+    p.N = N;
+    p.C = C;
+    p.softcap = softcap;
+    Dev::check(launch_kept_grad(p, dtype_of(logits.scalar_type()), Dev::stream()));
   }
 };
 

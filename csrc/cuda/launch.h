@@ -1,5 +1,5 @@
 // launch.h: the host-side interface of the CUDA kernels of hardloss_cuda::{fwd, bwd,
-// bwd_inplace}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by
+// bwd_inplace, shard_stats, soft_shard_stats, soft_shard_grad}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by
 // the torch glue csrc/cuda/ops_cuda.cpp and by the kernel files csrc/cuda/*.cu.
 //
 // Contract (hardloss_cuda/_schema.py): the forward reads the logits once and keeps kStatsCols
@@ -62,6 +62,9 @@ struct FwdParams {
   const void* row_stats = nullptr;  // soft_shard_stats: (N, kStatsCols) acc, each row's global
                            // lse, t and star flag (columns 0, 1, 2, 5); every row takes the soft
                            // path (a class-index row without smoothing: q = w_y onehot(y))
+  void* kept_eps = nullptr;    // soft_shard_stats' kept pass (k != 1, with row_stats), or nullptr:
+  int8_t* kept_side = nullptr; // (N, C) acc k log|eps_j| and int8 side of each class (row_math.h
+                           // soft_shard_class_kept), (-inf, kSidePos) on rows whose label is not valid
 };
 
 struct BwdParams {
@@ -82,19 +85,36 @@ struct BwdParams {
                            // g_lse p_j added before the slope (row_math.h finish_grad)
 };
 
+// soft_shard_grad (_schema.py): the gradient of soft rows from soft_shard_stats' kept pass.
+struct KeptGradParams {
+  const void* grad_loss;   // (N,) acc
+  const void* grad_lse;    // (N,) acc or nullptr
+  const void* eps;         // (N, C) acc, k log|eps_j| (may be == out: fp32 / fp64 logits)
+  const int8_t* side;      // (N, C) int8, kSidePos / kSideNeg / kSideStar
+  const void* logits;      // (N, C): read only with a softcap or grad_lse
+  const void* stats;       // (N, kStatsCols) acc, the rows' finalised stats in the complete form
+  void* out;               // (N, C) gradient in the logits' dtype
+  int64_t N;
+  int64_t C;
+  double softcap;
+};
+
 // In-row indices are 32-bit (vector index * 16 bytes stays far from overflow); row offsets
 // (row * C) are 64-bit, so N * C may exceed 2^31.
 constexpr int64_t kMaxClasses = int64_t(1) << 30;
 
 cudaError_t launch_fwd(const FwdParams& p, DType dtype, cudaStream_t stream);
 cudaError_t launch_bwd(const BwdParams& p, DType dtype, cudaStream_t stream);
+cudaError_t launch_kept_grad(const KeptGradParams& p, DType dtype, cudaStream_t stream);
 
-// The typed launchers behind the two above, explicitly instantiated for float, double,
-// __half and __nv_bfloat16 in csrc/cuda/fwd_*.cu and csrc/cuda/bwd_*.cu.
+// The typed launchers behind the three above, explicitly instantiated for float, double,
+// __half and __nv_bfloat16 in csrc/cuda/fwd_*.cu and csrc/cuda/bwd_*.cu (kept_grad: with bwd).
 template <typename scalar_t>
 cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream);
 template <typename scalar_t>
 cudaError_t launch_bwd_typed(const BwdParams& p, cudaStream_t stream);
+template <typename scalar_t>
+cudaError_t launch_kept_grad_typed(const KeptGradParams& p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace hl
