@@ -123,9 +123,11 @@ __global__ void __launch_bounds__(BLOCK) kept_grad_kernel(const KeptGradArgs<S> 
     const bool read_z = a.cap != A(0) || g_lse != A(0);
     const A* erow = a.eps + row * C;
     const int8_t* srow = a.side + row * C;
-    Pack<A> ep[U][EPV];
+    // = {}: GCC's -Wuninitialized does not see load_pack_fill's uint4 loads fill a pack, and z is
+    // loaded only when read_z.
+    Pack<A> ep[U][EPV] = {};
     int8_t sd[U][VEC];
-    Pack<S> z[U];
+    Pack<S> z[U] = {};
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int v = v0 + u * TPR + lane;

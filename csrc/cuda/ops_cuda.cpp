@@ -1,4 +1,5 @@
-// ops_cuda.cpp: hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats} for the CUDA dispatch key
+// ops_cuda.cpp: hardloss_cuda::{fwd, bwd, bwd_inplace, shard_stats, soft_shard_stats,
+// soft_shard_grad} for the CUDA dispatch key
 // (the schemas are defined in csrc/ops.cpp, see _schema.py): the shared glue of glue.h on CUDA
 // tensors, on the current device and stream.
 //

@@ -9,7 +9,11 @@
 // rows with a zero incoming gradient; soft_shard_stats (the soft forward with raw_stats and
 // row_stats) on every row, given its lse (some split floor + rest, so that lo counts), t and
 // star flag: rows with and without a dominant class at k == 1 and k != 1 (counted: each must
-// occur), one-hot rows as q = w_y onehot(y), ignored and bad rows (-inf, 0, -inf, 0, -inf, 0, 0).
+// occur), one-hot rows as q = w_y onehot(y), ignored and bad rows (-inf, 0, -inf, 0, -inf, 0, 0);
+// at k != 1 also its kept pass (FwdParams::kept_eps / kept_side: the same statistics bitwise,
+// every class written, (-inf, kSidePos) on rows whose label is not valid, f of the kept values as
+// the oracle's) and soft_shard_grad from it (launch_kept_grad, against the oracle's gradient; out
+// over eps itself for fp32 / fp64, bitwise the same).
 // Run by CTest under AddressSanitizer and UBSan (`make emu-sanitize`): memory errors abort.
 // Usage: test_emu_kernels [seed]
 #include <algorithm>
@@ -35,6 +39,7 @@ using hl::cuda::DType;
 int g_failures = 0;
 int g_cases = 0;
 int g_shard_rows[2][2] = {};  // soft_shard_stats rows by [k == 1][star]
+int g_kept_sides[3] = {};     // soft_shard_stats' kept pass: classes by side (valid rows)
 
 // ---------------------------------------------------------------------------------------
 // Element types
@@ -226,6 +231,29 @@ bool oracle_soft_shard(const Inputs& in, int64_t i, int64_t C, double k, A* give
   return star;
 }
 
+// soft_shard_stats' kept pass of row i in double (row_math.h soft_shard_class_kept, from the
+// same given stats as oracle_soft_shard), and the row's complete stats (SoftRow) that finalising
+// the shard's statistics makes (soft_row_finalize, the whole row in one shard). Not a valid label:
+// (-inf, kSidePos) for every class and the empty row's SoftRow.
+template <typename A>
+SoftRow<double> oracle_kept(const Inputs& in, int64_t i, int64_t C, double k, const A* given, double* kla,
+                            int8_t* side) {
+  const double* z = &in.z[i * C];
+  const double hi = given[kColLse], lo = given[kColLseLo], t = given[kColScale];
+  const bool star = soft_tag_star(given[kColStar]);
+  const bool valid = in.y.empty() || label_status(in.y[i], C, in.ignore) == kLabelValid;
+  SoftEpsStats<double> es = soft_eps_init<double>();
+  StarRest<double> rest = star_rest_init<double>();
+  for (int64_t j = 0; j < C; ++j) {
+    const KeptEps<double> e = valid ? soft_shard_class_kept<double>(es, rest, z[j], oracle_q(in, i, C, j), hi, lo, t,
+                                                                     star, k)
+                                    : KeptEps<double>{-INFINITY, kSidePos};
+    kla[j] = e.kla;
+    side[j] = e.side;
+  }
+  return soft_row_finalize(es, rest, t, star, k, hi);
+}
+
 // ---------------------------------------------------------------------------------------
 // Running a case
 // ---------------------------------------------------------------------------------------
@@ -409,6 +437,107 @@ void run_case(const Case& c, std::mt19937_64& rng) {
   // capped logit, rounded once more.
   const double tol = E::kTol * (c.k != 1 && !onehot ? 10 : 1) * (c.cap != 0 ? 10 : 1);
   const double acc_tol = sizeof(A) == 8 ? 1e-11 : 2e-5;
+
+  // soft_shard_stats' kept pass (k != 1): the same launch keeping (k log|eps|, side) in buffers
+  // of exactly their size, filled with values no class can have; then soft_shard_grad from them
+  // and the row's complete stats (the given lse, t and star, c_pos and f_star finalised by the
+  // oracle), into a fresh output and, for fp32 / fp64, over the eps buffer itself.
+  if (c.k != 1) {
+    std::vector<A> kla(N * C, A(7)), shard_k(N * kSoftShardStatsCols, NAN), shard_kloss(N, NAN);
+    std::vector<int8_t> side(N * C, int8_t(9));
+    cuda::FwdParams kp = fp;
+    kp.loss = shard_kloss.data();
+    kp.stats = shard_k.data();
+    kp.raw_stats = true;
+    kp.row_stats = given.data();
+    kp.kept_eps = kla.data();
+    kp.kept_side = side.data();
+    if (cuda::launch_fwd(kp, E::kType, nullptr) != cudaSuccess) {
+      return fail("soft_shard_stats launch (kept pass)", c, E::kName, prof);
+    }
+    if (std::memcmp(shard_k.data(), shard.data(), shard.size() * sizeof(A)) != 0) {
+      fail("soft_shard_stats: the kept pass changed the statistics", c, E::kName, prof);
+    }
+    std::vector<A> complete(N * kStatsCols);
+    std::vector<double> kla_want(N * C), f_want(N * C);
+    std::vector<int8_t> side_want(N * C);
+    for (int64_t i = 0; i < N; ++i) {
+      const A* gv = &given[i * kStatsCols];
+      const SoftRow<double> sr = oracle_kept<A>(in, i, C, c.k, gv, &kla_want[i * C], &side_want[i * C]);
+      const A row[kStatsCols] = {gv[kColLse], gv[kColLseLo], gv[kColScale], static_cast<A>(sr.c_pos),
+                                 static_cast<A>(sr.f_star), gv[kColStar]};
+      std::copy(row, row + kStatsCols, &complete[i * kStatsCols]);
+      const bool valid = in.y.empty() || label_status(in.y[i], C, in.ignore) == kLabelValid;
+      double scale = 0;
+      for (int64_t j = 0; j < C; ++j) {
+        f_want[i * C + j] = soft_kept_f(sr, kla_want[i * C + j], side_want[i * C + j]);
+        if (std::isfinite(f_want[i * C + j])) scale = std::max(scale, std::fabs(f_want[i * C + j]));
+      }
+      // the row's SoftRow as the kernels read it (in A), applied to the kept and the oracle's values
+      const SoftRow<double> sra = {complete[i * kStatsCols + kColScale], complete[i * kStatsCols + 3],
+                                   complete[i * kStatsCols + 4], 0.0};
+      for (int64_t j = 0; j < C; ++j) {
+        const int64_t e = i * C + j;
+        const bool side_ok = side[e] == kSidePos || side[e] == kSideNeg || side[e] == kSideStar;
+        bool ok = side_ok;
+        if (ok && !valid) ok = side[e] == kSidePos && kla[e] == -hl_inf<A>();
+        if (ok && valid) {
+          ++g_kept_sides[side[e]];
+          // side may differ from the oracle's only where eps_j is at rounding level: compare f
+          const double got = soft_kept_f(sra, static_cast<double>(kla[e]), side[e]);
+          const double want = soft_kept_f(sra, kla_want[e], side_want[e]);
+          ok = std::isnan(want) ? std::isnan(got) : std::fabs(got - want) <= tol * (std::fabs(want) + scale);
+        }
+        if (!ok) {
+          fail("soft_shard_stats kept pass row " + std::to_string(i) + " class " + std::to_string(j) + ": got (" +
+                   std::to_string(kla[e]) + ", " + std::to_string(side[e]) + ") want (" + std::to_string(kla_want[e]) +
+                   ", " + std::to_string(side_want[e]) + ")",
+               c, E::kName, prof);
+          break;
+        }
+      }
+    }
+    std::vector<S> kgrad(N * C, E::from(NAN));
+    cuda::KeptGradParams gp{glbuf.data(), glsebuf.empty() ? nullptr : glsebuf.data(), kla.data(), side.data(),
+                            zbuf.data() + off, complete.data(), kgrad.data(), N, C, c.cap};
+    if (cuda::launch_kept_grad(gp, E::kType, nullptr) != cudaSuccess) {
+      return fail("soft_shard_grad launch", c, E::kName, prof);
+    }
+    if constexpr (sizeof(S) == sizeof(A)) {  // out over eps: the buffer becomes the gradient
+      std::vector<A> over = kla;
+      cuda::KeptGradParams gpi = gp;
+      gpi.eps = gpi.out = over.data();
+      if (cuda::launch_kept_grad(gpi, E::kType, nullptr) != cudaSuccess) {
+        return fail("soft_shard_grad launch (out = eps)", c, E::kName, prof);
+      }
+      if (std::memcmp(over.data(), kgrad.data(), N * C * sizeof(S)) != 0) {
+        fail("soft_shard_grad: out = eps differs", c, E::kName, prof);
+      }
+    }
+    for (int64_t i = 0; i < N; ++i) {
+      const double g_lse = in.g_lse.empty() ? 0.0 : in.g_lse[i];
+      const double hi = complete[i * kStatsCols + kColLse], lo = complete[i * kStatsCols + kColLseLo];
+      std::vector<double> want_row(C);
+      double scale = 0;
+      for (int64_t j = 0; j < C; ++j) {
+        want_row[j] = finish_grad(in.gl[i] * f_want[i * C + j], in.z_raw[i * C + j], in.z[i * C + j], g_lse, hi, lo,
+                                  c.cap);
+        if (std::isfinite(want_row[j])) scale = std::max(scale, std::fabs(want_row[j]));
+      }
+      const bool exact_zero = in.gl[i] == 0 && g_lse == 0;  // the given lse and t are finite
+      for (int64_t j = 0; j < C; ++j) {
+        const double want = want_row[j], got = E::to(kgrad[i * C + j]);
+        const bool ok = exact_zero ? got == 0
+                                   : std::fabs(got - want) <= tol * (std::fabs(want) + scale) + E::kTiny;
+        if (!ok) {
+          fail("soft_shard_grad row " + std::to_string(i) + " class " + std::to_string(j) + ": got " +
+                   std::to_string(got) + " want " + std::to_string(want),
+               c, E::kName, prof);
+          break;
+        }
+      }
+    }
+  }
   for (int64_t i = 0; i < N; ++i) {
     const RowRef r = oracle_row(in, i, C, c.k);
     if (!close(loss[i], r.loss, acc_tol * 4)) fail("loss row " + std::to_string(i), c, E::kName, prof);
@@ -519,6 +648,13 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "FAILED soft_shard_stats: no row with k %s 1 and star %d\n", k1 ? "==" : "!=", star);
         ++g_failures;
       }
+    }
+  }
+  // the kept pass saw every side
+  for (int side = 0; side < 3; ++side) {
+    if (g_kept_sides[side] == 0) {
+      std::fprintf(stderr, "FAILED soft_shard_stats kept pass: no class with side %d\n", side);
+      ++g_failures;
     }
   }
   std::printf("test_emu_kernels: %d cases, %d failures\n", g_cases, g_failures);

@@ -1,5 +1,5 @@
 // ops_emu.cpp: the cuda_emu backend. The ops hardloss_cuda::cuda_emu_{fwd, bwd, bwd_inplace,
-// shard_stats, soft_shard_stats} (the schemas of csrc/op_schema.h) on CPU tensors, through the same glue as the
+// shard_stats, soft_shard_stats, soft_shard_grad} (the schemas of csrc/op_schema.h) on CPU tensors, through the same glue as the
 // device build (csrc/cuda/glue.h) and the same launchers and kernels (csrc/cuda/*.cuh, compiled
 // for the host by emu/kernels_*.cpp), run by the emulator (docs/CUDA_EMU.md).
 //
