@@ -2,7 +2,8 @@
 
 - Every launch path is reached: the emulator's launch log names each kernel with its template
   arguments, grid, block and dynamic shared memory, and the tests assert them against the
-  launchers' rules restated here (csrc/cuda/fwd_launch.cuh, bwd_kernels.cuh, bwd_complete.cuh),
+  launchers' rules restated here (csrc/cuda/fwd_launch.cuh, bwd_kernels.cuh, bwd_complete.cuh,
+  kept_grad.cuh),
   on both device profiles: "h100" (132 SMs, 227 KB opt-in shared memory) and "small" (2 SMs,
   16 KB), where the streaming kernels' row cache is partial at small C and every kernel's
   grid-stride loop takes several turns.
@@ -63,6 +64,16 @@ def bwd(gl, x, target, stats, k=0.5, smoothing=0.0):
     return _ops.bwd_op("cuda_emu")(gl, x, target, None, None, stats, -100, smoothing, k)
 
 
+def kept_grad(gl, x, target, stats, k=0.5, smoothing=0.1):
+    """soft_shard_stats' kept pass over whole rows given their stats (one shard), then
+    soft_shard_grad from it: the vocab-parallel soft backward."""
+    eps, side = torch.empty(x.shape, dtype=stats.dtype), torch.empty(x.shape, dtype=torch.int8)
+    _ops.soft_shard_stats_op("cuda_emu")(x, target, None, None, stats, -100, smoothing, k, 0.0, eps, side)
+    out = torch.empty_like(x)
+    _ops.soft_shard_grad_op("cuda_emu")(gl, eps, side, x, stats, out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # The launchers' rules, restated
 # ---------------------------------------------------------------------------------------
@@ -70,8 +81,9 @@ def vec(dtype):
     return 16 // torch.empty((), dtype=dtype).element_size()
 
 
-def fwd_launch(dtype, N, C, soft, k, prof):
-    """(kernel, grid, block, dynamic shared bytes) the forward launcher must choose."""
+def fwd_launch(dtype, N, C, soft, k, prof, kept=False):
+    """(kernel, grid, block, dynamic shared bytes) the forward launcher must choose; kept:
+    soft_shard_stats' kept pass (its own instantiations; given row stats, so no row cache)."""
     f64 = dtype == torch.float64
     S, V = DTYPES[dtype], vec(dtype)
     nvec = -(-C // V)
@@ -87,14 +99,16 @@ def fwd_launch(dtype, N, C, soft, k, prof):
         if nvec <= limit:
             k_is_one = "true" if not soft and k == 1 else "false"
             grid = min(-(-N // (block // tpr)), p["sms"] * (2048 // block) * 4)
-            name = f"hl::cuda::fwd_reg_kernel<{S}, {block}, {tpr}, {nv}, {str(soft).lower()}, {k_is_one}>"
+            name = f"hl::cuda::fwd_reg_kernel<{S}, {block}, {tpr}, {nv}, {str(soft).lower()}, {k_is_one}, " \
+                   f"{str(kept).lower()}>"
             return name, grid, block, 0
     U = 4 if f64 else 16 // V
     scratch = 32 * 4 * (8 if f64 else 4)  # ReduceSmem: 32 x 4 acc values
-    ncache = min(nvec, (p["optin"] - scratch) // 16) if soft else 0
+    ncache = min(nvec, (p["optin"] - scratch) // 16) if soft and not kept else 0
     smem = scratch + 16 * ncache
     per_sm = max(1, min(2, p["per_sm"] // (smem + 1024)))
-    return f"hl::cuda::fwd_stream_kernel<{S}, 1024, {U}, {str(soft).lower()}>", min(N, p["sms"] * per_sm), 1024, smem
+    name = f"hl::cuda::fwd_stream_kernel<{S}, 1024, {U}, {str(soft).lower()}, {str(kept).lower()}>"
+    return name, min(N, p["sms"] * per_sm), 1024, smem
 
 
 def bwd_launch(dtype, N, C, soft, prof):
@@ -106,6 +120,18 @@ def bwd_launch(dtype, N, C, soft, prof):
     tiles = N * -(-nvec // (tpr * u))
     grid = max(1, min(-(-tiles // (256 // tpr)), PROFILES[prof]["sms"] * 8 * 4))
     return f"hl::cuda::bwd_kernel<{S}, 256, {tpr}, {u}, {str(soft).lower()}>", grid, 256, 0
+
+
+def kept_grad_launch(dtype, N, C, prof):
+    """soft_shard_grad's kernel: bwd_kernel's tiles, at most 4 vectors per lane."""
+    S, V = DTYPES[dtype], vec(dtype)
+    nvec = -(-C // V)
+    for limit, tpr, u in [(4, 4, 1), (8, 8, 1), (16, 16, 1), (32, 32, 1), (64, 32, 2), (math.inf, 32, 4)]:
+        if nvec <= limit:
+            break
+    tiles = N * -(-nvec // (tpr * u))
+    grid = max(1, min(-(-tiles // (256 // tpr)), PROFILES[prof]["sms"] * 8 * 4))
+    return f"hl::cuda::kept_grad_kernel<{S}, 256, {tpr}, {u}>", grid, 256, 0
 
 
 def complete_launch(dtype, N, prof):
@@ -134,7 +160,8 @@ def test_every_launch_path(prof, dtype, C):
     memory the launchers' rules give; the one-hot results match the float64 reference, and
     the soft rows' backward from the CPU forward's stats (the deferred form, completed by the
     first kernel; on the h100 profile, test_grid_stride_loops has the small one's loop) matches
-    the one from the kernels' own."""
+    the one from the kernels' own, and so does soft_shard_grad from the kept pass of those rows
+    (soft_shard_stats given their stats: the kept forward kernels, then kept_grad_kernel)."""
     N = 3
     x = torch.randn(N, C).to(dtype)
     y = torch.randint(0, C, (N,))
@@ -149,10 +176,12 @@ def test_every_launch_path(prof, dtype, C):
         g_soft = bwd(gl, x, y, soft_stats, k=0.5, smoothing=0.1)
         if prof == "h100":
             g_deferred = bwd(gl, x, y, cpu_stats, k=0.5, smoothing=0.1)
+        g_kept = kept_grad(gl, x, y, soft_stats)
     soft_bwd = [complete_launch(dtype, N, prof), bwd_launch(dtype, N, C, True, prof)]
     want = [fwd_launch(dtype, N, C, False, 1.0, prof), fwd_launch(dtype, N, C, False, 0.5, prof),
             fwd_launch(dtype, N, C, True, 0.5, prof), bwd_launch(dtype, N, C, False, prof)]
     want += soft_bwd * (2 if prof == "h100" else 1)
+    want += [fwd_launch(dtype, N, C, True, 0.5, prof, kept=True), kept_grad_launch(dtype, N, C, prof)]
     got = [(name, grid[0], block[0], smem) for name, grid, block, smem, _p in log]
     assert got == want
     assert all(p == prof for *_r, p in log)
@@ -163,16 +192,23 @@ def test_every_launch_path(prof, dtype, C):
     if prof == "h100":
         torch.testing.assert_close(g_deferred.double(), g_soft.double(), rtol=tol,
                                    atol=tol * g_soft.double().abs().max().item())
+    torch.testing.assert_close(g_kept.double(), g_soft.double(), rtol=tol,
+                               atol=tol * g_soft.double().abs().max().item())
 
 
 def test_the_paths_cover_every_kernel():
     """The cases above reach all forward and backward kernels of the launchers' rules."""
-    fwd_names, bwd_names = set(), set()
+    fwd_names, bwd_names, soft_names, kept_names, kept_grad_names = set(), set(), set(), set(), set()
     for dtype, C in CASES:
         for soft in (False, True):
             for k in (1.0, 0.5):
                 fwd_names.add(fwd_launch(dtype, 3, C, soft, k, "h100")[0])
             bwd_names.add(bwd_launch(dtype, 3, C, soft, "h100")[0])
+        soft_names.add(fwd_launch(dtype, 3, C, True, 0.5, "h100")[0])
+        kept_names.add(fwd_launch(dtype, 3, C, True, 0.5, "h100", kept=True)[0])
+        kept_grad_names.add(kept_grad_launch(dtype, 3, C, "h100")[0])
+    # the kept pass: every shape of the soft forward; soft_shard_grad: 6 tile shapes per dtype
+    assert len(kept_names) == len(soft_names) and len(kept_grad_names) == 4 * 6
     # per dtype: 7 or 8 register shapes x (one-hot k = 1, one-hot, soft), blocks of 128 .. 1024
     # (512 for fp64) threads, streaming one-hot and soft; backward: 7 tile shapes x 2
     assert len([n for n in fwd_names if "stream" in n]) == 8
@@ -298,7 +334,8 @@ def test_controls():
     EMU.set_seed(seed)
     with profile("h100"), logged() as log:
         fwd(torch.randn(2, 3), torch.tensor([0, 1]))
-    assert log == [("hl::cuda::fwd_reg_kernel<float, 128, 4, 1, false, false>", (1, 1, 1), (128, 1, 1), 0, "h100")]
+    assert log == [("hl::cuda::fwd_reg_kernel<float, 128, 4, 1, false, false, false>", (1, 1, 1), (128, 1, 1), 0,
+                    "h100")]
     assert EMU.launches() == []  # not logging
 
 

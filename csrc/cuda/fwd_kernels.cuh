@@ -77,7 +77,7 @@ constexpr int kRegMinBlocks = (sizeof(acc_type<S>) == 8 ? 512 : 1024) / BLOCK > 
 // KEPT (soft_shard_stats' kept pass, FwdArgs::kla): a template argument too, so that the plain
 // soft kernels keep their registers (as a runtime branch it doubled their spills); it implies
 // row_stats, so those kernels have no pass A.
-template <typename S, int BLOCK, int TPR, int NV, bool SOFT, bool K_IS_ONE, bool KEPT = false>
+template <typename S, int BLOCK, int TPR, int NV, bool SOFT, bool K_IS_ONE, bool KEPT>
 __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kernel(const FwdArgs<S> a) {
   using A = acc_type<S>;
   constexpr int VEC = Pack<S>::kN;
@@ -175,7 +175,7 @@ __device__ __forceinline__ Pack<S> fetch_pack(const Pack<S>* cache, const S* zro
   return v < a.ncache ? cache[v] : load_pack(zrow, v, a.C, a.aligned);
 }
 
-template <typename S, int BLOCK, int U, bool SOFT, bool KEPT = false>
+template <typename S, int BLOCK, int U, bool SOFT, bool KEPT>
 __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
   using A = acc_type<S>;
   constexpr int VEC = Pack<S>::kN;

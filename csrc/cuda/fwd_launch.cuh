@@ -22,7 +22,7 @@ cudaError_t launch_reg(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t st
   const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
   const unsigned grid = static_cast<unsigned>(std::min(groups, cap));
   if (!SOFT && a.k_is_one) {
-    return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT>>(grid, BLOCK, 0, stream, a);
+    return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, !SOFT, KEPT>>(grid, BLOCK, 0, stream, a);
   }
   return launch_kernel<fwd_reg_kernel<S, BLOCK, TPR, NV, SOFT, false, KEPT>>(grid, BLOCK, 0, stream, a);
 }
@@ -65,7 +65,7 @@ cudaError_t launch_stream(FwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream
 }
 
 // Path by row length (see the top of this file). KEPT: soft_shard_stats' kept pass (FwdArgs::kla).
-template <typename S, bool SOFT, bool KEPT = false>
+template <typename S, bool SOFT, bool KEPT>
 cudaError_t launch_fwd_path(const FwdArgs<S>& a, const DeviceInfo& d, cudaStream_t stream) {
   using A = acc_type<S>;
   constexpr int VEC = Pack<S>::kN;
@@ -118,7 +118,8 @@ cudaError_t launch_fwd_typed(const FwdParams& p, cudaStream_t stream) {
   a.side = p.kept_side;
   a.aligned = p.C % Pack<S>::kN == 0 && reinterpret_cast<uintptr_t>(p.logits) % 16 == 0;
   if (a.kla != nullptr) return launch_fwd_path<S, true, true>(a, d, stream);  // soft_shard_stats' kept pass
-  return is_soft(p.tg) || p.row_stats != nullptr ? launch_fwd_path<S, true>(a, d, stream) : launch_fwd_path<S, false>(a, d, stream);
+  return is_soft(p.tg) || p.row_stats != nullptr ? launch_fwd_path<S, true, false>(a, d, stream)
+                                                 : launch_fwd_path<S, false, false>(a, d, stream);
 }
 
 }  // namespace cuda

@@ -1,6 +1,7 @@
 // launch.h: the host-side interface of the CUDA kernels of hardloss_cuda::{fwd, bwd,
-// bwd_inplace, shard_stats, soft_shard_stats, soft_shard_grad}. Torch-free and host-compiler safe (no device code, no cuda_fp16.h): included by
-// the torch glue csrc/cuda/ops_cuda.cpp and by the kernel files csrc/cuda/*.cu.
+// bwd_inplace, shard_stats, soft_shard_stats, soft_shard_grad}. Torch-free and host-compiler
+// safe (no device code, no cuda_fp16.h): included by the torch glue csrc/cuda/ops_cuda.cpp and
+// by the kernel files csrc/cuda/*.cu.
 //
 // Contract (hardloss_cuda/_schema.py): the forward reads the logits once and keeps kStatsCols
 // numbers per row (stats); the backward reads the logits again and writes the gradient once, scaled by

@@ -61,7 +61,7 @@ uint64_t shfl_xor(unsigned mask, uint64_t bits, int bytes, int lane_mask, int wi
 void* static_shared(const void* site, size_t bytes, const char* name);
 void* dynamic_shared();
 
-// "... [with auto Kernel = hl::cuda::fwd_reg_kernel<float, 128, 4, 1, false, true>]": the
+// "... [with auto Kernel = hl::cuda::fwd_reg_kernel<float, 128, 4, 1, false, true, false>]": the
 // kernel's name with its template arguments, for the emulator's messages and launch log.
 template <auto Kernel>
 const char* pretty_name() {

@@ -66,7 +66,7 @@ void log_launches(bool on);  // also clears the log
 void record_launch(const LaunchRecord& r);
 std::vector<LaunchRecord> take_launches();
 
-// "hl::cuda::fwd_reg_kernel<float, 128, 4, 1, false, true>" from emu::pretty_name's text.
+// "hl::cuda::fwd_reg_kernel<float, 128, 4, 1, false, true, false>" from emu::pretty_name's text.
 std::string kernel_name(const char* pretty);
 
 void set_last_error(cudaError_t e);
