@@ -20,8 +20,12 @@ bf16 logits go through a float32 copy of the chunk, so that q is not rounded): t
 (the slice's loss, lse and t), an all-reduce MAX of 3 N and a SUM of 3 N values (lse, t, the
 dominant-class flag, the loss), the op ``soft_shard_stats`` (the soft row's second pass over the
 slice given them), an all-reduce MAX of 3 N and a SUM of 4 N values of its statistics, finalised
-in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward is the ``bwd``
-op on the slice with these stats, no communication. This module holds the reductions across
+in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward, with no
+communication, is ``soft_shard_grad`` at k != 1: ``soft_shard_stats`` kept each class's
+k log|eps| and side for it (an (N, C_local) buffer in the accumulation dtype, the gradient's own
+for float32 / float64 logits, and an int8 one, held from forward to backward), so the slice's
+|eps|^k is computed once, as on one device; with ``inplace_backward`` (no (N, C) buffer) and at
+k = 1, the ``bwd`` op on the slice with these stats. This module holds the reductions across
 ranks and no row math of its own: every backend's ``bwd`` reads the stats it is given (the
 reference's too). Forward: 4 collectives, 13 N values (52 B a row in float32). Probability
 targets are not accepted (they would be sharded like the logits; not needed by the models this
