@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 import hardloss_cuda as hl
 from hardloss_cuda import _library, _torch_rows
-from hardloss_cuda._ops import fwd_op, shard_stats_op, soft_shard_stats_op
+from hardloss_cuda._ops import bwd_op, fwd_op, shard_stats_op, soft_shard_grad_op, soft_shard_stats_op
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
 
 from .fuzz_oracle import soft_cancel_rtol
@@ -312,6 +312,26 @@ def _masked_slice_case(rank, world, layout):
                full.grad[:, start:start + size], torch.float64)
 
 
+def _retain_graph_case(rank, world, layout):
+    """Two backwards through one graph (retain_graph=True) at k != 1: the first writes the
+    gradient over the forward's kept pass (float32 / float64), the second must recompute it
+    (distributed.py _SoftShard), not read the first's gradient as k log|eps|."""
+    start, size = layout[rank]
+    for dtype, backend in ((torch.float64, "cpu"), (torch.float32, "reference"), (torch.bfloat16, "cpu")):
+        z, target, weight, _mix, grad_out = _data(23, dtype, {"weight": True})
+        full = z.clone().requires_grad_()
+        hl.cross_entropy(full, target, weight=weight, label_smoothing=0.1, k=0.5, backend=backend,
+                         reduction="sum").backward()
+        local = z[:, start:start + size].clone().requires_grad_()
+        got = vocab_parallel_cross_entropy(local, target, weight=weight, label_smoothing=0.1, k=0.5, backend=backend,
+                                           reduction="sum")
+        got.backward(retain_graph=True)
+        first = local.grad.clone()
+        got.backward()
+        _check(f"retain_graph rank {rank} {dtype} first", first, full.grad[:, start:start + size], dtype)
+        _check(f"retain_graph rank {rank} {dtype} second", local.grad - first, first, dtype)
+
+
 def _worker(rank, world, port, quick):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -342,6 +362,7 @@ def _worker(rank, world, port, quick):
                               inplace=dtype == torch.bfloat16 and backend != "reference")
         _one_class_case(rank, world)
         _masked_slice_case(rank, world, LAYOUTS[world][0][1])
+        _retain_graph_case(rank, world, LAYOUTS[world][0][1])
         _dtensor_case(rank, world)
         _autocast_case(rank, world, LAYOUTS[world][0][1])
         _compile_case(rank, world, LAYOUTS[world][0][1])
@@ -481,6 +502,59 @@ def test_soft_shard_stats_op(backend, device, dtype, C):
         torch.testing.assert_close(cols[valid], kernels[valid, 2:], rtol=1e-9 if tight else 2e-4,
                                    atol=1e-12 if tight else 1e-6, equal_nan=True,
                                    msg=lambda m: f"merged {kind} {k} {cap}: {m}")
+
+
+@api_backends()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("C", [1, 3, 300])
+def test_soft_shard_kept_op(backend, device, dtype, C):
+    """soft_shard_stats' kept pass and soft_shard_grad (_schema.py) on every backend: keeping
+    leaves the seven statistics as they are; the kept (k log|eps|, side) give the reference's
+    f_j (soft_kept_f); soft_shard_grad equals the same backend's bwd given the same complete
+    stats (the pass it saves), with grad_lse, softcap, an ignored row (g 0), a bad label (g NaN),
+    a trimmed row (g 0), and out over eps itself where the dtypes allow."""
+    g = torch.Generator().manual_seed(C + 11)
+    N = 9
+    z = torch.randn(N, C, generator=g, dtype=torch.float64) * 3
+    z[3, ::2] = float("-inf")
+    z[4, 0] = 40.0  # confident
+    z = z.to(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    tight = dtype == torch.float64
+    on = lambda a: a.to(device) if isinstance(a, torch.Tensor) else a  # noqa: E731
+    grad_op, kept_f = soft_shard_grad_op(backend), _torch_rows.soft_kept_f
+    for kind, k, cap, with_lse in (("mixture", 0.5, 0.0, False), ("smooth", 3.0, 5.0, True),
+                                   ("probs", 0.5, 5.0, False), ("mixture", 2.0, 0.0, True)):
+        target, w, mix, s = _soft_targets(kind, N, C, g, dtype)
+        _loss, stats = fwd_op("reference")(z, target, w, mix, -100, s, k, True, cap)  # the complete form
+        args = (target, w, mix, stats, -100, s, k, cap)
+        kept = {}
+        for b in dict.fromkeys(("reference", backend)):
+            eps = torch.full((N, C), 7.0, dtype=acc, device=device)
+            side = torch.full((N, C), 9, dtype=torch.int8, device=device)
+            raw = soft_shard_stats_op(b)(on(z), *map(on, args), eps, side)
+            torch.testing.assert_close(raw, soft_shard_stats_op(b)(on(z), *map(on, args)), rtol=0, atol=0,
+                                       equal_nan=True, msg=lambda m: f"{b} {kind} {k}: keeping changed: {m}")
+            kept[b] = eps.cpu(), side.cpu()
+        (e_ref, s_ref), (e_got, s_got) = kept["reference"], kept[backend]
+        assert set(s_got.unique().tolist()) <= {0, 1, 2} and ((s_got == 2).sum(1) <= 1).all()
+        torch.testing.assert_close(kept_f(e_got, s_got, stats), kept_f(e_ref, s_ref, stats), equal_nan=True,
+                                   rtol=1e-10 if tight else 1e-4, atol=1e-12 if tight else 1e-5,
+                                   msg=lambda m: f"{kind} {k} {cap}: f from the kept pass: {m}")
+        gl = torch.randn(N, generator=g, dtype=torch.float64).to(acc)
+        if kind != "probs":
+            gl[1], gl[2] = 0.0, float("nan")  # ignored, bad (as distributed.py hands them)
+        gl[5] = 0.0  # a trimmed row
+        glse = torch.randn(N, generator=g, dtype=torch.float64).to(acc) if with_lse else None
+        if with_lse and kind != "probs":
+            glse[1] = 0.0  # ignored
+        want = bwd_op(backend)(on(gl), on(z), *map(on, args[:4]), -100, s, k, cap, on(glse)).cpu()
+        eps, side = (on(x) for x in kept[backend])
+        out = eps if dtype == acc else torch.empty_like(on(z))
+        grad_op(on(gl), eps, side, on(z), on(stats), out, cap, on(glse))
+        rtol, atol = (1e-10, 1e-12) if tight else ((1e-5, 1e-6) if dtype == torch.float32 else (1e-2, 1e-5))
+        torch.testing.assert_close(out.cpu(), want, rtol=rtol, atol=atol, equal_nan=True,
+                                   msg=lambda m: f"{kind} {k} {cap} lse={with_lse}: soft_shard_grad against bwd: {m}")
 
 
 def test_benchmark_counts_the_bytes(tmp_path):
