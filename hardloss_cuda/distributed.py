@@ -20,8 +20,12 @@ bf16 logits go through a float32 copy of the chunk, so that q is not rounded): t
 (the slice's loss, lse and t), an all-reduce MAX of 3 N and a SUM of 3 N values (lse, t, the
 dominant-class flag, the loss), the op ``soft_shard_stats`` (the soft row's second pass over the
 slice given them), an all-reduce MAX of 3 N and a SUM of 4 N values of its statistics, finalised
-in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward is the ``bwd``
-op on the slice with these stats, no communication. This module holds the reductions across
+in O(N) torch ops (``_torch_rows.soft_cols``, the reference's own); the backward, with no
+communication, is ``soft_shard_grad`` at k != 1: ``soft_shard_stats`` kept each class's
+k log|eps| and side for it (an (N, C_local) buffer in the accumulation dtype, the gradient's own
+for float32 / float64 logits, and an int8 one, held from forward to backward), so the slice's
+|eps|^k is computed once, as on one device; with ``inplace_backward`` (no (N, C) buffer) and at
+k = 1, the ``bwd`` op on the slice with these stats. This module holds the reductions across
 ranks and no row math of its own: every backend's ``bwd`` reads the stats it is given (the
 reference's too). Forward: 4 collectives, 13 N values (52 B a row in float32). Probability
 targets are not accepted (they would be sharded like the logits; not needed by the models this
@@ -44,7 +48,7 @@ from torch.distributed import _functional_collectives as funcol
 from . import _torch_rows
 from ._autograd import DOUBLE_BACKWARD, lse_grad
 from ._batch import finish_rows, op_inputs
-from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_stats_op
+from ._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_grad_op, soft_shard_stats_op
 from ._schema import LSE_COL, LSE_LO_COL, SCALE_COL, STATS_COLS, STATS_SOFT_COMPLETE, acc_dtype
 from .options import loss_options
 from .validation import autocast_dtype
@@ -452,11 +456,19 @@ class _SoftShard(torch.autograd.Function):
             given = torch.stack([hi, lo, t, torch.zeros_like(t), torch.zeros_like(t),
                                  STATS_SOFT_COMPLETE + star.to(acc)], 1)  # the flag in the tag column
             raw = torch.tensor([-_INF, 0, -_INF, 0, -_INF, 0, 0], dtype=acc, device=dev).repeat(N, 1)
+            # k != 1: the op keeps each class's k log|eps| and side for soft_shard_grad (5 bytes a
+            # class in float32, held to backward; the gradient's own buffer for float32 / float64
+            # logits), unless inplace_backward asks for no (N, C) buffer: bwd recomputes them then.
+            keep = k != 1 and not inplace and CL > 0
+            eps = torch.empty(N, CL, dtype=acc, device=dev) if keep else None
+            side = torch.empty(N, CL, dtype=torch.int8, device=dev) if keep else None
             for rows in chunks:
+                kept = (eps[rows], side[rows]) if keep else ()
                 raw[rows] = soft_shard_stats_op(backend)(_acc_rows(local, rows, acc), targets.rows(rows), None, None,
-                                                         given[rows], -1, 0.0, k, softcap)
+                                                         given[rows], -1, 0.0, k, softcap, *kept)
             cols = _torch_rows.soft_cols(t, star, k, hi, _soft_raw_reduce(raw, group))
             stats[:, SCALE_COL:] = torch.where(valid[:, None], torch.stack(cols, 1), 0)
+            ctx.kept = [eps, side] if keep else None
             ctx.save_for_backward(local, stats)
             ctx.rows = (tgt, valid, ignored, w, mix)
             ctx.args = (s, k, softcap, layout, backend, inplace)
@@ -481,6 +493,14 @@ class _SoftShard(torch.autograd.Function):
         if g_lse is not None:
             g_lse = torch.where(ignored, 0, g_lse).contiguous()
         stats = torch.where(valid[:, None], stats, 0)
+        if ctx.kept is not None:  # from the forward's kept pass; float32 / float64: over eps itself
+            eps, side = ctx.kept
+            if local.dtype == acc:
+                ctx.kept = None  # used up: a second backward (retain_graph) recomputes below
+            out = eps if local.dtype == acc else grad
+            with torch.no_grad():
+                soft_shard_grad_op(backend)(g, eps, side, local, stats.contiguous(), out, softcap, g_lse)
+            return (out,) + (None,) * 12
         targets = _SliceTargets(tgt, valid, w, mix, s, layout, CL, acc)
         for rows in _row_chunks(N, CL):
             q = targets.rows(rows)

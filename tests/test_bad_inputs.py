@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import hardloss_cuda as hl
 from hardloss_cuda import backends
-from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_stats_op
+from hardloss_cuda._ops import bwd_inplace_op, bwd_op, fwd_op, shard_stats_op, soft_shard_grad_op, soft_shard_stats_op
 from hardloss_cuda._schema import STATS_COLS
 from hardloss_cuda.distributed import vocab_parallel_cross_entropy
 
@@ -361,9 +361,24 @@ def _shard(b, z=None, y=None, softcap=0.0):
     return shard_stats_op(b)(_x() if z is None else z, _y() if y is None else y, 1.0, softcap)
 
 
-def _soft_shard(b, z=None, y=None, w=None, mix=None, stats=None, softcap=0.0):
+def _soft_shard(b, z=None, y=None, w=None, mix=None, stats=None, softcap=0.0, kept=(), k=0.5):
     return soft_shard_stats_op(b)(_x() if z is None else z, _y() if y is None else y, w, mix,
-                                  torch.zeros(N, STATS_COLS) if stats is None else stats, -100, 0.1, 0.5, softcap)
+                                  torch.zeros(N, STATS_COLS) if stats is None else stats, -100, 0.1, k, softcap, *kept)
+
+
+def _eps(dtype=torch.float32, shape=(N, C)):
+    return torch.zeros(shape, dtype=dtype)
+
+
+def _side(dtype=torch.int8, shape=(N, C)):
+    return torch.zeros(shape, dtype=dtype)
+
+
+def _kept_grad(b, g=None, eps=None, side=None, z=None, stats=None, out=None, softcap=0.0):
+    return soft_shard_grad_op(b)(torch.ones(N) if g is None else g, _eps() if eps is None else eps,
+                                 _side() if side is None else side, _x() if z is None else z,
+                                 torch.zeros(N, STATS_COLS) if stats is None else stats,
+                                 _eps() if out is None else out, softcap, None)
 
 
 OPS = [
@@ -440,6 +455,22 @@ OPS = [
      V, "stats"),
     ("soft_shard_stats: stats on meta", lambda b: _soft_shard(b, stats=_meta(torch.zeros(N, STATS_COLS))), V, "stats"),
     ("soft_shard_stats: softcap -1", lambda b: _soft_shard(b, softcap=-1.0), V, "softcap"),
+    ("soft_shard_stats: eps without side", lambda b: _soft_shard(b, kept=(_eps(), None)), V, "side"),
+    ("soft_shard_stats: eps at k = 1", lambda b: _soft_shard(b, kept=(_eps(), _side()), k=1.0), V, "eps"),
+    ("soft_shard_stats: eps float64", lambda b: _soft_shard(b, kept=(_eps(torch.float64), _side())), V, "eps"),
+    ("soft_shard_stats: eps (N, C + 1)", lambda b: _soft_shard(b, kept=(_eps(shape=(N, C + 1)), _side())), V, "eps"),
+    ("soft_shard_stats: eps not contiguous", lambda b: _soft_shard(b, kept=(_eps(shape=(C, N)).t(), _side())), V,
+     "eps"),
+    ("soft_shard_stats: side uint8", lambda b: _soft_shard(b, kept=(_eps(), _side(torch.uint8))), V, "side"),
+    ("soft_shard_grad: logits int64", lambda b: _kept_grad(b, z=torch.ones(N, C, dtype=_long)), T, "logits"),
+    ("soft_shard_grad: grad_loss (N + 1,)", lambda b: _kept_grad(b, g=torch.ones(N + 1)), V, "grad_loss"),
+    ("soft_shard_grad: stats (N, STATS_COLS - 1)", lambda b: _kept_grad(b, stats=torch.zeros(N, STATS_COLS - 1)), V,
+     "stats"),
+    ("soft_shard_grad: eps (N, C - 1)", lambda b: _kept_grad(b, eps=_eps(shape=(N, C - 1))), V, "eps"),
+    ("soft_shard_grad: side bool", lambda b: _kept_grad(b, side=_side(torch.bool)), V, "side"),
+    ("soft_shard_grad: out float64", lambda b: _kept_grad(b, out=_eps(torch.float64)), V, "out"),
+    ("soft_shard_grad: out on meta", lambda b: _kept_grad(b, out=_meta(_eps())), V, "out"),
+    ("soft_shard_grad: softcap -1", lambda b: _kept_grad(b, softcap=-1.0), V, "softcap"),
 ]
 
 

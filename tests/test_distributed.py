@@ -312,6 +312,26 @@ def _masked_slice_case(rank, world, layout):
                full.grad[:, start:start + size], torch.float64)
 
 
+def _retain_graph_case(rank, world, layout):
+    """Two backwards through one graph (retain_graph=True) at k != 1: the first writes the
+    gradient over the forward's kept pass (float32 / float64), the second must recompute it
+    (distributed.py _SoftShard), not read the first's gradient as k log|eps|."""
+    start, size = layout[rank]
+    for dtype, backend in ((torch.float64, "cpu"), (torch.float32, "reference"), (torch.bfloat16, "cpu")):
+        z, target, weight, _mix, grad_out = _data(23, dtype, {"weight": True})
+        full = z.clone().requires_grad_()
+        hl.cross_entropy(full, target, weight=weight, label_smoothing=0.1, k=0.5, backend=backend,
+                         reduction="sum").backward()
+        local = z[:, start:start + size].clone().requires_grad_()
+        got = vocab_parallel_cross_entropy(local, target, weight=weight, label_smoothing=0.1, k=0.5, backend=backend,
+                                           reduction="sum")
+        got.backward(retain_graph=True)
+        first = local.grad.clone()
+        got.backward()
+        _check(f"retain_graph rank {rank} {dtype} first", first, full.grad[:, start:start + size], dtype)
+        _check(f"retain_graph rank {rank} {dtype} second", local.grad - first, first, dtype)
+
+
 def _worker(rank, world, port, quick):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -342,6 +362,7 @@ def _worker(rank, world, port, quick):
                               inplace=dtype == torch.bfloat16 and backend != "reference")
         _one_class_case(rank, world)
         _masked_slice_case(rank, world, LAYOUTS[world][0][1])
+        _retain_graph_case(rank, world, LAYOUTS[world][0][1])
         _dtensor_case(rank, world)
         _autocast_case(rank, world, LAYOUTS[world][0][1])
         _compile_case(rank, world, LAYOUTS[world][0][1])

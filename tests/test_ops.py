@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hardloss_cuda as H
-from hardloss_cuda import _library, _ops, _schema, reference
+from hardloss_cuda import _library, _ops, _schema, backends, reference
 
 
 def _args(device, kind):
@@ -87,7 +87,7 @@ def test_compiled_schema_matches_python_schema():
         return [(a.name, str(a.type), a.alias_info is not None and a.alias_info.is_write) for a in schema.arguments]
 
     emu = ("cuda_emu",) if _library.CUDA_EMU is not None else ()
-    for compiled in ("fwd", "bwd", "bwd_inplace", "shard_stats", "soft_shard_stats"):
+    for compiled in backends.OP_KINDS:
         for python in [f"{b}_{compiled}" for b in ("reference", "triton") + emu]:
             c = getattr(torch.ops.hardloss_cuda, compiled).default._schema
             p = getattr(torch.ops.hardloss_cuda, python).default._schema
@@ -98,6 +98,7 @@ def test_compiled_schema_matches_python_schema():
     assert str(torch.ops.hardloss_cuda.bwd_inplace.default._schema).endswith(_schema.BWD_INPLACE_ARGS)
     assert str(torch.ops.hardloss_cuda.shard_stats.default._schema).endswith(_schema.SHARD_STATS_ARGS)
     assert str(torch.ops.hardloss_cuda.soft_shard_stats.default._schema).endswith(_schema.SOFT_SHARD_STATS_ARGS)
+    assert str(torch.ops.hardloss_cuda.soft_shard_grad.default._schema).endswith(_schema.SOFT_SHARD_GRAD_ARGS)
 
 
 def test_available_backends_and_build_info():

@@ -36,10 +36,11 @@ def _load_interpreted():
 
 launch = _load_interpreted()
 from hardloss_cuda.reference import rows  # noqa: E402
-from hardloss_cuda._schema import STATS_COLS  # noqa: E402
+from hardloss_cuda._schema import SIDE_POS, STATS_COLS  # noqa: E402
+from hardloss_cuda import reference  # noqa: E402
 from hardloss_cuda.triton_kernels.config import plan  # noqa: E402
 
-from ._backends import FLOOR, RTOL  # noqa: E402
+from ._backends import FLOOR, RTOL, SAME_INPUT  # noqa: E402
 
 # The interpreter runs the kernels in numpy, which warns on log(0) and exp(inf - inf)
 # exactly where the math means -inf / NaN.
@@ -341,6 +342,78 @@ def test_dtypes(dtype, mode):
 
 
 # ---------------------------------------------------------------- in place
+
+
+# ---------------------------------------------------------------- vocab-parallel kept pass
+
+
+@pytest.mark.parametrize("mode,dtype,k,cap,glse,block_cap", [
+    ("mixture", torch.float32, 0.5, 0.0, False, 16),  # 3 column blocks, the last ragged
+    ("smooth", torch.float16, 3.0, 5.0, True, None),  # several rows per program
+    ("probs", torch.bfloat16, 2.0, 0.0, True, None),
+    ("smooth", torch.float64, 8.0, 5.0, False, None),
+])
+def test_soft_shard_kept_pass(mode, dtype, k, cap, glse, block_cap):
+    """soft_shard_stats' kept pass (eps, side) over whole rows, turned into the gradient by
+    soft_shard_grad: the same statistics as without it, eps / side as the reference's, and the
+    gradient launch.bwd computes from the logits (the reference's op for ignored / bad rows,
+    which bwd treats by label); a zero-gradient row is 0 without a read (NaN planted in its
+    eps), a NaN row NaN, and out=eps gives the same bits."""
+    N, C = 7, 37
+    z = _logits(N, C, dtype)
+    z[0, 5] = float("nan")  # no finite lse: a NaN row
+    if mode == "mixture":  # dominant classes (the star path)
+        mix = (0.9 * torch.eye(C) + 0.1 * _mixture(C)).to(_acc(dtype))
+        t, kw = _labels(N, C), {"mixture": mix}
+        t[4], t[5] = -100, C  # ignored, bad
+    else:
+        t, kw = _soft_args(mode, N, C, dtype)
+    args = (t, kw.get("weight"), kw.get("mixture"), -100, kw.get("s", 0.0), k)
+    _loss, stats = launch.fwd(z, *args, True, cap, block_cap=block_cap)
+    acc = stats.dtype
+    eps, side = torch.empty(N, C, dtype=acc), torch.empty(N, C, dtype=torch.int8)
+    raw = launch.soft_shard_stats(z, *args[:3], stats, *args[3:], cap, eps, side, block_cap=block_cap)
+    plain = launch.soft_shard_stats(z, *args[:3], stats, *args[3:], cap, block_cap=block_cap)
+    torch.testing.assert_close(raw, plain, rtol=0, atol=0, equal_nan=True)
+    want_eps, want_side = torch.empty_like(eps), torch.empty_like(side)
+    reference.soft_shard_stats(z, *args[:3], stats, *args[3:], cap, want_eps, want_side)
+    assert torch.equal(side, want_side)
+    tol = SAME_INPUT[acc]
+    torch.testing.assert_close(eps, want_eps, rtol=tol, atol=tol, equal_nan=True)
+
+    gl = _grad_loss(N, dtype)  # the last row 0
+    eps[-1], side[-1] = float("nan"), SIDE_POS  # never read
+    g_lse = (torch.linspace(-1, 1, N, dtype=acc) * (gl != 0)) if glse else None
+    out = torch.empty_like(z)
+    launch.soft_shard_grad(gl, eps, side, z, stats, out, cap, g_lse, block_cap=block_cap)
+    assert (out[-1] == 0).all() and out[0].isnan().all()
+    want = torch.empty_like(z)
+    reference.soft_shard_grad(gl, eps, side, z, stats, want, cap, g_lse)
+    scale = SAME_INPUT[dtype] * want[1:].abs().max().item()
+    torch.testing.assert_close(out, want, rtol=SAME_INPUT[dtype], atol=scale, equal_nan=True)
+    valid = torch.ones(N, dtype=torch.bool) if t.is_floating_point() else (t >= 0) & (t < C)
+    grad = launch.bwd(gl, z, *args[:3], stats, *args[3:], cap, g_lse, block_cap=block_cap)
+    torch.testing.assert_close(out[valid], grad[valid], rtol=SAME_INPUT[dtype], atol=scale, equal_nan=True)
+    if dtype in (torch.float32, torch.float64):  # the buffer becomes the gradient
+        launch.soft_shard_grad(gl, eps, side, z, stats, eps, cap, g_lse, block_cap=block_cap)
+        torch.testing.assert_close(eps, out, rtol=0, atol=0, equal_nan=True)
+
+
+def test_soft_shard_kept_arguments_raise():
+    z, t = _logits(3, 5), _labels(3, 5)
+    _, stats = launch.fwd(z, t, None, None, -100, 0.1, 2.0, True)
+    eps, side = torch.empty(3, 5), torch.empty(3, 5, dtype=torch.int8)
+    with pytest.raises(ValueError, match="eps, side"):
+        launch.soft_shard_stats(z, t, None, None, stats, -100, 0.1, 2.0, 0.0, eps)
+    with pytest.raises(ValueError, match="k != 1"):
+        launch.soft_shard_stats(z, t, None, None, stats, -100, 0.1, 1.0, 0.0, eps, side)
+    with pytest.raises(ValueError, match="side"):
+        launch.soft_shard_stats(z, t, None, None, stats, -100, 0.1, 2.0, 0.0, eps, side.to(torch.int32))
+    gl = torch.ones(3)
+    with pytest.raises(ValueError, match="out"):
+        launch.soft_shard_grad(gl, eps, side, z, stats, torch.empty(3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="eps"):
+        launch.soft_shard_grad(gl, eps.t().contiguous().t(), side, z, stats, torch.empty(3, 5))
 
 
 # ---------------------------------------------------------------- argument checks

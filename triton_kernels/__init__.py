@@ -2,7 +2,8 @@
 
 ``launch.fwd`` -> (loss, stats) and ``launch.bwd`` -> grad_loss[:, None] * pseudo-gradient follow the op
 contract of hardloss_cuda/_schema.py; hardloss_cuda registers them as ``hardloss_cuda::triton_fwd`` /
-``triton_bwd`` / ``triton_bwd_inplace`` / ``triton_shard_stats`` / ``triton_soft_shard_stats``.
+``triton_bwd`` / ``triton_bwd_inplace`` / ``triton_shard_stats`` / ``triton_soft_shard_stats`` /
+``triton_soft_shard_grad``.
 
 A subpackage of hardloss_cuda (never a top-level ``triton_kernels``, a name other projects install
 too). This file imports nothing: triton is optional, and ``hardloss_cuda.triton_kernels.launch``

@@ -14,6 +14,10 @@ forward's), one more read of them; at k = 1 a dominant class with q* >= 15/16 t
 (the complete form's f_star where the stats have one).
 Both then add the logsumexp's gradient glse p_j and apply the softcap's slope when asked
 (rowmath.finish_grad; the logits are read soft-capped with the cap's slope, rowmath.load_logits_slope).
+
+``soft_kept_bwd_kernel`` (the op soft_shard_grad): a soft row's gradient from soft_shard_stats'
+kept pass, f_j = rowmath.soft_kept_f(k log|eps_j|, side, complete-form stats), finished the same
+way; no log or |eps|^k per class, and the logits are read only for glse or a softcap.
 """
 
 import triton
@@ -27,12 +31,14 @@ from .rowmath import (
     load_labels,
     load_logits_slope,
     load_stats,
+    load_tile,
     onehot_fj,
     q_tile,
     row_setup,
     skip_rows,
     soft_eps_pass,
     soft_fj,
+    soft_kept_f,
     soft_labels,
     soft_tag_read,
     store_tile,
@@ -142,3 +148,33 @@ def soft_bwd_kernel(
         g = finish_grad((gl * f1)[:, None], z1[:, None], glse, lse, lse_lo, slope1[:, None], HAS_GLSE, HAS_CAP)
         col = tl.max(col_star, 1)
         tl.store(out_ptr + row_off + col, tl.sum(g, 1).to(out_ptr.dtype.element_ty), mask=rmask & (col >= 0))
+
+
+@triton.jit
+def soft_kept_bwd_kernel(
+    gl_ptr, kept_ptr, side_ptr, z_ptr, stats_ptr, out_ptr, glse_ptr,
+    N, C, cap: tl.float64,
+    HAS_CAP: tl.constexpr, HAS_GLSE: tl.constexpr, READ_Z: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    ACC: tl.constexpr = stats_ptr.dtype.element_ty
+    cap = tl.full([], cap, ACC)
+    rows, rmask, row_off, cols0 = row_setup(tl.program_id(0), N, C, ROWS, BLOCK)
+    gl = tl.load(gl_ptr + rows, mask=rmask, other=0.0).to(ACC)
+    lse, lse_lo, t, c_pos, f_star, _tag = load_stats(stats_ptr, rows, rmask, ACC)
+    glse = _load_glse(glse_ptr, rows, rmask, ACC, HAS_GLSE)
+    # bwd's row rules without a label: a zero-gradient row is 0 and a row without a finite lse
+    # NaN, neither read; the others read kept / side (and the logits for READ_Z), then write.
+    zero = skip_rows(gl, lse, t) & (glse == 0.0)
+    live = rmask & (~zero) & finite(lse)
+    fill = tl.where(zero, 0.0, float("nan"))
+    for start in range(0, C, BLOCK):
+        cols = start + cols0
+        # out may be kept itself: each element is loaded here before the store below
+        kl, mask = load_tile(kept_ptr, row_off, live, cols, C, float("-inf"), ACC)
+        side = tl.load(side_ptr + row_off[:, None] + cols[None, :], mask=mask, other=0)
+        g = gl[:, None] * soft_kept_f(kl, side, t, c_pos, f_star)
+        if READ_Z:  # glse p_j and / or the softcap's slope need the logits
+            z, _, slope = load_logits_slope(z_ptr, row_off, live, cols, C, 0.0, ACC, cap, HAS_CAP)
+            g = finish_grad(g, z, glse, lse, lse_lo, slope, HAS_GLSE, HAS_CAP)
+        g = tl.where(live[:, None], g, fill[:, None])
+        store_tile(out_ptr, row_off, cols, rmask[:, None] & (cols < C)[None, :], g)

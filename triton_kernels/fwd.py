@@ -24,7 +24,9 @@ needed, never stored):
 ``soft_shard_kernel`` (the op ``soft_shard_stats``): a soft row's pass 2 over the classes at hand
 given the row's global (lse, lse_lo, t, star) in stats, its statistics stored unfinalised:
 (m_neg, s_neg, m_pos, s_pos) of k log|eps| (k != 1), then over the classes but the dominant one
-of a row that has one, (m, s) of log p and sum q (row_math.h soft_shard_class).
+of a row that has one, (m, s) of log p and sum q (row_math.h soft_shard_class). With ``KEEP``
+(its kept pass, k != 1) the same pass also stores each class's k log|eps| and side
+(rowmath.soft_eps_sums), which bwd.py soft_kept_bwd_kernel (the op soft_shard_grad) reads.
 
 Together with the backward (bwd.py) that is 3 N C s bytes (read, read, write) and a few
 numbers a row kept in between, instead of producing the gradient in the forward pass (an
@@ -162,10 +164,10 @@ def soft_fwd_kernel(
 
 @triton.jit
 def soft_shard_kernel(
-    z_ptr, t_ptr, w_ptr, mix_ptr, st_ptr, out_ptr,
+    z_ptr, t_ptr, w_ptr, mix_ptr, st_ptr, out_ptr, kept_ptr, side_ptr,
     N, C, ignore_index, s: tl.float64, k: tl.float64, cap: tl.float64,
     MODE: tl.constexpr, HAS_W: tl.constexpr, K_IS_ONE: tl.constexpr, HAS_CAP: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, KEEP: tl.constexpr,
 ):
     ACC: tl.constexpr = out_ptr.dtype.element_ty
     s = tl.full([], s, ACC)
@@ -179,7 +181,7 @@ def soft_shard_kernel(
     # log p = (z - lse) - lse_lo: soft_eps_sums's (z - m) - log_s with the row's global lse
     m_neg, s_neg, m_pos, s_pos, m_rest, s_rest, q_rest = soft_eps_sums(
         z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rmask & valid, yc, cols0, C, s, lse, lse_lo, t, star, k, cap, MODE,
-        HAS_W, HAS_CAP, K_IS_ONE, ROWS, BLOCK, ACC)
+        HAS_W, HAS_CAP, K_IS_ONE, ROWS, BLOCK, ACC, kept_ptr, side_ptr, rmask, KEEP)
     base = out_ptr + rows.to(tl.int64) * 7
     ninf = float("-inf")
     tl.store(base, tl.where(valid, m_neg, ninf), mask=rmask)

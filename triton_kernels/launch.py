@@ -23,14 +23,15 @@ import triton
 from torch import Tensor
 
 from .._schema import (SHARD_STATS_COLS, SOFT_SHARD_STATS_COLS, STATS_COLS, acc_dtype, check_op_args,
-                      check_op_bwd_args, check_op_shard_stats_args, check_op_soft_shard_stats_args, check_op_softcap)
+                      check_op_bwd_args, check_op_kept_eps, check_op_shard_stats_args, check_op_soft_shard_grad_args,
+                      check_op_soft_shard_stats_args, check_op_softcap)
 
-from .bwd import onehot_bwd_kernel, soft_bwd_kernel
+from .bwd import onehot_bwd_kernel, soft_bwd_kernel, soft_kept_bwd_kernel
 from .config import plan
 from .fwd import onehot_fwd_kernel, soft_fwd_kernel, soft_shard_kernel
 from .rowmath import MIXTURE, PROBS, SMOOTH
 
-__all__ = ["fwd", "bwd", "bwd_inplace", "shard_stats", "soft_shard_stats"]
+__all__ = ["fwd", "bwd", "bwd_inplace", "shard_stats", "soft_shard_stats", "soft_shard_grad"]
 
 def _interpreting() -> bool:
     # triton.jit picks the interpreter when the kernel is decorated (module import), so ask
@@ -218,14 +219,18 @@ def shard_stats(logits: Tensor, target: Tensor, k: float, softcap: float = 0.0, 
 
 
 def soft_shard_stats(logits: Tensor, target: Tensor, weight: Tensor | None, mixture: Tensor | None, stats: Tensor,
-                     ignore_index: int, label_smoothing: float, k: float, softcap: float = 0.0, *,
+                     ignore_index: int, label_smoothing: float, k: float, softcap: float = 0.0,
+                     eps: Tensor | None = None, side: Tensor | None = None, *,
                      block_cap: int | None = None) -> Tensor:
     """A soft row's pass 2 over the classes of ``logits`` given the rows' global lse, t and star
     flag in ``stats``: (N, SOFT_SHARD_STATS_COLS) in the accumulation dtype, unfinalised
-    (the op ``triton_soft_shard_stats``; a class-index row without smoothing is q = w_y onehot)."""
+    (the op ``triton_soft_shard_stats``; a class-index row without smoothing is q = w_y onehot).
+    With ``eps`` and ``side`` (k != 1) the same pass also writes its kept pass into them: per
+    class k log|eps_j| and its side (_schema.py; soft_shard_grad reads them)."""
     check_op_soft_shard_stats_args(logits, target, weight, mixture, stats)
     _check_device(logits)
     check_op_softcap(softcap, logits.dtype)
+    check_op_kept_eps(logits, eps, side, k)
     logits = logits.contiguous()
     N, C = logits.shape
     out = torch.empty((N, SOFT_SHARD_STATS_COLS), dtype=acc_dtype(logits.dtype), device=logits.device)
@@ -234,9 +239,33 @@ def soft_shard_stats(logits: Tensor, target: Tensor, weight: Tensor | None, mixt
         stats = stats.contiguous()
         w = weight.contiguous() if weight is not None else stats
         mix = mixture.contiguous() if mixture is not None else stats
+        keep = eps is not None  # eps and side: checked contiguous; unused slots get ``out`` (never read)
         soft_shard_kernel[(triton.cdiv(N, rows),)](
-            logits, target.contiguous(), w, mix, stats, out, N, C, int(ignore_index), float(label_smoothing),
-            float(k), float(softcap), MODE=_mode(target, mixture, label_smoothing) or SMOOTH,
-            HAS_W=weight is not None, K_IS_ONE=float(k) == 1.0, HAS_CAP=float(softcap) != 0.0, ROWS=rows,
-            BLOCK=block, num_warps=num_warps)
+            logits, target.contiguous(), w, mix, stats, out, eps if keep else out, side if keep else out, N, C,
+            int(ignore_index), float(label_smoothing), float(k), float(softcap),
+            MODE=_mode(target, mixture, label_smoothing) or SMOOTH, HAS_W=weight is not None,
+            K_IS_ONE=float(k) == 1.0, HAS_CAP=float(softcap) != 0.0, ROWS=rows, BLOCK=block, num_warps=num_warps,
+            KEEP=keep)
     return out
+
+
+def soft_shard_grad(grad_loss: Tensor, eps: Tensor, side: Tensor, logits: Tensor, stats: Tensor, out: Tensor,
+                    softcap: float = 0.0, grad_lse: Tensor | None = None, *, block_cap: int | None = None) -> None:
+    """bwd of soft rows from soft_shard_stats' kept pass (``eps``, ``side``) and the rows' finalised
+    stats in the complete form, written into ``out`` in logits' dtype (the op
+    ``triton_soft_shard_grad``, _schema.py). ``out`` may be ``eps`` itself: each element is read
+    before it is written, by the same program. The logits are read only for ``grad_lse`` or a softcap."""
+    check_op_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out, grad_lse)
+    _check_device(logits)
+    check_op_softcap(softcap, logits.dtype)
+    N, C = logits.shape
+    if N * C == 0:
+        return
+    has_cap, has_glse = float(softcap) != 0.0, grad_lse is not None
+    stats = stats.contiguous()
+    z = logits.contiguous() if has_cap or has_glse else stats  # unused slots get stats (never read)
+    glse = grad_lse.contiguous() if has_glse else stats
+    block, rows, num_warps = plan(N, C, block_cap)
+    soft_kept_bwd_kernel[(triton.cdiv(N, rows),)](
+        grad_loss.contiguous(), eps, side, z, stats, out, glse, N, C, float(softcap), HAS_CAP=has_cap,
+        HAS_GLSE=has_glse, READ_Z=has_cap or has_glse, ROWS=rows, BLOCK=block, num_warps=num_warps)

@@ -22,11 +22,15 @@ Ignored / out-of-range rows, and every row when the gradient was not asked for, 
 import triton
 import triton.language as tl
 
-from .._schema import STATS_COLS, STATS_SOFT_COMPLETE, STATS_SOFT_DEFERRED
+from .._schema import SIDE_NEG, SIDE_POS, SIDE_STAR, STATS_COLS, STATS_SOFT_COMPLETE, STATS_SOFT_DEFERRED
 
 _COLS: tl.constexpr = tl.constexpr(STATS_COLS)
 _SOFT_COMPLETE: tl.constexpr = tl.constexpr(STATS_SOFT_COMPLETE)
 _SOFT_DEFERRED: tl.constexpr = tl.constexpr(STATS_SOFT_DEFERRED)
+# soft_shard_stats' kept pass: the side of a class (row_math.h kSide*)
+_SIDE_POS: tl.constexpr = tl.constexpr(SIDE_POS)
+_SIDE_NEG: tl.constexpr = tl.constexpr(SIDE_NEG)
+_SIDE_STAR: tl.constexpr = tl.constexpr(SIDE_STAR)
 
 
 @triton.jit
@@ -369,14 +373,20 @@ def soft_finalize(m_neg, s_neg, m_pos, s_pos, t, star, kl_star, neg_star):
 @triton.jit
 def soft_eps_sums(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, s, m, log_s, t, star, k,
                   cap, MODE: tl.constexpr, HAS_W: tl.constexpr, HAS_CAP: tl.constexpr, K_IS_ONE: tl.constexpr,
-                  ROWS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+                  ROWS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+                  kept_ptr=None, side_ptr=None, rmask=None, KEEP: tl.constexpr = False):
     """A soft row's pass 2 over the rows ``rows_in`` (no other row is read), unfinalised
     (row_math.h soft_eps_class / soft_shard_class), with log p = (z - m) - log_s: the online
     (max, sum) of k log|eps| over the negative and the positive classes (none at K_IS_ONE),
     and, in a row with a dominant class (``star``: 2 q > t, at K_IS_ONE 16 (t - q) <= t), the
     logsumexp of the others' log p and the sum of their q. Returns (m_neg, s_neg, m_pos, s_pos,
     m_rest, s_rest, q_rest): finalised by soft_eps_pass, or reduced over ranks first
-    (fwd.py soft_shard_kernel, the op soft_shard_stats)."""
+    (fwd.py soft_shard_kernel, the op soft_shard_stats).
+
+    KEEP (soft_shard_stats' kept pass, k != 1 only; row_math.h soft_shard_class_kept): also
+    store per class of the rows ``rmask`` the k log|eps| it pushes into ``kept_ptr`` and its side
+    into ``side_ptr`` ((0, SIDE_STAR) at the dominant class; (-inf, SIDE_POS) on the rows of
+    ``rmask`` outside ``rows_in``, which soft_kept_f turns into 0)."""
     t_inv = 1.0 / tl.where(t != 0.0, t, 1.0)  # qh = q / t; t == 0 gives f = t F = 0
     m_neg = tl.full([ROWS], float("-inf"), ACC)
     s_neg = tl.zeros([ROWS], ACC)
@@ -393,12 +403,19 @@ def soft_eps_sums(z_ptr, t_ptr, w_ptr, mix_ptr, row_off, rows_in, yc, cols0, C, 
         if K_IS_ONE:
             other = mask & star[:, None] & ~is_star_k1(star[:, None], q, t[:, None])
         else:
-            other = mask & ~(star[:, None] & (2.0 * q > t[:, None]))
+            at_star = star[:, None] & (2.0 * q > t[:, None])
+            other = mask & ~at_star
             le, neg = log_abs_eps(log_p, q * t_inv[:, None])
             kl = k * le
             m_neg, s_neg = online_lse(m_neg, s_neg, tl.where(neg & other, kl, float("-inf")))
             m_pos, s_pos = online_lse(m_pos, s_pos, tl.where(neg | (~other), float("-inf"), kl))
             other = other & star[:, None]
+            if KEEP:
+                live = rows_in[:, None]
+                side = tl.where(at_star, _SIDE_STAR, tl.where(neg, _SIDE_NEG, _SIDE_POS))
+                keep = rmask[:, None] & (cols < C)[None, :]
+                store_tile(kept_ptr, row_off, cols, keep, tl.where(live, tl.where(at_star, 0.0, kl), float("-inf")))
+                store_tile(side_ptr, row_off, cols, keep, tl.where(live, side, _SIDE_POS))
         m_rest, s_rest = online_lse(m_rest, s_rest, tl.where(other, log_p, float("-inf")))
         q_rest += tl.sum(tl.where(other, q, 0.0), 1)
     return m_neg, s_neg, m_pos, s_pos, m_rest, s_rest, q_rest
@@ -424,6 +441,14 @@ def soft_f1(kl, neg, t, c_pos):
     """row_math.h's soft_f, elementwise on matching shapes: kl = k log|eps_j|."""
     pos = tl.exp(kl + c_pos)
     return tl.where(neg, -t * tl.exp(kl), tl.where(t < 0.0, -pos, pos))
+
+
+@triton.jit
+def soft_kept_f(kl, side, t, c_pos, f_star):
+    """row_math.h's soft_kept_f on a (ROWS, BLOCK) tile (per-row t, c_pos, f_star): f_j from
+    soft_shard_stats' kept pass (kl = k log|eps_j|, side) and the row's complete-form stats."""
+    f = soft_f1(kl, side == _SIDE_NEG, t[:, None], c_pos[:, None])
+    return tl.where(side == _SIDE_STAR, f_star[:, None], f)
 
 
 @triton.jit

@@ -107,6 +107,17 @@ static void lib_soft(const std::vector<double>& zd, const std::vector<double>& q
   }
   f->assign(C, T(0));
   for (size_t j = 0; j < C; ++j) (*f)[j] = hl::soft_fj(r, z[j], lse.hi, lse.lo, q[j], k);
+  if (k == T(1)) return;
+  // The vocab-parallel path: soft_shard_stats' kept pass given the row's lse, then f_j from it
+  // (soft_kept_f): the same statistics and the same f_j, to the bit.
+  hl::SoftEpsStats<T> es2 = hl::soft_eps_init<T>();
+  hl::StarRest<T> rest2 = hl::star_rest_init<T>();
+  for (size_t j = 0; j < C; ++j) {
+    const hl::KeptEps<T> e = hl::soft_shard_class_kept(es2, rest2, z[j], q[j], lse.hi, lse.lo, t, star, k);
+    expect_close("kept f", hl::soft_kept_f(r, e.kla, e.side), (*f)[j], 0, 0);
+  }
+  const hl::SoftRow<T> r2 = hl::soft_row_finalize(es2, rest2, t, star, k, lse.hi);
+  expect_close("kept c_pos", r2.c_pos, r.c_pos, 1e-14, 0);
 }
 
 // Soft path for a target row q: f = t F_k(p - q / t) against the explicit formula.
