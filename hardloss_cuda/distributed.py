@@ -25,7 +25,8 @@ communication, is ``soft_shard_grad`` at k != 1: ``soft_shard_stats`` kept each 
 k log|eps| and side for it (an (N, C_local) buffer in the accumulation dtype, the gradient's own
 for float32 / float64 logits, and an int8 one, held from forward to backward), so the slice's
 |eps|^k is computed once, as on one device; with ``inplace_backward`` (no (N, C) buffer) and at
-k = 1, the ``bwd`` op on the slice with these stats. This module holds the reductions across
+k = 1, the ``bwd`` op on the slice with these stats (at k = 1 on q held from the forward, which
+the gradient then overwrites). This module holds the reductions across
 ranks and no row math of its own: every backend's ``bwd`` reads the stats it is given (the
 reference's too). Forward: 4 collectives, 13 N values (52 B a row in float32). Probability
 targets are not accepted (they would be sharded like the logits; not needed by the models this
@@ -361,12 +362,12 @@ class _SliceTargets:
             self.at = torch.where(owned, at, self.base[0] if CL else 0)  # else column 0 keeps its own q
             self.at_max = torch.where(owned, at, -_INF)
 
-    def rows(self, rows) -> Tensor:
-        """q of the rows ``rows`` (a slice), in the shared buffer."""
+    def rows(self, rows, out: Tensor | None = None) -> Tensor:
+        """q of the rows ``rows`` (a slice), in the shared buffer or in ``out``."""
         n = rows.stop - rows.start
-        if self.buf is None:
+        if self.buf is None and out is None:
             self.buf = torch.empty(n, self.CL, dtype=self.acc, device=self.y.device)
-        q = self.buf[:n]
+        q = self.buf[:n] if out is None else out
         if self.mix is None:
             q.copy_(self.base.expand(n, self.CL))
             q.scatter_(1, self.col[rows, None], self.at[rows, None])
@@ -428,8 +429,12 @@ class _SoftShard(torch.autograd.Function):
         q_max = torch.full((N,), -_INF, dtype=acc, device=dev)
         q_min = torch.full((N,), _INF, dtype=acc, device=dev)
         chunks = _row_chunks(N, CL) if CL > 0 else []  # an empty slice adds nothing
+        # k = 1 (a mixture: smoothing at k = 1 is _SmoothShard): q is built once and held to the
+        # backward, whose gradient it becomes (float32 / float64 logits), rather than gathered
+        # from the mixture three times; not with inplace_backward (no (N, C) buffer wanted).
+        held = torch.empty(N, CL, dtype=acc, device=dev) if compute_grad and k == 1 and not inplace else None
         for rows in chunks:
-            q = targets.rows(rows)
+            q = targets.rows(rows, None if held is None else held[rows])
             # k = 1: t_r (the kernels' compensated sum) without the |eps| pass, which needs the global lse
             l, st = fwd_op(backend)(_acc_rows(local, rows, acc), q, None, None, -1, 0.0, 1.0, True, softcap)
             loss_r[rows], hi_r[rows], lo_r[rows], t_r[rows] = l, st[:, LSE_COL], st[:, LSE_LO_COL], st[:, SCALE_COL]
@@ -464,11 +469,13 @@ class _SoftShard(torch.autograd.Function):
             side = torch.empty(N, CL, dtype=torch.int8, device=dev) if keep else None
             for rows in chunks:
                 kept = (eps[rows], side[rows]) if keep else ()
-                raw[rows] = soft_shard_stats_op(backend)(_acc_rows(local, rows, acc), targets.rows(rows), None, None,
-                                                         given[rows], -1, 0.0, k, softcap, *kept)
+                q = targets.rows(rows) if held is None else held[rows]
+                raw[rows] = soft_shard_stats_op(backend)(_acc_rows(local, rows, acc), q, None, None, given[rows], -1,
+                                                         0.0, k, softcap, *kept)
             cols = _torch_rows.soft_cols(t, star, k, hi, _soft_raw_reduce(raw, group))
             stats[:, SCALE_COL:] = torch.where(valid[:, None], torch.stack(cols, 1), 0)
             ctx.kept = [eps, side] if keep else None
+            ctx.held = held
             ctx.save_for_backward(local, stats)
             ctx.rows = (tgt, valid, ignored, w, mix)
             ctx.args = (s, k, softcap, layout, backend, inplace)
@@ -502,12 +509,17 @@ class _SoftShard(torch.autograd.Function):
                 soft_shard_grad_op(backend)(g, eps, side, local, stats.contiguous(), out, softcap, g_lse)
             return (out,) + (None,) * 12
         targets = _SliceTargets(tgt, valid, w, mix, s, layout, CL, acc)
+        held = ctx.held  # k = 1: the forward's q
+        if held is not None and local.dtype == acc:
+            ctx.held, grad = None, held  # used up as the gradient: a second backward rebuilds q
         for rows in _row_chunks(N, CL):
-            q = targets.rows(rows)
+            q = targets.rows(rows) if held is None else held[rows]
             gl = None if g_lse is None else g_lse[rows]
             args = (q, None, None, stats[rows], -1, 0.0, k, softcap, gl)
             with torch.no_grad():
-                if local.dtype == acc:  # the gradient written over its rows' copy of the logits (or over them)
+                if grad is held:  # out of place (q read), then over the rows' q
+                    held[rows] = bwd_op(backend)(g[rows], local[rows], *args)
+                elif local.dtype == acc:  # the gradient written over its rows' copy of the logits (or over them)
                     if not inplace:
                         grad[rows] = local[rows]
                     bwd_inplace_op(backend)(g[rows], grad[rows], *args)

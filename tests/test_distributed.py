@@ -313,23 +313,26 @@ def _masked_slice_case(rank, world, layout):
 
 
 def _retain_graph_case(rank, world, layout):
-    """Two backwards through one graph (retain_graph=True) at k != 1: the first writes the
-    gradient over the forward's kept pass (float32 / float64), the second must recompute it
-    (distributed.py _SoftShard), not read the first's gradient as k log|eps|."""
+    """Two backwards through one graph (retain_graph=True): the first writes the gradient over
+    what the forward held for it (float32 / float64; distributed.py _SoftShard: the kept pass at
+    k != 1, a mixture's q at k = 1), the second must rebuild that, not read the first's gradient
+    as k log|eps| or as q."""
     start, size = layout[rank]
-    for dtype, backend in ((torch.float64, "cpu"), (torch.float32, "reference"), (torch.bfloat16, "cpu")):
-        z, target, weight, _mix, grad_out = _data(23, dtype, {"weight": True})
+    for dtype, backend, kw in itertools.product(
+            (torch.float64, torch.float32, torch.bfloat16), ("cpu", "reference"),
+            ({"label_smoothing": 0.1, "k": 0.5}, {"mixture": "dominant", "k": 1.0})):
+        z, target, weight, mixture, _g = _data(23, dtype, {"weight": True, "mixture": kw.get("mixture")})
+        kw = {**kw, "mixture": mixture} if "mixture" in kw else kw
         full = z.clone().requires_grad_()
-        hl.cross_entropy(full, target, weight=weight, label_smoothing=0.1, k=0.5, backend=backend,
-                         reduction="sum").backward()
+        hl.cross_entropy(full, target, weight=weight, backend=backend, reduction="sum", **kw).backward()
         local = z[:, start:start + size].clone().requires_grad_()
-        got = vocab_parallel_cross_entropy(local, target, weight=weight, label_smoothing=0.1, k=0.5, backend=backend,
-                                           reduction="sum")
+        got = vocab_parallel_cross_entropy(local, target, weight=weight, backend=backend, reduction="sum", **kw)
         got.backward(retain_graph=True)
         first = local.grad.clone()
         got.backward()
-        _check(f"retain_graph rank {rank} {dtype} first", first, full.grad[:, start:start + size], dtype)
-        _check(f"retain_graph rank {rank} {dtype} second", local.grad - first, first, dtype)
+        _check(f"retain_graph rank {rank} {dtype} {backend} {list(kw)} first", first, full.grad[:, start:start + size],
+               dtype)
+        _check(f"retain_graph rank {rank} {dtype} {backend} {list(kw)} second", local.grad - first, first, dtype)
 
 
 def _worker(rank, world, port, quick):
