@@ -146,14 +146,7 @@ __global__ void __launch_bounds__(BLOCK, (kRegMinBlocks<S, BLOCK>)) fwd_reg_kern
           }
         }
       };
-      if constexpr (!KEPT) {
-        pass_b([&](A z, A q, int) { soft_pass_b_push(pb, ctx, z, q, k, a.compute_grad); });
-      } else {
-        const bool valid = ri.status == kLabelValid;
-        A* kla = a.kla + r * C;
-        int8_t* side = a.side + r * C;
-        pass_b([&](A z, A q, int j) { soft_pass_b_push_kept(pb, ctx, z, q, k, valid, active, kla + j, side + j); });
-      }
+      soft_pass_b_run<KEPT>(a, pass_b, pb, ctx, r, ri, C, k, active);
       SoftRow<A> sr;
       SoftPassB<A> raw = pb;
       const A loss = soft_pass_b_finish<TPR>(pb, ctx, k, a.compute_grad, red, &sr, &raw);
@@ -254,14 +247,7 @@ __global__ void __launch_bounds__(BLOCK) fwd_stream_kernel(const FwdArgs<S> a) {
           }
         }
       };
-      if constexpr (!KEPT) {
-        pass_b([&](A z, A q, int) { soft_pass_b_push(pb, ctx, z, q, k, a.compute_grad); });
-      } else {
-        const bool valid = ri.status == kLabelValid;
-        A* kla = a.kla + r * C;
-        int8_t* side = a.side + r * C;
-        pass_b([&](A z, A q, int j) { soft_pass_b_push_kept(pb, ctx, z, q, k, valid, true, kla + j, side + j); });
-      }
+      soft_pass_b_run<KEPT>(a, pass_b, pb, ctx, r, ri, C, k, true);
       SoftRow<A> sr;
       SoftPassB<A> raw = pb;
       const A loss = soft_pass_b_finish<BLOCK>(pb, ctx, k, a.compute_grad, red, &sr, &raw);

@@ -220,6 +220,24 @@ __device__ __forceinline__ void soft_pass_b_push_kept(SoftPassB<A>& b, const Sof
   }
 }
 
+// Pass B of a row through `pass_b`, the kernel's loop over its classes (it calls push(z, q, j)):
+// the plain push, or with KEPT the kept pass's, which also stores each class's k log|eps| and
+// side at (r, j). store: false for a register-path group past the last row.
+template <bool KEPT, typename S, typename PassB>
+__device__ __forceinline__ void soft_pass_b_run(const FwdArgs<S>& a, PassB&& pass_b, SoftPassB<acc_type<S>>& pb,
+                                                const SoftRowCtx<acc_type<S>>& ctx, int64_t r, const RowInfo& ri,
+                                                int C, acc_type<S> k, bool store) {
+  using A = acc_type<S>;
+  if constexpr (!KEPT) {
+    pass_b([&](A z, A q, int) { soft_pass_b_push(pb, ctx, z, q, k, a.compute_grad); });
+  } else {
+    const bool valid = ri.status == kLabelValid;
+    A* kla = a.kla + r * C;
+    int8_t* side = a.side + r * C;
+    pass_b([&](A z, A q, int j) { soft_pass_b_push_kept(pb, ctx, z, q, k, valid, store, kla + j, side + j); });
+  }
+}
+
 // Loss and SoftRow of the group's row (the same in every thread of the group); `raw` gets the
 // merged statistics before they are finalised (soft_shard_stats).
 template <int TPR, typename A>
