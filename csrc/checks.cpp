@@ -16,13 +16,28 @@ void check_same_device(const at::Tensor& t, const at::Tensor& logits, const char
               " but logits is on ", logits.device());
 }
 
+// logits: 2-D, of a float dtype the kernels take.
+void check_logits(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2, "hardloss_cuda: logits must be 2-D (N, C), got shape ", logits.sizes());
+  TORCH_CHECK(is_float_dtype(logits.scalar_type()), "hardloss_cuda: logits: unsupported dtype ",
+              logits.scalar_type(), " (float32, float64, float16 or bfloat16)");
+}
+
+// grad_loss: (N,) in the accumulation dtype, on the logits' device.
+void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& logits) {
+  const int64_t N = logits.size(0);
+  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
+  check_same_device(grad_loss, logits, "grad_loss");
+  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == N && grad_loss.scalar_type() == acc,
+              "hardloss_cuda: grad_loss: expected ", acc, " of shape (", N, "), got ",
+              grad_loss.scalar_type(), " ", grad_loss.sizes());
+}
+
 }  // namespace
 
 void check_fwd_args(const at::Tensor& logits, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture) {
-  TORCH_CHECK(logits.dim() == 2, "hardloss_cuda: logits must be 2-D (N, C), got shape ", logits.sizes());
-  TORCH_CHECK(is_float_dtype(logits.scalar_type()), "hardloss_cuda: logits: unsupported dtype ",
-              logits.scalar_type(), " (float32, float64, float16 or bfloat16)");
+  check_logits(logits);
   const int64_t N = logits.size(0), C = logits.size(1);
   TORCH_CHECK(C >= 1, "hardloss_cuda: logits must have at least one class (C >= 1)");
   const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
@@ -65,18 +80,22 @@ void check_stats(const at::Tensor& stats, const at::Tensor& logits) {
               "hardloss_cuda: stats: expected ", acc, " of shape (", logits.size(0), ", ", kStatsCols, "), got ",
               stats.scalar_type(), " ", stats.sizes());
 }
+
+// soft_shard_stats' kept pass and soft_shard_grad's out: contiguous, the logits' shape and
+// device, in `dtype`.
+void check_like_logits(const at::Tensor& x, const at::Tensor& logits, at::ScalarType dtype, const char* name) {
+  check_same_device(x, logits, name);
+  TORCH_CHECK(x.sizes() == logits.sizes() && x.scalar_type() == dtype && x.is_contiguous(), "hardloss_cuda: ", name,
+              ": expected contiguous ", dtype, " of shape ", logits.sizes(), ", got ", x.scalar_type(), " ",
+              x.sizes());
+}
 }  // namespace
 
 void check_bwd_args(const at::Tensor& grad_loss, const at::Tensor& logits, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& mixture,
                     const at::Tensor& stats) {
   check_fwd_args(logits, target, weight, mixture);
-  const int64_t N = logits.size(0);
-  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
-  check_same_device(grad_loss, logits, "grad_loss");
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == N && grad_loss.scalar_type() == acc,
-              "hardloss_cuda: grad_loss: expected ", acc, " of shape (", N, "), got ",
-              grad_loss.scalar_type(), " ", grad_loss.sizes());
+  check_grad_loss(grad_loss, logits);
   check_stats(stats, logits);
 }
 
@@ -86,41 +105,25 @@ void check_soft_shard_args(const at::Tensor& logits, const at::Tensor& target, c
   check_stats(stats, logits);
 }
 
-namespace {
-void check_kept(const at::Tensor& x, const at::Tensor& logits, at::ScalarType dtype, const char* name) {
-  check_same_device(x, logits, name);
-  TORCH_CHECK(x.sizes() == logits.sizes() && x.scalar_type() == dtype && x.is_contiguous(), "hardloss_cuda: ", name,
-              ": expected contiguous ", dtype, " of shape ", logits.sizes(), ", got ", x.scalar_type(), " ",
-              x.sizes());
-}
-}  // namespace
-
 bool check_kept_eps(const at::Tensor& logits, const std::optional<at::Tensor>& eps,
                     const std::optional<at::Tensor>& side, double k) {
   const bool has_eps = eps.has_value() && eps->defined(), has_side = side.has_value() && side->defined();
   if (!has_eps && !has_side) return false;
   TORCH_CHECK(has_eps && has_side, "hardloss_cuda: eps, side: give both or neither");
   TORCH_CHECK(k != 1.0, "hardloss_cuda: eps: the kept pass is for k != 1 (at k = 1 soft_shard_stats takes no |eps|)");
-  check_kept(*eps, logits, acc_scalar_type(logits.scalar_type()), "eps");
-  check_kept(*side, logits, at::kChar, "side");
+  check_like_logits(*eps, logits, acc_scalar_type(logits.scalar_type()), "eps");
+  check_like_logits(*side, logits, at::kChar, "side");
   return true;
 }
 
 void check_soft_shard_grad_args(const at::Tensor& grad_loss, const at::Tensor& eps, const at::Tensor& side,
                                 const at::Tensor& logits, const at::Tensor& stats, const at::Tensor& out) {
-  TORCH_CHECK(logits.dim() == 2, "hardloss_cuda: logits must be 2-D (N, C), got shape ", logits.sizes());
-  TORCH_CHECK(is_float_dtype(logits.scalar_type()), "hardloss_cuda: logits: unsupported dtype ",
-              logits.scalar_type(), " (float32, float64, float16 or bfloat16)");
-  const int64_t N = logits.size(0);
-  const at::ScalarType acc = acc_scalar_type(logits.scalar_type());
-  check_same_device(grad_loss, logits, "grad_loss");
-  TORCH_CHECK(grad_loss.dim() == 1 && grad_loss.size(0) == N && grad_loss.scalar_type() == acc,
-              "hardloss_cuda: grad_loss: expected ", acc, " of shape (", N, "), got ", grad_loss.scalar_type(), " ",
-              grad_loss.sizes());
+  check_logits(logits);
+  check_grad_loss(grad_loss, logits);
   check_stats(stats, logits);
-  check_kept(eps, logits, acc, "eps");
-  check_kept(side, logits, at::kChar, "side");
-  check_kept(out, logits, logits.scalar_type(), "out");
+  check_like_logits(eps, logits, acc_scalar_type(logits.scalar_type()), "eps");
+  check_like_logits(side, logits, at::kChar, "side");
+  check_like_logits(out, logits, logits.scalar_type(), "out");
 }
 
 // _schema.py softcap_range in C++ (the normal positive numbers of the accumulation type), for

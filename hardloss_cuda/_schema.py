@@ -120,15 +120,19 @@ def check_softcap_in_range(softcap: float, dtype: torch.dtype, off: str) -> None
                          f"kernels compute in {acc_dtype(dtype)}), got {softcap!r}")
 
 
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
+    check_logit_dtype(logits.dtype)
+
+
 def check_op_args(logits, target, weight, mixture) -> None:
     """The ops' own checks of what they index and read with: shapes, dtypes and devices (cheap, no
     device sync; csrc/checks.cpp check_fwd_args says the same). Run by the Python backends
     (reference, Triton) and by the fakes, which serve any call with a meta tensor among its
     arguments. The user-facing checks (k, label_smoothing, label values, ...) are
     validation.py's, run before any op; a label out of range gives a NaN row."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
-    check_logit_dtype(logits.dtype)
+    _check_logits(logits)
     N, C = logits.shape
     if C == 0:
         raise ValueError("logits: need at least one class (C >= 1)")
@@ -193,28 +197,26 @@ def check_op_kept_eps(logits, eps, side, k) -> None:
     _check_kept(logits, eps, side)
 
 
+def _check_like_logits(name, x, logits, dtype) -> None:
+    """x: contiguous, of the logits' shape and device, in ``dtype``."""
+    if x.shape != logits.shape or x.dtype != dtype or not x.is_contiguous():
+        raise ValueError(f"{name}: expected contiguous {dtype} of shape {tuple(logits.shape)}, got {x.dtype} "
+                         f"{tuple(x.shape)}")
+    if x.device != logits.device:
+        raise ValueError(f"{name}: on {x.device}, logits on {logits.device}")
+
+
 def _check_kept(logits, eps, side) -> None:
-    acc = acc_dtype(logits.dtype)
-    for name, x, dtype in (("eps", eps, acc), ("side", side, torch.int8)):
-        if x.shape != logits.shape or x.dtype != dtype or not x.is_contiguous():
-            raise ValueError(f"{name}: expected contiguous {dtype} of shape {tuple(logits.shape)}, got {x.dtype} "
-                             f"{tuple(x.shape)}")
-        if x.device != logits.device:
-            raise ValueError(f"{name}: on {x.device}, logits on {logits.device}")
+    _check_like_logits("eps", eps, logits, acc_dtype(logits.dtype))
+    _check_like_logits("side", side, logits, torch.int8)
 
 
 def check_op_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out, grad_lse) -> None:
     """soft_shard_grad's arguments (csrc/checks.cpp check_soft_shard_grad_args)."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(getattr(logits, 'shape', ()))}")
-    check_logit_dtype(logits.dtype)
+    _check_logits(logits)
     check_op_bwd_args(grad_loss, logits, stats, grad_lse)
     _check_kept(logits, eps, side)
-    if out.shape != logits.shape or out.dtype != logits.dtype or not out.is_contiguous():
-        raise ValueError(f"out: expected contiguous {logits.dtype} of shape {tuple(logits.shape)}, got {out.dtype} "
-                         f"{tuple(out.shape)}")
-    if out.device != logits.device:
-        raise ValueError(f"out: on {out.device}, logits on {logits.device}")
+    _check_like_logits("out", out, logits, logits.dtype)
 
 
 def check_op_softcap(softcap: float, dtype: torch.dtype) -> None:
