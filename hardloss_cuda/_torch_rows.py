@@ -144,11 +144,10 @@ def soft_pass2(log_p: Tensor, q: Tensor, t: Tensor, star: Tensor, k: float) -> t
         none = torch.full_like(t, -_INF)
         eps = (none, torch.zeros_like(t), none, torch.zeros_like(t))
     else:
-        at_star = star[:, None] & (2 * q > tc)
-        log_abs_eps, neg = soft_log_abs_eps(log_p, q / torch.where(t != 0, t, 1)[:, None])
-        k_log = k * log_abs_eps
-        eps = (*lse_pair(torch.where(neg & ~at_star, k_log, -_INF)),
-               *lse_pair(torch.where(~neg & ~at_star, k_log, -_INF)))
+        kla, side = soft_kept(log_p, q, t, star, k)
+        at_star = side == SIDE_STAR
+        eps = (*lse_pair(torch.where(side == SIDE_NEG, kla, -_INF)),
+               *lse_pair(torch.where(side == SIDE_POS, kla, -_INF)))
     rest = star[:, None] & ~at_star
     return (*eps, *lse_pair(torch.where(rest, log_p, -_INF)), torch.where(rest, q, 0).sum(1))
 
