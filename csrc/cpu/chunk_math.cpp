@@ -201,6 +201,12 @@ HL_CLONES SoftTerms soft_terms(const float* __restrict x, const float* __restric
 // (GCC's vectoriser gave up on one fused loop with many accumulators and selects). Each class
 // takes one exponential of k log|eps|: relative to 0 for the negatives, to the block's max
 // for the positives (a large k must not underflow S_pos).
+// row_math.h soft_f with one fast exp: -t exp(kla) on the negatives, sign(t) exp(kla + c_pos) on
+// the others (soft_grad_complete from the logits, kept_grad_map from the kept pass).
+HL_INLINE float soft_f_of(float kla, bool neg, float t, float sign_t, float c_pos) {
+  return (neg ? -t : sign_t) * exp_of(neg ? kla : kla + c_pos);
+}
+
 HL_CLONES SoftEpsChunk soft_eps(const float* __restrict x, const float* __restrict q, int64_t n, float m,
                                 float log_s, float t_div, float star_t, float k, float* __restrict w,
                                 float* __restrict refs, float* __restrict kla, int8_t* __restrict side) {
@@ -309,8 +315,7 @@ HL_CLONES void soft_grad_complete(const float* __restrict x, const float* __rest
       const float p = exp_of(log_p), e = p - qh;
       const bool neg = qh != 0.0f && e < 0.0f;  // row_math.h soft_log_abs_eps
       const float kla = k * (qh == 0.0f ? log_p : log_of(neg ? -e : e));
-      // soft_f, one exp: -t exp(kla) on the negatives, sign(t) exp(kla + c_pos) on the others
-      const float f = (neg ? -t : sign_t) * exp_of(neg ? kla : kla + c_pos);
+      const float f = soft_f_of(kla, neg, t, sign_t, c_pos);
       const bool star = 2.0f * qa[i] > star_t;
       oa[i] = star ? g_f_star : g * f;
       near[i] = !star && near_cancel(e, p, qh) ? 1.0f : 0.0f;
@@ -331,9 +336,7 @@ HL_CLONES void kept_grad_map(const float* kla, const int8_t* __restrict side, in
                              float c_pos, float g_f_star, float* out) {
   const float sign_t = t < 0.0f ? -1.0f : 1.0f;
   for (int64_t i = 0; i < n; ++i) {
-    const bool neg = side[i] == kSideNeg;
-    const float f = (neg ? -t : sign_t) * exp_of(neg ? kla[i] : kla[i] + c_pos);
-    out[i] = side[i] == kSideStar ? g_f_star : g * f;
+    out[i] = side[i] == kSideStar ? g_f_star : g * soft_f_of(kla[i], side[i] == kSideNeg, t, sign_t, c_pos);
   }
 }
 

@@ -226,8 +226,10 @@ void soft_shard_grad(const at::Tensor& grad_loss, const at::Tensor& eps, const a
   check_soft_shard_grad_args(grad_loss, eps, side, logits, stats, out);
   check_softcap(softcap, logits.scalar_type());
   check_grad_lse(grad_lse, logits);
-  const at::Tensor z = logits.contiguous(), gl = grad_loss.contiguous(), st = stats.contiguous();
   const at::Tensor g_lse = grad_lse.has_value() && grad_lse->defined() ? grad_lse->contiguous() : at::Tensor();
+  // the logits are read only for a softcap or a logsumexp gradient (no copy of them otherwise)
+  const at::Tensor z = softcap != 0.0 || g_lse.defined() ? logits.contiguous() : logits;
+  const at::Tensor gl = grad_loss.contiguous(), st = stats.contiguous();
   if (z.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "hardloss_cuda_soft_shard_grad_cpu", [&] {
     kept_grad_rows<scalar_t>(gl, eps, side, z, st, softcap, g_lse, out);
