@@ -37,7 +37,6 @@
 // neither pointer is __restrict__.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 
 #include "cuda/bwd_complete.cuh"
@@ -185,18 +184,9 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
 // Launcher
 // ---------------------------------------------------------------------------------------
 template <typename S, int TPR, int U, bool SOFT>
-cudaError_t launch_bwd_cfg(BwdArgs<S> a, const DeviceInfo& d, cudaStream_t stream) {
+cudaError_t launch_bwd_cfg(const BwdArgs<S>& a, const DeviceInfo& d, cudaStream_t stream) {
   constexpr int BLOCK = 256;
-  constexpr int GPB = BLOCK / TPR;
-  constexpr int TILE = TPR * U;
-  const int64_t nvec = (static_cast<int64_t>(a.C) + Pack<S>::kN - 1) / Pack<S>::kN;
-  a.tiles_per_row = (nvec + TILE - 1) / TILE;
-  const int64_t ntiles = a.N * a.tiles_per_row;
-  const int64_t blocks = (ntiles + GPB - 1) / GPB;
-  // A few waves of resident blocks; the groups stride over the remaining tiles.
-  const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
-  const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
-  return launch_kernel<bwd_kernel<S, BLOCK, TPR, U, SOFT>>(grid, BLOCK, 0, stream, a);
+  return launch_row_tiles<Pack<S>::kN, BLOCK, TPR, U, bwd_kernel<S, BLOCK, TPR, U, SOFT>>(a, d, stream);
 }
 
 // Tile shape by row length: the smallest group that holds a short row in one tile (sub-warp

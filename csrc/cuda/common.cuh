@@ -12,6 +12,7 @@
 //   statistics for values already in registers (see the comment there).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/device.cuh"
@@ -39,6 +40,22 @@ inline cudaError_t launch_begin(int64_t N, int64_t C, DeviceInfo* d, bool* go) {
   const cudaError_t err = device_info(d);
   *go = err == cudaSuccess;
   return err;
+}
+
+// One launch of a row-tiled elementwise kernel (bwd_kernel, kept_grad_kernel): BLOCK threads in
+// groups of TPR, each group a tile of TPR * U 16-byte vectors of a row of VEC elements; sets
+// a.tiles_per_row, and a grid of a few waves of resident blocks, the groups striding over the
+// remaining tiles.
+template <int VEC, int BLOCK, int TPR, int U, auto Kernel, typename Args>
+cudaError_t launch_row_tiles(Args a, const DeviceInfo& d, cudaStream_t stream) {
+  constexpr int GPB = BLOCK / TPR;
+  constexpr int TILE = TPR * U;
+  const int64_t nvec = (static_cast<int64_t>(a.C) + VEC - 1) / VEC;
+  a.tiles_per_row = (nvec + TILE - 1) / TILE;
+  const int64_t blocks = (a.N * a.tiles_per_row + GPB - 1) / GPB;
+  const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
+  const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
+  return launch_kernel<Kernel>(grid, BLOCK, 0, stream, a);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@
 // and no __restrict__.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -156,17 +155,9 @@ __global__ void __launch_bounds__(BLOCK) kept_grad_kernel(const KeptGradArgs<S> 
 }
 
 template <typename S, int TPR, int U>
-cudaError_t launch_kept_grad_cfg(KeptGradArgs<S> a, const DeviceInfo& d, cudaStream_t stream) {
+cudaError_t launch_kept_grad_cfg(const KeptGradArgs<S>& a, const DeviceInfo& d, cudaStream_t stream) {
   constexpr int BLOCK = 256;
-  constexpr int GPB = BLOCK / TPR;
-  constexpr int TILE = TPR * U;
-  const int64_t nvec = (static_cast<int64_t>(a.C) + Pack<S>::kN - 1) / Pack<S>::kN;
-  a.tiles_per_row = (nvec + TILE - 1) / TILE;
-  const int64_t blocks = (a.N * a.tiles_per_row + GPB - 1) / GPB;
-  // A few waves of resident blocks; the groups stride over the remaining tiles.
-  const int64_t cap = static_cast<int64_t>(d.sms) * (2048 / BLOCK) * 4;
-  const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min(blocks, cap)));
-  return launch_kernel<kept_grad_kernel<S, BLOCK, TPR, U>>(grid, BLOCK, 0, stream, a);
+  return launch_row_tiles<Pack<S>::kN, BLOCK, TPR, U, kept_grad_kernel<S, BLOCK, TPR, U>>(a, d, stream);
 }
 
 // Tile shape by row length, as launch_bwd_path's but at most 4 vectors per lane: eps is acc, so
