@@ -17,9 +17,11 @@
 #                 (scripts/cuda12_toolkit.sh), a venv with a CUDA 12 torch (CU12_TORCH_VERSION)
 # make cu12-build wheel-cu12, installed into a clean venv, checked, and the test suite run
 #                 against it from outside the tree (no GPU needed)
-# make wheels     cuda-build and cu12-build, plus the CPU wheel installed into a clean venv
-#                 where the suite but the fuzzes runs against it, plus the refusal of wheels built for
-#                 another torch
+# make wheels     cuda-build and cu12-build, then cpu-check: the CPU wheel installed into a
+#                 clean venv where the suite but the fuzzes runs against it, plus the refusal of
+#                 wheels built for another torch
+# make cuda-clean, cu12-clean  drop a CUDA wheel's build venvs (and CUDA 12's wheelhouse and
+#                 toolkit) once it is built and checked: CI does, for its disk
 # Targets are idempotent: stamps in the venvs rebuild only what changed.
 
 PYTHON ?= python3
@@ -43,7 +45,7 @@ HARDLOSS_CUDA_EMU ?= 1
 OUTSIDE = $(shell mktemp -d)
 
 .PHONY: all setup test bench bench-full bench-quick cmake-test emu-sanitize wheel-cpu wheel-cuda cuda-build \
-        cu12-toolkit wheel-cu12 cu12-build wheels clean
+        cu12-toolkit wheel-cu12 cu12-build cpu-check wheels cuda-clean cu12-clean clean
 
 all: test
 
@@ -179,7 +181,10 @@ cu12-build: wheel-cu12
 	  $(CURDIR)/$(CHECK)/cu12/bin/python -m pytest $(addprefix $(CURDIR)/,$(CU12_TESTS)) -p no:cacheprovider \
 	  --import-mode=importlib $(PYTEST_XDIST) $(PYTEST_ARGS)
 
-wheels: cuda-build cu12-build wheel-cpu
+wheels: cuda-build cu12-build cpu-check
+
+# Needs what cuda-build and cu12-build leave: $(CHECK)/cuda and dist/cu12.
+cpu-check: wheel-cpu
 	rm -rf $(CHECK)/cpu && $(PYTHON) -m venv $(CHECK)/cpu
 	$(CHECK)/cpu/bin/pip install -q torch==$(TORCH_VERSION)
 	$(CHECK)/cpu/bin/pip install -q $(CONSTRAINTS) "$$(ls dist/cpu/hardloss_cuda-*.whl)[test,bench,triton]"
@@ -193,6 +198,15 @@ wheels: cuda-build cu12-build wheel-cpu
 	# so must the CUDA 12 wheel (torch $(CU12_TORCH_VERSION), CUDA 12) under torch $(TORCH_CUDA_VERSION) with CUDA 13
 	$(CHECK)/cuda/bin/pip install -q --no-deps --force-reinstall dist/cu12/hardloss_cuda-*.whl
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect-mismatch
+
+# Each venv with a CUDA torch takes 5 to 7 GB; .ci/run drops them once their wheel is checked,
+# so that its disk holds one at a time (docs/BUILDING.md "Disk"). What cpu-check needs stays:
+# $(CHECK)/cuda, dist/. The next make rebuilds what is gone.
+cuda-clean:
+	rm -rf $(CUDA_VENV)
+
+cu12-clean:
+	rm -rf $(CU12_VENV) build/cu12 $(CHECK)/cu12
 
 clean:
 	rm -rf build dist *.egg-info hardloss_cuda/_C*.so hardloss_cuda/_build_info.json
