@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(BLOCK) bwd_kernel(const BwdArgs<S> a) {
       const A* wrow = (a.tg.mixture != nullptr && ri.y >= 0)
                           ? a.tg.mixture + static_cast<int64_t>(ri.y) * C
                           : nullptr;
-      Pack<S> pq[U];
+      Pack<S> pq[U] = {};  // read only with prow
       if (prow != nullptr) {
 #pragma unroll
         for (int u = 0; u < U; ++u) pq[u] = load_pack_ro(prow, v0 + u * TPR + lane, C, a.probs_aligned);
@@ -189,18 +189,13 @@ cudaError_t launch_bwd_cfg(const BwdArgs<S>& a, const DeviceInfo& d, cudaStream_
   return launch_row_tiles<Pack<S>::kN, BLOCK, TPR, U, bwd_kernel<S, BLOCK, TPR, U, SOFT>>(a, d, stream);
 }
 
-// Tile shape by row length: the smallest group that holds a short row in one tile (sub-warp
-// groups for C up to 16 vectors), a warp with up to 8 vectors per lane (4 KB tiles) beyond.
 template <typename S, bool SOFT>
 cudaError_t launch_bwd_path(const BwdArgs<S>& a, const DeviceInfo& d, cudaStream_t stream) {
   const int64_t nvec = (static_cast<int64_t>(a.C) + Pack<S>::kN - 1) / Pack<S>::kN;
-  if (nvec <= 4) return launch_bwd_cfg<S, 4, 1, SOFT>(a, d, stream);
-  if (nvec <= 8) return launch_bwd_cfg<S, 8, 1, SOFT>(a, d, stream);
-  if (nvec <= 16) return launch_bwd_cfg<S, 16, 1, SOFT>(a, d, stream);
-  if (nvec <= 32) return launch_bwd_cfg<S, 32, 1, SOFT>(a, d, stream);
-  if (nvec <= 64) return launch_bwd_cfg<S, 32, 2, SOFT>(a, d, stream);
-  if (nvec <= 128) return launch_bwd_cfg<S, 32, 4, SOFT>(a, d, stream);
-  return launch_bwd_cfg<S, 32, 8, SOFT>(a, d, stream);
+  return launch_by_row_length<8>(nvec, [&](auto tile) {
+    using T = decltype(tile);
+    return launch_bwd_cfg<S, T::TPR, T::U, SOFT>(a, d, stream);
+  });
 }
 
 template <typename S>

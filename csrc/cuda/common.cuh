@@ -58,6 +58,29 @@ cudaError_t launch_row_tiles(Args a, const DeviceInfo& d, cudaStream_t stream) {
   return launch_kernel<Kernel>(grid, BLOCK, 0, stream, a);
 }
 
+// A tile shape of launch_row_tiles: TPR lanes a row group, U vectors a lane.
+template <int TPR_, int U_>
+struct RowTile {
+  static constexpr int TPR = TPR_, U = U_;
+};
+
+// The tile shape by row length (nvec vectors): the smallest group that holds a short row in one
+// tile (sub-warp groups up to 16 vectors), then a warp with up to MAXU vectors a lane (8: 4 KB
+// tiles). launch(RowTile<TPR, U>{}) launches with that shape.
+template <int MAXU, typename Launch>
+cudaError_t launch_by_row_length(int64_t nvec, Launch&& launch) {
+  static_assert(MAXU == 4 || MAXU == 8, "the ladder's last rung is 4 or 8 vectors a lane");
+  if (nvec <= 4) return launch(RowTile<4, 1>{});
+  if (nvec <= 8) return launch(RowTile<8, 1>{});
+  if (nvec <= 16) return launch(RowTile<16, 1>{});
+  if (nvec <= 32) return launch(RowTile<32, 1>{});
+  if (nvec <= 64) return launch(RowTile<32, 2>{});
+  if constexpr (MAXU == 8) {
+    if (nvec <= 128) return launch(RowTile<32, 4>{});
+  }
+  return launch(RowTile<32, MAXU>{});
+}
+
 // ---------------------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------------------

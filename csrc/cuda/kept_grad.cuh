@@ -160,7 +160,7 @@ cudaError_t launch_kept_grad_cfg(const KeptGradArgs<S>& a, const DeviceInfo& d, 
   return launch_row_tiles<Pack<S>::kN, BLOCK, TPR, U, kept_grad_kernel<S, BLOCK, TPR, U>>(a, d, stream);
 }
 
-// Tile shape by row length, as launch_bwd_path's but at most 4 vectors per lane: eps is acc, so
+// Tile shape by row length, as launch_bwd_path's but at most 4 vectors a lane: eps is acc, so
 // an fp16 vector brings 32 bytes of it.
 template <typename S>
 cudaError_t launch_kept_grad_typed(const KeptGradParams& p, cudaStream_t stream) {
@@ -189,13 +189,10 @@ cudaError_t launch_kept_grad_typed(const KeptGradParams& p, cudaStream_t stream)
   a.out_aligned = c_vec && al(p.out, 16);
   a.eps_aligned = p.C % Pack<A>::kN == 0 && al(p.eps, 16);
   a.side_aligned = c_vec && al(p.side, VEC);
-  const int64_t nvec = (p.C + VEC - 1) / VEC;
-  if (nvec <= 4) return launch_kept_grad_cfg<S, 4, 1>(a, d, stream);
-  if (nvec <= 8) return launch_kept_grad_cfg<S, 8, 1>(a, d, stream);
-  if (nvec <= 16) return launch_kept_grad_cfg<S, 16, 1>(a, d, stream);
-  if (nvec <= 32) return launch_kept_grad_cfg<S, 32, 1>(a, d, stream);
-  if (nvec <= 64) return launch_kept_grad_cfg<S, 32, 2>(a, d, stream);
-  return launch_kept_grad_cfg<S, 32, 4>(a, d, stream);
+  return launch_by_row_length<4>((p.C + VEC - 1) / VEC, [&](auto tile) {
+    using T = decltype(tile);
+    return launch_kept_grad_cfg<S, T::TPR, T::U>(a, d, stream);
+  });
 }
 
 }  // namespace cuda
