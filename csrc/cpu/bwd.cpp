@@ -41,19 +41,8 @@ void bwd_rows(const at::Tensor& grad_loss, const at::Tensor& z, const at::Tensor
       const acc_t* st = statp + i * kStatsCols;
       const acc_t g = gl[i], g_lse = glp != nullptr ? glp[i] : acc_t(0);
       const bool zero = g_lse == acc_t(0) && grad_row_is_zero(g, st[kColLse], st[kColScale]);
-      // Softcap or a logsumexp gradient: the path runs on the capped acc_t row into s.gz, then
-      // finish_row (rows.h); otherwise straight from the logits into the output.
-      const bool extra = cap != acc_t(0) || g_lse != acc_t(0);
       auto fill = [&](acc_t v) { std::fill(o, o + C, static_cast<scalar_t>(v)); };
-      auto path = [&](auto&& run) {
-        if (zero) return fill(acc_t(0));
-        if (!extra) return run(row, o);
-        const acc_t* zc = capped_row(row, C, cap, scratch->zc, scratch->x, &scratch->slope);
-        scratch->gz.resize(C);
-        run(zc, scratch->gz.data());
-        finish_row(zc, cap != acc_t(0) ? scratch->slope.data() : nullptr, scratch->gz.data(), C, g_lse, st, o,
-                   scratch->tmp);
-      };
+      auto path = [&](auto&& run) { grad_row(row, o, C, zero, cap, g_lse, st, *scratch, run); };
       rt.visit(
           i, [&](bool ignored) { fill(ignored ? acc_t(0) : hl_nan<acc_t>()); },
           [&](int64_t y, acc_t w_y) {

@@ -110,6 +110,20 @@ inline void finish_row(const acc_t* zc, const acc_t* slope, const acc_t* gf, int
   }
 }
 
+// One gradient row by bwd's rules, for every backward of the CPU (bwd.cpp, soft_shard.cpp): a
+// zero row is written as zeros; without a softcap or a logsumexp gradient run(row, out) writes
+// g f straight from the logits; with either, run(capped acc_t row, s.gz), then finish_row.
+template <typename scalar_t, typename acc_t, typename Run>
+inline void grad_row(const scalar_t* row, scalar_t* out, int64_t C, bool zero, acc_t cap, acc_t g_lse,
+                     const acc_t* stats, Scratch<acc_t>& s, Run&& run) {
+  if (zero) return std::fill(out, out + C, static_cast<scalar_t>(0));
+  if (cap == acc_t(0) && g_lse == acc_t(0)) return run(row, out);
+  const acc_t* zc = capped_row(row, C, cap, s.zc, s.x, &s.slope);
+  s.gz.resize(C);
+  run(zc, s.gz.data());
+  finish_row(zc, cap != acc_t(0) ? s.slope.data() : nullptr, s.gz.data(), C, g_lse, stats, out, s.tmp);
+}
+
 // One-hot statistics (max, sum exp, sum exp k) of x[0, n), as row_math's OneHotStats.
 template <typename acc_t>
 inline OneHotStats<acc_t> range_stats(const acc_t* x, int64_t n, acc_t k) {

@@ -189,31 +189,22 @@ void kept_grad_rows(const at::Tensor& grad_loss, const at::Tensor& eps, const at
       const acc_t g = gl[i], g_lse = glp != nullptr ? glp[i] : acc_t(0);
       const acc_t lse = st[kColLse], t = st[kColScale], c_pos = st[3], f_star = st[4];
       scalar_t* o = op + i * C;
-      auto fill = [&](acc_t v) { std::fill(o, o + C, static_cast<scalar_t>(v)); };
-      if (g_lse == acc_t(0) && grad_row_is_zero(g, lse, t)) {
-        fill(acc_t(0));
-        continue;
-      }
-      if (!(hl_abs(lse) < hl_inf<acc_t>())) {  // as bwd: a row without a finite lse is NaN
-        fill(hl_nan<acc_t>());
+      const bool zero = g_lse == acc_t(0) && grad_row_is_zero(g, lse, t);
+      if (!zero && !(hl_abs(lse) < hl_inf<acc_t>())) {  // as bwd: a row without a finite lse is NaN
+        std::fill(o, o + C, static_cast<scalar_t>(hl_nan<acc_t>()));
         continue;
       }
       const acc_t* kla = ep + i * C;
       const int8_t* sd = sp + i * C;
-      if (cap == acc_t(0) && g_lse == acc_t(0)) {  // out may be eps: each chunk is read before it is written
+      // g f from the kept pass, not from the row (read only for a softcap or g_lse); out may
+      // be eps: each chunk is read into s.tmp before it is written.
+      grad_row(zp + i * C, o, C, zero, cap, g_lse, st, *s, [&](const auto*, auto* d) {
         for (int64_t a = 0; a < C; a += kChunk) {
           const int64_t n = std::min(kChunk, C - a);
           kept_grad_chunk(kla + a, sd + a, n, g, t, c_pos, f_star, s->tmp);
-          store(o, a, n, s->tmp);
+          store(d, a, n, s->tmp);
         }
-        continue;
-      }
-      // softcap / logsumexp gradient: g f into s.gz, then rows.h finish_row (as bwd)
-      const acc_t* zc = capped_row(zp + i * C, C, cap, s->zc, s->x, &s->slope);
-      s->gz.resize(C);
-      for (int64_t a = 0; a < C; a += kChunk)
-        kept_grad_chunk(kla + a, sd + a, std::min(kChunk, C - a), g, t, c_pos, f_star, s->gz.data() + a);
-      finish_row(zc, cap != acc_t(0) ? s->slope.data() : nullptr, s->gz.data(), C, g_lse, st, o, s->tmp);
+      });
     }
   });
 }
