@@ -20,8 +20,8 @@
 # make wheels     cuda-build and cu12-build, then cpu-check: the CPU wheel installed into a
 #                 clean venv where the suite but the fuzzes runs against it, plus the refusal of
 #                 wheels built for another torch
-# make cuda-clean, cu12-clean  drop a CUDA wheel's build venvs (and CUDA 12's wheelhouse and
-#                 toolkit) once it is built and checked: CI does, for its disk
+# make cuda-clean, cu12-clean  drop a CUDA wheel's venvs (and CUDA 12's wheelhouse) once it is
+#                 built and checked: CI does, for its disk
 # Targets are idempotent: stamps in the venvs rebuild only what changed.
 
 PYTHON ?= python3
@@ -199,14 +199,15 @@ cpu-check: wheel-cpu
 	$(CHECK)/cuda/bin/pip install -q --no-deps --force-reinstall dist/cu12/hardloss_cuda-*.whl
 	cd $(OUTSIDE) && $(CURDIR)/$(CHECK)/cuda/bin/python $(CURDIR)/scripts/check_wheel.py --expect-mismatch
 
-# Each venv with a CUDA torch takes 5 to 7 GB; .ci/run drops them once their wheel is checked,
-# so that its disk holds one at a time (docs/BUILDING.md "Disk"). What cpu-check needs stays:
-# $(CHECK)/cuda, dist/. The next make rebuilds what is gone.
+# Each venv with a CUDA torch takes 5 to 8 GB; .ci/run drops them once their wheel is checked
+# (docs/BUILDING.md "Disk"). What later steps need stays: the CUDA 12 toolkit (150 MB, whose
+# cuobjdump cuda-build uses), $(CHECK)/cuda (cpu-check's refusals), dist/. The next make
+# rebuilds what is gone.
 cuda-clean:
 	rm -rf $(CUDA_VENV)
 
 cu12-clean:
-	rm -rf $(CU12_VENV) build/cu12 $(CHECK)/cu12
+	rm -rf $(CU12_VENV) $(CU12_WHEELHOUSE) $(CHECK)/cu12
 
 clean:
 	rm -rf build dist *.egg-info hardloss_cuda/_C*.so hardloss_cuda/_build_info.json
