@@ -489,9 +489,8 @@ class _SoftShard(torch.autograd.Function):
         s, k, softcap, layout, backend, inplace = ctx.args
         N, CL = local.shape
         acc = stats.dtype
-        grad = local if inplace else torch.empty_like(local)
         if CL == 0:
-            return (grad,) + (None,) * 12
+            return (local if inplace else torch.empty_like(local),) + (None,) * 12
         # Ignored rows: g = g_lse = 0 and stats 0 (finite), which the kernels turn into 0 without
         # reading the row (row_math.h grad_row_is_zero); bad labels: g = NaN, a NaN row.
         g = torch.zeros(N, dtype=acc, device=local.device) if grad_loss is None else grad_loss.to(acc)
@@ -504,7 +503,7 @@ class _SoftShard(torch.autograd.Function):
             eps, side = ctx.kept
             if local.dtype == acc:
                 ctx.kept = None  # used up: a second backward (retain_graph) recomputes below
-            out = eps if local.dtype == acc else grad
+            out = eps if local.dtype == acc else torch.empty_like(local)
             with torch.no_grad():
                 soft_shard_grad_op(backend)(g, eps, side, local, stats.contiguous(), out, softcap, g_lse)
             return (out,) + (None,) * 12
@@ -512,6 +511,8 @@ class _SoftShard(torch.autograd.Function):
         held = ctx.held  # k = 1: the forward's q
         if held is not None and local.dtype == acc:
             ctx.held, grad = None, held  # used up as the gradient: a second backward rebuilds q
+        else:  # the gradient's own buffer only where nothing held becomes it
+            grad = local if inplace else torch.empty_like(local)
         for rows in _row_chunks(N, CL):
             q = targets.rows(rows) if held is None else held[rows]
             gl = None if g_lse is None else g_lse[rows]
